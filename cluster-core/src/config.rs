@@ -1,0 +1,740 @@
+//! Cluster configuration: who the peers are, where they listen, and the tunable bounds.
+//!
+//! Two file formats parse to the same [`Config`]:
+//!
+//! * the canonical form, one JSON object:
+//!   `{"peers":[{"pid":1,"address":"127.0.0.1:7001"}, …], "inbox_capacity": 8192, …}`
+//!   where every key besides `peers` is an [`Options`] field;
+//! * the Go package's own file, a stream (or an array) of objects with string values:
+//!   `{"ID":"0","IP":"127.0.0.1","Port":"8081"}`.
+//!
+//! Validation is strict and every error names the file, the entry and the problem.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::envelope::Pid;
+
+/// The largest pid a config may hold. Message ids pack the pid into 16 bits (see
+/// [`crate::Server::next_msg_id`]), which keeps ids unique across the cluster.
+pub const MAX_PID: Pid = 0xFFFF;
+
+/// One peer of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// The peer's pid.
+    pub pid: Pid,
+    /// `host:port` the peer listens on (IPv6 hosts in brackets: `[::1]:7001`).
+    pub address: String,
+}
+
+impl PeerConfig {
+    /// The host part of [`PeerConfig::address`] (without IPv6 brackets).
+    pub fn host(&self) -> &str {
+        split_host_port(&self.address).map_or("", |(h, _)| h)
+    }
+
+    /// The port part of [`PeerConfig::address`].
+    pub fn port(&self) -> u16 {
+        split_host_port(&self.address).map_or(0, |(_, p)| p)
+    }
+}
+
+/// Tunable bounds and timings. Every field has a default; in the canonical config file each
+/// may appear at the top level beside `peers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Envelopes the inbox holds before arriving ones are dropped (`backpressure`).
+    pub inbox_capacity: usize,
+    /// Envelopes the outbox holds before `outbox().send()` waits (`try_send` fails).
+    pub outbox_capacity: usize,
+    /// Frames queued for one peer before further ones are dropped (`backpressure`).
+    /// The ZeroMQ transport uses it as the send and receive high-water mark.
+    pub peer_queue: usize,
+    /// Largest frame, header included, that is sent or accepted (`too_large`).
+    pub max_message_size: usize,
+    /// How long `shutdown` may spend flushing frames to live peers.
+    pub linger: Duration,
+    /// Interval of transport heartbeats (real networks only).
+    pub heartbeat_interval: Duration,
+    /// Silence after which a connected peer is declared unreachable (real networks only).
+    pub heartbeat_timeout: Duration,
+    /// Directory of this node's peer catalog; `None` picks a default per pid.
+    pub catalog_dir: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            inbox_capacity: 8192,
+            outbox_capacity: 8192,
+            peer_queue: 1024,
+            max_message_size: 1 << 20,
+            linger: Duration::from_millis(500),
+            heartbeat_interval: Duration::from_millis(500),
+            heartbeat_timeout: Duration::from_millis(2000),
+            catalog_dir: None,
+        }
+    }
+}
+
+/// A validated cluster configuration: at least one peer, unique non-negative pids, sorted by pid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    peers: Vec<PeerConfig>,
+    options: Options,
+    origin: String,
+}
+
+/// What is wrong with a config; see [`ConfigError`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigProblem {
+    /// The file could not be read.
+    Unreadable(String),
+    /// The text is not JSON.
+    Syntax {
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The parser's message.
+        message: String,
+    },
+    /// The JSON is neither of the two accepted shapes.
+    Shape(String),
+    /// A field the format does not have.
+    UnknownField(String),
+    /// A required field is absent.
+    MissingField(String),
+    /// A field has the wrong type or an unusable value.
+    BadValue {
+        /// The field.
+        field: String,
+        /// Why it is unusable.
+        problem: String,
+    },
+    /// The same pid appears twice.
+    DuplicatePid {
+        /// The pid.
+        pid: Pid,
+        /// Entry (0-based) where it first appeared.
+        first_entry: usize,
+    },
+    /// A pid below zero.
+    NegativePid(i64),
+    /// A pid above [`MAX_PID`].
+    PidTooLarge(i64),
+    /// An address that is not `host:port`.
+    BadAddress(String),
+    /// The peer list is empty.
+    NoPeers,
+    /// The pid a server was started with is not in the config.
+    OwnPidAbsent(Pid),
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unreadable(e) => write!(f, "cannot read the file: {e}"),
+            Self::Syntax {
+                line,
+                column,
+                message,
+            } => write!(f, "line {line}, column {column}: invalid JSON: {message}"),
+            Self::Shape(s) => write!(f, "{s}"),
+            Self::UnknownField(k) => write!(f, "unknown field \"{k}\""),
+            Self::MissingField(k) => write!(f, "missing field \"{k}\""),
+            Self::BadValue { field, problem } => write!(f, "field \"{field}\": {problem}"),
+            Self::DuplicatePid { pid, first_entry } => {
+                write!(f, "duplicate pid {pid} (first at entry {first_entry})")
+            }
+            Self::NegativePid(p) => write!(f, "pid {p} is negative"),
+            Self::PidTooLarge(p) => write!(f, "pid {p} is above the maximum {MAX_PID}"),
+            Self::BadAddress(a) => write!(
+                f,
+                "address \"{a}\" is not host:port (e.g. 127.0.0.1:7001 or [::1]:7001)"
+            ),
+            Self::NoPeers => write!(f, "the peer list is empty"),
+            Self::OwnPidAbsent(p) => write!(f, "pid {p} is not one of the configured peers"),
+        }
+    }
+}
+
+/// A config that cannot be used, with the file, the entry and the problem.
+///
+/// Displays as e.g. `config.json: entry 2 (pid 3): address "x" is not host:port …`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// Where the config came from: a file path, or a description.
+    pub origin: String,
+    /// The 0-based index of the offending peer entry, if the problem is in one.
+    pub entry: Option<usize>,
+    /// The pid of the offending entry, where known.
+    pub pid: Option<Pid>,
+    /// What is wrong.
+    pub problem: ConfigProblem,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.origin)?;
+        match (self.entry, self.pid) {
+            (Some(e), Some(p)) => write!(f, "entry {e} (pid {p}): ")?,
+            (Some(e), None) => write!(f, "entry {e}: ")?,
+            (None, _) => {}
+        }
+        write!(f, "{}", self.problem)
+    }
+}
+
+struct Ctx<'a> {
+    origin: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, entry: Option<usize>, pid: Option<Pid>, problem: ConfigProblem) -> ConfigError {
+        ConfigError {
+            origin: self.origin.to_owned(),
+            entry,
+            pid,
+            problem,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the config file at `path` (either format).
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            origin: origin.clone(),
+            entry: None,
+            pid: None,
+            problem: ConfigProblem::Unreadable(e.to_string()),
+        })?;
+        Self::parse(&text, &origin)
+    }
+
+    /// Parses and validates config text (either format). `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let ctx = Ctx { origin };
+        let mut values = Vec::new();
+        for v in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
+            match v {
+                Ok(v) => values.push(v),
+                Err(e) => {
+                    return Err(ctx.err(
+                        None,
+                        None,
+                        ConfigProblem::Syntax {
+                            line: e.line(),
+                            column: e.column(),
+                            message: e.to_string(),
+                        },
+                    ));
+                }
+            }
+        }
+        let (peers, options) = match values.as_slice() {
+            [Value::Object(obj)] if obj.contains_key("peers") => parse_canonical(&ctx, obj)?,
+            [Value::Array(items)] => (parse_go(&ctx, items)?, Options::default()),
+            [] => return Err(ctx.err(None, None, ConfigProblem::NoPeers)),
+            items if items.iter().all(Value::is_object) => {
+                (parse_go(&ctx, items)?, Options::default())
+            }
+            _ => {
+                return Err(ctx.err(
+                    None,
+                    None,
+                    ConfigProblem::Shape(
+                        "expected {\"peers\":[…]} or a stream of {\"ID\",\"IP\",\"Port\"} objects"
+                            .into(),
+                    ),
+                ));
+            }
+        };
+        Self::build(&ctx, peers, options)
+    }
+
+    /// Builds a config from `(pid, address)` pairs, validated like a file.
+    pub fn from_peers<A: Into<String>>(
+        peers: impl IntoIterator<Item = (Pid, A)>,
+        options: Options,
+    ) -> Result<Self, ConfigError> {
+        let ctx = Ctx { origin: "<config>" };
+        let raw = peers
+            .into_iter()
+            .map(|(pid, a)| (i64::from(pid), a.into()))
+            .collect();
+        Self::build(&ctx, raw, options)
+    }
+
+    /// `n` nodes with pids `1..=n` on `127.0.0.1`, ports `base_port + pid`. For tests and demos.
+    pub fn local(n: usize, base_port: u16) -> Result<Self, ConfigError> {
+        let peers = (1..=n).map(|i| {
+            let pid = Pid::try_from(i).unwrap_or(Pid::MAX);
+            let port = u16::try_from(i)
+                .ok()
+                .and_then(|i| base_port.checked_add(i))
+                .unwrap_or(0);
+            (pid, format!("127.0.0.1:{port}"))
+        });
+        Self::from_peers(peers, Options::default())
+    }
+
+    fn build(
+        ctx: &Ctx<'_>,
+        raw: Vec<(i64, String)>,
+        options: Options,
+    ) -> Result<Self, ConfigError> {
+        if raw.is_empty() {
+            return Err(ctx.err(None, None, ConfigProblem::NoPeers));
+        }
+        let mut seen: BTreeMap<Pid, usize> = BTreeMap::new();
+        let mut peers = Vec::with_capacity(raw.len());
+        for (entry, (pid, address)) in raw.into_iter().enumerate() {
+            if pid < 0 {
+                return Err(ctx.err(Some(entry), None, ConfigProblem::NegativePid(pid)));
+            }
+            let pid = match Pid::try_from(pid) {
+                Ok(p) if p <= MAX_PID => p,
+                _ => return Err(ctx.err(Some(entry), None, ConfigProblem::PidTooLarge(pid))),
+            };
+            if let Some(first_entry) = seen.insert(pid, entry) {
+                return Err(ctx.err(
+                    Some(entry),
+                    Some(pid),
+                    ConfigProblem::DuplicatePid { pid, first_entry },
+                ));
+            }
+            if split_host_port(&address).is_none() {
+                return Err(ctx.err(Some(entry), Some(pid), ConfigProblem::BadAddress(address)));
+            }
+            peers.push(PeerConfig { pid, address });
+        }
+        peers.sort_by_key(|p| p.pid);
+        options.validate().map_err(|p| ctx.err(None, None, p))?;
+        Ok(Self {
+            peers,
+            options,
+            origin: ctx.origin.to_owned(),
+        })
+    }
+
+    /// Every peer, ascending by pid.
+    pub fn peers(&self) -> &[PeerConfig] {
+        &self.peers
+    }
+
+    /// Every pid, ascending.
+    pub fn pids(&self) -> impl Iterator<Item = Pid> + '_ {
+        self.peers.iter().map(|p| p.pid)
+    }
+
+    /// The entry of `pid`, if configured.
+    pub fn peer(&self, pid: Pid) -> Option<&PeerConfig> {
+        self.peers
+            .binary_search_by_key(&pid, |p| p.pid)
+            .ok()
+            .and_then(|i| self.peers.get(i))
+    }
+
+    /// Whether `pid` is configured.
+    pub fn contains(&self, pid: Pid) -> bool {
+        self.peer(pid).is_some()
+    }
+
+    /// The options.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// Replaces the options, after checking them.
+    pub fn with_options(mut self, options: Options) -> Result<Self, ConfigError> {
+        options.validate().map_err(|p| ConfigError {
+            origin: self.origin.clone(),
+            entry: None,
+            pid: None,
+            problem: p,
+        })?;
+        self.options = options;
+        Ok(self)
+    }
+
+    /// Where this config came from (a path, or `<config>`).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Checks that `pid` is one of the peers: the error a server reports otherwise.
+    pub fn check_member(&self, pid: Pid) -> Result<(), ConfigError> {
+        if self.contains(pid) {
+            Ok(())
+        } else {
+            Err(ConfigError {
+                origin: self.origin.clone(),
+                entry: None,
+                pid: None,
+                problem: ConfigProblem::OwnPidAbsent(pid),
+            })
+        }
+    }
+}
+
+impl Options {
+    fn validate(&self) -> Result<(), ConfigProblem> {
+        let positive = [
+            ("inbox_capacity", self.inbox_capacity),
+            ("outbox_capacity", self.outbox_capacity),
+            ("peer_queue", self.peer_queue),
+        ];
+        for (field, v) in positive {
+            if v == 0 {
+                return Err(ConfigProblem::BadValue {
+                    field: field.into(),
+                    problem: "must be at least 1".into(),
+                });
+            }
+        }
+        if self.max_message_size < crate::wire::HEADER_LEN + 1 {
+            return Err(ConfigProblem::BadValue {
+                field: "max_message_size".into(),
+                problem: format!("must be more than {} bytes", crate::wire::HEADER_LEN),
+            });
+        }
+        if self.heartbeat_interval.is_zero() || self.heartbeat_timeout <= self.heartbeat_interval {
+            return Err(ConfigProblem::BadValue {
+                field: "heartbeat_timeout_ms".into(),
+                problem: "must exceed heartbeat_interval_ms, which must be positive".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Splits `host:port`, checking both parts. IPv6 hosts must be bracketed.
+fn split_host_port(address: &str) -> Option<(&str, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    let host = if let Some(inner) = host.strip_prefix('[') {
+        let inner = inner.strip_suffix(']')?;
+        inner.parse::<std::net::Ipv6Addr>().ok()?;
+        inner
+    } else if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        host
+    } else {
+        let valid = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+        if !valid {
+            return None;
+        }
+        host
+    };
+    Some((host, port))
+}
+
+fn parse_canonical(
+    ctx: &Ctx<'_>,
+    obj: &Map<String, Value>,
+) -> Result<(Vec<(i64, String)>, Options), ConfigError> {
+    let mut options = Options::default();
+    let top = |p| ctx.err(None, None, p);
+    let mut peers = Vec::new();
+    for (key, value) in obj {
+        let bad = |problem: &str| {
+            top(ConfigProblem::BadValue {
+                field: key.clone(),
+                problem: problem.into(),
+            })
+        };
+        let as_usize = || {
+            value
+                .as_u64()
+                .and_then(|v| usize::try_from(v).ok())
+                .ok_or_else(|| bad("expected a non-negative integer"))
+        };
+        let as_millis = || {
+            value
+                .as_u64()
+                .map(Duration::from_millis)
+                .ok_or_else(|| bad("expected a non-negative integer of milliseconds"))
+        };
+        match key.as_str() {
+            "peers" => {
+                let items = value.as_array().ok_or_else(|| bad("expected an array"))?;
+                for (entry, item) in items.iter().enumerate() {
+                    peers.push(parse_canonical_peer(ctx, entry, item)?);
+                }
+            }
+            "inbox_capacity" => options.inbox_capacity = as_usize()?,
+            "outbox_capacity" => options.outbox_capacity = as_usize()?,
+            "peer_queue" => options.peer_queue = as_usize()?,
+            "max_message_size" => options.max_message_size = as_usize()?,
+            "linger_ms" => options.linger = as_millis()?,
+            "heartbeat_interval_ms" => options.heartbeat_interval = as_millis()?,
+            "heartbeat_timeout_ms" => options.heartbeat_timeout = as_millis()?,
+            "catalog_dir" => {
+                let s = value
+                    .as_str()
+                    .ok_or_else(|| bad("expected a path string"))?;
+                options.catalog_dir = Some(PathBuf::from(s));
+            }
+            other => return Err(top(ConfigProblem::UnknownField(other.to_owned()))),
+        }
+    }
+    Ok((peers, options))
+}
+
+fn parse_canonical_peer(
+    ctx: &Ctx<'_>,
+    entry: usize,
+    item: &Value,
+) -> Result<(i64, String), ConfigError> {
+    let err = |pid: Option<i64>, p| ctx.err(Some(entry), pid.and_then(|p| p.try_into().ok()), p);
+    let obj = item.as_object().ok_or_else(|| {
+        err(
+            None,
+            ConfigProblem::Shape("a peer must be an object {\"pid\":…,\"address\":…}".into()),
+        )
+    })?;
+    let pid = match obj.get("pid") {
+        None => return Err(err(None, ConfigProblem::MissingField("pid".into()))),
+        Some(v) => v.as_i64().ok_or_else(|| {
+            err(
+                None,
+                ConfigProblem::BadValue {
+                    field: "pid".into(),
+                    problem: format!("expected an integer, found {v}"),
+                },
+            )
+        })?,
+    };
+    let address = match obj.get("address") {
+        None => {
+            return Err(err(
+                Some(pid),
+                ConfigProblem::MissingField("address".into()),
+            ));
+        }
+        Some(v) => v.as_str().ok_or_else(|| {
+            err(
+                Some(pid),
+                ConfigProblem::BadValue {
+                    field: "address".into(),
+                    problem: format!("expected a \"host:port\" string, found {v}"),
+                },
+            )
+        })?,
+    };
+    if let Some(k) = obj.keys().find(|k| *k != "pid" && *k != "address") {
+        return Err(err(Some(pid), ConfigProblem::UnknownField(k.clone())));
+    }
+    Ok((pid, address.to_owned()))
+}
+
+fn parse_go(ctx: &Ctx<'_>, items: &[Value]) -> Result<Vec<(i64, String)>, ConfigError> {
+    let mut peers = Vec::with_capacity(items.len());
+    for (entry, item) in items.iter().enumerate() {
+        let err = |p| ctx.err(Some(entry), None, p);
+        let obj = item.as_object().ok_or_else(|| {
+            err(ConfigProblem::Shape(
+                "expected an object {\"ID\",\"IP\",\"Port\"}".into(),
+            ))
+        })?;
+        if let Some(k) = obj
+            .keys()
+            .find(|k| !matches!(k.as_str(), "ID" | "IP" | "Port"))
+        {
+            return Err(err(ConfigProblem::UnknownField(k.clone())));
+        }
+        // The Go file holds strings; numbers are accepted too.
+        let field = |name: &str| -> Result<String, ConfigError> {
+            match obj.get(name) {
+                None => Err(err(ConfigProblem::MissingField(name.into()))),
+                Some(Value::String(s)) => Ok(s.trim().to_owned()),
+                Some(Value::Number(n)) => Ok(n.to_string()),
+                Some(v) => Err(err(ConfigProblem::BadValue {
+                    field: name.into(),
+                    problem: format!("expected a string, found {v}"),
+                })),
+            }
+        };
+        let id = field("ID")?;
+        let pid: i64 = id.parse().map_err(|_| {
+            err(ConfigProblem::BadValue {
+                field: "ID".into(),
+                problem: format!("\"{id}\" is not an integer"),
+            })
+        })?;
+        let ip = field("IP")?;
+        let port = field("Port")?;
+        let host = if ip.contains(':') {
+            format!("[{ip}]")
+        } else {
+            ip
+        };
+        peers.push((pid, format!("{host}:{port}")));
+    }
+    Ok(peers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(text: &str) -> ConfigError {
+        match Config::parse(text, "test.json") {
+            Ok(c) => panic!("expected an error, got {c:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn canonical_and_go_forms_give_the_same_config() {
+        let canonical = r#"{"peers":[{"pid":2,"address":"127.0.0.1:8082"},
+                                      {"pid":0,"address":"127.0.0.1:8080"}]}"#;
+        let go = r#"{"ID":"0","IP":"127.0.0.1","Port":"8080"}
+                    {"ID":"2","IP":"127.0.0.1","Port":"8082"}"#;
+        let go_array = r#"[{"ID":"2","IP":"127.0.0.1","Port":"8082"},
+                           {"ID":"0","IP":"127.0.0.1","Port":"8080"}]"#;
+        let a = Config::parse(canonical, "x").unwrap();
+        let b = Config::parse(go, "x").unwrap();
+        let c = Config::parse(go_array, "x").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a, c);
+        assert_eq!(a.pids().collect::<Vec<_>>(), vec![0, 2]);
+        assert_eq!(a.peer(2).unwrap().port(), 8082);
+        assert_eq!(a.peer(2).unwrap().host(), "127.0.0.1");
+    }
+
+    #[test]
+    fn options_are_read_and_default() {
+        let c = Config::parse(
+            r#"{"peers":[{"pid":1,"address":"localhost:7001"}],
+                "inbox_capacity":10,"linger_ms":20,"peer_queue":3}"#,
+            "x",
+        )
+        .unwrap();
+        assert_eq!(c.options().inbox_capacity, 10);
+        assert_eq!(c.options().peer_queue, 3);
+        assert_eq!(c.options().linger, Duration::from_millis(20));
+        assert_eq!(
+            c.options().outbox_capacity,
+            Options::default().outbox_capacity
+        );
+    }
+
+    #[test]
+    fn the_repository_config_is_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config.json");
+        let c = Config::load(path).unwrap();
+        assert_eq!(c.pids().collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn duplicate_pid_names_both_entries() {
+        let e = problem(r#"{"peers":[{"pid":1,"address":"a:1"},{"pid":1,"address":"b:2"}]}"#);
+        assert_eq!(e.entry, Some(1));
+        assert_eq!(
+            e.problem,
+            ConfigProblem::DuplicatePid {
+                pid: 1,
+                first_entry: 0
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "test.json: entry 1 (pid 1): duplicate pid 1 (first at entry 0)"
+        );
+    }
+
+    #[test]
+    fn negative_and_oversized_pids() {
+        let e = problem(r#"{"ID":"-3","IP":"127.0.0.1","Port":"1"}"#);
+        assert_eq!(e.problem, ConfigProblem::NegativePid(-3));
+        assert_eq!(e.entry, Some(0));
+        let e = problem(r#"{"peers":[{"pid":70000,"address":"a:1"}]}"#);
+        assert_eq!(e.problem, ConfigProblem::PidTooLarge(70000));
+    }
+
+    #[test]
+    fn bad_addresses() {
+        for addr in [
+            "x", "host:", ":80", "h:0", "h:70000", "::1:80", "[::1:80", "a b:1", "-a:1",
+        ] {
+            let text = format!(r#"{{"peers":[{{"pid":4,"address":"{addr}"}}]}}"#);
+            let e = problem(&text);
+            assert_eq!(e.problem, ConfigProblem::BadAddress(addr.into()), "{addr}");
+            assert_eq!(e.pid, Some(4));
+            assert!(e.to_string().contains("is not host:port"), "{e}");
+        }
+        for ok in ["127.0.0.1:1", "[::1]:7001", "node-1.example:9"] {
+            let text = format!(r#"{{"peers":[{{"pid":4,"address":"{ok}"}}]}}"#);
+            Config::parse(&text, "x").unwrap();
+        }
+        let e = problem(r#"{"ID":"1","IP":"127.0.0.1","Port":"http"}"#);
+        assert_eq!(
+            e.problem,
+            ConfigProblem::BadAddress("127.0.0.1:http".into())
+        );
+    }
+
+    #[test]
+    fn empty_peer_lists() {
+        assert_eq!(problem(r#"{"peers":[]}"#).problem, ConfigProblem::NoPeers);
+        assert_eq!(problem("").problem, ConfigProblem::NoPeers);
+        assert_eq!(problem("[]").problem, ConfigProblem::NoPeers);
+    }
+
+    #[test]
+    fn unknown_fields() {
+        let e = problem(r#"{"peers":[{"pid":1,"address":"a:1"}],"inbox":3}"#);
+        assert_eq!(e.problem, ConfigProblem::UnknownField("inbox".into()));
+        let e = problem(r#"{"peers":[{"pid":1,"address":"a:1","port":3}]}"#);
+        assert_eq!(e.problem, ConfigProblem::UnknownField("port".into()));
+        assert_eq!(e.entry, Some(0));
+        let e = problem(r#"{"ID":"1","IP":"127.0.0.1","Port":"1","Host":"x"}"#);
+        assert_eq!(e.problem, ConfigProblem::UnknownField("Host".into()));
+    }
+
+    #[test]
+    fn missing_fields_bad_values_and_syntax() {
+        let e = problem(r#"{"peers":[{"address":"a:1"}]}"#);
+        assert_eq!(e.problem, ConfigProblem::MissingField("pid".into()));
+        let e = problem(r#"{"ID":"one","IP":"127.0.0.1","Port":"1"}"#);
+        assert!(matches!(e.problem, ConfigProblem::BadValue { .. }), "{e}");
+        let e = problem(r#"{"peers":[{"pid":1,"address":"a:1"}],"inbox_capacity":0}"#);
+        assert!(matches!(e.problem, ConfigProblem::BadValue { .. }), "{e}");
+        let e = problem(r#"{"peers":[{"pid":1,"address":"a:1"}],"inbox_capacity":"big"}"#);
+        assert!(e.to_string().contains("inbox_capacity"), "{e}");
+        let e = problem("{\"peers\":[\n{\"pid\":1,}]}");
+        assert!(
+            matches!(e.problem, ConfigProblem::Syntax { line: 2, .. }),
+            "{e}"
+        );
+        let e = problem("42");
+        assert!(matches!(e.problem, ConfigProblem::Shape(_)), "{e}");
+    }
+
+    #[test]
+    fn own_pid_absent_and_unreadable_file() {
+        let c = Config::local(3, 7000).unwrap();
+        let e = c.check_member(9).unwrap_err();
+        assert_eq!(e.problem, ConfigProblem::OwnPidAbsent(9));
+        let e = Config::load("/nonexistent/cluster.json").unwrap_err();
+        assert!(matches!(e.problem, ConfigProblem::Unreadable(_)));
+        assert!(e.to_string().starts_with("/nonexistent/cluster.json: "));
+    }
+}

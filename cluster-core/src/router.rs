@@ -1,0 +1,276 @@
+//! Routing decisions, written sans-IO: envelopes and frames in, decisions and counters out.
+//! The server's task drives it; it holds no socket, clock or runtime, so every transport
+//! shares these semantics line for line.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::envelope::{BROADCAST, Envelope, Pid};
+use crate::stats::{DropReason, StatsCells};
+use crate::wire::{self, Frame, Header, Incarnation};
+
+pub(crate) struct Router {
+    pid: Pid,
+    incarnation: Incarnation,
+    /// Every configured pid, ascending (self included).
+    all: Vec<Pid>,
+    max_message_size: usize,
+    /// Newest incarnation seen from each pid in `all`.
+    newest: Vec<Option<Incarnation>>,
+    stats: Arc<StatsCells>,
+}
+
+impl Router {
+    pub(crate) fn new(
+        pid: Pid,
+        incarnation: Incarnation,
+        all: Vec<Pid>,
+        max_message_size: usize,
+        stats: Arc<StatsCells>,
+    ) -> Self {
+        let newest = vec![None; all.len()];
+        Self {
+            pid,
+            incarnation,
+            all,
+            max_message_size,
+            newest,
+            stats,
+        }
+    }
+
+    /// Routes one outgoing envelope: encodes it once, hands a copy of the frame to `send`
+    /// for each remote destination, and returns the envelope if it is for this node itself.
+    /// Every copy is counted as sent and, if refused, as dropped with the reason.
+    pub(crate) fn outgoing<M: Serialize>(
+        &self,
+        env: Envelope<M>,
+        mut send: impl FnMut(Pid, Bytes) -> Result<(), DropReason>,
+    ) -> Option<Envelope<M>> {
+        let to = env.pid;
+        if to == self.pid {
+            self.stats.sent(to);
+            return Some(Envelope::new(self.pid, env.msg_id, env.msg));
+        }
+        let targets: &[Pid] = if to == BROADCAST {
+            &self.all
+        } else if self.all.binary_search(&to).is_ok() {
+            std::slice::from_ref(&to)
+        } else {
+            self.stats.sent(to);
+            self.stats.dropped_to(to, DropReason::UnknownPeer, 1);
+            return None;
+        };
+        let header = Header {
+            sender: self.pid,
+            incarnation: self.incarnation,
+            msg_id: env.msg_id,
+        };
+        let frame = match wire::encode(&header, &env.msg) {
+            Ok(f) if f.len() <= self.max_message_size => Ok(f),
+            Ok(_) => Err(DropReason::TooLarge),
+            Err(e) => {
+                tracing::warn!(pid = self.pid, msg_id = env.msg_id, "dropping message: {e}");
+                Err(DropReason::Malformed)
+            }
+        };
+        for &peer in targets.iter().filter(|p| **p != self.pid) {
+            self.stats.sent(peer);
+            let result = match &frame {
+                Ok(f) => send(peer, f.clone()),
+                Err(reason) => Err(*reason),
+            };
+            if let Err(reason) = result {
+                self.stats.dropped_to(peer, reason, 1);
+            }
+        }
+        None
+    }
+
+    /// Checks one incoming frame. Returns the envelope to deliver, or counts the drop.
+    pub(crate) fn incoming<M: DeserializeOwned>(&mut self, bytes: Bytes) -> Option<Envelope<M>> {
+        if bytes.len() > self.max_message_size {
+            self.stats.dropped_from(None, DropReason::TooLarge);
+            return None;
+        }
+        let frame = match Frame::decode(bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(pid = self.pid, "dropping malformed frame: {e}");
+                self.stats.dropped_from(None, DropReason::Malformed);
+                return None;
+            }
+        };
+        let h = frame.header;
+        let Ok(index) = self.all.binary_search(&h.sender) else {
+            self.stats.dropped_from(None, DropReason::UnknownSender);
+            return None;
+        };
+        if h.sender == self.pid {
+            // Our own frames never travel the network: a forgery.
+            self.stats.dropped_from(None, DropReason::UnknownSender);
+            return None;
+        }
+        if let Some(newest) = self.newest.get_mut(index) {
+            match newest {
+                Some(n) if h.incarnation < *n => {
+                    self.stats
+                        .dropped_from(Some(h.sender), DropReason::StaleIncarnation);
+                    return None;
+                }
+                Some(n) if h.incarnation == *n => {}
+                _ => {
+                    *newest = Some(h.incarnation);
+                    self.stats.seen_incarnation(h.sender, h.incarnation);
+                }
+            }
+        }
+        match frame.message::<M>() {
+            Ok(msg) => Some(Envelope::new(h.sender, h.msg_id, msg)),
+            Err(e) => {
+                tracing::debug!(pid = self.pid, from = h.sender, "dropping frame: {e}");
+                self.stats
+                    .dropped_from(Some(h.sender), DropReason::Malformed);
+                None
+            }
+        }
+    }
+
+    pub(crate) fn stats(&self) -> &StatsCells {
+        &self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::Stats;
+
+    fn router(pid: Pid) -> Router {
+        let all = vec![1, 2, 3, 4];
+        Router::new(pid, 5, all.clone(), 1024, Arc::new(StatsCells::new(all)))
+    }
+
+    fn snapshot(r: &Router) -> Stats {
+        r.stats().snapshot()
+    }
+
+    #[test]
+    fn broadcast_encodes_once_and_skips_the_sender() {
+        let r = router(2);
+        let mut sent = Vec::new();
+        let local = r.outgoing(Envelope::new(BROADCAST, 9, "hi".to_string()), |to, f| {
+            sent.push((to, f));
+            Ok(())
+        });
+        assert!(local.is_none());
+        assert_eq!(
+            sent.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+            vec![1, 3, 4]
+        );
+        // One encoding shared by every copy: the frames point at the same bytes.
+        let ptr = sent[0].1.as_ptr();
+        assert!(sent.iter().all(|(_, f)| f.as_ptr() == ptr));
+        assert_eq!(snapshot(&r).sent, 3);
+    }
+
+    #[test]
+    fn self_unknown_and_refused_sends() {
+        let r = router(2);
+        let local = r.outgoing(Envelope::new(2, 1, 7u8), |_, _| panic!("no network"));
+        assert_eq!(local, Some(Envelope::new(2, 1, 7u8)));
+        assert!(
+            r.outgoing(Envelope::new(9, 2, 7u8), |_, _| panic!())
+                .is_none()
+        );
+        assert!(
+            r.outgoing(Envelope::new(-7, 2, 7u8), |_, _| panic!())
+                .is_none()
+        );
+        r.outgoing(Envelope::new(3, 3, 7u8), |_, _| {
+            Err(DropReason::Unreachable)
+        });
+        let s = snapshot(&r);
+        assert_eq!(s.sent, 4);
+        assert_eq!(s.dropped_outgoing.get(DropReason::UnknownPeer), 2);
+        assert_eq!(s.dropped_outgoing.get(DropReason::Unreachable), 1);
+        assert_eq!(s.peers[&3].dropped_to.get(DropReason::Unreachable), 1);
+    }
+
+    #[test]
+    fn too_large_messages_are_dropped_not_sent() {
+        let r = router(1);
+        r.outgoing(Envelope::new(2, 1, vec![0u8; 2000]), |_, _| {
+            panic!("too large")
+        });
+        assert_eq!(snapshot(&r).dropped_outgoing.get(DropReason::TooLarge), 1);
+    }
+
+    #[test]
+    fn incoming_checks_sender_and_incarnation() {
+        let sender = router(3);
+        let mut frames = Vec::new();
+        sender.outgoing(Envelope::new(1, 11, "a".to_string()), |_, f| {
+            frames.push(f);
+            Ok(())
+        });
+        let mut r = router(1);
+        let env: Envelope<String> = r.incoming(frames[0].clone()).unwrap();
+        assert_eq!(env, Envelope::new(3, 11, "a".to_string()));
+
+        let newer = Router::new(
+            3,
+            6,
+            vec![1, 2, 3, 4],
+            1024,
+            Arc::new(StatsCells::new(vec![])),
+        );
+        newer.outgoing(Envelope::new(1, 12, "b".to_string()), |_, f| {
+            frames.push(f);
+            Ok(())
+        });
+        assert!(r.incoming::<String>(frames[1].clone()).is_some());
+        // The old incarnation is now stale.
+        assert!(r.incoming::<String>(frames[0].clone()).is_none());
+        // Unknown sender, own pid, garbage, wrong type, oversized.
+        let forged = |sender| {
+            wire::encode(
+                &Header {
+                    sender,
+                    incarnation: 0,
+                    msg_id: 0,
+                },
+                "x",
+            )
+            .unwrap()
+        };
+        assert!(r.incoming::<String>(forged(77)).is_none());
+        assert!(r.incoming::<String>(forged(1)).is_none());
+        assert!(
+            r.incoming::<String>(Bytes::from_static(b"garbage"))
+                .is_none()
+        );
+        assert!(r.incoming::<u64>(forged(2)).is_none());
+        assert!(
+            r.incoming::<String>(Bytes::from(vec![0xC1; 5000]))
+                .is_none()
+        );
+        let s = snapshot(&r);
+        assert_eq!(
+            s.delivered, 0,
+            "the router counts deliveries only via the server"
+        );
+        let d = s.dropped_incoming;
+        assert_eq!(d.get(DropReason::StaleIncarnation), 1);
+        assert_eq!(d.get(DropReason::UnknownSender), 2);
+        assert_eq!(d.get(DropReason::Malformed), 2);
+        assert_eq!(d.get(DropReason::TooLarge), 1);
+        assert_eq!(
+            s.peers[&3].dropped_from.get(DropReason::StaleIncarnation),
+            1
+        );
+    }
+}

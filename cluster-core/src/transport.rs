@@ -1,0 +1,112 @@
+//! The contract between the [`Server`](crate::Server) and a transport.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::envelope::Pid;
+use crate::stats::DropReason;
+
+/// The set of peers a transport currently holds a live connection to.
+pub type PeerSet = BTreeSet<Pid>;
+
+/// What a transport hands up to the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransportEvent {
+    /// A frame arrived. Its bytes are untrusted: the server decodes and checks them.
+    Frame(Bytes),
+    /// Frames that [`Transport::send`] had accepted for `peer` were discarded later, e.g.
+    /// because a silent partition was detected while they were queued.
+    Dropped {
+        /// The destination of the discarded frames.
+        peer: Pid,
+        /// Why they were discarded.
+        reason: DropReason,
+        /// How many.
+        count: u64,
+    },
+}
+
+/// A fatal transport failure (as opposed to a dropped frame, which is expected and counted).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The local address could not be bound, e.g. because the port is in use.
+    #[error("cannot listen on {address}: {reason}")]
+    Bind {
+        /// The address from the config.
+        address: String,
+        /// What the OS or library said.
+        reason: String,
+    },
+    /// The pid has no transport to give (unknown, down, or already taken).
+    #[error("no transport for pid {pid}: {reason}")]
+    Unavailable {
+        /// The pid asked for.
+        pid: Pid,
+        /// Why.
+        reason: String,
+    },
+    /// Any other failure of the underlying library.
+    #[error("transport failure: {0}")]
+    Other(String),
+}
+
+/// Moves frames between this node and its peers. Transports move bytes only; routing,
+/// encoding, incarnation checks and accounting live in the [`Server`](crate::Server).
+///
+/// # Contract
+///
+/// * **`send` enqueues, it does not deliver.** It never blocks and never waits on a peer.
+///   `Ok(())` means the frame was handed to a live connection's bounded queue. A frame for a
+///   peer with no live connection *at the time of the call* is refused with
+///   [`DropReason::Unreachable`] and must never be delivered later, not even once the peer
+///   comes back. A full queue to one peer refuses with [`DropReason::Backpressure`] and
+///   affects no other peer. Simulated faults refuse with `Partitioned` or `Injected`.
+/// * **Accepted frames** reach the peer in send order, at most once, byte-exact, or are lost
+///   only through a fault. If the transport later discards frames it had accepted (e.g. a
+///   silent partition is detected while they were queued), it reports them with
+///   [`TransportEvent::Dropped`] and never delivers them afterwards.
+/// * **`recv` is cancel-safe**: dropping its future before it completes loses no frame, so it
+///   may be used in `tokio::select!`. It returns `None` once the transport is closed for good
+///   (e.g. its node was crashed in a simulation).
+/// * **Connection state** is published through [`Transport::connected`]: the set of peers
+///   with a live connection, updated as connections come and go.
+/// * **`shutdown`** flushes queued frames to live peers for at most `linger`, then frees every
+///   resource (ports included) before returning.
+#[async_trait]
+pub trait Transport: Send + 'static {
+    /// Enqueues `frame` for `to`, or says why it was dropped. Never blocks.
+    fn send(&mut self, to: Pid, frame: Bytes) -> Result<(), DropReason>;
+
+    /// The next event. Cancel-safe; `None` once closed.
+    async fn recv(&mut self) -> Option<TransportEvent>;
+
+    /// The live connection set, kept current by the transport.
+    fn connected(&self) -> watch::Receiver<PeerSet>;
+
+    /// Flushes for at most `linger`, then releases everything.
+    async fn shutdown(&mut self, linger: Duration);
+}
+
+#[async_trait]
+impl Transport for Box<dyn Transport> {
+    fn send(&mut self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
+        (**self).send(to, frame)
+    }
+
+    async fn recv(&mut self) -> Option<TransportEvent> {
+        (**self).recv().await
+    }
+
+    fn connected(&self) -> watch::Receiver<PeerSet> {
+        (**self).connected()
+    }
+
+    async fn shutdown(&mut self, linger: Duration) {
+        (**self).shutdown(linger).await;
+    }
+}

@@ -1,0 +1,404 @@
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cluster_core::{
+    Config, DropCounts, DropReason, Incarnation, PeerSet, Pid, Transport, TransportError,
+    TransportEvent,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::{Notify, watch};
+
+/// A simulated network of the pids of one config. Cheap to clone; clones share the network.
+#[derive(Clone)]
+pub struct MemNetwork {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for MemNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemNetwork")
+            .field("seed", &self.shared.seed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counters of the network itself: frames it accepted and later discarded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetStats {
+    /// Frames lost after being accepted: in flight to or from a crashed node (`unreachable`),
+    /// or on a link when it was cut (`partitioned`).
+    pub discarded: DropCounts,
+}
+
+struct Shared {
+    seed: u64,
+    queue_capacity: usize,
+    state: Mutex<State>,
+}
+
+struct State {
+    nodes: BTreeMap<Pid, Node>,
+    /// Ordered pairs `(from, to)` whose frames are dropped.
+    blocked: HashSet<(Pid, Pid)>,
+    loss: HashMap<(Pid, Pid), (f64, StdRng)>,
+    stats: NetStats,
+}
+
+struct Node {
+    incarnation: Incarnation,
+    up: bool,
+    taken: bool,
+    slot: Arc<Slot>,
+    connected: watch::Sender<PeerSet>,
+}
+
+/// A node's receive queue. Replaced at each restart, so a crashed incarnation's transport
+/// never sees a later incarnation's frames.
+struct Slot {
+    queue: Mutex<VecDeque<(Pid, Bytes)>>,
+    notify: Notify,
+    alive: AtomicBool,
+}
+
+impl Slot {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            queue: Mutex::new(VecDeque::new()),
+            notify: Notify::new(),
+            alive: AtomicBool::new(true),
+        })
+    }
+
+    fn queue(&self) -> MutexGuard<'_, VecDeque<(Pid, Bytes)>> {
+        // A panic while holding this lock cannot leave the queue inconsistent.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn link_seed(seed: u64, from: Pid, to: Pid) -> u64 {
+    // splitmix64 of the seed and the link, so each link has its own reproducible stream.
+    let mut z = seed
+        ^ (u64::from(from as u32) << 32 | u64::from(to as u32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl MemNetwork {
+    /// A network of every pid in `config`, all up at incarnation 0. Each node's receive
+    /// queue holds `peer_queue × (number of peers)` frames.
+    pub fn new(config: &Config, seed: u64) -> Self {
+        let peers = config.peers().len().saturating_sub(1).max(1);
+        let capacity = config.options().peer_queue.saturating_mul(peers);
+        Self::with_queue_capacity(config, seed, capacity)
+    }
+
+    /// Like [`MemNetwork::new`] with an explicit receive queue bound per node.
+    pub fn with_queue_capacity(config: &Config, seed: u64, queue_capacity: usize) -> Self {
+        let nodes = config
+            .pids()
+            .map(|pid| {
+                let node = Node {
+                    incarnation: 0,
+                    up: true,
+                    taken: false,
+                    slot: Slot::new(),
+                    connected: watch::Sender::new(PeerSet::new()),
+                };
+                (pid, node)
+            })
+            .collect();
+        let state = State {
+            nodes,
+            blocked: HashSet::new(),
+            loss: HashMap::new(),
+            stats: NetStats::default(),
+        };
+        state.publish_connectivity();
+        Self {
+            shared: Arc::new(Shared {
+                seed,
+                queue_capacity: queue_capacity.max(1),
+                state: Mutex::new(state),
+            }),
+        }
+    }
+
+    /// The seed the network's randomness derives from.
+    pub fn seed(&self) -> u64 {
+        self.shared.seed
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.shared.state()
+    }
+
+    /// The transport of `pid`'s current incarnation. Each incarnation's transport can be
+    /// taken once; a crashed node must be restarted first.
+    pub fn transport(&self, pid: Pid) -> Result<MemTransport, TransportError> {
+        let mut state = self.state();
+        let unavailable = |reason: String| TransportError::Unavailable { pid, reason };
+        let node = state
+            .nodes
+            .get_mut(&pid)
+            .ok_or_else(|| unavailable("not in the network's config".into()))?;
+        if !node.up {
+            return Err(unavailable("the node is crashed; restart it first".into()));
+        }
+        if node.taken {
+            return Err(unavailable(format!(
+                "the transport of incarnation {} was already taken",
+                node.incarnation
+            )));
+        }
+        node.taken = true;
+        Ok(MemTransport {
+            pid,
+            shared: Arc::clone(&self.shared),
+            slot: Arc::clone(&node.slot),
+            connected: node.connected.subscribe(),
+        })
+    }
+
+    /// The current incarnation of `pid`.
+    pub fn incarnation(&self, pid: Pid) -> Option<Incarnation> {
+        self.state().nodes.get(&pid).map(|n| n.incarnation)
+    }
+
+    /// Whether `pid` is up.
+    pub fn is_up(&self, pid: Pid) -> bool {
+        self.state().nodes.get(&pid).is_some_and(|n| n.up)
+    }
+
+    /// Crashes `pid`: its transport closes, and frames queued for it or sent by it and not
+    /// yet received are lost. No effect on an unknown or already crashed pid.
+    pub fn crash(&self, pid: Pid) {
+        let mut state = self.state();
+        let State { nodes, stats, .. } = &mut *state;
+        let Some(node) = nodes.get_mut(&pid).filter(|n| n.up) else {
+            return;
+        };
+        node.up = false;
+        node.slot.alive.store(false, Ordering::SeqCst);
+        let lost = {
+            let mut q = node.slot.queue();
+            let n = q.len();
+            q.clear();
+            n
+        };
+        node.slot.notify.notify_one();
+        stats.discarded.add(DropReason::Unreachable, lost as u64);
+        state.purge(|from, _| from == pid, DropReason::Unreachable);
+        state.publish_connectivity();
+    }
+
+    /// Brings `pid` back as a new incarnation (crashing it first if it is up) and returns
+    /// that incarnation. Take its new transport with [`MemNetwork::transport`].
+    pub fn restart(&self, pid: Pid) -> Option<Incarnation> {
+        self.crash(pid);
+        let mut state = self.state();
+        let node = state.nodes.get_mut(&pid)?;
+        node.incarnation = node.incarnation.wrapping_add(1);
+        node.up = true;
+        node.taken = false;
+        node.slot = Slot::new();
+        let incarnation = node.incarnation;
+        state.publish_connectivity();
+        Some(incarnation)
+    }
+
+    /// Cuts every link between group `a` and group `b`, both ways.
+    pub fn partition(&self, a: &[Pid], b: &[Pid]) {
+        let mut state = self.state();
+        for &x in a {
+            for &y in b {
+                if x != y {
+                    state.blocked.insert((x, y));
+                    state.blocked.insert((y, x));
+                }
+            }
+        }
+        state.purge_blocked();
+        state.publish_connectivity();
+    }
+
+    /// Cuts the one-way link `from → to`.
+    pub fn cut(&self, from: Pid, to: Pid) {
+        let mut state = self.state();
+        if from != to {
+            state.blocked.insert((from, to));
+        }
+        state.purge_blocked();
+        state.publish_connectivity();
+    }
+
+    /// Removes every cut and partition, and every loss setting.
+    pub fn heal(&self) {
+        let mut state = self.state();
+        state.blocked.clear();
+        state.loss.clear();
+        state.publish_connectivity();
+    }
+
+    /// Drops each frame on `from → to` with probability `p` (clamped to 0..=1).
+    pub fn set_loss(&self, from: Pid, to: Pid, p: f64) {
+        let p = if p.is_nan() { 0.0 } else { p.clamp(0.0, 1.0) };
+        let seed = link_seed(self.shared.seed, from, to);
+        let mut state = self.state();
+        if p == 0.0 {
+            state.loss.remove(&(from, to));
+        } else {
+            let entry = state
+                .loss
+                .entry((from, to))
+                .or_insert_with(|| (0.0, StdRng::seed_from_u64(seed)));
+            entry.0 = p;
+        }
+    }
+
+    /// The network's own counters.
+    pub fn stats(&self) -> NetStats {
+        self.state().stats
+    }
+
+    /// Frames accepted by the network and not yet received, over all nodes.
+    pub fn in_flight(&self) -> usize {
+        self.state()
+            .nodes
+            .values()
+            .map(|n| n.slot.queue().len())
+            .sum()
+    }
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl State {
+    fn purge(&mut self, mut doomed: impl FnMut(Pid, Pid) -> bool, reason: DropReason) {
+        let mut lost = 0u64;
+        for (&to, node) in &self.nodes {
+            let mut q = node.slot.queue();
+            let before = q.len();
+            q.retain(|(from, _)| !doomed(*from, to));
+            lost += (before - q.len()) as u64;
+        }
+        self.stats.discarded.add(reason, lost);
+    }
+
+    fn purge_blocked(&mut self) {
+        let blocked = std::mem::take(&mut self.blocked);
+        self.purge(
+            |from, to| blocked.contains(&(from, to)),
+            DropReason::Partitioned,
+        );
+        self.blocked = blocked;
+    }
+
+    /// Recomputes every node's connected set: peers that are up and reachable from it.
+    fn publish_connectivity(&self) {
+        let up: Vec<Pid> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.up)
+            .map(|(p, _)| *p)
+            .collect();
+        for (&pid, node) in &self.nodes {
+            let set: PeerSet = if node.up {
+                up.iter()
+                    .copied()
+                    .filter(|&p| p != pid && !self.blocked.contains(&(pid, p)))
+                    .collect()
+            } else {
+                PeerSet::new()
+            };
+            node.connected.send_if_modified(|cur| {
+                let changed = *cur != set;
+                *cur = set;
+                changed
+            });
+        }
+    }
+}
+
+/// One node's end of a [`MemNetwork`].
+pub struct MemTransport {
+    pid: Pid,
+    shared: Arc<Shared>,
+    slot: Arc<Slot>,
+    connected: watch::Receiver<PeerSet>,
+}
+
+impl std::fmt::Debug for MemTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemTransport")
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemTransport {
+    /// The pid this transport belongs to.
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+}
+
+#[async_trait]
+impl Transport for MemTransport {
+    fn send(&mut self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
+        if !self.slot.alive.load(Ordering::Acquire) {
+            return Err(DropReason::Unreachable);
+        }
+        let mut state = self.shared.state();
+        let dest = match state.nodes.get(&to) {
+            Some(n) if n.up => Arc::clone(&n.slot),
+            _ => return Err(DropReason::Unreachable),
+        };
+        if state.blocked.contains(&(self.pid, to)) {
+            return Err(DropReason::Partitioned);
+        }
+        if let Some((p, rng)) = state.loss.get_mut(&(self.pid, to))
+            && rng.random::<f64>() < *p
+        {
+            return Err(DropReason::Injected);
+        }
+        let mut q = dest.queue();
+        if q.len() >= self.shared.queue_capacity {
+            return Err(DropReason::Backpressure);
+        }
+        q.push_back((self.pid, frame));
+        drop(q);
+        drop(state);
+        dest.notify.notify_one();
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> Option<TransportEvent> {
+        loop {
+            if !self.slot.alive.load(Ordering::Acquire) {
+                return None;
+            }
+            if let Some((_, frame)) = self.slot.queue().pop_front() {
+                return Some(TransportEvent::Frame(frame));
+            }
+            self.slot.notify.notified().await;
+        }
+    }
+
+    fn connected(&self) -> watch::Receiver<PeerSet> {
+        self.connected.clone()
+    }
+
+    async fn shutdown(&mut self, _linger: Duration) {
+        // Frames already queued were delivered into peers' queues at send time; nothing to flush.
+    }
+}

@@ -1,0 +1,40 @@
+//! `cluster`: messaging among a fixed group of nodes, each with an integer pid listed in a
+//! config file, through an outbox and an inbox per node.
+//!
+//! This is the crate users depend on. Cargo features pick the transports:
+//!
+//! * `libzmq` (default) — ZeroMQ through the `zmq` crate (bundled libzmq);
+//! * `zeromq` — ZeroMQ through the pure-Rust `zeromq` crate;
+//! * `mem` (default) — the in-memory transport and [`mem::MemNetwork`], for simulated clusters.
+//!
+//! ```
+//! # #[cfg(feature = "mem")]
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use cluster::{BROADCAST, Config, Envelope, Server, mem::MemNetwork};
+//!
+//! let config = Config::local(3, 7000)?;
+//! let net = MemNetwork::new(&config, 42);
+//! let mut nodes = Vec::new();
+//! for pid in config.pids() {
+//!     nodes.push(Server::<String>::with_transport(pid, config.clone(), net.transport(pid)?)?);
+//! }
+//! nodes[0].outbox().send(Envelope::new(BROADCAST, 1, "hello".into())).await?;
+//! let got = nodes[1].inbox().recv().await;
+//! assert_eq!(got, Some(Envelope::new(1, 1, "hello".to_string())));
+//! # Ok(()) }
+//! # #[cfg(feature = "mem")]
+//! # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+//! ```
+
+pub use cluster_core::{
+    BROADCAST, Config, ConfigError, ConfigProblem, DropCounts, DropReason, Envelope, Incarnation,
+    Message, MsgId, Options, PeerConfig, PeerStats, Pid, Server, ServerBuilder, ServerError,
+    ServerMonitor, Stats, Transport, TransportError, TransportEvent, WaitTimeout,
+};
+
+/// The wire format (see [`cluster_core::wire`]).
+pub use cluster_core::wire;
+
+/// The in-memory transport and simulated network.
+#[cfg(feature = "mem")]
+pub use cluster_mem as mem;
