@@ -49,11 +49,20 @@ pub trait Message: Serialize + DeserializeOwned + Send + 'static {}
 impl<M: Serialize + DeserializeOwned + Send + 'static> Message for M {}
 
 /// Builds a [`Server`] with settings beyond those of [`Server::with_transport`].
-#[derive(Debug)]
 pub struct ServerBuilder {
     pid: Pid,
     config: Config,
     incarnation: Incarnation,
+    attachments: Vec<Box<dyn Send + Sync>>,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("pid", &self.pid)
+            .field("incarnation", &self.incarnation)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServerBuilder {
@@ -63,12 +72,21 @@ impl ServerBuilder {
         self
     }
 
+    /// Keeps `value` alive as long as the server runs, and drops it once the server's task has
+    /// finished (after `shutdown`, or when the server is dropped). For companions such as a
+    /// catalog recorder whose `Drop` does a final flush.
+    pub fn attach(mut self, value: impl Send + Sync + 'static) -> Self {
+        self.attachments.push(Box::new(value));
+        self
+    }
+
     /// Starts the server over `transport`. Must be called inside a tokio runtime.
     pub fn build<M: Message, T: Transport>(self, transport: T) -> Result<Server<M>, ServerError> {
         let Self {
             pid,
             config,
             incarnation,
+            attachments,
         } = self;
         config.check_member(pid)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ServerError::NoRuntime)?;
@@ -94,7 +112,10 @@ impl ServerBuilder {
             inbox: inbox_tx,
             linger: opts.linger,
         };
-        let task = runtime.spawn(driver.run(stop_rx));
+        let task = runtime.spawn(async move {
+            driver.run(stop_rx).await;
+            drop(attachments);
+        });
         Ok(Server {
             pid,
             peers,
@@ -160,6 +181,7 @@ impl<M> Server<M> {
             pid,
             config,
             incarnation: 0,
+            attachments: Vec::new(),
         }
     }
 
