@@ -1,6 +1,133 @@
-//! ZeroMQ transport for `cluster` (work in progress: see issue 3).
+//! ZeroMQ transport for `cluster`: nodes in separate processes, over real sockets, keeping
+//! the delivery contract of `cluster-core` (drop on unreachable, bounded queues, isolation,
+//! reconnection, detection of silent partitions).
 //!
-//! This crate will hold a [`cluster_core::Transport`] over real sockets with two backends
-//! picked by cargo feature: `libzmq` (the `zmq` crate, bundled libzmq; the default) and
-//! `zeromq` (the pure-Rust crate). It keeps the contract of `cluster-core` on real networks:
-//! drop on unreachable, bounded queues, reconnection, heartbeats for silent partitions.
+//! Two backends, picked by cargo feature; [`ZmqTransport`] is the one in use and
+//! [`bind`] builds it:
+//!
+//! * `libzmq` (default) — [`LibzmqTransport`], the `zmq` crate over the bundled libzmq;
+//! * `zeromq` — [`ZeromqTransport`], the pure-Rust `zeromq` crate.
+//!
+//! With both features on, both types exist and [`ZmqTransport`] is the libzmq one.
+//!
+//! # Socket layout, and why
+//!
+//! Every node binds **one inbound socket** on its own configured address and opens **one
+//! outbound socket per peer**, connected to that peer's address. One socket per peer (rather
+//! than one ROUTER for all) is what makes the contract cheap to keep: each peer has its own
+//! bounded queue, so a dead or slow peer fills only its own queue (`backpressure` for that
+//! peer, contract C6) and "is this peer connected right now?" is a property of one socket.
+//!
+//! **libzmq** — PULL inbound, PUSH outbound:
+//!
+//! * `ZMQ_IMMEDIATE=1` on every PUSH, and every send is non-blocking (`ZMQ_DONTWAIT`): a
+//!   frame is queued only on a connection whose handshake has completed. A send to a peer
+//!   without one fails at once and is counted `unreachable`; nothing is kept for a peer
+//!   that might come back (C4). libzmq discards a pipe's queue when its connection drops.
+//! * `ZMQ_SNDHWM` = `RCVHWM` = [`Options::peer_queue`](cluster_core::Options::peer_queue):
+//!   a full queue to one peer refuses with `backpressure` and touches no other socket.
+//! * `ZMQ_LINGER` = [`Options::linger`](cluster_core::Options::linger) on PUSH sockets (what
+//!   `shutdown` may spend flushing to live peers), 0 on the PULL socket.
+//! * ZMTP heartbeats on both ends (`ZMQ_HEARTBEAT_IVL` = `heartbeat_interval`,
+//!   `ZMQ_HEARTBEAT_TIMEOUT` and `TTL` = `heartbeat_timeout`), and a handshake bounded by the
+//!   same timeout: a cut that closes nothing closes the connection on both sides within
+//!   `heartbeat_timeout`; libzmq discards what was queued on it, and the peer is
+//!   `unreachable` from then on. Reconnection is libzmq's own (100 ms, backing off to 1 s).
+//! * A socket monitor per PUSH (`HANDSHAKE_SUCCEEDED` / `DISCONNECTED`) keeps the connection
+//!   set that [`Transport::connected`](cluster_core::Transport::connected) publishes; it
+//!   also tells a send's `EAGAIN` apart: no connection (`unreachable`) or a full queue
+//!   (`backpressure`).
+//! * `ZMQ_MAXMSGSIZE` = 2 × `max_message_size` on the PULL socket: a frame a little too
+//!   large reaches the server and is counted `too_large`; a hostile giant length prefix makes
+//!   libzmq close that connection without allocating it.
+//!
+//! libzmq sockets are not thread-safe, so each has one owner: the PUSH sockets belong to
+//! the transport itself, which lives in the server's task (sends are non-blocking calls into
+//! libzmq's lock-free pipes); the PULL socket belongs to a receiving thread and the monitor
+//! sockets to a monitor thread. Both threads sleep in `zmq_poll` (no busy loop) and stop on
+//! a message on an inproc PAIR; received frames reach the server through a bounded tokio
+//! channel, in batches.
+//!
+//! **zeromq** — the pure-Rust crate has no high-water mark, no heartbeats and does not
+//! reconnect a restarted peer reliably, so this backend adds them itself. ROUTER inbound,
+//! DEALER outbound (the inbound side must answer):
+//!
+//! * each peer has a task owning its DEALER, fed by a bounded queue of `peer_queue` frames
+//!   (full: `backpressure`);
+//! * the receiver acknowledges, every quarter window, how many frames it took from the
+//!   connection; a sender keeps at most `peer_queue` unacknowledged frames in flight, which
+//!   bounds the crate's internal queue the way SNDHWM/RCVHWM do in libzmq;
+//! * the sender pings every `heartbeat_interval`; a connection that shows no sign of life for
+//!   `heartbeat_timeout` (or whose write stalls that long) is given up: the peer becomes
+//!   `unreachable`, the frames still queued for it are discarded and reported as
+//!   [`TransportEvent::Dropped`](cluster_core::TransportEvent::Dropped), and the task
+//!   reconnects with a fresh socket (100 ms, backing off to 1 s). A peer counts as connected
+//!   only after its first acknowledgement, i.e. after a full round trip;
+//! * the receiver discards frames arriving on a connection that was silent for longer than
+//!   the heartbeat timeout (its sender has given it up; see [`LinkStats::stale_frames`]).
+//!
+//! Control frames start with `0xC2`, cluster frames with the wire magic `0xC1`; control
+//! frames never reach the server, and anything that is not a well-formed control frame is
+//! handed to the server, which checks and counts it (contract C9).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use cluster_core::{Config, Envelope, Server};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = Config::load("config.json")?;
+//! let transport = cluster_zmq::bind(1, &config).await?;
+//! let mut server = Server::<String>::with_transport(1, config, transport)?;
+//! server.wait_for_peers(std::time::Duration::from_secs(5)).await?;
+//! server.outbox().send(Envelope::new(2, server.next_msg_id(), "hello".into())).await?;
+//! let reply = server.inbox().recv().await;
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+#[cfg(not(any(feature = "libzmq", feature = "zeromq")))]
+compile_error!("cluster-zmq needs a backend: enable the feature `libzmq` or `zeromq`");
+
+pub mod bench;
+mod common;
+#[cfg(feature = "libzmq")]
+mod libzmq;
+#[cfg(feature = "zeromq")]
+mod zeromq_backend;
+
+pub use common::LinkStats;
+#[cfg(feature = "libzmq")]
+pub use libzmq::LibzmqTransport;
+#[cfg(feature = "zeromq")]
+pub use zeromq_backend::ZeromqTransport;
+
+use cluster_core::{Config, Pid, TransportError};
+
+/// The transport of the backend in use (libzmq when both features are on).
+#[cfg(feature = "libzmq")]
+pub type ZmqTransport = LibzmqTransport;
+/// The transport of the backend in use (libzmq when both features are on).
+#[cfg(all(feature = "zeromq", not(feature = "libzmq")))]
+pub type ZmqTransport = ZeromqTransport;
+
+/// The name of the backend in use: `"libzmq"` or `"zeromq"`.
+pub const BACKEND: &str = if cfg!(feature = "libzmq") {
+    "libzmq"
+} else {
+    "zeromq"
+};
+
+/// Binds node `pid` of `config` with the backend in use and starts connecting to its peers.
+/// Must be called inside a tokio runtime. A port already in use is
+/// [`TransportError::Bind`], naming the address.
+pub async fn bind(pid: Pid, config: &Config) -> Result<ZmqTransport, TransportError> {
+    #[cfg(feature = "libzmq")]
+    {
+        LibzmqTransport::bind(pid, config)
+    }
+    #[cfg(all(feature = "zeromq", not(feature = "libzmq")))]
+    {
+        ZeromqTransport::bind(pid, config).await
+    }
+}

@@ -1,0 +1,420 @@
+//! The `libzmq` backend: the `zmq` crate over the bundled libzmq.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cluster_core::{
+    Config, DropReason, Options, PeerSet, Pid, Transport, TransportError, TransportEvent,
+};
+use tokio::sync::{mpsc, watch};
+
+use crate::common::{self, BATCH, Counters, Inbound, LinkStats, Liveness, millis_i32};
+
+/// Distinguishes the inproc endpoints of transports living in one process.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// Fastest and slowest reconnection attempts to a peer that went away.
+const RECONNECT_IVL: Duration = Duration::from_millis(100);
+const RECONNECT_IVL_MAX: Duration = Duration::from_millis(1000);
+
+/// A [`Transport`] over libzmq: one PULL socket bound on the node's address, one PUSH socket
+/// per peer (see the crate docs for why, and for the socket options).
+pub struct LibzmqTransport {
+    pid: Pid,
+    /// One PUSH per peer, in the order of `liveness`.
+    outs: Vec<zmq::Socket>,
+    liveness: Arc<Liveness>,
+    inbound: Inbound,
+    stats: LinkStats,
+    teardown: Option<Teardown>,
+}
+
+impl std::fmt::Debug for LibzmqTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LibzmqTransport")
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What must be released, in order, when the transport stops: the socket-owning threads are
+/// told to stop and joined, then the PUSH sockets close (lingering), then the context ends.
+struct Teardown {
+    /// Sends a stop signal to each socket-owning thread.
+    stops: Vec<zmq::Socket>,
+    threads: Vec<JoinHandle<()>>,
+    ctx: zmq::Context,
+}
+
+impl Teardown {
+    fn signal(&self) {
+        for stop in &self.stops {
+            // A full or closed pipe means the thread is stopping already.
+            let _ = stop.send(&b"stop"[..], zmq::DONTWAIT);
+        }
+    }
+
+    /// Blocking: joins the threads, closes `outs` (each lingers at most its `ZMQ_LINGER`) and
+    /// terminates the context, which frees the port.
+    fn finish(self, outs: Vec<zmq::Socket>) {
+        for t in self.threads {
+            if t.join().is_err() {
+                tracing::error!("a libzmq socket thread panicked");
+            }
+        }
+        drop(outs);
+        drop(self.stops);
+        drop(self.ctx);
+    }
+}
+
+fn zmq_err(what: &str, e: zmq::Error) -> TransportError {
+    TransportError::Other(format!("{what}: {e}"))
+}
+
+fn ipv6(endpoint: &str) -> bool {
+    endpoint.contains('[')
+}
+
+/// Options shared by inbound and outbound sockets: heartbeats so that a silent cut closes the
+/// connection on both ends, and a bounded handshake.
+fn set_liveness_options(s: &zmq::Socket, o: &Options, endpoint: &str) -> zmq::Result<()> {
+    s.set_ipv6(ipv6(endpoint))?;
+    s.set_heartbeat_ivl(millis_i32(o.heartbeat_interval))?;
+    s.set_heartbeat_timeout(millis_i32(o.heartbeat_timeout))?;
+    // The TTL travels in our PINGs and makes the far end close too; libzmq counts it in
+    // deciseconds and treats anything below 100 ms as "none".
+    s.set_heartbeat_ttl(millis_i32(
+        o.heartbeat_timeout.max(Duration::from_millis(100)),
+    ))?;
+    s.set_handshake_ivl(millis_i32(o.heartbeat_timeout))?;
+    Ok(())
+}
+
+fn hwm(o: &Options) -> i32 {
+    i32::try_from(o.peer_queue).unwrap_or(i32::MAX)
+}
+
+/// Largest message libzmq accepts before closing the connection: twice the configured
+/// limit, so that moderately oversized frames still reach the server and are counted
+/// `too_large`, while a hostile multi-gigabyte length prefix is never allocated.
+fn transport_max_size(o: &Options) -> i64 {
+    i64::try_from(o.max_message_size.saturating_mul(2)).unwrap_or(i64::MAX)
+}
+
+impl LibzmqTransport {
+    /// Binds node `pid`'s address from `config` and connects to every other peer.
+    /// Connections come up asynchronously: see [`cluster_core::Server::wait_for_peers`].
+    pub fn bind(pid: Pid, config: &Config) -> Result<Self, TransportError> {
+        config
+            .check_member(pid)
+            .map_err(|e| TransportError::Unavailable {
+                pid,
+                reason: e.to_string(),
+            })?;
+        let o = config.options();
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let ctx = zmq::Context::new();
+        let own = common::endpoint(config, pid)?;
+        let address = config
+            .peer(pid)
+            .map(|p| p.address.clone())
+            .unwrap_or_default();
+
+        let pull = ctx
+            .socket(zmq::PULL)
+            .map_err(|e| zmq_err("pull socket", e))?;
+        let setup = |s: &zmq::Socket| -> zmq::Result<()> {
+            set_liveness_options(s, o, &own)?;
+            s.set_rcvhwm(hwm(o))?;
+            s.set_linger(0)?;
+            s.set_maxmsgsize(transport_max_size(o))
+        };
+        setup(&pull).map_err(|e| zmq_err("pull socket options", e))?;
+        pull.bind(&own).map_err(|e| TransportError::Bind {
+            address: address.clone(),
+            reason: e.to_string(),
+        })?;
+
+        let peers = common::peers_of(config, pid);
+        let liveness = Liveness::new(peers.clone());
+        let mut outs = Vec::with_capacity(peers.len());
+        let mut monitors = Vec::with_capacity(peers.len() + 1);
+        let monitor_of = |s: &zmq::Socket, name: String, events: u16| -> zmq::Result<zmq::Socket> {
+            s.monitor(&name, i32::from(events))?;
+            let m = ctx.socket(zmq::PAIR)?;
+            m.connect(&name)?;
+            Ok(m)
+        };
+        let out_events = zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw()
+            | zmq::SocketEvent::DISCONNECTED.to_raw()
+            | zmq::SocketEvent::CLOSED.to_raw()
+            | zmq::SocketEvent::MONITOR_STOPPED.to_raw();
+        for &peer in &peers {
+            let endpoint = common::endpoint(config, peer)?;
+            let push = ctx
+                .socket(zmq::PUSH)
+                .map_err(|e| zmq_err("push socket", e))?;
+            let setup = |s: &zmq::Socket| -> zmq::Result<()> {
+                set_liveness_options(s, o, &endpoint)?;
+                s.set_immediate(true)?;
+                s.set_sndhwm(hwm(o))?;
+                s.set_linger(millis_i32(o.linger))?;
+                s.set_reconnect_ivl(millis_i32(RECONNECT_IVL))?;
+                s.set_reconnect_ivl_max(millis_i32(RECONNECT_IVL_MAX))?;
+                s.set_connect_timeout(millis_i32(o.heartbeat_timeout))
+            };
+            setup(&push).map_err(|e| zmq_err("push socket options", e))?;
+            let monitor = monitor_of(&push, format!("inproc://cz-{id}-out-{peer}"), out_events)
+                .map_err(|e| zmq_err("push monitor", e))?;
+            push.connect(&endpoint)
+                .map_err(|e| zmq_err(&format!("connect to {endpoint}"), e))?;
+            outs.push(push);
+            monitors.push(monitor);
+        }
+        let in_events = zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL.to_raw()
+            | zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL.to_raw();
+        let pull_monitor = monitor_of(&pull, format!("inproc://cz-{id}-in"), in_events)
+            .map_err(|e| zmq_err("pull monitor", e))?;
+
+        let stats = LinkStats::default();
+        let (tx, inbound) = Inbound::channel();
+        let mut stops = Vec::new();
+        let mut threads = Vec::new();
+        let (stop, stopped) = stop_pair(&ctx, &format!("inproc://cz-{id}-stop-recv"))
+            .map_err(|e| zmq_err("stop pair", e))?;
+        stops.push(stop);
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("zmq-recv-{pid}"))
+                .spawn(move || receive_loop(pull, stopped, tx))
+                .map_err(|e| TransportError::Other(format!("spawning a thread: {e}")))?,
+        );
+        let (stop, stopped) = stop_pair(&ctx, &format!("inproc://cz-{id}-stop-mon"))
+            .map_err(|e| zmq_err("stop pair", e))?;
+        stops.push(stop);
+        let watcher = Watcher {
+            outs: monitors,
+            inbound: pull_monitor,
+            stopped,
+            liveness: Arc::clone(&liveness),
+            counters: Arc::clone(&stats.counters),
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("zmq-monitor-{pid}"))
+                .spawn(move || watcher.run())
+                .map_err(|e| TransportError::Other(format!("spawning a thread: {e}")))?,
+        );
+        Ok(Self {
+            pid,
+            outs,
+            liveness,
+            inbound,
+            stats,
+            teardown: Some(Teardown {
+                stops,
+                threads,
+                ctx,
+            }),
+        })
+    }
+
+    /// Counters of what this transport refused below the frame level.
+    pub fn link_stats(&self) -> LinkStats {
+        self.stats.clone()
+    }
+}
+
+/// A bound PAIR (kept by the transport) and its connected twin (given to a thread).
+fn stop_pair(ctx: &zmq::Context, name: &str) -> zmq::Result<(zmq::Socket, zmq::Socket)> {
+    let stop = ctx.socket(zmq::PAIR)?;
+    stop.set_linger(0)?;
+    stop.bind(name)?;
+    let stopped = ctx.socket(zmq::PAIR)?;
+    stopped.set_linger(0)?;
+    stopped.connect(name)?;
+    Ok((stop, stopped))
+}
+
+/// Owns the PULL socket: waits (in `zmq_poll`, no spinning) for frames or the stop signal and
+/// hands frames to the server's task in batches. A full channel blocks this thread, so the
+/// PULL socket's RCVHWM fills and senders see `backpressure`: memory stays bounded.
+fn receive_loop(pull: zmq::Socket, stopped: zmq::Socket, tx: mpsc::Sender<Vec<TransportEvent>>) {
+    loop {
+        let (frames, stop) = {
+            let mut items = [
+                pull.as_poll_item(zmq::POLLIN),
+                stopped.as_poll_item(zmq::POLLIN),
+            ];
+            match zmq::poll(&mut items, -1) {
+                Ok(_) => {}
+                Err(zmq::Error::EINTR) => continue,
+                Err(e) => {
+                    tracing::error!("libzmq poll failed: {e}");
+                    return;
+                }
+            }
+            (items[0].is_readable(), items[1].is_readable())
+        };
+        if stop {
+            return;
+        }
+        if !frames {
+            continue;
+        }
+        let mut batch = Vec::with_capacity(BATCH);
+        while batch.len() < BATCH {
+            match pull.recv_msg(zmq::DONTWAIT) {
+                Ok(msg) => batch.push(common::frame_event(&msg)),
+                Err(zmq::Error::EAGAIN) => break,
+                Err(zmq::Error::EINTR) => continue,
+                Err(e) => {
+                    tracing::error!("libzmq recv failed: {e}");
+                    return;
+                }
+            }
+        }
+        if !batch.is_empty() && tx.blocking_send(batch).is_err() {
+            // The transport is shutting down.
+            return;
+        }
+    }
+}
+
+/// Owns the monitor sockets: keeps the connection set current from libzmq's events.
+struct Watcher {
+    /// The monitor of each PUSH socket, in the order of `liveness`.
+    outs: Vec<zmq::Socket>,
+    /// The monitor of the PULL socket.
+    inbound: zmq::Socket,
+    stopped: zmq::Socket,
+    liveness: Arc<Liveness>,
+    counters: Arc<Counters>,
+}
+
+/// Reads one monitor event (two frames: 6 bytes of event and value, then the endpoint).
+fn read_event(m: &zmq::Socket) -> Option<u16> {
+    let head = m.recv_msg(zmq::DONTWAIT).ok()?;
+    // Drain the rest of the multipart event.
+    while m.get_rcvmore().unwrap_or(false) {
+        if m.recv_msg(zmq::DONTWAIT).is_err() {
+            break;
+        }
+    }
+    let b = head.get(..2)?;
+    Some(u16::from_ne_bytes([*b.first()?, *b.get(1)?]))
+}
+
+impl Watcher {
+    fn run(self) {
+        let handshake = zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw();
+        loop {
+            let readable: Vec<bool> = {
+                let mut items: Vec<zmq::PollItem<'_>> = self
+                    .outs
+                    .iter()
+                    .chain([&self.inbound, &self.stopped])
+                    .map(|s| s.as_poll_item(zmq::POLLIN))
+                    .collect();
+                match zmq::poll(&mut items, -1) {
+                    Ok(_) => {}
+                    Err(zmq::Error::EINTR) => continue,
+                    Err(e) => {
+                        tracing::error!("libzmq poll failed: {e}");
+                        return;
+                    }
+                }
+                items.iter().map(|i| i.is_readable()).collect()
+            };
+            if readable.last().copied().unwrap_or(true) {
+                self.liveness.all_down();
+                return;
+            }
+            for (i, m) in self.outs.iter().enumerate() {
+                if !readable.get(i).copied().unwrap_or(false) {
+                    continue;
+                }
+                while let Some(event) = read_event(m) {
+                    self.liveness.set(i, event == handshake);
+                }
+            }
+            if readable.get(self.outs.len()).copied().unwrap_or(false) {
+                while read_event(&self.inbound).is_some() {
+                    self.counters
+                        .rejected_connections
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for LibzmqTransport {
+    fn send(&mut self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
+        let Some(index) = self.liveness.index(to) else {
+            return Err(DropReason::UnknownPeer);
+        };
+        if !self.liveness.is_up(index) {
+            return Err(DropReason::Unreachable);
+        }
+        let Some(push) = self.outs.get(index) else {
+            return Err(DropReason::UnknownPeer);
+        };
+        match push.send(&frame[..], zmq::DONTWAIT) {
+            Ok(()) => Ok(()),
+            // With ZMQ_IMMEDIATE, EAGAIN means either no completed connection (the monitor
+            // may not have told us yet) or a full SNDHWM on a live one.
+            Err(zmq::Error::EAGAIN) if self.liveness.is_up(index) => Err(DropReason::Backpressure),
+            Err(_) => Err(DropReason::Unreachable),
+        }
+    }
+
+    async fn recv(&mut self) -> Option<TransportEvent> {
+        self.inbound.recv().await
+    }
+
+    fn connected(&self) -> watch::Receiver<PeerSet> {
+        self.liveness.subscribe()
+    }
+
+    async fn shutdown(&mut self, linger: Duration) {
+        self.inbound.close();
+        let Some(teardown) = self.teardown.take() else {
+            return;
+        };
+        teardown.signal();
+        let outs = std::mem::take(&mut self.outs);
+        for push in &outs {
+            let _ = push.set_linger(millis_i32(linger));
+        }
+        let liveness = Arc::clone(&self.liveness);
+        if let Err(e) = tokio::task::spawn_blocking(move || teardown.finish(outs)).await {
+            tracing::error!(pid = self.pid, "libzmq teardown failed: {e}");
+        }
+        liveness.all_down();
+    }
+}
+
+impl Drop for LibzmqTransport {
+    fn drop(&mut self) {
+        // Dropped without shutdown (e.g. its runtime went away): stop the threads and release
+        // everything on a helper thread, so that dropping never blocks for the linger.
+        self.inbound.close();
+        if let Some(teardown) = self.teardown.take() {
+            teardown.signal();
+            let outs = std::mem::take(&mut self.outs);
+            let spawned = std::thread::Builder::new()
+                .name("zmq-teardown".into())
+                .spawn(move || teardown.finish(outs));
+            if let Err(e) = spawned {
+                tracing::error!("cannot spawn the libzmq teardown thread: {e}");
+            }
+        }
+    }
+}
