@@ -26,6 +26,10 @@
 //! # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
 //! ```
 
+mod node;
+
+pub use node::new;
+
 pub use cluster_core::{
     BROADCAST, Config, ConfigError, ConfigProblem, DropCounts, DropReason, Envelope, Incarnation,
     Message, MsgId, Options, PeerConfig, PeerStats, Pid, Server, ServerBuilder, ServerError,

@@ -1,0 +1,76 @@
+//! [`new`]: a node from a config file, over the ZeroMQ transport picked by cargo feature.
+
+use std::path::Path;
+
+use cluster_core::{Config, Message, Pid, Server, ServerError};
+
+/// Starts node `pid` of the cluster described by the config file at `path`, over the
+/// ZeroMQ backend selected by the crate's features (`libzmq` by default, else `zeromq`).
+///
+/// The node binds its own address at once and connects to its peers in the background:
+/// await [`Server::wait_for_peers`] before relying on delivery. Errors are clear: a config
+/// problem names the file, the entry and the problem; a port already in use is a
+/// [`TransportError::Bind`](cluster_core::TransportError::Bind) naming the address.
+/// Must be called inside a tokio runtime.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use cluster::{BROADCAST, Envelope, Server};
+///
+/// let mut server: Server<String> = cluster::new(1, "config.json").await?;
+/// server.wait_for_peers(std::time::Duration::from_secs(5)).await?;
+/// let id = server.next_msg_id();
+/// server.outbox().send(Envelope::new(BROADCAST, id, "hello".into())).await?;
+/// let reply = server.inbox().recv().await;
+/// server.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub async fn new<M: Message>(pid: Pid, path: impl AsRef<Path>) -> Result<Server<M>, ServerError> {
+    let config = Config::load(path)?;
+    config.check_member(pid)?;
+    let transport = cluster_zmq::bind(pid, &config).await?;
+    Server::with_transport(pid, config, transport)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cluster_core::{ConfigProblem, TransportError};
+
+    #[tokio::test]
+    async fn config_errors_and_busy_ports_are_clear() {
+        let dir = std::env::temp_dir().join(format!("cluster-new-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.json");
+        let e = new::<String>(1, &path).await.unwrap_err();
+        assert!(
+            matches!(&e, ServerError::Config(c) if matches!(c.problem, ConfigProblem::Unreadable(_))),
+            "{e}"
+        );
+
+        let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = squatter.local_addr().unwrap().port();
+        std::fs::write(
+            &path,
+            format!(r#"{{"peers":[{{"pid":1,"address":"127.0.0.1:{port}"}}]}}"#),
+        )
+        .unwrap();
+        let e = new::<String>(2, &path).await.unwrap_err();
+        assert!(matches!(&e, ServerError::Config(_)), "{e}");
+        let e = new::<String>(1, &path).await.unwrap_err();
+        match &e {
+            ServerError::Transport(TransportError::Bind { address, .. }) => {
+                assert_eq!(address, &format!("127.0.0.1:{port}"));
+            }
+            other => panic!("expected a bind error, got {other}"),
+        }
+        assert!(e.to_string().contains(&port.to_string()), "{e}");
+
+        drop(squatter);
+        let server = new::<String>(1, &path).await.unwrap();
+        assert_eq!(server.pid(), 1);
+        assert!(server.peers().is_empty());
+        server.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
