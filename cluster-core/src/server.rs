@@ -54,7 +54,11 @@ pub struct ServerBuilder {
     config: Config,
     incarnation: Incarnation,
     attachments: Vec<Box<dyn Send + Sync>>,
+    attach_hooks: Vec<AttachHook>,
 }
+
+/// Makes an attachment from the monitor of the server being built.
+type AttachHook = Box<dyn FnOnce(ServerMonitor) -> Box<dyn Send + Sync> + Send>;
 
 impl std::fmt::Debug for ServerBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -80,13 +84,26 @@ impl ServerBuilder {
         self
     }
 
+    /// Like [`ServerBuilder::attach`], for companions that watch the server: `make` is called
+    /// once, inside [`ServerBuilder::build`] (so inside the tokio runtime), with the new
+    /// server's [`ServerMonitor`], and what it returns lives as long as the server.
+    pub fn attach_with<A: Send + Sync + 'static>(
+        mut self,
+        make: impl FnOnce(ServerMonitor) -> A + Send + 'static,
+    ) -> Self {
+        self.attach_hooks
+            .push(Box::new(move |monitor| Box::new(make(monitor))));
+        self
+    }
+
     /// Starts the server over `transport`. Must be called inside a tokio runtime.
     pub fn build<M: Message, T: Transport>(self, transport: T) -> Result<Server<M>, ServerError> {
         let Self {
             pid,
             config,
             incarnation,
-            attachments,
+            mut attachments,
+            attach_hooks,
         } = self;
         config.check_member(pid)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ServerError::NoRuntime)?;
@@ -105,6 +122,13 @@ impl ServerBuilder {
         let (inbox_tx, inbox_rx) = mpsc::channel(opts.inbox_capacity);
         let (stop_tx, stop_rx) = oneshot::channel();
         let connected = transport.connected();
+        for hook in attach_hooks {
+            attachments.push(hook(ServerMonitor {
+                pid,
+                stats: Arc::clone(&stats),
+                connected: connected.clone(),
+            }));
+        }
         let driver = Driver {
             router,
             transport,
@@ -182,6 +206,7 @@ impl<M> Server<M> {
             config,
             incarnation: 0,
             attachments: Vec::new(),
+            attach_hooks: Vec::new(),
         }
     }
 
