@@ -134,7 +134,7 @@ impl NodeCatalog {
 /// use cluster_core::{Config, Server};
 ///
 /// let config = Config::load("config.json")?;
-/// let builder = cluster_catalog::attach(1, &config, Server::builder(1, config.clone()))?;
+/// let builder = cluster_catalog::attach(1, &config, Server::<String>::builder(1, config.clone()))?;
 /// let server: Server<String> = builder.build(transport)?;
 /// # Ok(()) }
 /// ```
