@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::envelope::{BROADCAST, Envelope, Pid};
 use crate::stats::{DropReason, StatsCells};
-use crate::wire::{self, Frame, Header, Incarnation};
+use crate::wire::{self, Header, Incarnation};
 
 pub(crate) struct Router {
     pid: Pid,
@@ -21,6 +21,8 @@ pub(crate) struct Router {
     /// Newest incarnation seen from each pid in `all`.
     newest: Vec<Option<Incarnation>>,
     stats: Arc<StatsCells>,
+    /// Reused encoding buffer.
+    scratch: Vec<u8>,
 }
 
 impl Router {
@@ -39,6 +41,7 @@ impl Router {
             max_message_size,
             newest,
             stats,
+            scratch: Vec::new(),
         }
     }
 
@@ -46,7 +49,7 @@ impl Router {
     /// for each remote destination, and returns the envelope if it is for this node itself.
     /// Every copy is counted as sent and, if refused, as dropped with the reason.
     pub(crate) fn outgoing<M: Serialize>(
-        &self,
+        &mut self,
         env: Envelope<M>,
         mut send: impl FnMut(Pid, Bytes) -> Result<(), DropReason>,
     ) -> Option<Envelope<M>> {
@@ -69,7 +72,7 @@ impl Router {
             incarnation: self.incarnation,
             msg_id: env.msg_id,
         };
-        let frame = match wire::encode(&header, &env.msg) {
+        let frame = match wire::encode_with(&mut self.scratch, &header, &env.msg) {
             Ok(f) if f.len() <= self.max_message_size => Ok(f),
             Ok(_) => Err(DropReason::TooLarge),
             Err(e) => {
@@ -77,11 +80,21 @@ impl Router {
                 Err(DropReason::Malformed)
             }
         };
+        let mut frame = Some(frame);
+        let mut remaining = targets.iter().filter(|p| **p != self.pid).count();
         for &peer in targets.iter().filter(|p| **p != self.pid) {
             self.stats.sent(peer);
-            let result = match &frame {
-                Ok(f) => send(peer, f.clone()),
-                Err(reason) => Err(*reason),
+            remaining -= 1;
+            // The last destination takes the frame itself; the others share it (refcount).
+            let copy = if remaining == 0 {
+                frame.take()
+            } else {
+                frame.clone()
+            };
+            let result = match copy {
+                Some(Ok(f)) => send(peer, f),
+                Some(Err(reason)) => Err(reason),
+                None => Err(DropReason::Malformed),
             };
             if let Err(reason) = result {
                 self.stats.dropped_to(peer, reason, 1);
@@ -96,15 +109,14 @@ impl Router {
             self.stats.dropped_from(None, DropReason::TooLarge);
             return None;
         }
-        let frame = match Frame::decode(bytes) {
-            Ok(f) => f,
+        let h = match Header::parse(&bytes) {
+            Ok(h) => h,
             Err(e) => {
                 tracing::debug!(pid = self.pid, "dropping malformed frame: {e}");
                 self.stats.dropped_from(None, DropReason::Malformed);
                 return None;
             }
         };
-        let h = frame.header;
         let Ok(index) = self.all.binary_search(&h.sender) else {
             self.stats.dropped_from(None, DropReason::UnknownSender);
             return None;
@@ -128,7 +140,7 @@ impl Router {
                 }
             }
         }
-        match frame.message::<M>() {
+        match wire::decode_payload::<M>(&bytes) {
             Ok(msg) => Some(Envelope::new(h.sender, h.msg_id, msg)),
             Err(e) => {
                 tracing::debug!(pid = self.pid, from = h.sender, "dropping frame: {e}");
@@ -160,7 +172,7 @@ mod tests {
 
     #[test]
     fn broadcast_encodes_once_and_skips_the_sender() {
-        let r = router(2);
+        let mut r = router(2);
         let mut sent = Vec::new();
         let local = r.outgoing(Envelope::new(BROADCAST, 9, "hi".to_string()), |to, f| {
             sent.push((to, f));
@@ -179,7 +191,7 @@ mod tests {
 
     #[test]
     fn self_unknown_and_refused_sends() {
-        let r = router(2);
+        let mut r = router(2);
         let local = r.outgoing(Envelope::new(2, 1, 7u8), |_, _| panic!("no network"));
         assert_eq!(local, Some(Envelope::new(2, 1, 7u8)));
         assert!(
@@ -202,7 +214,7 @@ mod tests {
 
     #[test]
     fn too_large_messages_are_dropped_not_sent() {
-        let r = router(1);
+        let mut r = router(1);
         r.outgoing(Envelope::new(2, 1, vec![0u8; 2000]), |_, _| {
             panic!("too large")
         });
@@ -211,7 +223,7 @@ mod tests {
 
     #[test]
     fn incoming_checks_sender_and_incarnation() {
-        let sender = router(3);
+        let mut sender = router(3);
         let mut frames = Vec::new();
         sender.outgoing(Envelope::new(1, 11, "a".to_string()), |_, f| {
             frames.push(f);
@@ -221,7 +233,7 @@ mod tests {
         let env: Envelope<String> = r.incoming(frames[0].clone()).unwrap();
         assert_eq!(env, Envelope::new(3, 11, "a".to_string()));
 
-        let newer = Router::new(
+        let mut newer = Router::new(
             3,
             6,
             vec![1, 2, 3, 4],

@@ -70,6 +70,18 @@ impl std::fmt::Debug for ServerBuilder {
 }
 
 impl ServerBuilder {
+    /// A builder for node `pid` of `config` (the same as [`Server::builder`], without having
+    /// to name the message type up front).
+    pub fn new(pid: Pid, config: Config) -> Self {
+        Self {
+            pid,
+            config,
+            incarnation: 0,
+            attachments: Vec::new(),
+            attach_hooks: Vec::new(),
+        }
+    }
+
     /// The incarnation this node runs as (see [`Server::incarnation`]). Default 0.
     pub fn incarnation(mut self, incarnation: Incarnation) -> Self {
         self.incarnation = incarnation;
@@ -201,13 +213,7 @@ impl<M: Message> Server<M> {
 impl<M> Server<M> {
     /// A builder for node `pid` of `config`.
     pub fn builder(pid: Pid, config: Config) -> ServerBuilder {
-        ServerBuilder {
-            pid,
-            config,
-            incarnation: 0,
-            attachments: Vec::new(),
-            attach_hooks: Vec::new(),
-        }
+        ServerBuilder::new(pid, config)
     }
 
     /// This node's pid.
@@ -393,7 +399,15 @@ impl<M: Message, T: Transport> Driver<M, T> {
                     }
                 }
                 event = self.transport.recv(), if transport_open => match event {
-                    Some(event) => self.on_event(event),
+                    Some(event) => {
+                        self.on_event(event);
+                        for _ in 1..BATCH {
+                            match self.transport.try_recv() {
+                                Some(event) => self.on_event(event),
+                                None => break,
+                            }
+                        }
+                    }
                     None => transport_open = false,
                 },
             }

@@ -85,6 +85,13 @@ pub trait Transport: Send + 'static {
     /// The next event. Cancel-safe; `None` once closed.
     async fn recv(&mut self) -> Option<TransportEvent>;
 
+    /// The next event if one is ready now, without waiting, so that the server can drain a
+    /// burst with one wake-up. The default reports nothing ready; `recv` remains the way
+    /// to learn that the transport closed.
+    fn try_recv(&mut self) -> Option<TransportEvent> {
+        None
+    }
+
     /// The live connection set, kept current by the transport.
     fn connected(&self) -> watch::Receiver<PeerSet>;
 
@@ -100,6 +107,10 @@ impl Transport for Box<dyn Transport> {
 
     async fn recv(&mut self) -> Option<TransportEvent> {
         (**self).recv().await
+    }
+
+    fn try_recv(&mut self) -> Option<TransportEvent> {
+        (**self).try_recv()
     }
 
     fn connected(&self) -> watch::Receiver<PeerSet> {

@@ -46,8 +46,7 @@ pub struct Header {
 pub struct Frame {
     /// The header.
     pub header: Header,
-    /// The payload bytes (MessagePack of the message).
-    pub payload: Bytes,
+    bytes: Bytes,
 }
 
 /// Why bytes are not a frame, or a message could not be encoded.
@@ -92,9 +91,27 @@ pub fn encode<M: Serialize + ?Sized>(header: &Header, msg: &M) -> Result<Bytes, 
     Ok(buf.into_inner().freeze())
 }
 
-impl Frame {
-    /// Checks the header of `bytes`. Total: never panics.
-    pub fn decode(bytes: Bytes) -> Result<Self, WireError> {
+/// Encodes like [`encode`], through a reusable scratch buffer, so the frame is allocated
+/// once at its exact size.
+pub fn encode_with<M: Serialize + ?Sized>(
+    scratch: &mut Vec<u8>,
+    header: &Header,
+    msg: &M,
+) -> Result<Bytes, WireError> {
+    scratch.clear();
+    header.put(scratch);
+    rmp_serde::encode::write(scratch, msg).map_err(|e| WireError::Encode(e.to_string()))?;
+    let frame = Bytes::copy_from_slice(scratch);
+    // Don't let one huge message pin a huge buffer.
+    if scratch.capacity() > 1 << 16 {
+        *scratch = Vec::new();
+    }
+    Ok(frame)
+}
+
+impl Header {
+    /// Parses and checks the header at the start of `bytes`. Total: never panics.
+    pub fn parse(bytes: &[u8]) -> Result<Self, WireError> {
         let Some(head) = bytes.get(..HEADER_LEN) else {
             return Err(WireError::Truncated(bytes.len()));
         };
@@ -121,18 +138,39 @@ impl Frame {
             return Err(WireError::BadSender(sender));
         }
         Ok(Self {
-            header: Header {
-                sender,
-                incarnation,
-                msg_id,
-            },
-            payload: bytes.slice(HEADER_LEN..),
+            sender,
+            incarnation,
+            msg_id,
         })
+    }
+}
+
+/// Decodes the payload of a frame whose header was already checked. Total: never panics.
+pub fn decode_payload<M: DeserializeOwned>(frame: &[u8]) -> Result<M, WireError> {
+    let payload = frame.get(HEADER_LEN..).unwrap_or_default();
+    rmp_serde::from_slice(payload).map_err(|e| WireError::Payload(e.to_string()))
+}
+
+impl Frame {
+    /// Checks the header of `bytes`. Total: never panics.
+    pub fn decode(bytes: Bytes) -> Result<Self, WireError> {
+        let header = Header::parse(&bytes)?;
+        Ok(Self { header, bytes })
+    }
+
+    /// The payload bytes (MessagePack of the message).
+    pub fn payload(&self) -> &[u8] {
+        self.bytes.get(HEADER_LEN..).unwrap_or_default()
+    }
+
+    /// The whole frame, header included.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
     }
 
     /// Decodes the payload as `M`. Total: never panics.
     pub fn message<M: DeserializeOwned>(&self) -> Result<M, WireError> {
-        rmp_serde::from_slice(&self.payload).map_err(|e| WireError::Payload(e.to_string()))
+        decode_payload(&self.bytes)
     }
 }
 

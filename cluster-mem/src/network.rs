@@ -363,10 +363,11 @@ impl Transport for MemTransport {
             Some(n) if n.up => Arc::clone(&n.slot),
             _ => return Err(DropReason::Unreachable),
         };
-        if state.blocked.contains(&(self.pid, to)) {
+        if !state.blocked.is_empty() && state.blocked.contains(&(self.pid, to)) {
             return Err(DropReason::Partitioned);
         }
-        if let Some((p, rng)) = state.loss.get_mut(&(self.pid, to))
+        if !state.loss.is_empty()
+            && let Some((p, rng)) = state.loss.get_mut(&(self.pid, to))
             && rng.random::<f64>() < *p
         {
             return Err(DropReason::Injected);
@@ -375,10 +376,15 @@ impl Transport for MemTransport {
         if q.len() >= self.shared.queue_capacity {
             return Err(DropReason::Backpressure);
         }
+        let was_empty = q.is_empty();
         q.push_back((self.pid, frame));
         drop(q);
         drop(state);
-        dest.notify.notify_one();
+        // The receiver sleeps only after finding its queue empty under the lock, so a wake-up
+        // is needed only when this frame made the queue non-empty.
+        if was_empty {
+            dest.notify.notify_one();
+        }
         Ok(())
     }
 
@@ -387,11 +393,19 @@ impl Transport for MemTransport {
             if !self.slot.alive.load(Ordering::Acquire) {
                 return None;
             }
-            if let Some((_, frame)) = self.slot.queue().pop_front() {
-                return Some(TransportEvent::Frame(frame));
+            if let Some(event) = self.try_recv() {
+                return Some(event);
             }
             self.slot.notify.notified().await;
         }
+    }
+
+    fn try_recv(&mut self) -> Option<TransportEvent> {
+        if !self.slot.alive.load(Ordering::Acquire) {
+            return None;
+        }
+        let (_, frame) = self.slot.queue().pop_front()?;
+        Some(TransportEvent::Frame(frame))
     }
 
     fn connected(&self) -> watch::Receiver<PeerSet> {
