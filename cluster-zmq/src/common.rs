@@ -123,6 +123,16 @@ impl Inbound {
         }
     }
 
+    /// The next event if one is ready now.
+    pub(crate) fn try_recv(&mut self) -> Option<TransportEvent> {
+        if let Some(event) = self.pending.pop_front() {
+            return Some(event);
+        }
+        let batch = self.rx.try_recv().ok()?;
+        self.pending.extend(batch);
+        self.pending.pop_front()
+    }
+
     /// Stops accepting batches: a socket owner blocked on a full channel is released.
     pub(crate) fn close(&mut self) {
         self.rx.close();

@@ -379,6 +379,10 @@ impl Transport for LibzmqTransport {
         self.inbound.recv().await
     }
 
+    fn try_recv(&mut self) -> Option<TransportEvent> {
+        self.inbound.try_recv()
+    }
+
     fn connected(&self) -> watch::Receiver<PeerSet> {
         self.liveness.subscribe()
     }

@@ -1,1 +1,568 @@
-//! The `zeromq` backend.
+//! The `zeromq` backend: the pure-Rust `zeromq` crate, plus the reconnection, bounds and
+//! heartbeats it lacks (see the crate docs).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cluster_core::{
+    Config, DropReason, Options, PeerSet, Pid, Transport, TransportError, TransportEvent,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use zeromq::{
+    DealerSocket, RouterSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage,
+};
+
+use crate::common::control::{self, Control};
+use crate::common::{self, BATCH, Counters, Inbound, LinkStats, Liveness};
+
+/// Fastest and slowest reconnection attempts to a peer that went away.
+const RECONNECT_IVL: Duration = Duration::from_millis(100);
+const RECONNECT_IVL_MAX: Duration = Duration::from_millis(1000);
+
+/// `None` while running; `Some(deadline)` once shutdown began: flush until the deadline.
+type StopSignal = watch::Receiver<Option<Instant>>;
+
+/// A [`Transport`] over the pure-Rust `zeromq` crate: one ROUTER bound on the node's
+/// address, one DEALER per peer, each owned by its own task (see the crate docs).
+pub struct ZeromqTransport {
+    pid: Pid,
+    /// The bounded queue of each peer's task, in the order of `liveness`.
+    queues: Vec<mpsc::Sender<Bytes>>,
+    liveness: Arc<Liveness>,
+    inbound: Inbound,
+    stats: LinkStats,
+    stop: watch::Sender<Option<Instant>>,
+    receiver: Option<JoinHandle<()>>,
+    senders: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ZeromqTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZeromqTransport")
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Timings and bounds of one transport, from the config's options.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    heartbeat_interval: Duration,
+    heartbeat_timeout: Duration,
+    /// Unacknowledged frames a sender keeps in flight on one connection.
+    window: u64,
+}
+
+impl Limits {
+    fn new(o: &Options) -> Self {
+        Self {
+            heartbeat_interval: o.heartbeat_interval,
+            heartbeat_timeout: o.heartbeat_timeout,
+            window: u64::try_from(o.peer_queue).unwrap_or(u64::MAX).max(1),
+        }
+    }
+
+    /// The receiver acknowledges every quarter window, so a sender rarely waits.
+    fn ack_every(&self) -> u64 {
+        (self.window / 4).max(1)
+    }
+}
+
+impl ZeromqTransport {
+    /// Binds node `pid`'s address from `config` and starts connecting to every other peer.
+    /// Must be called inside a tokio runtime.
+    pub async fn bind(pid: Pid, config: &Config) -> Result<Self, TransportError> {
+        config
+            .check_member(pid)
+            .map_err(|e| TransportError::Unavailable {
+                pid,
+                reason: e.to_string(),
+            })?;
+        let limits = Limits::new(config.options());
+        let own = common::endpoint(config, pid)?;
+        let address = config
+            .peer(pid)
+            .map(|p| p.address.clone())
+            .unwrap_or_default();
+        let mut router = RouterSocket::new();
+        router.bind(&own).await.map_err(|e| TransportError::Bind {
+            address,
+            reason: e.to_string(),
+        })?;
+
+        let stats = LinkStats::default();
+        let (stop, stop_rx) = watch::channel(None);
+        let (tx, inbound) = Inbound::channel();
+        let receiver = tokio::spawn(
+            Receiver {
+                router,
+                tx: tx.clone(),
+                stop: stop_rx.clone(),
+                counters: Arc::clone(&stats.counters),
+                limits,
+                conns: HashMap::new(),
+            }
+            .run(),
+        );
+
+        let peers = common::peers_of(config, pid);
+        let liveness = Liveness::new(peers.clone());
+        let mut queues = Vec::with_capacity(peers.len());
+        let mut senders = Vec::with_capacity(peers.len());
+        for (index, &peer) in peers.iter().enumerate() {
+            let (queue, rx) = mpsc::channel(config.options().peer_queue.max(1));
+            let link = Link {
+                peer,
+                index,
+                endpoint: common::endpoint(config, peer)?,
+                rx,
+                liveness: Arc::clone(&liveness),
+                events: tx.clone(),
+                stop: stop_rx.clone(),
+                limits,
+            };
+            queues.push(queue);
+            senders.push(tokio::spawn(link.run()));
+        }
+        Ok(Self {
+            pid,
+            queues,
+            liveness,
+            inbound,
+            stats,
+            stop,
+            receiver: Some(receiver),
+            senders,
+        })
+    }
+
+    /// Counters of what this transport refused below the frame level.
+    pub fn link_stats(&self) -> LinkStats {
+        self.stats.clone()
+    }
+}
+
+#[async_trait]
+impl Transport for ZeromqTransport {
+    fn send(&mut self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
+        let Some(index) = self.liveness.index(to) else {
+            return Err(DropReason::UnknownPeer);
+        };
+        if !self.liveness.is_up(index) {
+            return Err(DropReason::Unreachable);
+        }
+        let Some(queue) = self.queues.get(index) else {
+            return Err(DropReason::UnknownPeer);
+        };
+        match queue.try_send(frame) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(DropReason::Backpressure),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(DropReason::Unreachable),
+        }
+    }
+
+    async fn recv(&mut self) -> Option<TransportEvent> {
+        self.inbound.recv().await
+    }
+
+    fn try_recv(&mut self) -> Option<TransportEvent> {
+        self.inbound.try_recv()
+    }
+
+    fn connected(&self) -> watch::Receiver<PeerSet> {
+        self.liveness.subscribe()
+    }
+
+    async fn shutdown(&mut self, linger: Duration) {
+        let deadline = Instant::now() + linger;
+        self.stop.send_replace(Some(deadline));
+        // The sender tasks flush to live peers until the deadline, then stop.
+        let grace = linger + Duration::from_secs(1);
+        for task in self.senders.drain(..) {
+            let abort = task.abort_handle();
+            if tokio::time::timeout_at(deadline + grace, task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        self.inbound.close();
+        if let Some(task) = self.receiver.take() {
+            // The receiver unbinds the port before it ends.
+            let abort = task.abort_handle();
+            if tokio::time::timeout(grace, task).await.is_err() {
+                abort.abort();
+            }
+        }
+        self.liveness.all_down();
+    }
+}
+
+impl Drop for ZeromqTransport {
+    fn drop(&mut self) {
+        // Dropped without shutdown: every task stops at once on its own.
+        self.stop.send_replace(Some(Instant::now()));
+        self.inbound.close();
+    }
+}
+
+/// Resolves once shutdown begins (or the transport is gone).
+async fn stopped(stop: &mut StopSignal) -> Instant {
+    match stop.wait_for(Option::is_some).await {
+        Ok(deadline) => (*deadline).unwrap_or_else(Instant::now),
+        Err(_) => Instant::now(),
+    }
+}
+
+/// The receiving side of one inbound connection, keyed by the ROUTER's routing id.
+struct Conn {
+    received: u64,
+    acked: u64,
+    last: Instant,
+    /// Silent for longer than the heartbeat timeout: its sender has given it up.
+    stale: bool,
+}
+
+/// Owns the ROUTER socket: hands frames to the server, answers pings, acknowledges.
+struct Receiver {
+    router: RouterSocket,
+    tx: mpsc::Sender<Vec<TransportEvent>>,
+    stop: StopSignal,
+    counters: Arc<Counters>,
+    limits: Limits,
+    conns: HashMap<Bytes, Conn>,
+}
+
+impl Receiver {
+    async fn run(mut self) {
+        let mut stop = self.stop.clone();
+        let mut batch = Vec::with_capacity(BATCH);
+        'outer: loop {
+            let first = tokio::select! {
+                _ = stopped(&mut stop) => break,
+                m = self.router.recv() => m,
+            };
+            let mut next = Some(first);
+            // Take what is ready now, up to a batch, before waking the server.
+            while let Some(m) = next.take() {
+                match m {
+                    Ok(m) => {
+                        if self.on_message(m, &mut batch).await.is_err() {
+                            break 'outer;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!("zeromq router recv: {e}");
+                        // Never spin on a socket in a bad state.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                if batch.len() >= BATCH {
+                    break;
+                }
+                next = tokio::select! {
+                    biased;
+                    m = self.router.recv() => Some(m),
+                    () = std::future::ready(()) => None,
+                };
+            }
+            if !batch.is_empty() {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                if self.tx.send(full).await.is_err() {
+                    break;
+                }
+            }
+        }
+        let errors = self.router.close().await;
+        for e in errors {
+            tracing::debug!("zeromq router close: {e}");
+        }
+    }
+
+    /// One multipart message: the routing id, then frames. Err: the server is gone.
+    async fn on_message(
+        &mut self,
+        m: ZmqMessage,
+        batch: &mut Vec<TransportEvent>,
+    ) -> Result<(), ()> {
+        let mut parts = m.into_vecdeque();
+        let Some(id) = parts.pop_front() else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let timeout = self.limits.heartbeat_timeout;
+        let conn = self.conns.entry(id.clone()).or_insert(Conn {
+            received: 0,
+            acked: 0,
+            last: now,
+            stale: false,
+        });
+        if now.duration_since(conn.last) > timeout {
+            conn.stale = true;
+        }
+        conn.last = now;
+        let mut reply = None;
+        for part in parts {
+            if conn.stale {
+                if control::decode(&part).is_none() {
+                    self.counters.stale_frames.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            }
+            match control::decode(&part) {
+                Some(Control::Ping) => reply = Some(conn.received),
+                // Acks travel the other way; one arriving here is noise.
+                Some(Control::Ack(_)) => {}
+                None => {
+                    conn.received += 1;
+                    batch.push(TransportEvent::Frame(part));
+                }
+            }
+        }
+        if conn.received - conn.acked >= self.limits.ack_every() {
+            reply = Some(conn.received);
+        }
+        if let Some(n) = reply {
+            conn.acked = n;
+            if !batch.is_empty() {
+                // Hand the frames over before acknowledging them.
+                let full = std::mem::replace(batch, Vec::with_capacity(BATCH));
+                self.tx.send(full).await.map_err(|_| ())?;
+            }
+            let mut ack = ZmqMessage::from(id);
+            ack.push_back(control::encode(Control::Ack(n)));
+            if let Err(e) = self.router.send(ack).await {
+                tracing::debug!("zeromq ack: {e}");
+            }
+        }
+        if self.conns.len() > 4096 {
+            // Forget connections silent for long (bounded memory under connection churn).
+            self.conns
+                .retain(|_, c| now.duration_since(c.last) <= timeout * 4);
+        }
+        Ok(())
+    }
+}
+
+/// Owns the way to one peer: its bounded queue and, while connected, its DEALER socket.
+struct Link {
+    peer: Pid,
+    index: usize,
+    endpoint: String,
+    rx: mpsc::Receiver<Bytes>,
+    liveness: Arc<Liveness>,
+    events: mpsc::Sender<Vec<TransportEvent>>,
+    stop: StopSignal,
+    limits: Limits,
+}
+
+/// Why a connection ended.
+enum Ended {
+    /// Shutdown: flushed what it could.
+    Stopped,
+    /// The peer is gone or cut off; these frames, taken from the queue, were not sent.
+    Dead(u64),
+}
+
+impl Link {
+    async fn run(mut self) {
+        let mut backoff = RECONNECT_IVL;
+        loop {
+            // Whatever is queued now was accepted while the peer was going away: discard it.
+            self.discard(0).await;
+            if self.stop.borrow().is_some() {
+                return;
+            }
+            let mut stop = self.stop.clone();
+            let connected = tokio::select! {
+                _ = stopped(&mut stop) => return,
+                c = self.connect() => c,
+            };
+            match connected {
+                Some(dealer) => {
+                    backoff = RECONNECT_IVL;
+                    // Frames that slipped in while the peer was down are never sent.
+                    self.discard(0).await;
+                    self.liveness.set(self.index, true);
+                    let ended = self.serve(dealer).await;
+                    self.liveness.set(self.index, false);
+                    match ended {
+                        Ended::Stopped => return,
+                        Ended::Dead(lost) => {
+                            tracing::debug!(peer = self.peer, "connection lost");
+                            self.discard(lost).await;
+                        }
+                    }
+                }
+                None => {
+                    let mut stop = self.stop.clone();
+                    tokio::select! {
+                        _ = stopped(&mut stop) => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(RECONNECT_IVL_MAX);
+                }
+            }
+        }
+    }
+
+    /// Drops every queued frame, plus `already` taken ones, and reports them.
+    async fn discard(&mut self, already: u64) {
+        let mut n = already;
+        while self.rx.try_recv().is_ok() {
+            n += 1;
+        }
+        if n > 0 {
+            let event = TransportEvent::Dropped {
+                peer: self.peer,
+                reason: DropReason::Unreachable,
+                count: n,
+            };
+            // Fails only when the transport is gone, and then nobody counts anymore.
+            let _ = self.events.send(vec![event]).await;
+        }
+    }
+
+    /// A fresh DEALER, connected, with one ping answered within the heartbeat timeout.
+    async fn connect(&self) -> Option<(zeromq::DealerSendHalf, zeromq::DealerRecvHalf)> {
+        let timeout = self.limits.heartbeat_timeout;
+        let mut options = SocketOptions::default();
+        options.connect_timeout(timeout);
+        let mut dealer = DealerSocket::with_options(options);
+        let attempt = async {
+            dealer.connect(&self.endpoint).await.ok()?;
+            let (mut send, mut recv) = dealer.split();
+            send.send(ZmqMessage::from(control::encode(Control::Ping)))
+                .await
+                .ok()?;
+            loop {
+                let m = recv.recv().await.ok()?;
+                if m.iter()
+                    .any(|p| matches!(control::decode(p), Some(Control::Ack(_))))
+                {
+                    return Some((send, recv));
+                }
+            }
+        };
+        tokio::time::timeout(timeout, attempt).await.ok().flatten()
+    }
+
+    /// Moves frames from the queue to the connection until it dies or shutdown begins.
+    async fn serve(
+        &mut self,
+        (mut send, mut recv): (zeromq::DealerSendHalf, zeromq::DealerRecvHalf),
+    ) -> Ended {
+        let Limits {
+            heartbeat_interval,
+            heartbeat_timeout,
+            window,
+        } = self.limits;
+        let mut sent: u64 = 0;
+        let mut acked: u64 = 0;
+        let mut last_heard = Instant::now();
+        let mut tick = tokio::time::interval(heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut buf = Vec::with_capacity(BATCH);
+        let mut stop = self.stop.clone();
+        loop {
+            let room = usize::try_from(window.saturating_sub(sent - acked))
+                .unwrap_or(usize::MAX)
+                .min(BATCH);
+            tokio::select! {
+                deadline = stopped(&mut stop) => {
+                    return self.flush(send, recv, sent, acked, deadline).await;
+                }
+                n = self.rx.recv_many(&mut buf, room), if room > 0 => {
+                    if n == 0 {
+                        return Ended::Stopped;
+                    }
+                    let mut left = buf.len() as u64;
+                    for frame in buf.drain(..) {
+                        let r = tokio::time::timeout(heartbeat_timeout, send.send(ZmqMessage::from(frame))).await;
+                        if !matches!(r, Ok(Ok(()))) {
+                            // This frame and the rest of the batch never left.
+                            return Ended::Dead(left);
+                        }
+                        left -= 1;
+                        sent += 1;
+                    }
+                }
+                m = recv.recv() => match m {
+                    Ok(m) => {
+                        for part in m.iter() {
+                            if let Some(Control::Ack(n)) = control::decode(part) {
+                                acked = acked.max(n.min(sent));
+                                last_heard = Instant::now();
+                            }
+                        }
+                    }
+                    Err(_) => return Ended::Dead(0),
+                },
+                _ = tick.tick() => {
+                    if last_heard.elapsed() > heartbeat_timeout {
+                        return Ended::Dead(0);
+                    }
+                    let ping = ZmqMessage::from(control::encode(Control::Ping));
+                    let r = tokio::time::timeout(heartbeat_timeout, send.send(ping)).await;
+                    if !matches!(r, Ok(Ok(()))) {
+                        return Ended::Dead(0);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Shutdown on a live connection: sends what is queued and waits for it to be
+    /// acknowledged, until `deadline`. Frames left over are dropped and reported.
+    async fn flush(
+        &mut self,
+        mut send: zeromq::DealerSendHalf,
+        mut recv: zeromq::DealerRecvHalf,
+        mut sent: u64,
+        mut acked: u64,
+        deadline: Instant,
+    ) -> Ended {
+        let work = async {
+            while let Ok(frame) = self.rx.try_recv() {
+                if send.send(ZmqMessage::from(frame)).await.is_err() {
+                    return;
+                }
+                sent += 1;
+            }
+            if sent == acked {
+                return;
+            }
+            // Ask for an acknowledgement of everything sent.
+            if send
+                .send(ZmqMessage::from(control::encode(Control::Ping)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            while acked < sent {
+                match recv.recv().await {
+                    Ok(m) => {
+                        for part in m.iter() {
+                            if let Some(Control::Ack(n)) = control::decode(part) {
+                                acked = acked.max(n);
+                            }
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout_at(deadline, work).await;
+        self.rx.close();
+        self.discard(0).await;
+        Ended::Stopped
+    }
+}
