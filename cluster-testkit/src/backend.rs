@@ -1,0 +1,217 @@
+//! How a transport plugs into the test kit: a "cluster under test" that starts, crashes and
+//! restarts nodes and injects whichever faults it can.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cluster_core::{Config, DropCounts, Incarnation, Pid, Transport, TransportError};
+use cluster_mem::MemNetwork;
+
+/// How precisely the oracle may judge a backend's deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timing {
+    /// Simulation: every message is judged exactly, by the order of events. Arrivals are
+    /// held until the harness settles, so faults between a send and the next settle hit
+    /// frames that are in flight.
+    Exact,
+    /// Real sockets: a message sent within this window of a fault on its link (before or
+    /// after) may go either way; everything else is judged exactly.
+    Window(Duration),
+}
+
+/// The fault operations a backend supports. Unsupported operations are never generated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `Crash` and `Restart`.
+    pub crash_restart: bool,
+    /// `Partition` (both ways).
+    pub partition: bool,
+    /// `Cut` (one way).
+    pub cut: bool,
+    /// `SetLoss`.
+    pub loss: bool,
+    /// How the oracle judges timing.
+    pub timing: Timing,
+}
+
+impl Capabilities {
+    /// Everything, judged exactly: what a simulation offers.
+    pub const SIMULATION: Capabilities = Capabilities {
+        crash_restart: true,
+        partition: true,
+        cut: true,
+        loss: true,
+        timing: Timing::Exact,
+    };
+
+    /// Real sockets without a relay: crash and restart only, with a "may" window.
+    pub fn real(window: Duration) -> Self {
+        Capabilities {
+            crash_restart: true,
+            partition: false,
+            cut: false,
+            loss: false,
+            timing: Timing::Window(window),
+        }
+    }
+}
+
+/// A node's transport as started by a [`ClusterUnderTest`], with the incarnation it runs as.
+pub struct Started {
+    /// The node's transport.
+    pub transport: Box<dyn Transport>,
+    /// The incarnation the server must run as (from the catalog, or the simulated network).
+    pub incarnation: Incarnation,
+}
+
+impl std::fmt::Debug for Started {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Started")
+            .field("incarnation", &self.incarnation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A cluster of one transport under test. The harness builds each node's
+/// [`Server`](cluster_core::Server) over the transport it returns, so every transport is
+/// judged by the same oracle. Fault methods are called only if [`Capabilities`] says so.
+///
+/// To add a transport (e.g. ZeroMQ): implement this for a struct that owns the config (with
+/// free ports), starts a node's transport on [`start`](ClusterUnderTest::start), kills it
+/// on [`crash`](ClusterUnderTest::crash) (the harness then shuts its server down), and
+/// reopens it as a higher incarnation on [`restart`](ClusterUnderTest::restart); then call
+/// [`conformance::run`](crate::conformance::run) with a factory for it.
+#[async_trait]
+pub trait ClusterUnderTest: Send + 'static {
+    /// A short name for reports, e.g. `mem` or `zmq-libzmq`.
+    fn name(&self) -> String;
+    /// The config every node runs with.
+    fn config(&self) -> &Config;
+    /// What it supports and how it is judged.
+    fn capabilities(&self) -> Capabilities;
+    /// Starts `pid` for the first time.
+    async fn start(&mut self, pid: Pid) -> Result<Started, TransportError>;
+    /// Crashes `pid` abruptly: no flush. The harness shuts its server down afterwards.
+    async fn crash(&mut self, pid: Pid);
+    /// Brings a crashed `pid` back as a new, higher incarnation.
+    async fn restart(&mut self, pid: Pid) -> Result<Started, TransportError>;
+    /// Cuts every link between `a` and `b`, both ways.
+    fn partition(&mut self, _a: &[Pid], _b: &[Pid]) {}
+    /// Cuts the link `from → to`.
+    fn cut(&mut self, _from: Pid, _to: Pid) {}
+    /// Removes every cut, partition and loss setting.
+    fn heal(&mut self) {}
+    /// Loses frames on `from → to` with probability `p`.
+    fn set_loss(&mut self, _from: Pid, _to: Pid, _p: f64) {}
+    /// Frames accepted and not yet received, if the backend can tell (simulation).
+    fn in_flight(&self) -> Option<usize> {
+        None
+    }
+    /// Frames the backend accepted and later discarded that no server counted.
+    fn discarded(&self) -> DropCounts {
+        DropCounts::default()
+    }
+}
+
+/// The in-memory backend: a [`MemNetwork`].
+#[derive(Debug, Clone)]
+pub struct MemBackend {
+    net: MemNetwork,
+    config: Config,
+}
+
+impl MemBackend {
+    /// A network of every pid of `config`, with loss randomness from `seed`.
+    pub fn new(config: &Config, seed: u64) -> Self {
+        Self {
+            net: MemNetwork::new(config, seed),
+            config: config.clone(),
+        }
+    }
+
+    /// Over an existing network (which must have been built from `config`).
+    pub fn from_network(net: MemNetwork, config: &Config) -> Self {
+        Self {
+            net,
+            config: config.clone(),
+        }
+    }
+
+    /// The network.
+    pub fn network(&self) -> &MemNetwork {
+        &self.net
+    }
+
+    fn started(&self, pid: Pid) -> Result<Started, TransportError> {
+        let transport = self.net.transport(pid)?;
+        let incarnation = self.net.incarnation(pid).unwrap_or(0);
+        Ok(Started {
+            transport: Box::new(transport),
+            incarnation,
+        })
+    }
+}
+
+#[async_trait]
+impl ClusterUnderTest for MemBackend {
+    fn name(&self) -> String {
+        "mem".into()
+    }
+
+    fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::SIMULATION
+    }
+
+    async fn start(&mut self, pid: Pid) -> Result<Started, TransportError> {
+        self.started(pid)
+    }
+
+    async fn crash(&mut self, pid: Pid) {
+        self.net.crash(pid);
+    }
+
+    async fn restart(&mut self, pid: Pid) -> Result<Started, TransportError> {
+        self.net
+            .restart(pid)
+            .ok_or_else(|| TransportError::Unavailable {
+                pid,
+                reason: "not in the network".into(),
+            })?;
+        self.started(pid)
+    }
+
+    fn partition(&mut self, a: &[Pid], b: &[Pid]) {
+        self.net.partition(a, b);
+    }
+
+    fn cut(&mut self, from: Pid, to: Pid) {
+        self.net.cut(from, to);
+    }
+
+    fn heal(&mut self) {
+        self.net.heal();
+    }
+
+    fn set_loss(&mut self, from: Pid, to: Pid, p: f64) {
+        self.net.set_loss(from, to, p);
+    }
+
+    fn in_flight(&self) -> Option<usize> {
+        Some(self.net.in_flight())
+    }
+
+    fn discarded(&self) -> DropCounts {
+        self.net.stats().discarded
+    }
+}
+
+pub(crate) fn window_of(timing: Timing) -> Option<Duration> {
+    match timing {
+        Timing::Exact => None,
+        Timing::Window(w) => Some(w),
+    }
+}

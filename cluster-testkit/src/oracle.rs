@@ -1,0 +1,943 @@
+//! The oracle: from a finished [`History`](crate::History), decides for every message copy
+//! whether it must be delivered, must be dropped, or may go either way, and checks the
+//! contract C1–C8 of DESIGN.md §4, one invariant per function.
+//!
+//! Exact runs (simulation) have no "may" except on lossy links: arrivals are held until the
+//! harness settles, so a copy routed on a healthy link must be delivered unless a fault on
+//! its link comes before the next settle, in which case it must be dropped. Windowed runs
+//! (real sockets) say "may" for a copy routed within the window of a fault on its link.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
+
+use cluster_core::{BROADCAST, DropReason, Incarnation, MsgId, Pid};
+
+use crate::history::{Event, Record};
+
+/// The clauses of the contract that the oracle checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Invariant {
+    /// C1: routing — to the addressed peer only, broadcast to all others once, self to
+    /// self, unknown pids counted.
+    C1Routing,
+    /// C2: no phantoms, no duplicates, no corruption.
+    C2Integrity,
+    /// C3: FIFO per ordered pair.
+    C3Fifo,
+    /// C4: what is sent while unreachable is never delivered, not later either; no frame of
+    /// an older incarnation after a newer one.
+    C4DropOnUnreachable,
+    /// C5: delivered when healthy.
+    C5Delivery,
+    /// C6: isolation — nothing held up behind an unreachable peer; no stall.
+    C6Isolation,
+    /// C7: nothing silent — sent = delivered + dropped, plausible drop reasons.
+    C7Accounting,
+    /// C8: restart — incarnations increase; a restarted node's messages flow.
+    C8Restart,
+}
+
+impl Invariant {
+    /// Every invariant, in order.
+    pub const ALL: [Invariant; 8] = [
+        Invariant::C1Routing,
+        Invariant::C2Integrity,
+        Invariant::C3Fifo,
+        Invariant::C4DropOnUnreachable,
+        Invariant::C5Delivery,
+        Invariant::C6Isolation,
+        Invariant::C7Accounting,
+        Invariant::C8Restart,
+    ];
+
+    /// The short code, `C1` … `C8`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Invariant::C1Routing => "C1",
+            Invariant::C2Integrity => "C2",
+            Invariant::C3Fifo => "C3",
+            Invariant::C4DropOnUnreachable => "C4",
+            Invariant::C5Delivery => "C5",
+            Invariant::C6Isolation => "C6",
+            Invariant::C7Accounting => "C7",
+            Invariant::C8Restart => "C8",
+        }
+    }
+}
+
+impl fmt::Display for Invariant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            Invariant::C1Routing => "routing",
+            Invariant::C2Integrity => "no phantoms, duplicates or corruption",
+            Invariant::C3Fifo => "FIFO per pair",
+            Invariant::C4DropOnUnreachable => "drop on unreachable",
+            Invariant::C5Delivery => "delivery when healthy",
+            Invariant::C6Isolation => "isolation",
+            Invariant::C7Accounting => "nothing silent",
+            Invariant::C8Restart => "restart",
+        };
+        write!(f, "{} {name}", self.code())
+    }
+}
+
+/// One broken promise, pointing at the history record that shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Which clause.
+    pub invariant: Invariant,
+    /// The record (`seq`) that shows it, if one does.
+    pub seq: Option<u64>,
+    /// What happened, in words.
+    pub message: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.seq {
+            Some(seq) => write!(f, "[{}] at #{seq}: {}", self.invariant, self.message),
+            None => write!(f, "[{}] {}", self.invariant, self.message),
+        }
+    }
+}
+
+/// What the oracle decided a message copy must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Must be delivered.
+    Deliver,
+    /// Must be dropped (and never delivered later).
+    Drop,
+    /// May go either way (lossy link, or near a fault on real networks).
+    Either,
+}
+
+/// One copy of a message to one remote destination, as routed by its sender's server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Copy {
+    /// `seq` of the `routed` record.
+    pub routed_seq: u64,
+    /// Sender.
+    pub from: Pid,
+    /// Sender's incarnation.
+    pub incarnation: Incarnation,
+    /// Destination.
+    pub to: Pid,
+    /// The destination's incarnation when routed (`None`: down).
+    pub to_incarnation: Option<Incarnation>,
+    /// Message id.
+    pub msg_id: MsgId,
+    /// What the transport said at send.
+    pub refused: Option<DropReason>,
+    /// The link's state when routed.
+    pub link: LinkView,
+    /// The oracle's decision.
+    pub expect: Expect,
+    /// Why, in words.
+    pub because: &'static str,
+    /// `seq` of the first delivery, if any.
+    pub delivered_seq: Option<u64>,
+    /// The incarnation of the destination it was delivered to.
+    pub delivered_to: Option<Incarnation>,
+    /// `seq` of the first settle after routing.
+    pub next_settle: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+struct Send {
+    seq: u64,
+    from: Pid,
+    incarnation: Incarnation,
+    to: Pid,
+    payload: serde_json::Value,
+}
+
+#[derive(Debug, Clone)]
+struct Delivery {
+    seq: u64,
+    at: Pid,
+    at_incarnation: Incarnation,
+    from: Pid,
+    msg_id: MsgId,
+    payload: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Default)]
+struct NetState {
+    up: BTreeMap<Pid, Option<Incarnation>>,
+    blocked: HashSet<(Pid, Pid)>,
+    loss: HashMap<(Pid, Pid), f64>,
+}
+
+/// The state of a copy's link when it was routed, as the harness's model knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkView {
+    /// The sender was up, as the incarnation that sent the copy.
+    pub sender_current: bool,
+    /// The destination's incarnation, if it was up.
+    pub to_incarnation: Option<Incarnation>,
+    /// The link was cut (a cut or a partition).
+    pub blocked: bool,
+    /// The link's loss probability.
+    pub loss: f64,
+}
+
+impl NetState {
+    fn view(&self, from: Pid, incarnation: Incarnation, to: Pid) -> LinkView {
+        LinkView {
+            sender_current: self.up.get(&from).copied().flatten() == Some(incarnation),
+            to_incarnation: self.up.get(&to).copied().flatten(),
+            blocked: self.blocked.contains(&(from, to)),
+            loss: self.loss.get(&(from, to)).copied().unwrap_or(0.0),
+        }
+    }
+
+    fn apply(&mut self, event: &Event) {
+        match event {
+            Event::Start { pid, incarnation } => {
+                self.up.insert(*pid, Some(*incarnation));
+            }
+            Event::Crash { pid } => {
+                self.up.insert(*pid, None);
+            }
+            Event::Partition { a, b } => {
+                for &x in a {
+                    for &y in b {
+                        if x != y {
+                            self.blocked.insert((x, y));
+                            self.blocked.insert((y, x));
+                        }
+                    }
+                }
+            }
+            Event::Cut { from, to } if from != to => {
+                self.blocked.insert((*from, *to));
+            }
+            Event::Heal => {
+                self.blocked.clear();
+                self.loss.clear();
+            }
+            Event::SetLoss { from, to, p } => {
+                let p = if p.is_nan() { 0.0 } else { p.clamp(0.0, 1.0) };
+                if p == 0.0 {
+                    self.loss.remove(&(*from, *to));
+                } else {
+                    self.loss.insert((*from, *to), p);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A fault that discards frames in flight on a link (crash of either end, cut, partition).
+fn discards(event: &Event, from: Pid, to: Pid) -> bool {
+    match event {
+        Event::Crash { pid } => *pid == from || *pid == to,
+        Event::Cut { from: f, to: t } => *f == from && *t == to,
+        Event::Partition { a, b } => {
+            (a.contains(&from) && b.contains(&to)) || (b.contains(&from) && a.contains(&to))
+        }
+        _ => false,
+    }
+}
+
+/// Any change of a link's state (for the "may" window of real networks).
+fn touches(event: &Event, from: Pid, to: Pid) -> bool {
+    match event {
+        Event::Start { pid, .. } => *pid == from || *pid == to,
+        Event::Heal => true,
+        Event::SetLoss { from: f, to: t, .. } => *f == from && *t == to,
+        _ => discards(event, from, to),
+    }
+}
+
+/// The facts the checks share, computed once from the history.
+#[derive(Debug, Clone)]
+pub struct Analysis {
+    pids: BTreeSet<Pid>,
+    window_us: Option<u64>,
+    sends: HashMap<(Pid, MsgId), Send>,
+    send_order: Vec<(Pid, MsgId)>,
+    /// Remote copies, in routing order.
+    pub copies: Vec<Copy>,
+    routed: HashMap<(Pid, MsgId), Vec<u64>>,
+    deliveries: Vec<Delivery>,
+    starts: Vec<(u64, Pid, Incarnation)>,
+    settles: Vec<(u64, bool)>,
+    stats: Vec<StatsRow>,
+    net_discarded: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+struct StatsRow {
+    pid: Pid,
+    incarnation: Incarnation,
+    sent: u64,
+    delivered: u64,
+    dropped: u64,
+    unknown_peer: u64,
+}
+
+/// The oracle's result: every copy's classification and every violation found.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// Every remote copy with its decision.
+    pub copies: Vec<Copy>,
+    /// Every violation, grouped by invariant in order.
+    pub violations: Vec<Violation>,
+}
+
+impl Verdict {
+    /// Whether nothing was violated.
+    pub fn is_ok(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    /// The invariants that were violated.
+    pub fn violated(&self) -> BTreeSet<Invariant> {
+        self.violations.iter().map(|v| v.invariant).collect()
+    }
+
+    /// Counts of copies that had to be delivered, had to be dropped, and could go either way.
+    pub fn expectations(&self) -> (usize, usize, usize) {
+        let count = |e| self.copies.iter().filter(|c| c.expect == e).count();
+        (
+            count(Expect::Deliver),
+            count(Expect::Drop),
+            count(Expect::Either),
+        )
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (must, must_not, may) = self.expectations();
+        writeln!(
+            f,
+            "{} copies: {must} must be delivered, {must_not} must be dropped, {may} either way",
+            self.copies.len()
+        )?;
+        if self.violations.is_empty() {
+            return write!(f, "no violation");
+        }
+        const SHOWN: usize = 12;
+        for v in self.violations.iter().take(SHOWN) {
+            writeln!(f, "  {v}")?;
+        }
+        if self.violations.len() > SHOWN {
+            writeln!(f, "  … and {} more", self.violations.len() - SHOWN)?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs every check on a finished history.
+pub fn check(records: &[Record]) -> Verdict {
+    let a = Analysis::new(records);
+    let mut violations = Vec::new();
+    violations.extend(check_c1_routing(&a));
+    violations.extend(check_c2_integrity(&a));
+    violations.extend(check_c3_fifo(&a));
+    violations.extend(check_c4_drop_on_unreachable(&a));
+    violations.extend(check_c5_delivery(&a));
+    violations.extend(check_c6_isolation(&a));
+    violations.extend(check_c7_accounting(&a));
+    violations.extend(check_c8_restart(&a));
+    Verdict {
+        copies: a.copies,
+        violations,
+    }
+}
+
+impl Analysis {
+    /// Replays the history: the network's state at every routing, and each copy's fate.
+    pub fn new(records: &[Record]) -> Self {
+        let mut a = Analysis {
+            pids: BTreeSet::new(),
+            window_us: None,
+            sends: HashMap::new(),
+            send_order: Vec::new(),
+            copies: Vec::new(),
+            routed: HashMap::new(),
+            deliveries: Vec::new(),
+            starts: Vec::new(),
+            settles: Vec::new(),
+            stats: Vec::new(),
+            net_discarded: None,
+        };
+        let mut state = NetState::default();
+        for r in records {
+            match &r.event {
+                Event::Begin {
+                    pids, window_us, ..
+                } => {
+                    a.pids = pids.iter().copied().collect();
+                    a.window_us = *window_us;
+                    for p in pids {
+                        state.up.insert(*p, None);
+                    }
+                }
+                Event::Start { pid, incarnation } => a.starts.push((r.seq, *pid, *incarnation)),
+                Event::Send {
+                    from,
+                    incarnation,
+                    to,
+                    msg_id,
+                    payload,
+                } => {
+                    a.send_order.push((*from, *msg_id));
+                    a.sends.insert(
+                        (*from, *msg_id),
+                        Send {
+                            seq: r.seq,
+                            from: *from,
+                            incarnation: *incarnation,
+                            to: *to,
+                            payload: payload.clone(),
+                        },
+                    );
+                }
+                Event::Routed {
+                    from,
+                    incarnation,
+                    to,
+                    msg_id,
+                    refused,
+                } => {
+                    a.routed.entry((*from, *msg_id)).or_default().push(r.seq);
+                    let view = state.view(*from, *incarnation, *to);
+                    a.copies.push(Copy {
+                        routed_seq: r.seq,
+                        from: *from,
+                        incarnation: *incarnation,
+                        to: *to,
+                        to_incarnation: view.to_incarnation,
+                        msg_id: *msg_id,
+                        refused: refused.map(|x| x.0),
+                        link: view,
+                        expect: Expect::Either,
+                        because: "",
+                        delivered_seq: None,
+                        delivered_to: None,
+                        next_settle: None,
+                    });
+                }
+                Event::Delivered {
+                    at,
+                    at_incarnation,
+                    from,
+                    msg_id,
+                    payload,
+                } => a.deliveries.push(Delivery {
+                    seq: r.seq,
+                    at: *at,
+                    at_incarnation: *at_incarnation,
+                    from: *from,
+                    msg_id: *msg_id,
+                    payload: payload.clone(),
+                }),
+                Event::Settled { quiet, .. } => a.settles.push((r.seq, *quiet)),
+                Event::Stats {
+                    pid,
+                    incarnation,
+                    sent,
+                    delivered,
+                    dropped_outgoing,
+                    dropped_incoming,
+                } => a.stats.push(StatsRow {
+                    pid: *pid,
+                    incarnation: *incarnation,
+                    sent: *sent,
+                    delivered: *delivered,
+                    dropped: dropped_outgoing.values().sum::<u64>()
+                        + dropped_incoming.values().sum::<u64>(),
+                    unknown_peer: dropped_outgoing.get("unknown_peer").copied().unwrap_or(0),
+                }),
+                Event::NetDiscarded { discarded } => {
+                    a.net_discarded = Some(discarded.values().sum());
+                }
+                _ => {}
+            }
+            state.apply(&r.event);
+        }
+        a.decide(records);
+        a
+    }
+
+    fn decide(&mut self, records: &[Record]) {
+        let mut first_delivery: HashMap<(Pid, Pid, MsgId), (u64, Incarnation)> = HashMap::new();
+        for d in &self.deliveries {
+            first_delivery
+                .entry((d.at, d.from, d.msg_id))
+                .or_insert((d.seq, d.at_incarnation));
+        }
+        let settles: Vec<u64> = self.settles.iter().map(|(s, _)| *s).collect();
+        let window = self.window_us;
+        for copy in &mut self.copies {
+            let view = copy.link.clone();
+            let next_settle = settles
+                .iter()
+                .copied()
+                .find(|s| *s > copy.routed_seq);
+            copy.next_settle = next_settle;
+            if let Some((seq, inc)) = first_delivery.get(&(copy.to, copy.from, copy.msg_id)) {
+                copy.delivered_seq = Some(*seq);
+                copy.delivered_to = Some(*inc);
+            }
+            let (expect, because) = if !view.sender_current {
+                (Expect::Drop, "the sender was down")
+            } else if view.to_incarnation.is_none() {
+                (Expect::Drop, "the destination was down")
+            } else if view.blocked {
+                (Expect::Drop, "the link was cut")
+            } else if view.loss >= 1.0 {
+                (Expect::Drop, "the link loses everything")
+            } else if view.loss > 0.0 {
+                (Expect::Either, "the link is lossy")
+            } else {
+                (Expect::Deliver, "the link was healthy")
+            };
+            let Some(routed) = records.get(usize::try_from(copy.routed_seq).unwrap_or(usize::MAX))
+            else {
+                copy.expect = expect;
+                copy.because = because;
+                continue;
+            };
+            match window {
+                None => {
+                    // Exact: arrivals wait for the next settle; a discarding fault on the
+                    // link before it drops the copy.
+                    let end = next_settle.unwrap_or(u64::MAX);
+                    let hit = records
+                        .iter()
+                        .skip(usize::try_from(copy.routed_seq).unwrap_or(usize::MAX))
+                        .take_while(|r| r.seq < end)
+                        .any(|r| discards(&r.event, copy.from, copy.to));
+                    (copy.expect, copy.because) = if expect == Expect::Deliver && hit {
+                        (Expect::Drop, "a fault on its link came before it could arrive")
+                    } else {
+                        (expect, because)
+                    };
+                }
+                Some(w) => {
+                    let t = routed.at_us;
+                    let near = records.iter().any(|r| {
+                        r.at_us + w >= t && r.at_us <= t + w && touches(&r.event, copy.from, copy.to)
+                    });
+                    (copy.expect, copy.because) = if near {
+                        (Expect::Either, "routed within the window of a fault on its link")
+                    } else {
+                        (expect, because)
+                    };
+                }
+            }
+        }
+    }
+
+    fn send_of(&self, from: Pid, msg_id: MsgId) -> Option<&Send> {
+        self.sends.get(&(from, msg_id))
+    }
+
+    fn first_incarnations(&self) -> HashMap<Pid, Incarnation> {
+        let mut first = HashMap::new();
+        for (_, pid, inc) in &self.starts {
+            first.entry(*pid).or_insert(*inc);
+        }
+        first
+    }
+}
+
+fn v(invariant: Invariant, seq: Option<u64>, message: String) -> Violation {
+    Violation {
+        invariant,
+        seq,
+        message,
+    }
+}
+
+/// C1: every delivery is to an addressee; broadcasts are routed to every other pid once;
+/// sends to self are delivered to self; unknown pids are counted `unknown_peer`.
+pub fn check_c1_routing(a: &Analysis) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let inv = Invariant::C1Routing;
+    for d in &a.deliveries {
+        let Some(s) = a.send_of(d.from, d.msg_id) else {
+            continue; // a phantom: C2's business
+        };
+        let ok = s.to == d.at || (s.to == BROADCAST && d.at != s.from);
+        if !ok {
+            out.push(v(
+                inv,
+                Some(d.seq),
+                format!(
+                    "message {} from {} addressed to {} was delivered to {}",
+                    d.msg_id,
+                    d.from,
+                    dest(s.to),
+                    d.at
+                ),
+            ));
+        }
+    }
+    let mut unknown = 0u64;
+    for key in &a.send_order {
+        let Some(s) = a.sends.get(key) else { continue };
+        let routed: Vec<Pid> = a
+            .routed
+            .get(key)
+            .map(|seqs| {
+                a.copies
+                    .iter()
+                    .filter(|c| seqs.contains(&c.routed_seq))
+                    .map(|c| c.to)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let expected: Vec<Pid> = if s.to == BROADCAST {
+            a.pids.iter().copied().filter(|p| *p != s.from).collect()
+        } else if s.to != s.from && a.pids.contains(&s.to) {
+            vec![s.to]
+        } else {
+            if !a.pids.contains(&s.to) {
+                unknown += 1;
+            }
+            Vec::new()
+        };
+        if routed != expected {
+            out.push(v(
+                inv,
+                Some(s.seq),
+                format!(
+                    "message {} from {} to {} was routed to {routed:?}, expected {expected:?}",
+                    key.1,
+                    s.from,
+                    dest(s.to)
+                ),
+            ));
+        }
+        if s.to == s.from
+            && !a
+                .deliveries
+                .iter()
+                .any(|d| d.at == s.from && d.from == s.from && d.msg_id == key.1)
+        {
+            out.push(v(
+                inv,
+                Some(s.seq),
+                format!(
+                    "message {} from {} to itself was not delivered to itself",
+                    key.1, s.from
+                ),
+            ));
+        }
+    }
+    if !a.stats.is_empty() {
+        let counted: u64 = a.stats.iter().map(|s| s.unknown_peer).sum();
+        if counted != unknown {
+            out.push(v(
+                inv,
+                None,
+                format!("{unknown} sends to unknown pids, but unknown_peer counts {counted}"),
+            ));
+        }
+    }
+    out
+}
+
+fn dest(to: Pid) -> String {
+    if to == BROADCAST {
+        "BROADCAST".into()
+    } else {
+        to.to_string()
+    }
+}
+
+/// C2: every delivery was sent (no phantom), byte-exact (no corruption), and reaches each
+/// destination at most once, across its incarnations (no duplicate).
+pub fn check_c2_integrity(a: &Analysis) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let inv = Invariant::C2Integrity;
+    let mut seen: HashSet<(Pid, Pid, MsgId)> = HashSet::new();
+    for d in &a.deliveries {
+        match a.send_of(d.from, d.msg_id) {
+            None => out.push(v(
+                inv,
+                Some(d.seq),
+                format!(
+                    "{} received message {} from {} that was never sent (phantom)",
+                    d.at, d.msg_id, d.from
+                ),
+            )),
+            Some(s) if s.payload != d.payload => out.push(v(
+                inv,
+                Some(d.seq),
+                format!(
+                    "{} received message {} from {} corrupted: sent {}, got {}",
+                    d.at, d.msg_id, d.from, s.payload, d.payload
+                ),
+            )),
+            Some(_) => {}
+        }
+        if !seen.insert((d.at, d.from, d.msg_id)) {
+            out.push(v(
+                inv,
+                Some(d.seq),
+                format!(
+                    "{} received message {} from {} more than once (duplicate)",
+                    d.at, d.msg_id, d.from
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// C3: per ordered pair (and receiver incarnation), deliveries come in send order.
+pub fn check_c3_fifo(a: &Analysis) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let mut last: HashMap<(Pid, Incarnation, Pid), (u64, MsgId)> = HashMap::new();
+    for d in &a.deliveries {
+        let Some(s) = a.send_of(d.from, d.msg_id) else {
+            continue;
+        };
+        let key = (d.at, d.at_incarnation, d.from);
+        if let Some((prev_seq, prev_id)) = last.get(&key)
+            && *prev_seq > s.seq
+        {
+            out.push(v(
+                Invariant::C3Fifo,
+                Some(d.seq),
+                format!(
+                    "{} received message {} from {} after message {prev_id}, which was sent later",
+                    d.at, d.msg_id, d.from
+                ),
+            ));
+        }
+        let entry = last.entry(key).or_insert((s.seq, d.msg_id));
+        if s.seq > entry.0 {
+            *entry = (s.seq, d.msg_id);
+        }
+    }
+    out
+}
+
+/// C4: a copy that had to be dropped (destination down or cut off when routed, or its link
+/// failed before it could arrive) is never delivered, not later either; and no delivery
+/// from an older incarnation of a sender once a newer one was delivered.
+pub fn check_c4_drop_on_unreachable(a: &Analysis) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let inv = Invariant::C4DropOnUnreachable;
+    for c in &a.copies {
+        if c.expect == Expect::Drop
+            && let Some(seq) = c.delivered_seq
+        {
+            out.push(v(
+                inv,
+                Some(seq),
+                format!(
+                    "message {} from {} to {} had to be dropped ({} at #{}) but was delivered{}",
+                    c.msg_id,
+                    c.from,
+                    c.to,
+                    c.because,
+                    c.routed_seq,
+                    match (c.to_incarnation, c.delivered_to) {
+                        (Some(x), Some(y)) if x != y =>
+                            format!(" to incarnation {y} (sent to {x})"),
+                        (None, Some(y)) => format!(" to incarnation {y}, after a restart"),
+                        _ => String::new(),
+                    }
+                ),
+            ));
+        }
+    }
+    let mut newest: HashMap<(Pid, Incarnation, Pid), Incarnation> = HashMap::new();
+    for d in &a.deliveries {
+        let Some(s) = a.send_of(d.from, d.msg_id) else {
+            continue;
+        };
+        let n = newest
+            .entry((d.at, d.at_incarnation, d.from))
+            .or_insert(s.incarnation);
+        if s.incarnation < *n {
+            out.push(v(
+                inv,
+                Some(d.seq),
+                format!(
+                    "{} received message {} from incarnation {} of {} after one from incarnation {n}",
+                    d.at, d.msg_id, s.incarnation, d.from
+                ),
+            ));
+        }
+        *n = (*n).max(s.incarnation);
+    }
+    out
+}
+
+/// C5: every copy that had to be delivered was delivered, to the incarnation it was sent to.
+pub fn check_c5_delivery(a: &Analysis) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for c in a.copies.iter().filter(|c| c.expect == Expect::Deliver) {
+        let problem = match (c.refused, c.delivered_seq) {
+            (Some(reason), _) => Some(format!("was refused at send ({reason})")),
+            (None, None) => Some("was lost".to_string()),
+            (None, Some(_)) if c.delivered_to != c.to_incarnation => {
+                Some("was delivered to another incarnation".to_string())
+            }
+            _ => None,
+        };
+        if let Some(p) = problem {
+            out.push(v(
+                Invariant::C5Delivery,
+                Some(c.routed_seq),
+                format!(
+                    "message {} from {} to {} {p}, though {}",
+                    c.msg_id, c.from, c.to, c.because
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// C6: no copy to a healthy peer is held back past the next settle (e.g. behind an
+/// unreachable one), and every settle became quiet (no stall, no deadlock).
+pub fn check_c6_isolation(a: &Analysis) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let inv = Invariant::C6Isolation;
+    for (seq, quiet) in &a.settles {
+        if !quiet {
+            out.push(v(
+                inv,
+                Some(*seq),
+                "the cluster did not become quiet (stall or deadlock)".into(),
+            ));
+        }
+    }
+    for c in a.copies.iter().filter(|c| c.expect == Expect::Deliver) {
+        if let (Some(d), Some(s)) = (c.delivered_seq, c.next_settle)
+            && d > s
+        {
+            out.push(v(
+                inv,
+                Some(d),
+                format!(
+                    "message {} from {} to {} was held back past the settle at #{s}",
+                    c.msg_id, c.from, c.to
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// C7: sent = delivered + dropped exactly (all incarnations' counters plus the network's
+/// discards); each node's `delivered` matches what its inbox gave; and each refusal's
+/// reason fits the network's state.
+pub fn check_c7_accounting(a: &Analysis) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let inv = Invariant::C7Accounting;
+    if let Some(discarded) = a.net_discarded {
+        let sent: u64 = a.stats.iter().map(|s| s.sent).sum();
+        let delivered: u64 = a.stats.iter().map(|s| s.delivered).sum();
+        let dropped: u64 = a.stats.iter().map(|s| s.dropped).sum();
+        if sent != delivered + dropped + discarded {
+            out.push(v(
+                inv,
+                None,
+                format!(
+                    "sent {sent} ≠ delivered {delivered} + dropped {dropped} + discarded by the network {discarded}: {} unaccounted",
+                    i128::from(sent) - i128::from(delivered + dropped + discarded)
+                ),
+            ));
+        }
+        for s in &a.stats {
+            let seen = a
+                .deliveries
+                .iter()
+                .filter(|d| d.at == s.pid && d.at_incarnation == s.incarnation)
+                .count() as u64;
+            if seen != s.delivered {
+                out.push(v(
+                    inv,
+                    None,
+                    format!(
+                        "node {} incarnation {} counts {} delivered, its inbox gave {seen}",
+                        s.pid, s.incarnation, s.delivered
+                    ),
+                ));
+            }
+        }
+    }
+    for c in &a.copies {
+        let Some(reason) = c.refused else { continue };
+        if c.expect == Expect::Either {
+            continue;
+        }
+        let l = &c.link;
+        let fits = match reason {
+            DropReason::Unreachable => !l.sender_current || l.to_incarnation.is_none(),
+            DropReason::Partitioned => l.blocked,
+            DropReason::Injected => l.loss > 0.0,
+            DropReason::UnknownPeer | DropReason::StaleIncarnation | DropReason::UnknownSender => {
+                false
+            }
+            _ => true,
+        };
+        if !fits {
+            out.push(v(
+                inv,
+                Some(c.routed_seq),
+                format!(
+                    "message {} from {} to {} was refused as {reason}, but {}",
+                    c.msg_id, c.from, c.to, c.because
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// C8: each restart gives a strictly higher incarnation, and copies to or from a restarted
+/// incarnation that had to be delivered were delivered.
+pub fn check_c8_restart(a: &Analysis) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let inv = Invariant::C8Restart;
+    let mut last: HashMap<Pid, Incarnation> = HashMap::new();
+    for (seq, pid, inc) in &a.starts {
+        if let Some(prev) = last.get(pid)
+            && inc <= prev
+        {
+            out.push(v(
+                inv,
+                Some(*seq),
+                format!("node {pid} restarted as incarnation {inc}, not above {prev}"),
+            ));
+        }
+        last.insert(*pid, *inc);
+    }
+    let first = a.first_incarnations();
+    let restarted = |pid: Pid, inc: Option<Incarnation>| {
+        inc.is_some_and(|i| first.get(&pid).is_some_and(|f| i != *f))
+    };
+    for c in a.copies.iter().filter(|c| c.expect == Expect::Deliver) {
+        if (restarted(c.from, Some(c.incarnation)) || restarted(c.to, c.to_incarnation))
+            && (c.refused.is_some() || c.delivered_to != c.to_incarnation)
+        {
+            out.push(v(
+                inv,
+                Some(c.routed_seq),
+                format!(
+                    "message {} from {} (incarnation {}) to {} (incarnation {}) after a restart was not delivered",
+                    c.msg_id,
+                    c.from,
+                    c.incarnation,
+                    c.to,
+                    c.to_incarnation.map_or("-".into(), |i| i.to_string())
+                ),
+            ));
+        }
+    }
+    out
+}

@@ -1,0 +1,204 @@
+//! Scenarios: sequences of operations on a cluster, their proptest strategies, and running
+//! one against a backend.
+
+use std::fmt;
+use std::ops::RangeInclusive;
+
+use cluster_core::{BROADCAST, Pid};
+use proptest::prelude::*;
+use proptest::strategy::{BoxedStrategy, Union};
+
+use crate::backend::{Capabilities, ClusterUnderTest};
+use crate::history::Record;
+use crate::sim::{SimCluster, SimError};
+
+/// One step of a scenario. Pids are those of the config (`1..=n` in generated scenarios).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// `from` sends `payload` to `to`: a pid, itself, [`BROADCAST`] or an unknown pid.
+    /// Skipped if `from` is down.
+    Send {
+        /// The sender.
+        from: Pid,
+        /// The destination.
+        to: Pid,
+        /// The message.
+        payload: Vec<u8>,
+    },
+    /// Crash a node (no effect if it is down).
+    Crash(Pid),
+    /// Restart a node as a new incarnation (crashing it first if up).
+    Restart(Pid),
+    /// Cut every link between the two groups, both ways.
+    Partition(Vec<Pid>, Vec<Pid>),
+    /// Cut the one-way link `from → to`.
+    Cut(Pid, Pid),
+    /// Remove every cut, partition and loss.
+    Heal,
+    /// Lose frames on `from → to` with probability `p`.
+    SetLoss(Pid, Pid, f64),
+    /// Let the network deliver everything in flight and go quiet.
+    Settle,
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::Send { from, to, payload } => {
+                let to = if *to == BROADCAST {
+                    "BROADCAST".to_string()
+                } else if to == from {
+                    format!("{to} (itself)")
+                } else {
+                    to.to_string()
+                };
+                write!(f, "send {from} → {to} {payload:?}")
+            }
+            Op::Crash(p) => write!(f, "crash {p}"),
+            Op::Restart(p) => write!(f, "restart {p}"),
+            Op::Partition(a, b) => write!(f, "partition {a:?} | {b:?}"),
+            Op::Cut(a, b) => write!(f, "cut {a} → {b}"),
+            Op::Heal => write!(f, "heal"),
+            Op::SetLoss(a, b, p) => write!(f, "set_loss {a} → {b} p={p}"),
+            Op::Settle => write!(f, "settle"),
+        }
+    }
+}
+
+/// A whole scenario: `nodes` nodes (pids `1..=nodes`), the network seed, and the ops.
+/// A final settle is always added when it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    /// Number of nodes.
+    pub nodes: usize,
+    /// The seed of the simulated network (link loss).
+    pub seed: u64,
+    /// The operations, in order.
+    pub ops: Vec<Op>,
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} nodes (pids 1..={}), network seed {}, {} ops:",
+            self.nodes,
+            self.nodes,
+            self.seed,
+            self.ops.len()
+        )?;
+        for (i, op) in self.ops.iter().enumerate() {
+            writeln!(f, "  {:>3}. {op}", i + 1)?;
+        }
+        write!(f, "  (then a final settle)")
+    }
+}
+
+fn pid_in(n: usize) -> BoxedStrategy<Pid> {
+    let n = Pid::try_from(n.max(1)).unwrap_or(Pid::MAX);
+    (1..=n).boxed()
+}
+
+/// A strategy for one op on `n` nodes, limited to what `caps` supports.
+pub fn op(n: usize, caps: Capabilities) -> BoxedStrategy<Op> {
+    let unknown = Pid::try_from(n).unwrap_or(Pid::MAX - 1).saturating_add(1);
+    let to = prop_oneof![
+        8 => pid_in(n),
+        3 => Just(BROADCAST),
+        1 => Just(unknown),
+    ];
+    let send = (pid_in(n), to, proptest::collection::vec(any::<u8>(), 0..6))
+        .prop_map(|(from, to, payload)| Op::Send { from, to, payload })
+        .boxed();
+    let mut choices: Vec<(u32, BoxedStrategy<Op>)> =
+        vec![(20, send), (4, Just(Op::Settle).boxed())];
+    if caps.crash_restart {
+        choices.push((1, pid_in(n).prop_map(Op::Crash).boxed()));
+        choices.push((2, pid_in(n).prop_map(Op::Restart).boxed()));
+    }
+    if caps.partition {
+        let width = n.min(16);
+        let part = (0u32..(1 << width))
+            .prop_map(move |mask| {
+                let (a, b): (Vec<Pid>, Vec<Pid>) = (1..=width)
+                    .filter_map(|i| Pid::try_from(i).ok())
+                    .partition(|p| mask & (1 << (p - 1)) != 0);
+                Op::Partition(a, b)
+            })
+            .boxed();
+        choices.push((1, part));
+    }
+    if caps.cut {
+        choices.push((1, (pid_in(n), pid_in(n)).prop_map(|(a, b)| Op::Cut(a, b)).boxed()));
+    }
+    if caps.partition || caps.cut || caps.loss {
+        choices.push((2, Just(Op::Heal).boxed()));
+    }
+    if caps.loss {
+        let p = prop_oneof![Just(0.0), Just(0.5), Just(1.0)];
+        choices.push((
+            1,
+            (pid_in(n), pid_in(n), p)
+                .prop_map(|(a, b, p)| Op::SetLoss(a, b, p))
+                .boxed(),
+        ));
+    }
+    Union::new_weighted(choices).boxed()
+}
+
+/// A strategy for whole scenarios: a node count in `nodes`, a network seed, and up to
+/// `max_ops` ops. Shrinking removes ops, simplifies them, and lowers the node count.
+pub fn scenario(
+    nodes: RangeInclusive<usize>,
+    max_ops: usize,
+    caps: Capabilities,
+) -> BoxedStrategy<Scenario> {
+    (nodes, any::<u64>())
+        .prop_flat_map(move |(n, seed)| {
+            proptest::collection::vec(op(n, caps), 0..=max_ops)
+                .prop_map(move |ops| Scenario { nodes: n, seed, ops })
+        })
+        .boxed()
+}
+
+/// Runs `scenario` on `backend` (whose config must have pids `1..=scenario.nodes`) and
+/// returns the finished history. Ops the backend does not support are skipped.
+pub async fn run_scenario(
+    backend: Box<dyn ClusterUnderTest>,
+    scenario: &Scenario,
+) -> Result<Vec<Record>, SimError> {
+    let caps = backend.capabilities();
+    let mut sim = SimCluster::<Vec<u8>>::builder()
+        .seed(scenario.seed)
+        .build_on(backend)
+        .await?;
+    for op in &scenario.ops {
+        apply(&mut sim, caps, op).await?;
+    }
+    Ok(sim.finish().await)
+}
+
+async fn apply(
+    sim: &mut SimCluster<Vec<u8>>,
+    caps: Capabilities,
+    op: &Op,
+) -> Result<(), SimError> {
+    match op {
+        Op::Send { from, to, payload } if sim.is_up(*from) => {
+            sim.send(*from, *to, payload.clone()).await?;
+        }
+        Op::Crash(p) if caps.crash_restart => sim.crash(*p).await?,
+        Op::Restart(p) if caps.crash_restart => {
+            sim.restart(*p).await?;
+        }
+        Op::Partition(a, b) if caps.partition => sim.partition(a, b)?,
+        Op::Cut(a, b) if caps.cut => sim.cut(*a, *b)?,
+        Op::Heal if caps.partition || caps.cut || caps.loss => sim.heal()?,
+        Op::SetLoss(a, b, p) if caps.loss => sim.set_loss(*a, *b, *p)?,
+        Op::Settle => {
+            sim.settle().await;
+        }
+        _ => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,664 @@
+//! [`SimCluster`]: every node of a config running a [`Server`] in one process, with fault
+//! operations, a seed, and a recorded [`History`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cluster_core::{
+    Config, Envelope, Incarnation, Message, MsgId, Pid, Server, ServerError, ServerMonitor,
+    TransportError,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::backend::{Capabilities, ClusterUnderTest, MemBackend, Timing, window_of};
+use crate::history::{Event, History, Record, reason_counts};
+use crate::probe::{Gate, Probe};
+use crate::seed::{SeedGuard, seed_or_random};
+
+/// Why a simulation step failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SimError {
+    /// The backend could not give a node its transport.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// A server could not start.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// The pid is not in the config.
+    #[error("pid {0} is not in the cluster's config")]
+    UnknownPid(Pid),
+    /// The node is crashed, or its server was handed to node logic.
+    #[error("node {0} has no server here (crashed, or taken by node logic)")]
+    NoServer(Pid),
+    /// The backend does not support this fault.
+    #[error("the {backend} backend does not support {op}")]
+    Unsupported {
+        /// The backend's name.
+        backend: String,
+        /// The operation.
+        op: &'static str,
+    },
+    /// The node's outbox is closed (its server stopped).
+    #[error("the outbox of node {0} is closed")]
+    OutboxClosed(Pid),
+}
+
+/// The node logic a [`SimCluster`] runs with [`SimCluster::spawn_nodes`]: called with a
+/// node's server and a per-incarnation seed, each time the node starts or restarts.
+pub trait NodeLogic<M>: Send + Sync + 'static {
+    /// The future that runs the node until it returns or is crashed (dropped).
+    type Future: Future<Output = ()> + Send + 'static;
+    /// Starts the node.
+    fn start(&self, server: Server<M>, seed: u64) -> Self::Future;
+}
+
+impl<M, F, Fut> NodeLogic<M> for F
+where
+    F: Fn(Server<M>, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    type Future = Fut;
+    fn start(&self, server: Server<M>, seed: u64) -> Fut {
+        self(server, seed)
+    }
+}
+
+type Spawner<M> = std::sync::Arc<dyn Fn(Server<M>, u64) -> JoinHandle<()> + Send + Sync>;
+
+struct Node<M> {
+    incarnation: Incarnation,
+    up: bool,
+    server: Option<Server<M>>,
+    monitor: Option<ServerMonitor>,
+    raw: Option<mpsc::UnboundedSender<Bytes>>,
+    task: Option<JoinHandle<()>>,
+    received: VecDeque<Envelope<M>>,
+    inbox_paused: bool,
+}
+
+/// Builds a [`SimCluster`].
+#[derive(Debug)]
+pub struct SimBuilder {
+    config: Option<Config>,
+    nodes: usize,
+    seed: Option<u64>,
+    record: bool,
+}
+
+impl Default for SimBuilder {
+    fn default() -> Self {
+        Self {
+            config: None,
+            nodes: 3,
+            seed: None,
+            record: true,
+        }
+    }
+}
+
+impl SimBuilder {
+    /// `n` nodes, pids `1..=n` (ignored if a config is given).
+    pub fn nodes(mut self, n: usize) -> Self {
+        self.nodes = n;
+        self
+    }
+
+    /// The nodes of `config` (its options apply to every server).
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// The seed; default: [`CLUSTER_SEED`](crate::SEED_VAR) if set, else random.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Whether to record a history (default `true`; turn off for benchmarks).
+    pub fn record(mut self, record: bool) -> Self {
+        self.record = record;
+        self
+    }
+
+    fn resolve(&self) -> Result<(Config, u64), SimError> {
+        let config = match &self.config {
+            Some(c) => c.clone(),
+            None => Config::local(self.nodes, 20_000).map_err(ServerError::from)?,
+        };
+        Ok((config, self.seed.unwrap_or_else(seed_or_random)))
+    }
+
+    /// Starts every node on a [`MemNetwork`](cluster_mem::MemNetwork) seeded with the seed.
+    /// Must be called inside a tokio runtime (a current-thread one for exact replays).
+    pub async fn build<M: Message>(self) -> Result<SimCluster<M>, SimError> {
+        let (config, seed) = self.resolve()?;
+        let backend = MemBackend::new(&config, seed);
+        SimCluster::start(Box::new(backend), seed, self.record).await
+    }
+
+    /// Starts every node on `backend` (a transport under test, or a mutant).
+    pub async fn build_on<M: Message>(
+        self,
+        backend: Box<dyn ClusterUnderTest>,
+    ) -> Result<SimCluster<M>, SimError> {
+        let seed = self.seed.unwrap_or_else(seed_or_random);
+        SimCluster::start(backend, seed, self.record).await
+    }
+}
+
+/// A whole cluster in one process: a [`Server`] per node over a shared backend (by default
+/// an in-memory network), fault operations, a seed, and a [`History`] of everything.
+///
+/// Messages a node receives are taken from its inbox by [`settle`](Self::settle) (and the
+/// other operations) and kept for [`take_received`](Self::take_received); every one is
+/// recorded. With [`spawn_nodes`](Self::spawn_nodes), your own node logic owns the servers.
+///
+/// If the thread panics while the cluster lives (a failed test), the seed is printed with
+/// the command that replays the run.
+///
+/// ```
+/// use cluster_core::BROADCAST;
+/// use cluster_testkit::SimCluster;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), cluster_testkit::SimError> {
+/// let mut sim = SimCluster::<String>::builder().nodes(3).seed(7).build().await?;
+/// sim.partition(&[1], &[2, 3])?;
+/// sim.send(1, BROADCAST, "lost".to_string()).await?;
+/// sim.heal()?;
+/// sim.send(1, BROADCAST, "hello".to_string()).await?;
+/// sim.settle().await;
+/// let got: Vec<String> = sim.take_received(2).into_iter().map(|e| e.msg).collect();
+/// assert_eq!(got, ["hello"]);
+/// # Ok(()) }
+/// ```
+pub struct SimCluster<M> {
+    backend: Box<dyn ClusterUnderTest>,
+    config: Config,
+    caps: Capabilities,
+    seed: u64,
+    history: History,
+    gate: Gate,
+    nodes: BTreeMap<Pid, Node<M>>,
+    retired: Vec<(Pid, Incarnation, ServerMonitor)>,
+    spawner: Option<Spawner<M>>,
+    free_running: bool,
+    _guard: SeedGuard,
+}
+
+impl<M> std::fmt::Debug for SimCluster<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimCluster")
+            .field("backend", &self.backend.name())
+            .field("seed", &self.seed)
+            .field("nodes", &self.nodes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Rounds of `yield_now` a settle may take before it reports a stall.
+const SETTLE_ROUNDS: usize = 100_000;
+
+impl<M: Message> SimCluster<M> {
+    /// A builder.
+    pub fn builder() -> SimBuilder {
+        SimBuilder::default()
+    }
+
+    /// `n` nodes on a memory network, seeded from [`CLUSTER_SEED`](crate::SEED_VAR) or at random.
+    pub async fn new(n: usize) -> Result<Self, SimError> {
+        Self::builder().nodes(n).build().await
+    }
+
+    async fn start(
+        backend: Box<dyn ClusterUnderTest>,
+        seed: u64,
+        record: bool,
+    ) -> Result<Self, SimError> {
+        let config = backend.config().clone();
+        let caps = backend.capabilities();
+        let history = if record {
+            History::new()
+        } else {
+            History::disabled()
+        };
+        let pids: Vec<Pid> = config.pids().collect();
+        history.push(Event::Begin {
+            pids: pids.clone(),
+            seed,
+            backend: backend.name(),
+            window_us: window_of(caps.timing)
+                .map(|w| u64::try_from(w.as_micros()).unwrap_or(u64::MAX)),
+        });
+        let mut sim = SimCluster {
+            backend,
+            config,
+            caps,
+            seed,
+            history,
+            // Exact runs hold arrivals until the harness settles: see `Timing::Exact`.
+            gate: Gate::new(caps.timing != Timing::Exact),
+            nodes: BTreeMap::new(),
+            retired: Vec::new(),
+            spawner: None,
+            free_running: caps.timing != Timing::Exact,
+            _guard: SeedGuard { seed },
+        };
+        for pid in pids {
+            let started = sim.backend.start(pid).await?;
+            sim.launch(pid, started)?;
+        }
+        Ok(sim)
+    }
+
+    fn launch(&mut self, pid: Pid, started: crate::backend::Started) -> Result<(), SimError> {
+        let incarnation = started.incarnation;
+        self.history.push(Event::Start { pid, incarnation });
+        let (probe, raw) = Probe::new(
+            pid,
+            incarnation,
+            started.transport,
+            self.history.clone(),
+            &self.gate,
+        );
+        let server: Server<M> = Server::<M>::builder(pid, self.config.clone())
+            .incarnation(incarnation)
+            .build(probe)?;
+        let monitor = server.monitor();
+        let node = self.nodes.entry(pid).or_insert_with(|| Node {
+            incarnation,
+            up: true,
+            server: None,
+            monitor: None,
+            raw: None,
+            task: None,
+            received: VecDeque::new(),
+            inbox_paused: false,
+        });
+        node.incarnation = incarnation;
+        node.up = true;
+        node.monitor = Some(monitor);
+        node.raw = Some(raw);
+        match &self.spawner {
+            Some(spawn) => {
+                let node_seed = crate::seed_mix(self.seed, pid, incarnation);
+                node.task = Some(spawn(server, node_seed));
+            }
+            None => node.server = Some(server),
+        }
+        Ok(())
+    }
+
+    /// The seed of this run.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The config every node runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Every pid, ascending.
+    pub fn pids(&self) -> Vec<Pid> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// What the backend supports.
+    pub fn capabilities(&self) -> Capabilities {
+        self.caps
+    }
+
+    /// The recorded history.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// Whether `pid` is up.
+    pub fn is_up(&self, pid: Pid) -> bool {
+        self.nodes.get(&pid).is_some_and(|n| n.up)
+    }
+
+    /// The incarnation `pid` runs (or last ran) as.
+    pub fn incarnation(&self, pid: Pid) -> Option<Incarnation> {
+        self.nodes.get(&pid).map(|n| n.incarnation)
+    }
+
+    /// The server of `pid`, unless crashed or handed to node logic.
+    pub fn server(&mut self, pid: Pid) -> Option<&mut Server<M>> {
+        self.nodes.get_mut(&pid).and_then(|n| n.server.as_mut())
+    }
+
+    /// A read-only view of `pid`'s current server (also when node logic owns it).
+    pub fn monitor(&self, pid: Pid) -> Option<ServerMonitor> {
+        self.nodes.get(&pid).and_then(|n| n.monitor.clone())
+    }
+
+    /// Takes the messages `pid` has received so far (in arrival order).
+    pub fn take_received(&mut self, pid: Pid) -> Vec<Envelope<M>> {
+        self.drain_inboxes();
+        self.nodes
+            .get_mut(&pid)
+            .map(|n| n.received.drain(..).collect())
+            .unwrap_or_default()
+    }
+
+    /// Stops (`true`) or resumes (`false`) reading `pid`'s inbox, e.g. to fill it up and
+    /// see arriving messages dropped as `backpressure`.
+    pub fn pause_inbox(&mut self, pid: Pid, paused: bool) {
+        if let Some(n) = self.nodes.get_mut(&pid) {
+            n.inbox_paused = paused;
+        }
+    }
+
+    /// Appends a free-form note to the history.
+    pub fn note(&self, text: impl Into<String>) {
+        self.history.push(Event::Note { text: text.into() });
+    }
+
+    /// Sends `msg` from `from` to `to` (a pid, `from` itself, or `BROADCAST`) with a fresh
+    /// message id, and waits until `from`'s server has routed it.
+    pub async fn send(&mut self, from: Pid, to: Pid, msg: M) -> Result<MsgId, SimError> {
+        self.drain_inboxes();
+        let history = self.history.clone();
+        let node = self.nodes.get_mut(&from).ok_or(SimError::UnknownPid(from))?;
+        let server = node.server.as_ref().ok_or(SimError::NoServer(from))?;
+        let msg_id = server.next_msg_id();
+        if history.is_enabled() {
+            history.push(Event::Send {
+                from,
+                incarnation: node.incarnation,
+                to,
+                msg_id,
+                payload: payload_json(&msg),
+            });
+        }
+        let outbox = server.outbox();
+        outbox
+            .send(Envelope::new(to, msg_id, msg))
+            .await
+            .map_err(|_| SimError::OutboxClosed(from))?;
+        // Routing happens in the server's task in the same poll that takes the envelope, so
+        // an empty outbox means routed: faults applied after this see a routed message.
+        let mut rounds = 0;
+        while outbox.capacity() < outbox.max_capacity() && rounds < SETTLE_ROUNDS {
+            tokio::task::yield_now().await;
+            rounds += 1;
+        }
+        Ok(msg_id)
+    }
+
+    /// Pushes raw bytes into `to`'s transport, as if they had arrived on its port.
+    pub fn inject_raw(&mut self, to: Pid, bytes: Bytes) -> Result<(), SimError> {
+        let node = self.nodes.get(&to).ok_or(SimError::UnknownPid(to))?;
+        let raw = node.raw.as_ref().ok_or(SimError::NoServer(to))?;
+        self.history.push(Event::Raw {
+            to,
+            len: bytes.len(),
+        });
+        raw.send(bytes).map_err(|_| SimError::NoServer(to))
+    }
+
+    fn unsupported(&self, op: &'static str) -> SimError {
+        SimError::Unsupported {
+            backend: self.backend.name(),
+            op,
+        }
+    }
+
+    /// Crashes `pid` (no effect if it is down). Messages it had taken into its inbox are
+    /// recorded first; its node logic, if any, is dropped.
+    pub async fn crash(&mut self, pid: Pid) -> Result<(), SimError> {
+        if !self.caps.crash_restart {
+            return Err(self.unsupported("crash"));
+        }
+        if !self.nodes.contains_key(&pid) {
+            return Err(SimError::UnknownPid(pid));
+        }
+        if !self.is_up(pid) {
+            return Ok(());
+        }
+        self.drain_inboxes();
+        self.history.push(Event::Crash { pid });
+        self.backend.crash(pid).await;
+        let Some(node) = self.nodes.get_mut(&pid) else {
+            return Ok(());
+        };
+        node.up = false;
+        node.raw = None;
+        if let Some(task) = node.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        if let Some(server) = node.server.take() {
+            // The transport is already dead: this only routes what was left in the outbox
+            // (refused, counted) and joins the server's task.
+            server.shutdown().await;
+        }
+        if let Some(monitor) = node.monitor.take() {
+            self.retired.push((pid, node.incarnation, monitor));
+        }
+        Ok(())
+    }
+
+    /// Restarts `pid` as a new incarnation (crashing it first if it is up).
+    pub async fn restart(&mut self, pid: Pid) -> Result<Incarnation, SimError> {
+        self.crash(pid).await?;
+        let started = self.backend.restart(pid).await?;
+        let incarnation = started.incarnation;
+        self.launch(pid, started)?;
+        Ok(incarnation)
+    }
+
+    /// Cuts every link between `a` and `b`, both ways.
+    pub fn partition(&mut self, a: &[Pid], b: &[Pid]) -> Result<(), SimError> {
+        if !self.caps.partition {
+            return Err(self.unsupported("partition"));
+        }
+        self.history.push(Event::Partition {
+            a: a.to_vec(),
+            b: b.to_vec(),
+        });
+        self.backend.partition(a, b);
+        Ok(())
+    }
+
+    /// Cuts the one-way link `from → to`.
+    pub fn cut(&mut self, from: Pid, to: Pid) -> Result<(), SimError> {
+        if !self.caps.cut {
+            return Err(self.unsupported("cut"));
+        }
+        self.history.push(Event::Cut { from, to });
+        self.backend.cut(from, to);
+        Ok(())
+    }
+
+    /// Removes every cut, partition and loss setting.
+    pub fn heal(&mut self) -> Result<(), SimError> {
+        if !(self.caps.partition || self.caps.cut || self.caps.loss) {
+            return Err(self.unsupported("heal"));
+        }
+        self.history.push(Event::Heal);
+        self.backend.heal();
+        Ok(())
+    }
+
+    /// Loses each frame on `from → to` with probability `p` (seeded).
+    pub fn set_loss(&mut self, from: Pid, to: Pid, p: f64) -> Result<(), SimError> {
+        if !self.caps.loss {
+            return Err(self.unsupported("set_loss"));
+        }
+        self.history.push(Event::SetLoss { from, to, p });
+        self.backend.set_loss(from, to, p);
+        Ok(())
+    }
+
+    /// Takes every inbox's messages into the nodes' received lists, recording each.
+    fn drain_inboxes(&mut self) {
+        for (&pid, node) in &mut self.nodes {
+            if node.inbox_paused {
+                continue;
+            }
+            let Some(server) = node.server.as_mut() else {
+                continue;
+            };
+            while let Ok(env) = server.inbox().try_recv() {
+                if self.history.is_enabled() {
+                    self.history.push(Event::Delivered {
+                        at: pid,
+                        at_incarnation: node.incarnation,
+                        from: env.pid,
+                        msg_id: env.msg_id,
+                        payload: payload_json(&env.msg),
+                    });
+                }
+                node.received.push_back(env);
+            }
+        }
+    }
+
+    /// A fingerprint of all counters, to tell when the cluster has stopped moving.
+    fn progress(&self) -> (u64, u64, u64, bool) {
+        let mut sent = 0;
+        let mut settled = 0;
+        let monitors = self
+            .nodes
+            .values()
+            .filter_map(|n| n.monitor.as_ref())
+            .chain(self.retired.iter().map(|(_, _, m)| m));
+        for m in monitors {
+            let s = m.stats();
+            sent += s.sent;
+            settled += s.delivered + s.dropped_outgoing.total() + s.dropped_incoming.total();
+        }
+        let outboxes_empty = self.nodes.values().all(|n| {
+            n.server.as_ref().is_none_or(|s| {
+                let o = s.outbox();
+                o.capacity() == o.max_capacity()
+            })
+        });
+        (sent, settled, self.backend.discarded().total(), outboxes_empty)
+    }
+
+    /// Lets the cluster run until nothing is in flight and no counter moves, taking every
+    /// inbox's messages. Simulation: by condition (`yield_now`), no clock. Real transports:
+    /// until counters are still for the backend's window (bounded by 20 windows).
+    /// Returns `false` if the cluster did not become quiet (a stall).
+    pub async fn settle(&mut self) -> bool {
+        self.gate.set(true);
+        let quiet = match self.caps.timing {
+            Timing::Exact => self.settle_exact().await,
+            Timing::Window(w) => self.settle_window(w).await,
+        };
+        self.drain_inboxes();
+        if !self.free_running {
+            self.gate.set(false);
+        }
+        let in_flight = self.backend.in_flight().unwrap_or(0) as u64;
+        self.history.push(Event::Settled { in_flight, quiet });
+        quiet
+    }
+
+    async fn settle_exact(&mut self) -> bool {
+        let mut last = None;
+        let mut still = 0;
+        for _ in 0..SETTLE_ROUNDS {
+            tokio::task::yield_now().await;
+            self.drain_inboxes();
+            let now = self.progress();
+            let idle = now.3 && self.backend.in_flight().unwrap_or(0) == 0;
+            if idle && last == Some(now) {
+                still += 1;
+                if still >= 3 {
+                    return true;
+                }
+            } else {
+                still = 0;
+            }
+            last = Some(now);
+        }
+        false
+    }
+
+    async fn settle_window(&mut self, window: Duration) -> bool {
+        let tick = (window / 10).max(Duration::from_millis(1));
+        let deadline = tokio::time::Instant::now() + window * 20;
+        let mut last = self.progress();
+        let mut still_since = tokio::time::Instant::now();
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(tick).await;
+            self.drain_inboxes();
+            let now = self.progress();
+            if now != last {
+                last = now;
+                still_since = tokio::time::Instant::now();
+            } else if now.3 && still_since.elapsed() >= window {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Settles, then records every node incarnation's final counters and the backend's own
+    /// discards, and returns the whole history.
+    pub async fn finish(&mut self) -> Vec<Record> {
+        self.settle().await;
+        let mut all: Vec<(Pid, Incarnation, ServerMonitor)> = self.retired.clone();
+        for (&pid, node) in &self.nodes {
+            if let Some(m) = &node.monitor {
+                all.push((pid, node.incarnation, m.clone()));
+            }
+        }
+        all.sort_by_key(|(pid, inc, _)| (*pid, *inc));
+        for (pid, inc, m) in all {
+            self.history.push(Event::stats(pid, inc, &m.stats()));
+        }
+        self.history.push(Event::NetDiscarded {
+            discarded: reason_counts(&self.backend.discarded()),
+        });
+        self.history.records()
+    }
+
+    /// Hands every up node's server to `logic`, in a task per node, and does so again for
+    /// each node restarted later. A crash drops (aborts) the node's task. The harness no
+    /// longer reads those inboxes: your logic does.
+    pub fn spawn_nodes<L: NodeLogic<M>>(&mut self, logic: L) {
+        let logic = std::sync::Arc::new(logic);
+        let spawner: Spawner<M> =
+            std::sync::Arc::new(move |server, seed| tokio::spawn(logic.start(server, seed)));
+        for (&pid, node) in &mut self.nodes {
+            if let Some(server) = node.server.take() {
+                let node_seed = crate::seed_mix(self.seed, pid, node.incarnation);
+                node.task = Some(spawner(server, node_seed));
+            }
+        }
+        self.spawner = Some(spawner);
+        // Node logic talks back and forth: arrivals flow freely from now on.
+        self.free_running = true;
+        self.gate.set(true);
+    }
+
+    /// Stops every node (node logic included) and returns the history.
+    pub async fn shutdown(mut self) -> Vec<Record> {
+        for node in self.nodes.values_mut() {
+            if let Some(task) = node.task.take() {
+                task.abort();
+                let _ = task.await;
+            }
+            if let Some(server) = node.server.take() {
+                server.shutdown().await;
+            }
+        }
+        self.history.records()
+    }
+}
+
+fn payload_json<M: serde::Serialize>(msg: &M) -> serde_json::Value {
+    serde_json::to_value(msg)
+        .unwrap_or_else(|e| serde_json::Value::String(format!("<not representable as JSON: {e}>")))
+}
