@@ -104,7 +104,11 @@ async fn a_silent_cut_is_detected_and_nothing_sent_during_it_arrives_after_it_he
     let a = start(1, &via_relay).await;
     let mut b = start(2, &direct).await;
     a.wait_for_peers(DEADLINE).await.unwrap();
-    assert!(drain_until_marker(&a, &mut b, "marker-before").await.is_empty());
+    assert!(
+        drain_until_marker(&a, &mut b, "marker-before")
+            .await
+            .is_empty()
+    );
 
     relay.cut();
     let out = a.outbox();
@@ -120,8 +124,13 @@ async fn a_silent_cut_is_detected_and_nothing_sent_during_it_arrives_after_it_he
     // Keep sending until the cut is detected: messages to node 2 become unreachable.
     let start = std::time::Instant::now();
     let mut during = 0u64;
-    while a.connected_peers().contains(&2) || a.stats().peers[&2].dropped_to.get(DropReason::Unreachable) == 0 {
-        assert!(start.elapsed() < DEADLINE, "the silent cut was never detected");
+    while a.connected_peers().contains(&2)
+        || a.stats().peers[&2].dropped_to.get(DropReason::Unreachable) == 0
+    {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the silent cut was never detected"
+        );
         out.send(Envelope::new(2, during as i64, format!("during-{during}")))
             .await
             .unwrap();
@@ -130,7 +139,10 @@ async fn a_silent_cut_is_detected_and_nothing_sent_during_it_arrives_after_it_he
     }
     // Frames sent during the detection window were either refused at once, reported as
     // discarded when the cut was detected, or were already on the wire when it happened.
-    wait_until("the sent frames to settle", || a.stats().peers[&2].sent - base_sent == during).await;
+    wait_until("the sent frames to settle", || {
+        a.stats().peers[&2].sent - base_sent == during
+    })
+    .await;
     let unaccounted = during - dropped(&a);
     if cluster_zmq::BACKEND == "zeromq" {
         // Queued frames are discarded and reported; only the in-flight window is lost silently.
@@ -143,7 +155,9 @@ async fn a_silent_cut_is_detected_and_nothing_sent_during_it_arrives_after_it_he
     // After detection, every message to node 2 is dropped as unreachable, at once.
     let before = a.stats().peers[&2].dropped_to.get(DropReason::Unreachable);
     for i in 0..100 {
-        out.send(Envelope::new(2, i, format!("after-{i}"))).await.unwrap();
+        out.send(Envelope::new(2, i, format!("after-{i}")))
+            .await
+            .unwrap();
     }
     wait_until("100 more unreachable drops", || {
         a.stats().peers[&2].dropped_to.get(DropReason::Unreachable) == before + 100

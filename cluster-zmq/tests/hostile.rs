@@ -1,0 +1,174 @@
+//! Hostile input (contract C9): raw TCP clients and a raw ZeroMQ peer send garbage,
+//! truncated, oversized and forged frames to a node's port; the node keeps serving its
+//! peers and counts every frame it dropped.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::Write;
+
+use bytes::Bytes;
+use cluster_core::wire::{self, Header};
+use cluster_core::{Config, DropReason, Options, Server};
+use common::*;
+
+const MAX: usize = 4096;
+
+fn forged(sender: i32, incarnation: u32) -> Bytes {
+    let h = Header {
+        sender,
+        incarnation,
+        msg_id: 666,
+    };
+    wire::encode(&h, "forged").unwrap()
+}
+
+/// The hostile frames, each a separate ZeroMQ message, and what the node must count.
+fn hostile_frames() -> (Vec<Vec<Bytes>>, [(DropReason, u64); 4]) {
+    let valid_header_bad_payload = {
+        let mut f = forged(1, 3).to_vec();
+        f.truncate(wire::HEADER_LEN);
+        f.extend_from_slice(&[0xc1, 0xff, 0x00]);
+        Bytes::from(f)
+    };
+    let bad_version = {
+        let mut f = forged(1, 3).to_vec();
+        f[1] = 99;
+        Bytes::from(f)
+    };
+    let frames = vec![
+        vec![Bytes::from_static(b"garbage")],
+        vec![Bytes::new()],
+        vec![Bytes::from_static(&[0xC1, 0x01, 0x02])],
+        vec![bad_version],
+        vec![valid_header_bad_payload],
+        // Forged senders: unknown, the node itself, and an older incarnation of node 1.
+        vec![forged(99, 0)],
+        vec![forged(2, 0)],
+        vec![forged(1, 1)],
+        // Too large, but within what the transport reads (2 x max).
+        vec![Bytes::from(vec![0xC1; MAX + 100])],
+        // A multipart message: each part is checked on its own.
+        vec![Bytes::from_static(b"part-1"), Bytes::from_static(b"part-2")],
+        // A control-looking frame that is not a well-formed control frame.
+        vec![Bytes::from_static(&[0xC2, 0x07])],
+    ];
+    let expected = [
+        (DropReason::Malformed, 8),
+        (DropReason::UnknownSender, 2),
+        (DropReason::StaleIncarnation, 1),
+        (DropReason::TooLarge, 1),
+    ];
+    (frames, expected)
+}
+
+#[cfg(feature = "libzmq")]
+async fn send_raw_zmq(endpoint: String, messages: Vec<Vec<Bytes>>) {
+    tokio::task::spawn_blocking(move || {
+        let ctx = zmq::Context::new();
+        let push = ctx.socket(zmq::PUSH).unwrap();
+        push.set_linger(5000).unwrap();
+        push.connect(&endpoint).unwrap();
+        for parts in messages {
+            let n = parts.len();
+            for (i, p) in parts.into_iter().enumerate() {
+                let flags = if i + 1 < n { zmq::SNDMORE } else { 0 };
+                push.send(&p[..], flags).unwrap();
+            }
+        }
+        // A frame above the transport's limit: libzmq closes this connection unread.
+        push.send(vec![0xC1u8; 3 * MAX], 0).unwrap();
+        drop(push);
+        drop(ctx);
+    })
+    .await
+    .unwrap();
+}
+
+#[cfg(all(feature = "zeromq", not(feature = "libzmq")))]
+async fn send_raw_zmq(endpoint: String, messages: Vec<Vec<Bytes>>) {
+    use zeromq::{Socket, SocketSend, ZmqMessage};
+    let mut dealer = zeromq::DealerSocket::new();
+    dealer.connect(&endpoint).await.unwrap();
+    for parts in messages {
+        let mut it = parts.into_iter();
+        let mut m = ZmqMessage::from(it.next().unwrap());
+        for p in it {
+            m.push_back(p);
+        }
+        dealer.send(m).await.unwrap();
+    }
+    // Give the writer time to flush before the socket is dropped: wait for a reply we never
+    // get, bounded.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    drop(dealer);
+}
+
+fn raw_tcp(address: &str, bytes: &[u8]) {
+    let mut s = std::net::TcpStream::connect(address).unwrap();
+    // The peer may close first, after reading the bytes it rejects.
+    let _ = s.write_all(bytes);
+    let _ = s.flush();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_truncated_oversized_and_forged_input_is_counted_and_harmless() {
+    let ports = free_ports(2);
+    let options = Options {
+        max_message_size: MAX,
+        ..test_options()
+    };
+    let config = Config::from_peers(
+        [
+            (1, format!("127.0.0.1:{}", ports[0])),
+            (2, format!("127.0.0.1:{}", ports[1])),
+        ],
+        options,
+    )
+    .unwrap();
+    let a = start_as(1, &config, 3).await;
+    let transport = cluster_zmq::bind(2, &config).await.unwrap();
+    let link = transport.link_stats();
+    let mut b = Server::<String>::with_transport(2, config.clone(), transport).unwrap();
+    a.wait_for_peers(DEADLINE).await.unwrap();
+    assert!(drain_until_marker(&a, &mut b, "marker-0").await.is_empty());
+
+    let address = config.peer(2).unwrap().address.clone();
+    // Raw TCP: garbage, a truncated greeting, a greeting claiming a huge first frame.
+    let mut greeting = vec![0xFFu8, 0, 0, 0, 0, 0, 0, 0, 1, 0x7F, 3, 0];
+    greeting.extend_from_slice(b"NULL");
+    raw_tcp(&address, &[0x55; 4096]);
+    raw_tcp(&address, &greeting[..5]);
+    raw_tcp(&address, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+
+    let (frames, expected) = hostile_frames();
+    send_raw_zmq(format!("tcp://{address}"), frames).await;
+
+    // The node keeps serving its real peer.
+    let seen = drain_until_marker(&a, &mut b, "marker-1").await;
+    assert!(
+        seen.is_empty(),
+        "forged or garbage frames delivered: {seen:?}"
+    );
+    wait_until("every hostile frame to be counted", || {
+        let d = b.stats().dropped_incoming;
+        expected.iter().all(|(r, n)| d.get(*r) >= *n)
+    })
+    .await;
+    let s = b.stats();
+    for (reason, n) in expected {
+        assert_eq!(s.dropped_incoming.get(reason), n, "{reason}");
+    }
+    // Delivered: only the markers from node 1, nothing from forgeries.
+    assert_eq!(s.delivered, s.peers[&1].delivered);
+    assert_eq!(s.peers[&1].incarnation, Some(3));
+    if cluster_zmq::BACKEND == "libzmq" {
+        wait_until("raw TCP garbage to be rejected", || {
+            link.rejected_connections() >= 1
+        })
+        .await;
+    }
+    assert!(drain_until_marker(&a, &mut b, "marker-2").await.is_empty());
+    a.shutdown().await;
+    b.shutdown().await;
+}
