@@ -42,7 +42,7 @@ use proptest::test_runner::{
     Config as ProptestConfig, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner,
 };
 
-use crate::backend::{Capabilities, ClusterUnderTest};
+use crate::backend::{Capabilities, ClusterUnderTest, Timing};
 use crate::history::{Record, to_json_lines};
 use crate::oracle::{self, Verdict, Violation};
 use crate::scenario::{Op, Scenario, run_scenario, scenario};
@@ -99,7 +99,7 @@ impl SuiteOptions {
             seed: seed_or_random(),
             nodes: 2..=5,
             max_ops: 40,
-            max_shrink_iters: 4096,
+            max_shrink_iters: 1024,
             history_dir: None,
         }
     }
@@ -138,7 +138,16 @@ impl fmt::Display for Failure {
             self.backend, self.case
         )?;
         if let Some(sc) = &self.scenario {
-            writeln!(f, "smallest failing scenario: {sc}")?;
+            if self.case == "scenarios" {
+                writeln!(f, "smallest failing scenario (shrunk): {sc}")?;
+            } else {
+                writeln!(f, "failing scenario (a fixed one): {sc}")?;
+            }
+            writeln!(
+                f,
+                "replay just this scenario: conformance::check_scenario(&factory, &{})",
+                sc.to_rust()
+            )?;
         }
         if let Some(e) = &self.error {
             writeln!(f, "error: {e}")?;
@@ -177,9 +186,12 @@ pub struct Report {
     pub directed: Vec<&'static str>,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, SimError> {
+/// A current-thread runtime. Simulations run with tokio's clock paused (they wait on
+/// conditions, never on time), so even the history's timestamps replay exactly.
+fn runtime(paused: bool) -> Result<tokio::runtime::Runtime, SimError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .start_paused(paused)
         .build()
         .map_err(|e| {
             SimError::Transport(cluster_core::TransportError::Other(format!(
@@ -196,12 +208,22 @@ fn setup(nodes: usize, seed: u64) -> Setup {
     }
 }
 
-/// Runs one scenario on a fresh cluster from `factory` and judges it.
+/// Runs one scenario on a fresh cluster from `factory` and judges it (e.g. to replay a
+/// printed scenario, or in a regression test).
 pub fn check_scenario(
     factory: &dyn Factory,
     scenario: &Scenario,
 ) -> Result<(Verdict, Vec<Record>), SimError> {
-    let rt = runtime()?;
+    let (_, caps) = capabilities(factory)?;
+    scenario_on(factory, scenario, caps.timing == Timing::Exact)
+}
+
+fn scenario_on(
+    factory: &dyn Factory,
+    scenario: &Scenario,
+    paused: bool,
+) -> Result<(Verdict, Vec<Record>), SimError> {
+    let rt = runtime(paused)?;
     rt.block_on(async {
         let backend = factory(&setup(scenario.nodes, scenario.seed))?;
         let history = run_scenario(backend, scenario).await?;
@@ -210,8 +232,11 @@ pub fn check_scenario(
 }
 
 fn capabilities(factory: &dyn Factory) -> Result<(String, Capabilities), SimError> {
-    let backend = factory(&setup(2, 0))?;
-    Ok((backend.name(), backend.capabilities()))
+    // Inside a runtime: a factory may need one even to build its config.
+    runtime(false)?.block_on(async {
+        let backend = factory(&setup(2, 0))?;
+        Ok((backend.name(), backend.capabilities()))
+    })
 }
 
 fn runner(options: &SuiteOptions) -> TestRunner {
@@ -245,21 +270,27 @@ fn write_history(options: &SuiteOptions, backend: &str, records: &[Record]) -> O
 
 /// The property part: `options.cases` random scenarios, judged by the oracle. On failure,
 /// the smallest failing scenario.
-pub fn check_scenarios(factory: &dyn Factory, options: &SuiteOptions) -> Result<Report, Box<Failure>> {
-    let (name, caps) = capabilities(factory).map_err(|e| Box::new(Failure {
-        backend: "?".into(),
-        case: "scenarios".into(),
-        seed: options.seed,
-        scenario: None,
-        violations: Vec::new(),
-        error: Some(e.to_string()),
-        history_file: None,
-    }))?;
+pub fn check_scenarios(
+    factory: &dyn Factory,
+    options: &SuiteOptions,
+) -> Result<Report, Box<Failure>> {
+    let (name, caps) = capabilities(factory).map_err(|e| {
+        Box::new(Failure {
+            backend: "?".into(),
+            case: "scenarios".into(),
+            seed: options.seed,
+            scenario: None,
+            violations: Vec::new(),
+            error: Some(e.to_string()),
+            history_file: None,
+        })
+    })?;
     let strategy = scenario(options.nodes.clone(), options.max_ops, caps);
+    let exact = caps.timing == Timing::Exact;
     let judged = std::cell::Cell::new((0usize, 0usize, 0usize));
     let result = runner(options).run(&strategy, |sc| {
         let (verdict, _) =
-            check_scenario(factory, &sc).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            scenario_on(factory, &sc, exact).map_err(|e| TestCaseError::fail(e.to_string()))?;
         if verdict.is_ok() {
             let (a, b, c) = verdict.expectations();
             let (x, y, z) = judged.get();
@@ -280,7 +311,7 @@ pub fn check_scenarios(factory: &dyn Factory, options: &SuiteOptions) -> Result<
             history_file: None,
         };
         if let Some(sc) = &scenario {
-            match check_scenario(factory, sc) {
+            match scenario_on(factory, sc, exact) {
                 Ok((verdict, history)) => {
                     failure.violations = verdict.violations;
                     failure.history_file = write_history(options, &name, &history);
@@ -389,7 +420,7 @@ fn directed_failure(name: &str, case: &str, seed: u64, error: String) -> Box<Fai
 /// node 2 must keep serving once it reads again.
 pub fn check_backpressure_isolation(factory: &dyn Factory) -> Result<(), Box<Failure>> {
     const CASE: &str = "backpressure-isolation";
-    let rt = runtime().map_err(|e| directed_failure("?", CASE, 0, e.to_string()))?;
+    let rt = runtime(false).map_err(|e| directed_failure("?", CASE, 0, e.to_string()))?;
     let options = Options {
         inbox_capacity: 8,
         peer_queue: 8,
@@ -469,7 +500,7 @@ pub fn check_backpressure_isolation(factory: &dyn Factory) -> Result<(), Box<Fai
 /// dropped and counted, and the node keeps serving.
 pub fn check_hostile_input(factory: &dyn Factory) -> Result<(), Box<Failure>> {
     const CASE: &str = "hostile-input";
-    let rt = runtime().map_err(|e| directed_failure("?", CASE, 0, e.to_string()))?;
+    let rt = runtime(false).map_err(|e| directed_failure("?", CASE, 0, e.to_string()))?;
     let options = Options {
         max_message_size: 1024,
         ..Options::default()
@@ -502,7 +533,10 @@ pub fn check_hostile_input(factory: &dyn Factory) -> Result<(), Box<Failure>> {
         let valid = forged(2)?;
         let hostile: Vec<(Bytes, DropReason)> = vec![
             (Bytes::from_static(b""), DropReason::Malformed),
-            (Bytes::from_static(b"garbage garbage garbage"), DropReason::Malformed),
+            (
+                Bytes::from_static(b"garbage garbage garbage"),
+                DropReason::Malformed,
+            ),
             (valid.slice(..10), DropReason::Malformed),
             (Bytes::from(vec![wire::MAGIC; 4096]), DropReason::TooLarge),
             (forged(77)?, DropReason::UnknownSender),
@@ -510,10 +544,13 @@ pub fn check_hostile_input(factory: &dyn Factory) -> Result<(), Box<Failure>> {
             (valid.slice(..valid.len() - 1), DropReason::Malformed),
         ];
         for (bytes, _) in &hostile {
-            sim.inject_raw(1, bytes.clone()).map_err(|e| fail(e.to_string()))?;
+            sim.inject_raw(1, bytes.clone())
+                .map_err(|e| fail(e.to_string()))?;
         }
         sim.settle().await;
-        sim.send(2, 1, "real".into()).await.map_err(|e| fail(e.to_string()))?;
+        sim.send(2, 1, "real".into())
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         sim.settle().await;
         let got: Vec<String> = sim.take_received(1).into_iter().map(|e| e.msg).collect();
         if got != ["real"] {
@@ -546,18 +583,20 @@ pub fn check_hostile_input(factory: &dyn Factory) -> Result<(), Box<Failure>> {
 /// Runs the whole suite: the directed scenarios, the directed cases, and
 /// `options.cases` random scenarios.
 pub fn run(factory: &dyn Factory, options: &SuiteOptions) -> Result<Report, Box<Failure>> {
-    let (name, caps) = capabilities(factory).map_err(|e| Box::new(Failure {
-        backend: "?".into(),
-        case: "setup".into(),
-        seed: options.seed,
-        scenario: None,
-        violations: Vec::new(),
-        error: Some(e.to_string()),
-        history_file: None,
-    }))?;
+    let (name, caps) = capabilities(factory).map_err(|e| {
+        Box::new(Failure {
+            backend: "?".into(),
+            case: "setup".into(),
+            seed: options.seed,
+            scenario: None,
+            violations: Vec::new(),
+            error: Some(e.to_string()),
+            history_file: None,
+        })
+    })?;
     let mut directed = Vec::new();
     for (case, sc) in directed_scenarios(caps) {
-        let (verdict, history) = check_scenario(factory, &sc)
+        let (verdict, history) = scenario_on(factory, &sc, caps.timing == Timing::Exact)
             .map_err(|e| directed_failure(&name, case, sc.seed, e.to_string()))?;
         if !verdict.is_ok() {
             return Err(Box::new(Failure {

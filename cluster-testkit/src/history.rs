@@ -38,7 +38,9 @@ impl fmt::Display for Reason {
 pub type ReasonCounts = std::collections::BTreeMap<String, u64>;
 
 pub(crate) fn reason_counts(d: &DropCounts) -> ReasonCounts {
-    d.nonzero().map(|(r, n)| (r.as_str().to_owned(), n)).collect()
+    d.nonzero()
+        .map(|(r, n)| (r.as_str().to_owned(), n))
+        .collect()
 }
 
 /// One thing that happened. `from`/`to`/`at` are pids; `incarnation` is the sender's unless

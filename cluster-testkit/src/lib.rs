@@ -49,7 +49,9 @@ mod sim;
 pub use backend::{Capabilities, ClusterUnderTest, MemBackend, Started, Timing};
 pub use history::{Event, History, Reason, ReasonCounts, Record, from_json_lines, to_json_lines};
 pub use scenario::{Op, Scenario, op, run_scenario, scenario};
-pub use seed::{CASES_VAR, SEED_VAR, cases_or, parse_seed, replay_hint, seed_from_env, seed_or_random};
+pub use seed::{
+    CASES_VAR, SEED_VAR, cases_or, parse_seed, replay_hint, seed_from_env, seed_or_random,
+};
 pub use sim::{NodeLogic, SimBuilder, SimCluster, SimError};
 
 /// A seed for one node incarnation, derived from the run's seed (splitmix64).

@@ -251,9 +251,16 @@ fn sender_of(event: &TransportEvent) -> Option<Pid> {
 
 impl MutantTransport {
     fn next_pid(&self, to: Pid) -> Pid {
-        let others: Vec<Pid> = self.pids.iter().copied().filter(|p| *p != self.pid).collect();
+        let others: Vec<Pid> = self
+            .pids
+            .iter()
+            .copied()
+            .filter(|p| *p != self.pid)
+            .collect();
         match others.iter().position(|p| *p == to) {
-            Some(i) if others.len() > 1 => others.get((i + 1) % others.len()).copied().unwrap_or(to),
+            Some(i) if others.len() > 1 => {
+                others.get((i + 1) % others.len()).copied().unwrap_or(to)
+            }
             _ => to,
         }
     }

@@ -476,10 +476,7 @@ impl Analysis {
         let window = self.window_us;
         for copy in &mut self.copies {
             let view = copy.link.clone();
-            let next_settle = settles
-                .iter()
-                .copied()
-                .find(|s| *s > copy.routed_seq);
+            let next_settle = settles.iter().copied().find(|s| *s > copy.routed_seq);
             copy.next_settle = next_settle;
             if let Some((seq, inc)) = first_delivery.get(&(copy.to, copy.from, copy.msg_id)) {
                 copy.delivered_seq = Some(*seq);
@@ -515,7 +512,10 @@ impl Analysis {
                         .take_while(|r| r.seq < end)
                         .any(|r| discards(&r.event, copy.from, copy.to));
                     (copy.expect, copy.because) = if expect == Expect::Deliver && hit {
-                        (Expect::Drop, "a fault on its link came before it could arrive")
+                        (
+                            Expect::Drop,
+                            "a fault on its link came before it could arrive",
+                        )
                     } else {
                         (expect, because)
                     };
@@ -523,10 +523,15 @@ impl Analysis {
                 Some(w) => {
                     let t = routed.at_us;
                     let near = records.iter().any(|r| {
-                        r.at_us + w >= t && r.at_us <= t + w && touches(&r.event, copy.from, copy.to)
+                        r.at_us + w >= t
+                            && r.at_us <= t + w
+                            && touches(&r.event, copy.from, copy.to)
                     });
                     (copy.expect, copy.because) = if near {
-                        (Expect::Either, "routed within the window of a fault on its link")
+                        (
+                            Expect::Either,
+                            "routed within the window of a fault on its link",
+                        )
                     } else {
                         (expect, because)
                     };

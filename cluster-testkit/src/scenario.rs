@@ -94,6 +94,42 @@ impl fmt::Display for Scenario {
     }
 }
 
+impl Scenario {
+    /// The scenario as Rust source, to paste into a regression test.
+    pub fn to_rust(&self) -> String {
+        let ops: Vec<String> = self.ops.iter().map(Op::to_rust).collect();
+        format!(
+            "Scenario {{ nodes: {}, seed: {}, ops: vec![{}] }}",
+            self.nodes,
+            self.seed,
+            ops.join(", ")
+        )
+    }
+}
+
+impl Op {
+    /// The op as Rust source.
+    pub fn to_rust(&self) -> String {
+        match self {
+            Op::Send { from, to, payload } => {
+                let to = if *to == BROADCAST {
+                    "BROADCAST".to_string()
+                } else {
+                    to.to_string()
+                };
+                format!("Op::Send {{ from: {from}, to: {to}, payload: vec!{payload:?} }}")
+            }
+            Op::Crash(p) => format!("Op::Crash({p})"),
+            Op::Restart(p) => format!("Op::Restart({p})"),
+            Op::Partition(a, b) => format!("Op::Partition(vec!{a:?}, vec!{b:?})"),
+            Op::Cut(a, b) => format!("Op::Cut({a}, {b})"),
+            Op::Heal => "Op::Heal".into(),
+            Op::SetLoss(a, b, p) => format!("Op::SetLoss({a}, {b}, {p:?})"),
+            Op::Settle => "Op::Settle".into(),
+        }
+    }
+}
+
 fn pid_in(n: usize) -> BoxedStrategy<Pid> {
     let n = Pid::try_from(n.max(1)).unwrap_or(Pid::MAX);
     (1..=n).boxed()
@@ -129,7 +165,12 @@ pub fn op(n: usize, caps: Capabilities) -> BoxedStrategy<Op> {
         choices.push((1, part));
     }
     if caps.cut {
-        choices.push((1, (pid_in(n), pid_in(n)).prop_map(|(a, b)| Op::Cut(a, b)).boxed()));
+        choices.push((
+            1,
+            (pid_in(n), pid_in(n))
+                .prop_map(|(a, b)| Op::Cut(a, b))
+                .boxed(),
+        ));
     }
     if caps.partition || caps.cut || caps.loss {
         choices.push((2, Just(Op::Heal).boxed()));
@@ -153,12 +194,52 @@ pub fn scenario(
     max_ops: usize,
     caps: Capabilities,
 ) -> BoxedStrategy<Scenario> {
-    (nodes, any::<u64>())
-        .prop_flat_map(move |(n, seed)| {
-            proptest::collection::vec(op(n, caps), 0..=max_ops)
-                .prop_map(move |ops| Scenario { nodes: n, seed, ops })
+    // Ops are drawn for the largest cluster and mapped onto the drawn size, rather than drawn
+    // after it (`prop_flat_map`): the tuple then shrinks each part on its own, fast.
+    let widest = *nodes.end();
+    (
+        nodes,
+        any::<u64>(),
+        proptest::collection::vec(op(widest, caps), 0..=max_ops),
+    )
+        .prop_map(move |(n, seed, ops)| Scenario {
+            nodes: n,
+            seed,
+            ops: ops.into_iter().map(|o| o.fit(widest, n)).collect(),
         })
         .boxed()
+}
+
+impl Op {
+    /// Maps an op drawn for `widest` nodes onto `n` nodes: pids wrap around, an unknown pid
+    /// stays unknown, and partition groups keep only pids that exist.
+    fn fit(self, widest: usize, n: usize) -> Op {
+        let n_pid = Pid::try_from(n.max(1)).unwrap_or(Pid::MAX - 1);
+        let widest_pid = Pid::try_from(widest).unwrap_or(Pid::MAX - 1);
+        let pid = |p: Pid| -> Pid {
+            if p == BROADCAST {
+                p
+            } else if p > widest_pid || p < 1 {
+                n_pid.saturating_add(1)
+            } else {
+                (p - 1) % n_pid + 1
+            }
+        };
+        let group = |g: Vec<Pid>| -> Vec<Pid> { g.into_iter().filter(|p| *p <= n_pid).collect() };
+        match self {
+            Op::Send { from, to, payload } => Op::Send {
+                from: pid(from),
+                to: pid(to),
+                payload,
+            },
+            Op::Crash(p) => Op::Crash(pid(p)),
+            Op::Restart(p) => Op::Restart(pid(p)),
+            Op::Partition(a, b) => Op::Partition(group(a), group(b)),
+            Op::Cut(a, b) => Op::Cut(pid(a), pid(b)),
+            Op::SetLoss(a, b, p) => Op::SetLoss(pid(a), pid(b), p),
+            other => other,
+        }
+    }
 }
 
 /// Runs `scenario` on `backend` (whose config must have pids `1..=scenario.nodes`) and
@@ -178,11 +259,7 @@ pub async fn run_scenario(
     Ok(sim.finish().await)
 }
 
-async fn apply(
-    sim: &mut SimCluster<Vec<u8>>,
-    caps: Capabilities,
-    op: &Op,
-) -> Result<(), SimError> {
+async fn apply(sim: &mut SimCluster<Vec<u8>>, caps: Capabilities, op: &Op) -> Result<(), SimError> {
     match op {
         Op::Send { from, to, payload } if sim.is_up(*from) => {
             sim.send(*from, *to, payload.clone()).await?;

@@ -366,7 +366,10 @@ impl<M: Message> SimCluster<M> {
     pub async fn send(&mut self, from: Pid, to: Pid, msg: M) -> Result<MsgId, SimError> {
         self.drain_inboxes();
         let history = self.history.clone();
-        let node = self.nodes.get_mut(&from).ok_or(SimError::UnknownPid(from))?;
+        let node = self
+            .nodes
+            .get_mut(&from)
+            .ok_or(SimError::UnknownPid(from))?;
         let server = node.server.as_ref().ok_or(SimError::NoServer(from))?;
         let msg_id = server.next_msg_id();
         if history.is_enabled() {
@@ -542,7 +545,12 @@ impl<M: Message> SimCluster<M> {
                 o.capacity() == o.max_capacity()
             })
         });
-        (sent, settled, self.backend.discarded().total(), outboxes_empty)
+        (
+            sent,
+            settled,
+            self.backend.discarded().total(),
+            outboxes_empty,
+        )
     }
 
     /// Lets the cluster run until nothing is in flight and no counter moves, taking every

@@ -1,0 +1,70 @@
+//! The simulator as a user sees it.
+
+use cluster_core::{BROADCAST, DropReason};
+use cluster_testkit::{Event, SimCluster, from_json_lines, oracle};
+
+#[tokio::test(flavor = "current_thread")]
+async fn faults_drop_and_restarts_rejoin() {
+    let mut sim = SimCluster::<String>::builder()
+        .nodes(3)
+        .seed(11)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(sim.seed(), 11);
+    sim.crash(3).await.unwrap();
+    sim.send(1, 3, "to a dead node".into()).await.unwrap();
+    assert_eq!(sim.restart(3).await.unwrap(), 1);
+    assert_eq!(sim.incarnation(3), Some(1));
+    sim.cut(1, 2).unwrap();
+    sim.send(1, BROADCAST, "only 3 hears".into()).await.unwrap();
+    sim.heal().unwrap();
+    sim.send(2, 3, "hello".into()).await.unwrap();
+    sim.settle().await;
+    let at3: Vec<String> = sim.take_received(3).into_iter().map(|e| e.msg).collect();
+    assert_eq!(at3, ["only 3 hears", "hello"]);
+    assert!(sim.take_received(2).is_empty());
+    let s1 = sim.monitor(1).unwrap().stats();
+    assert_eq!(s1.dropped_outgoing.get(DropReason::Unreachable), 1);
+    assert_eq!(s1.dropped_outgoing.get(DropReason::Partitioned), 1);
+    let history = sim.finish().await;
+    let verdict = oracle::check(&history);
+    assert!(verdict.is_ok(), "{verdict}");
+    assert_eq!(verdict.expectations(), (2, 2, 0));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn history_exports_as_json_lines() {
+    let mut sim = SimCluster::<u32>::builder()
+        .nodes(2)
+        .seed(3)
+        .build()
+        .await
+        .unwrap();
+    sim.send(1, 2, 7).await.unwrap();
+    sim.set_loss(2, 1, 1.0).unwrap();
+    sim.send(2, 1, 8).await.unwrap();
+    sim.finish().await;
+    let text = sim.history().to_json_lines();
+    let records = from_json_lines(&text).unwrap();
+    assert_eq!(records, sim.history().records());
+    assert!(
+        text.lines()
+            .all(|l| l.starts_with('{') && l.contains("\"event\":"))
+    );
+    assert!(text.contains(r#""refused":"injected""#), "{text}");
+    assert!(records.iter().any(|r| matches!(
+        &r.event,
+        Event::Delivered { at: 2, from: 1, payload, .. } if *payload == serde_json::json!(7)
+    )));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn unsupported_or_unknown_operations_are_errors_not_panics() {
+    let mut sim = SimCluster::<u8>::new(2).await.unwrap();
+    assert!(sim.crash(9).await.is_err());
+    assert!(sim.send(9, 1, 0).await.is_err());
+    sim.crash(2).await.unwrap();
+    assert!(sim.send(2, 1, 0).await.is_err());
+    assert!(sim.inject_raw(2, bytes::Bytes::new()).is_err());
+}
