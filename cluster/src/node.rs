@@ -7,7 +7,9 @@ use cluster_core::{Config, Message, Pid, Server, ServerError};
 /// Starts node `pid` of the cluster described by the config file at `path`, over the
 /// ZeroMQ backend selected by the crate's features (`libzmq` by default, else `zeromq`).
 ///
-/// The node binds its own address at once and connects to its peers in the background:
+/// The node first opens its peer catalog (the config's `catalog_dir`, where `{pid}` stands
+/// for the pid, or `.cluster/catalog-<pid>` beside the config file) and durably begins a new
+/// incarnation there; then it binds its own address and connects to its peers in the background:
 /// await [`Server::wait_for_peers`] before relying on delivery. Errors are clear: a config
 /// problem names the file, the entry and the problem; a port already in use is a
 /// [`TransportError::Bind`](cluster_core::TransportError::Bind) naming the address.
@@ -28,8 +30,18 @@ use cluster_core::{Config, Message, Pid, Server, ServerError};
 pub async fn new<M: Message>(pid: Pid, path: impl AsRef<Path>) -> Result<Server<M>, ServerError> {
     let config = Config::load(path)?;
     config.check_member(pid)?;
+    // The catalog stores this start's incarnation durably before any frame can be sent.
+    let builder = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            cluster_catalog::attach(pid, &config, Server::<M>::builder(pid, config.clone()))
+        })
+        .await
+        .map_err(|e| ServerError::Catalog(format!("opening the catalog panicked: {e}")))?
+        .map_err(|e| ServerError::Catalog(e.to_string()))?
+    };
     let transport = cluster_zmq::bind(pid, &config).await?;
-    Server::with_transport(pid, config, transport)
+    builder.build(transport)
 }
 
 #[cfg(test)]

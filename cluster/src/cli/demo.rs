@@ -1,0 +1,455 @@
+//! `cluster demo`: the nodes of a config as separate processes on real ZeroMQ, with a crash
+//! and a restart, and a table of what happened to every message.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use clap::Args;
+use cluster_core::{Config, Pid};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+use super::Failure;
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// The cluster's config file (at least 3 nodes, addresses on this machine).
+    #[arg(long, value_name = "FILE", default_value = "config.json")]
+    config: PathBuf,
+    /// Messages per node in each phase.
+    #[arg(long, default_value_t = 200)]
+    messages: u64,
+}
+
+/// How long any one phase may take before the demo gives up.
+const PHASE_DEADLINE: Duration = Duration::from_secs(15);
+
+struct Node {
+    pid: Pid,
+    child: Child,
+    stdin: ChildStdin,
+    events: mpsc::Receiver<Value>,
+}
+
+impl Node {
+    async fn spawn(pid: Pid, config: &Path) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("locating the cluster binary")?;
+        let mut child = Command::new(exe)
+            .args([
+                "node",
+                "--json",
+                "--quiet",
+                "--pid",
+                &pid.to_string(),
+                "--config",
+            ])
+            .arg(config)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            // Every child dies with the demo, whatever way the demo ends.
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting node {pid}"))?;
+        let stdin = child.stdin.take().context("child stdin")?;
+        let stdout = child.stdout.take().context("child stdout")?;
+        let (tx, events) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(v) => {
+                        if tx.send(v).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => tracing::warn!(pid, "unexpected output from node: {line}"),
+                }
+            }
+        });
+        Ok(Self {
+            pid,
+            child,
+            stdin,
+            events,
+        })
+    }
+
+    fn os_pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    async fn command(&mut self, line: &str) -> anyhow::Result<()> {
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .with_context(|| format!("node {} stopped taking commands", self.pid))
+    }
+
+    /// The next event named `name`, skipping others.
+    async fn expect(&mut self, name: &str) -> anyhow::Result<Value> {
+        let pid = self.pid;
+        let wait = async {
+            while let Some(v) = self.events.recv().await {
+                if v["event"] == name {
+                    return Ok(v);
+                }
+            }
+            Err(anyhow!(
+                "node {pid} exited while the demo waited for \"{name}\""
+            ))
+        };
+        tokio::time::timeout(PHASE_DEADLINE, wait)
+            .await
+            .map_err(|_| {
+                anyhow!("node {pid} did not report \"{name}\" within {PHASE_DEADLINE:?}")
+            })?
+    }
+
+    async fn stats(&mut self) -> anyhow::Result<Value> {
+        self.command("stats").await?;
+        self.expect("stats").await
+    }
+
+    async fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill().await.context("kill -9")
+    }
+}
+
+struct Demo {
+    start: Instant,
+    config_path: PathBuf,
+    nodes: BTreeMap<Pid, Node>,
+}
+
+impl Demo {
+    fn say(&self, text: impl std::fmt::Display) {
+        println!("[{:5.1}s] {text}", self.start.elapsed().as_secs_f64());
+    }
+
+    fn node(&mut self, pid: Pid) -> anyhow::Result<&mut Node> {
+        self.nodes
+            .get_mut(&pid)
+            .ok_or_else(|| anyhow!("node {pid} is not running"))
+    }
+
+    /// Starts `pid` and waits until it reports its incarnation and that its peers connected.
+    async fn start_node(&mut self, pid: Pid) -> anyhow::Result<u64> {
+        let mut node = Node::spawn(pid, &self.config_path).await?;
+        let ready = node.expect("ready").await?;
+        let incarnation = ready["incarnation"].as_u64().unwrap_or_default();
+        self.say(format!(
+            "  node {pid} up: os pid {}, incarnation {incarnation}, {}",
+            node.os_pid(),
+            ready["address"].as_str().unwrap_or("?")
+        ));
+        self.nodes.insert(pid, node);
+        Ok(incarnation)
+    }
+
+    async fn wait_connected(&mut self, pid: Pid) -> anyhow::Result<()> {
+        let node = self.node(pid)?;
+        let v = tokio::time::timeout(PHASE_DEADLINE, async {
+            loop {
+                match node.events.recv().await {
+                    Some(v) if v["event"] == "connected" => return Ok(v),
+                    Some(v) if v["event"] == "connect_timeout" => {
+                        return Err(anyhow!("node {pid} connected only to {}", v["peers"]));
+                    }
+                    Some(_) => {}
+                    None => return Err(anyhow!("node {pid} exited")),
+                }
+            }
+        })
+        .await
+        .map_err(|_| anyhow!("node {pid}: peers did not connect"))??;
+        drop(v);
+        Ok(())
+    }
+
+    /// Polls every node's stats until `done` holds for all of them.
+    async fn wait_until(
+        &mut self,
+        what: &str,
+        done: impl Fn(Pid, &Value) -> bool,
+    ) -> anyhow::Result<BTreeMap<Pid, Value>> {
+        let deadline = Instant::now() + PHASE_DEADLINE;
+        loop {
+            let mut all = BTreeMap::new();
+            for (pid, node) in &mut self.nodes {
+                all.insert(*pid, node.stats().await?);
+            }
+            if all.iter().all(|(p, s)| done(*p, s)) {
+                return Ok(all);
+            }
+            if Instant::now() > deadline {
+                bail!("gave up waiting until {what}; last stats: {}", json!(all));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn connected_to(stats: &Value, peer: Pid) -> bool {
+    stats["connected"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|p| p.as_i64() == Some(i64::from(peer))))
+}
+
+fn count(v: &Value, path: &[&str]) -> u64 {
+    path.iter().fold(v, |v, key| &v[*key]).as_u64().unwrap_or(0)
+}
+
+/// The config the demo's nodes run with: the user's peers and options, with each node's
+/// catalog in the demo's own directory.
+fn demo_config(config: &Config, dir: &Path) -> Value {
+    let o = config.options();
+    json!({
+        "peers": config.peers().iter().map(|p| json!({"pid": p.pid, "address": p.address})).collect::<Vec<_>>(),
+        "inbox_capacity": o.inbox_capacity,
+        "outbox_capacity": o.outbox_capacity,
+        "peer_queue": o.peer_queue,
+        "max_message_size": o.max_message_size,
+        "linger_ms": o.linger.as_millis() as u64,
+        "heartbeat_interval_ms": o.heartbeat_interval.as_millis() as u64,
+        "heartbeat_timeout_ms": o.heartbeat_timeout.as_millis() as u64,
+        "catalog_dir": dir.join("catalog-{pid}").display().to_string(),
+    })
+}
+
+pub(crate) fn run(args: DemoArgs) -> Result<(), Failure> {
+    let config = Config::load(&args.config).map_err(Failure::usage)?;
+    if config.peers().len() < 3 {
+        return Err(Failure::usage(anyhow!(
+            "{}: the demo needs at least 3 nodes, the config has {}",
+            args.config.display(),
+            config.peers().len()
+        )));
+    }
+    if args.messages == 0 {
+        return Err(Failure::usage(anyhow!("--messages must be at least 1")));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        tokio::select! {
+            result = demo(&config, &args) => result.map_err(Failure::from),
+            _ = tokio::signal::ctrl_c() => {
+                // Dropping the demo kills every child (kill_on_drop).
+                Err(Failure { error: anyhow!("interrupted; all nodes stopped"), code: 130 })
+            }
+        }
+    })
+}
+
+async fn demo(config: &Config, args: &DemoArgs) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("cluster-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let result = run_phases(config, args, &dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn run_phases(config: &Config, args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
+    let config_path = dir.join("config.json");
+    std::fs::write(&config_path, demo_config(config, dir).to_string())
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    let pids: Vec<Pid> = config.pids().collect();
+    let n = pids.len() as u64;
+    let m = args.messages;
+    let victim = *pids.last().context("no nodes")?;
+    let others: Vec<Pid> = pids.iter().copied().filter(|p| *p != victim).collect();
+    let mut demo = Demo {
+        start: Instant::now(),
+        config_path,
+        nodes: BTreeMap::new(),
+    };
+
+    demo.say(format!(
+        "starting {n} nodes of {} as separate processes, ZeroMQ ({}) over loopback",
+        args.config.display(),
+        cluster_zmq::BACKEND
+    ));
+    for &pid in &pids {
+        demo.start_node(pid).await?;
+    }
+    for &pid in &pids {
+        demo.wait_connected(pid).await?;
+    }
+    demo.say("all nodes connected to all peers");
+
+    demo.say(format!("broadcast: every node broadcasts {m} messages"));
+    for &pid in &pids {
+        demo.node(pid)?
+            .command(&format!("burst * {m} hello"))
+            .await?;
+    }
+    demo.wait_until("every node delivered every broadcast", |_, s| {
+        count(s, &["delivered"]) >= (n - 1) * m
+    })
+    .await?;
+    demo.say(format!(
+        "  every node delivered {} ({} peers × {m})",
+        (n - 1) * m,
+        n - 1
+    ));
+
+    demo.say(format!(
+        "peer to peer: node i sends {m} messages to the next node in a ring"
+    ));
+    for (i, &pid) in pids.iter().enumerate() {
+        let next = pids[(i + 1) % pids.len()];
+        demo.node(pid)?
+            .command(&format!("burst {next} {m} ring"))
+            .await?;
+    }
+    demo.wait_until("the ring messages arrived", |_, s| {
+        count(s, &["delivered"]) >= n * m
+    })
+    .await?;
+    demo.say(format!(
+        "  every node delivered {m} more from its ring neighbour"
+    ));
+
+    let os_pid = demo.node(victim)?.os_pid();
+    demo.say(format!("kill -9 node {victim} (os pid {os_pid})"));
+    demo.node(victim)?.kill().await?;
+    let dead = demo.nodes.remove(&victim);
+    drop(dead);
+    demo.wait_until("the others notice", |_, s| !connected_to(s, victim))
+        .await?;
+    demo.say(format!("  nodes {others:?} see node {victim} disconnected"));
+    let before: BTreeMap<Pid, Value> = demo.wait_until("stats", |_, _| true).await?;
+    demo.say(format!(
+        "while node {victim} is down, nodes {others:?} each send {m} to it and broadcast {m}"
+    ));
+    for &pid in &others {
+        demo.node(pid)?
+            .command(&format!("burst {victim} {m} lost"))
+            .await?;
+        demo.node(pid)?
+            .command(&format!("burst * {m} carry-on"))
+            .await?;
+    }
+    let k = others.len() as u64;
+    let victim_key = victim.to_string();
+    let after_down = demo
+        .wait_until("the others delivered each other's broadcasts", |pid, s| {
+            let b = &before[&pid];
+            count(s, &["delivered"]) - count(b, &["delivered"]) >= (k - 1) * m
+                && count(s, &["peers", &victim_key, "sent"])
+                    - count(b, &["peers", &victim_key, "sent"])
+                    >= 2 * m
+        })
+        .await?;
+    let mut dropped_to_victim = 0;
+    for (pid, s) in &after_down {
+        let dropped = count(s, &["peers", &victim_key, "dropped_to", "unreachable"]);
+        dropped_to_victim += dropped
+            - count(
+                &before[pid],
+                &["peers", &victim_key, "dropped_to", "unreachable"],
+            );
+    }
+    demo.say(format!(
+        "  {dropped_to_victim} of the {} messages to node {victim} dropped and counted as unreachable; \
+         the others delivered all {} of each other's broadcasts",
+        2 * m * k,
+        k * (k - 1) * m
+    ));
+
+    demo.say(format!("restart node {victim}"));
+    let incarnation = demo.start_node(victim).await?;
+    demo.wait_connected(victim).await?;
+    demo.say(format!(
+        "  node {victim} rejoined as incarnation {incarnation}"
+    ));
+    demo.wait_until("the others reconnect", |pid, s| {
+        pid == victim || connected_to(s, victim)
+    })
+    .await?;
+    for &pid in &others {
+        demo.node(pid)?
+            .command(&format!("burst {victim} {m} welcome-back"))
+            .await?;
+    }
+    let last = demo
+        .wait_until("the restarted node got the new messages", |pid, s| {
+            pid != victim || count(s, &["delivered"]) >= k * m
+        })
+        .await?;
+    let got = count(&last[&victim], &["delivered"]);
+    if got != k * m {
+        bail!(
+            "node {victim} delivered {got} messages after its restart, expected exactly {}: \
+             something sent while it was down arrived late",
+            k * m
+        );
+    }
+    demo.say(format!(
+        "  node {victim} delivered exactly the {got} messages sent after it came back; \
+         none of those sent while it was down"
+    ));
+
+    println!();
+    print_table(&last, victim);
+    for node in demo.nodes.values_mut() {
+        node.command("quit").await?;
+    }
+    for (pid, mut node) in std::mem::take(&mut demo.nodes) {
+        node.expect("stopped").await?;
+        let status = tokio::time::timeout(PHASE_DEADLINE, node.child.wait())
+            .await
+            .map_err(|_| anyhow!("node {pid} did not exit"))??;
+        if !status.success() {
+            bail!("node {pid} exited with {status}");
+        }
+    }
+    demo.say("all nodes stopped cleanly");
+    Ok(())
+}
+
+fn print_table(last: &BTreeMap<Pid, Value>, victim: Pid) {
+    let reasons = [
+        "unreachable",
+        "backpressure",
+        "unknown_peer",
+        "malformed",
+        "stale_incarnation",
+        "too_large",
+    ];
+    println!(
+        "{:>5} {:>5} {:>9} {:>9}  dropped: {}",
+        "node",
+        "inc",
+        "sent",
+        "delivered",
+        reasons.join(" ")
+    );
+    for (pid, s) in last {
+        // The victim's row is its second incarnation; its first died with kill -9.
+        let note = if *pid == victim {
+            " (after restart)"
+        } else {
+            ""
+        };
+        let drops: Vec<String> = reasons
+            .iter()
+            .map(|r| format!("{:>w$}", count(s, &["dropped", r]), w = r.len()))
+            .collect();
+        println!(
+            "{pid:>5} {:>5} {:>9} {:>9}           {}{note}",
+            count(s, &["incarnation"]),
+            count(s, &["sent"]),
+            count(s, &["delivered"]),
+            drops.join(" ")
+        );
+    }
+}
