@@ -1,6 +1,7 @@
 //! The test kit's own tests: mutants are caught, replays are exact, the simulator works.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod faults;
 mod mutants;
 mod replay;
 mod sim;
