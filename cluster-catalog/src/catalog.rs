@@ -123,7 +123,7 @@ impl PeerCatalog {
     fn open_dir(path: &Path, create: bool) -> Result<Self, CatalogError> {
         check_directory(path, create)?;
         let stamp = stamp::read(path)?;
-        let db = match open_sled(path, sled::Config::new().path(path)) {
+        let db = match open_sled_waiting(path) {
             Ok(db) => db,
             // The stamp says a catalog was here, so whatever sled refuses is damage.
             Err(CatalogError::NotACatalog { reason, .. }) if stamp.is_some() => {
@@ -463,6 +463,29 @@ impl PeerCatalog {
             }
         })?;
         Ok(())
+    }
+}
+
+/// How long `open` waits for a lock that this process itself may still hold for a moment.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Opens the sled database in `path`, waiting up to [`LOCK_GRACE`] for its lock.
+///
+/// A just-dropped catalog can stay locked for a moment: sled's background threads release
+/// the file shortly after the last handle drops, and a child process forked by another
+/// thread meanwhile inherits the locked file until it execs. A node restarted in-process
+/// would then fail for no reason, so a held lock is only reported once it outlasts the grace.
+fn open_sled_waiting(path: &Path) -> Result<sled::Db, CatalogError> {
+    let deadline = std::time::Instant::now() + LOCK_GRACE;
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match open_sled(path, sled::Config::new().path(path)) {
+            Err(CatalogError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
     }
 }
 

@@ -10,7 +10,8 @@ use cluster_core::{ConfigError, Pid, ServerError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CatalogError {
-    /// Another process (or another handle in this process) has the catalog open.
+    /// Another process (or another handle in this process) has the catalog open, and kept
+    /// it for the whole second that `open` waits for a lock to go.
     #[error(
         "peer catalog {path}: in use: another process (or another handle in this process) has \
          it open and sled holds a lock on its db file; stop the node that uses it, or give each \

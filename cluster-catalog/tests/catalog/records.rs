@@ -151,7 +151,18 @@ fn import_reconciles_membership_and_addresses_and_keeps_history() {
 
 /// Writes `value` under `key` of `tree` directly with sled, as another version would.
 fn write_raw(dir: &std::path::Path, tree: &str, key: &[u8], value: &[u8]) {
-    let db = sled::open(dir).unwrap();
+    // Another test forks children, which hold the just-closed catalog's lock until they exec.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let db = loop {
+        match sled::open(dir) {
+            Ok(db) => break db,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("retrying: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
     db.open_tree(tree).unwrap().insert(key, value).unwrap();
     db.flush().unwrap();
 }
@@ -205,4 +216,48 @@ fn a_catalog_of_an_unknown_version_is_refused() {
         matches!(e, CatalogError::UnknownVersion { version: 2, .. }),
         "{e:?}"
     );
+}
+
+/// A dropped catalog must reopen at once (a node restarting in-process), even though sled's
+/// background threads, or a child process forked by another thread (which inherits the
+/// locked file until it execs), may hold the database file for a moment after the drop.
+#[test]
+fn a_dropped_catalog_reopens_at_once() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let spawner = {
+        let done = std::sync::Arc::clone(&done);
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                // Each child is waited for, so none outlives the test.
+                let _ = std::process::Command::new("true").status();
+            }
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        catalog_dir: Some(dir.path().to_path_buf()),
+        ..Options::default()
+    };
+    let config = Config::from_peers([(1, "h:1"), (2, "h:2"), (3, "h:3")], options).unwrap();
+    for round in 1..=100u32 {
+        let node = cluster_catalog::NodeCatalog::open(1, &config)
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        node.catalog()
+            .update(3, |r| {
+                let mut r = r?;
+                r.metadata.insert("round".into(), round.to_string());
+                Some(r)
+            })
+            .unwrap();
+        node.catalog().flush().unwrap();
+        drop(node);
+        let c = PeerCatalog::open(dir.path()).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(
+            c.get(3).unwrap().unwrap().metadata["round"],
+            round.to_string()
+        );
+    }
+    done.store(true, Ordering::Relaxed);
+    spawner.join().unwrap();
 }

@@ -212,7 +212,9 @@ fn kill_9_mid_write_keeps_every_flushed_record() {
             .iter()
             .filter(|r| r.pid > last && r.pid < base + 100_000)
             .count();
-        println!("  round at {base}: flushed up to {last}, {beyond} records written after it survived");
+        println!(
+            "  round at {base}: flushed up to {last}, {beyond} records written after it survived"
+        );
     }
 }
 
