@@ -309,6 +309,12 @@ impl<M> Server<M> {
         self.stop_task().await;
     }
 
+    /// Stops the node like [`Server::shutdown`], but keeps the server so that what is still
+    /// in its inbox can be read (`inbox().try_recv()`). Sends after it are not routed.
+    pub async fn stop(&mut self) {
+        self.stop_task().await;
+    }
+
     async fn stop_task(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

@@ -261,7 +261,23 @@ async fn node(args: NodeArgs) -> Result<(), Failure> {
             _ = term.recv() => break,
         }
     }
-    server.shutdown().await;
+    server.stop().await;
+    // Messages that arrived before the stop and were not printed yet.
+    while let Ok(env) = server.inbox().try_recv() {
+        if !args.quiet {
+            emit(
+                format!("[from {} #{}] {}", env.pid, env.msg_id, env.msg),
+                json!({"event": "message", "from": env.pid, "msg_id": env.msg_id, "text": env.msg}),
+            );
+        }
+    }
+    // The final counters, now that everything queued has been routed.
+    let s = monitor.stats();
+    if args.json {
+        emit(String::new(), stats_json(pid, incarnation, &s, &[]));
+    } else {
+        print_stats_text(&s);
+    }
     emit(
         format!("node {pid} stopped"),
         json!({"event": "stopped", "pid": pid}),

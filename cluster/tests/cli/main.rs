@@ -1,0 +1,197 @@
+//! The `cluster` command: the demo end to end (it exercises the whole stack: processes,
+//! ZeroMQ, catalogs, kill -9 and restart), the node's stdin protocol, and bad arguments.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn cluster() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cluster"))
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A config of `n` nodes on loopback ports `base+1..=base+n`, in a fresh directory.
+fn config(dir: &Path, n: u16, base: u16) -> PathBuf {
+    let peers: Vec<String> = (1..=n)
+        .map(|i| format!(r#"{{"pid":{i},"address":"127.0.0.1:{}"}}"#, base + i))
+        .collect();
+    let path = dir.join("config.json");
+    std::fs::write(&path, format!(r#"{{"peers":[{}]}}"#, peers.join(","))).unwrap();
+    path
+}
+
+#[test]
+fn the_demo_runs_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 4, 27100);
+    let out = cluster()
+        .args(["demo", "--messages", "50", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    for expected in [
+        "all nodes connected to all peers",
+        "every node delivered 150 (3 peers × 50)",
+        "kill -9 node 4",
+        "of the 300 messages to node 4 dropped and counted as unreachable",
+        "node 4 rejoined as incarnation 2",
+        "node 4 delivered exactly the 150 messages sent after it came back",
+        "all nodes stopped cleanly",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    // The table: node 4's row is its second incarnation.
+    let row = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("4 ") && l.contains("(after restart)"))
+        .unwrap_or_else(|| panic!("no row for node 4 in:\n{stdout}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cols[..4], ["4", "2", "0", "150"], "{row}");
+}
+
+#[test]
+fn a_node_follows_its_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1, 27120);
+    let mut child = cluster()
+        .args(["node", "--json", "--pid", "1", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        // To itself, to an unknown pid, a burst, a bad line, then stats; EOF stops it.
+        writeln!(
+            stdin,
+            "1 hello me\n7 nobody\nburst 1 3\nnonsense here\nstats"
+        )
+        .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"ready"));
+    assert_eq!(kinds.last(), Some(&"stopped"));
+    let messages: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "message")
+        .map(|e| e["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(messages, ["hello me", "burst 0", "burst 1", "burst 2"]);
+    // The last stats are printed after shutdown, when every queued send has been routed.
+    let stats = events.iter().rev().find(|e| e["event"] == "stats").unwrap();
+    assert_eq!(stats["delivered"], 4);
+    assert_eq!(stats["dropped"]["unknown_peer"], 1);
+    assert!(
+        stderr.contains("\"nonsense\" is neither a pid nor *"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_arguments_and_configs_exit_2_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 3, 27140);
+    let missing = dir.path().join("missing.json");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"peers":[{"pid":1,"address":"nowhere"}]}"#).unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["bogus".into()], "unrecognized subcommand"),
+        (
+            vec!["node".into(), "--pid".into(), "x".into()],
+            "invalid value 'x'",
+        ),
+        (
+            vec![
+                "node".into(),
+                "--pid".into(),
+                "9".into(),
+                "--config".into(),
+                cfg.display().to_string(),
+            ],
+            "pid 9 is not one of the configured peers",
+        ),
+        (
+            vec![
+                "demo".into(),
+                "--config".into(),
+                missing.display().to_string(),
+            ],
+            "missing.json: cannot read the file",
+        ),
+        (
+            vec![
+                "node".into(),
+                "--pid".into(),
+                "1".into(),
+                "--config".into(),
+                bad.display().to_string(),
+            ],
+            "address \"nowhere\" is not host:port",
+        ),
+        (
+            vec![
+                "demo".into(),
+                "--messages".into(),
+                "0".into(),
+                "--config".into(),
+                cfg.display().to_string(),
+            ],
+            "--messages must be at least 1",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = cluster().args(&args).stdin(Stdio::null()).output().unwrap();
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stdout}{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: expected {expected:?} in {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_busy_port_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = squatter.local_addr().unwrap().port();
+    let path = dir.path().join("config.json");
+    std::fs::write(
+        &path,
+        format!(r#"{{"peers":[{{"pid":1,"address":"127.0.0.1:{port}"}}]}}"#),
+    )
+    .unwrap();
+    let out = cluster()
+        .args(["node", "--pid", "1", "--config"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+}
