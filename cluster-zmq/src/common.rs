@@ -1,17 +1,22 @@
 //! What both backends share: endpoints, the connection set, the inbound bridge, counters.
 
+#[cfg(feature = "zeromq")]
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use cluster_core::{Config, PeerSet, Pid, TransportError, TransportEvent};
-use tokio::sync::{mpsc, watch};
+#[cfg(feature = "zeromq")]
+use tokio::sync::mpsc;
+use tokio::sync::watch;
 
 /// Frames handed from a socket owner to the server's task per channel message.
+#[cfg(feature = "zeromq")]
 pub(crate) const BATCH: usize = 256;
 
 /// Batches in flight between the receiving socket owner and the server's task.
+#[cfg(feature = "zeromq")]
 pub(crate) const INBOUND_BATCHES: usize = 16;
 
 /// The ZeroMQ endpoint of a configured peer.
@@ -96,11 +101,13 @@ impl Liveness {
 /// The server's end of the inbound bridge: batches of events from the socket owner,
 /// handed out one at a time. Cancel-safe: a batch taken from the channel is kept in
 /// `pending` until every event of it was returned.
+#[cfg(feature = "zeromq")]
 pub(crate) struct Inbound {
     rx: mpsc::Receiver<Vec<TransportEvent>>,
     pending: VecDeque<TransportEvent>,
 }
 
+#[cfg(feature = "zeromq")]
 impl Inbound {
     pub(crate) fn channel() -> (mpsc::Sender<Vec<TransportEvent>>, Self) {
         let (tx, rx) = mpsc::channel(INBOUND_BATCHES);

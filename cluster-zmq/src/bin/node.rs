@@ -55,6 +55,7 @@ async fn run(path: &str, pid: Pid, incarnation: u32) -> Result<(), Box<dyn std::
         .build(transport)?;
     println!("ready {pid} {}", cluster_zmq::BACKEND);
     let mut changes = server.monitor().connection_changes();
+    print_connected(&mut changes);
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let outbox = server.outbox();
     loop {
@@ -67,12 +68,7 @@ async fn run(path: &str, pid: Pid, incarnation: u32) -> Result<(), Box<dyn std::
                 if changed.is_err() {
                     break;
                 }
-                let set: Vec<String> = changes
-                    .borrow_and_update()
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect();
-                println!("connected {}", set.join(" "));
+                print_connected(&mut changes);
             }
             line = stdin.next_line() => {
                 let Some(line) = line? else { break };
@@ -101,4 +97,13 @@ async fn run(path: &str, pid: Pid, incarnation: u32) -> Result<(), Box<dyn std::
     server.shutdown().await;
     println!("bye");
     Ok(())
+}
+
+fn print_connected(changes: &mut tokio::sync::watch::Receiver<cluster_core::PeerSet>) {
+    let set: Vec<String> = changes
+        .borrow_and_update()
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    println!("connected {}", set.join(" "));
 }
