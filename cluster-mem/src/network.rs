@@ -359,10 +359,6 @@ impl Transport for MemTransport {
             return Err(DropReason::Unreachable);
         }
         let mut state = self.shared.state();
-        let dest = match state.nodes.get(&to) {
-            Some(n) if n.up => Arc::clone(&n.slot),
-            _ => return Err(DropReason::Unreachable),
-        };
         if !state.blocked.is_empty() && state.blocked.contains(&(self.pid, to)) {
             return Err(DropReason::Partitioned);
         }
@@ -372,6 +368,10 @@ impl Transport for MemTransport {
         {
             return Err(DropReason::Injected);
         }
+        let dest = match state.nodes.get(&to) {
+            Some(n) if n.up => &n.slot,
+            _ => return Err(DropReason::Unreachable),
+        };
         let mut q = dest.queue();
         if q.len() >= self.shared.queue_capacity {
             return Err(DropReason::Backpressure);
@@ -379,7 +379,6 @@ impl Transport for MemTransport {
         let was_empty = q.is_empty();
         q.push_back((self.pid, frame));
         drop(q);
-        drop(state);
         // The receiver sleeps only after finding its queue empty under the lock, so a wake-up
         // is needed only when this frame made the queue non-empty.
         if was_empty {
