@@ -1,6 +1,8 @@
 //! A transport wrapper that records what crosses the server/transport boundary, holds
 //! arrivals behind a gate (for exact simulated runs), and lets the harness inject raw bytes.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -42,6 +44,8 @@ pub(crate) struct Probe {
     history: History,
     gate: watch::Receiver<bool>,
     raw: mpsc::UnboundedReceiver<Bytes>,
+    /// Raw frames injected and not yet handed up, over the whole cluster.
+    raw_pending: Arc<AtomicUsize>,
 }
 
 impl Probe {
@@ -51,6 +55,7 @@ impl Probe {
         inner: Box<dyn Transport>,
         history: History,
         gate: &Gate,
+        raw_pending: Arc<AtomicUsize>,
     ) -> (Self, mpsc::UnboundedSender<Bytes>) {
         let (raw_tx, raw) = mpsc::unbounded_channel();
         let probe = Self {
@@ -60,6 +65,7 @@ impl Probe {
             history,
             gate: gate.subscribe(),
             raw,
+            raw_pending,
         };
         (probe, raw_tx)
     }
@@ -142,7 +148,10 @@ impl Transport for Probe {
                     }
                     continue;
                 }
-                Some(bytes) = self.raw.recv() => Some(TransportEvent::Frame(bytes)),
+                Some(bytes) = self.raw.recv() => {
+                    self.raw_pending.fetch_sub(1, Ordering::Relaxed);
+                    Some(TransportEvent::Frame(bytes))
+                }
                 event = self.inner.recv() => event,
             };
             if let Some(e) = &event {
@@ -150,6 +159,23 @@ impl Transport for Probe {
             }
             return event;
         }
+    }
+
+    fn try_recv(&mut self) -> Option<TransportEvent> {
+        if !*self.gate.borrow() {
+            return None;
+        }
+        let event = match self.raw.try_recv() {
+            Ok(bytes) => {
+                self.raw_pending.fetch_sub(1, Ordering::Relaxed);
+                Some(TransportEvent::Frame(bytes))
+            }
+            Err(_) => self.inner.try_recv(),
+        };
+        if let Some(e) = &event {
+            self.arrived(e);
+        }
+        event
     }
 
     fn connected(&self) -> watch::Receiver<PeerSet> {
