@@ -42,3 +42,8 @@ pub use cluster_core::wire;
 /// The in-memory transport and simulated network.
 #[cfg(feature = "mem")]
 pub use cluster_mem as mem;
+
+/// The README's examples, compiled as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
