@@ -63,7 +63,10 @@ pub struct Options {
     pub heartbeat_interval: Duration,
     /// Silence after which a connected peer is declared unreachable (real networks only).
     pub heartbeat_timeout: Duration,
-    /// Directory of this node's peer catalog; `None` picks a default per pid.
+    /// Directory of this node's peer catalog, where `{pid}` stands for the node's pid
+    /// (relative paths are taken from the config file's directory). `None`: the default
+    /// `.cluster/catalog-<pid>` beside the config file. Nodes sharing a machine need
+    /// distinct directories, so a set value should contain `{pid}`.
     pub catalog_dir: Option<PathBuf>,
 }
 
