@@ -50,6 +50,12 @@
 //!   `node` → version byte + MessagePack `{owner, incarnation}`: the pid that owns this
 //!   catalog and its current incarnation.
 //!
+//! Beside sled's files (`conf`, `db`, `blobs/`, `snap.*`) the directory holds `CATALOG`, a
+//! two-line text stamp (`cluster-catalog 1` / `incarnation <n>`), replaced atomically after
+//! each new incarnation is flushed: it marks the directory as a catalog and keeps a second
+//! copy of the incarnation, so that a database that sled reopens with less than was flushed
+//! is refused as corrupt instead of silently rolled back (see below).
+//!
 //! A record or catalog of another version is refused with [`CatalogError::UnknownVersion`],
 //! never misread; adding a field with a default is a compatible change within a version.
 //!
@@ -72,6 +78,16 @@
 //!   of some point in time no earlier than the last flush; a record is never half-written.
 //! * With a [`Recorder`], observations are flushed every interval (1 s by default) and at
 //!   stop, so a crash loses at most the last interval of status and last-seen updates.
+//! * Damaged files (not a crash: bytes changed on disk): sled keeps the longest intact
+//!   prefix of its log, which looks like an older, consistent state. If that state is older
+//!   than the last incarnation in the `CATALOG` stamp, or empty although a catalog was
+//!   written, `open` fails with [`CatalogError::Corrupt`]. Damage that only loses records
+//!   written since this node's last start cannot be told from a crash, and is not detected.
+//!
+//! Only one process may have a catalog open (sled locks it). `open` waits up to one second
+//! for a held lock before failing with [`CatalogError::Locked`], because a catalog this
+//! process has just closed can stay locked for a moment (sled's background threads, or a
+//! child process being spawned by another thread, which holds the file until it execs).
 //!
 //! # Errors
 //!
