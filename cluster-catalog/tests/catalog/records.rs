@@ -261,3 +261,17 @@ fn a_dropped_catalog_reopens_at_once() {
     done.store(true, Ordering::Relaxed);
     spawner.join().unwrap();
 }
+
+/// Tests that need no restart can give a node a temporary catalog.
+#[test]
+fn a_node_can_run_on_a_temporary_catalog() {
+    let config = Config::local(3, 7000).unwrap();
+    let node =
+        cluster_catalog::NodeCatalog::with_catalog(2, &config, PeerCatalog::temporary().unwrap())
+            .unwrap();
+    assert_eq!(node.incarnation(), 1);
+    assert_eq!(node.catalog().path(), std::path::Path::new("<temporary>"));
+    let own = node.catalog().get(2).unwrap().unwrap();
+    assert_eq!((own.status, own.incarnation), (PeerStatus::Up, Some(1)));
+    assert_eq!(node.catalog().len(), 3);
+}
