@@ -39,6 +39,9 @@ pub use cluster_core::{
 /// The wire format (see [`cluster_core::wire`]).
 pub use cluster_core::wire;
 
+/// The peer catalog (sled): peer records and this node's incarnation across restarts.
+pub use cluster_catalog as catalog;
+
 /// The in-memory transport and simulated network.
 #[cfg(feature = "mem")]
 pub use cluster_mem as mem;
