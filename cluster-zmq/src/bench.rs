@@ -8,8 +8,11 @@
 //!   time; the bare baseline is a REQ → REP of the same crate. p50 and p99.
 //!
 //! Rates are measured at the receiver, from its first message to its last. Cluster
-//! throughput counts delivered messages only; drops (the sender is never slowed by a
-//! peer, so it can outrun the receiver) are reported beside it.
+//! throughput counts delivered messages only (shown beside it). A transport never blocks on
+//! a peer, so the sending side does its own flow control, as an application would: every
+//! 64 messages it lets the server's task run, looks at its `backpressure` drop count and,
+//! if it grew, pauses 50 µs.
+//! The child process runs a current-thread tokio runtime; [`run`] uses the caller's.
 //!
 //! The second process is the current executable, started again with the environment
 //! variable [`CHILD_ENV`] set: a program that calls [`run`] must call [`child_main`] first
@@ -34,7 +37,7 @@ use std::fmt;
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use cluster_core::{Config, Envelope, Options, Pid, Server};
+use cluster_core::{Config, DropReason, Envelope, Options, Pid, Server};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
@@ -43,6 +46,10 @@ pub const CHILD_ENV: &str = "CLUSTER_ZMQ_BENCH_CHILD";
 
 /// Longest a benchmark phase may take before it is abandoned.
 const PHASE_DEADLINE: Duration = Duration::from_secs(120);
+/// Messages between two looks at the backpressure counter, in the throughput run.
+const PACING_EVERY: u64 = 64;
+/// How long the throughput sender pauses when its peer's queue overflowed.
+const PACING_PAUSE: Duration = Duration::from_micros(50);
 /// Round trips done before measuring.
 const WARMUP: u64 = 1000;
 
@@ -55,19 +62,23 @@ pub struct BenchOptions {
     pub round_trips: u64,
     /// Payload bytes per message.
     pub payload: usize,
+    /// Measurements of each kind, alternating bare and cluster; the report gives medians.
+    pub rounds: usize,
 }
 
 impl Default for BenchOptions {
     fn default() -> Self {
         Self {
             messages: 1_000_000,
-            round_trips: 20_000,
+            round_trips: 10_000,
             payload: 64,
+            rounds: 5,
         }
     }
 }
 
-/// Throughput and round-trip figures of one side (bare library or cluster).
+/// Throughput and round-trip figures of one side (bare library or cluster): medians over
+/// the rounds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Figures {
     /// Messages per second, delivered.
@@ -91,6 +102,8 @@ pub struct BenchReport {
     pub bare: Figures,
     /// The cluster: Server → Server over the transport.
     pub cluster: Figures,
+    /// Every round's ratios, (throughput, p50 round trip), to judge the noise.
+    pub round_ratios: Vec<(f64, f64)>,
 }
 
 impl BenchReport {
@@ -110,8 +123,8 @@ impl fmt::Display for BenchReport {
         let o = &self.options;
         writeln!(
             f,
-            "backend {}: {} messages of {} bytes, {} round trips, 2 processes on loopback",
-            self.backend, o.messages, o.payload, o.round_trips
+            "backend {}: {} messages of {} bytes, {} round trips, 2 processes on loopback, median of {} rounds",
+            self.backend, o.messages, o.payload, o.round_trips, o.rounds
         )?;
         for (name, x) in [("bare   ", &self.bare), ("cluster", &self.cluster)] {
             writeln!(
@@ -123,12 +136,17 @@ impl fmt::Display for BenchReport {
                 x.rtt_p99.as_secs_f64() * 1e6
             )?;
         }
-        write!(
+        writeln!(
             f,
             "  ratios   throughput {:.2}x (target >= 0.5)   p50 round trip {:.2}x (target <= 1.25)",
             self.throughput_ratio(),
             self.rtt_p50_ratio()
-        )
+        )?;
+        write!(f, "  per round (throughput, p50):")?;
+        for (t, l) in &self.round_ratios {
+            write!(f, " ({t:.2}x, {l:.2}x)")?;
+        }
+        Ok(())
     }
 }
 
@@ -160,37 +178,65 @@ fn failed(e: impl fmt::Display) -> BenchError {
 /// Runs every measurement and returns the figures. Spawns the current executable as the
 /// second process (see the module docs). Must be called inside a tokio runtime.
 pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
-    let bare_throughput = bare_throughput(options).await?;
-    let cluster_throughput = cluster_throughput(options).await?;
-    let (bare_p50, bare_p99) = bare_round_trips(options).await?;
-    let (cluster_p50, cluster_p99) = cluster_round_trips(options).await?;
+    let mut bare = Vec::new();
+    let mut cluster = Vec::new();
+    // Alternate, so that a load change on the machine hits both sides alike.
+    for _ in 0..options.rounds.max(1) {
+        let bare_tp = bare_throughput(options).await?;
+        let cluster_tp = cluster_throughput(options).await?;
+        let bare_rtt = bare_round_trips(options).await?;
+        let cluster_rtt = cluster_round_trips(options).await?;
+        bare.push(Figures {
+            throughput: bare_tp.0,
+            delivered: bare_tp.1,
+            rtt_p50: bare_rtt.0,
+            rtt_p99: bare_rtt.1,
+        });
+        cluster.push(Figures {
+            throughput: cluster_tp.0,
+            delivered: cluster_tp.1,
+            rtt_p50: cluster_rtt.0,
+            rtt_p99: cluster_rtt.1,
+        });
+    }
+    let round_ratios = bare
+        .iter()
+        .zip(&cluster)
+        .map(|(b, c)| {
+            (
+                c.throughput / b.throughput,
+                c.rtt_p50.as_secs_f64() / b.rtt_p50.as_secs_f64(),
+            )
+        })
+        .collect();
     Ok(BenchReport {
         backend: crate::BACKEND,
         options: options.clone(),
-        bare: Figures {
-            throughput: bare_throughput.0,
-            delivered: bare_throughput.1,
-            rtt_p50: bare_p50,
-            rtt_p99: bare_p99,
-        },
-        cluster: Figures {
-            throughput: cluster_throughput.0,
-            delivered: cluster_throughput.1,
-            rtt_p50: cluster_p50,
-            rtt_p99: cluster_p99,
-        },
+        bare: median(&bare),
+        cluster: median(&cluster),
+        round_ratios,
     })
+}
+
+/// The median of each figure separately.
+fn median(rounds: &[Figures]) -> Figures {
+    fn mid<T: Copy + PartialOrd + Default>(mut v: Vec<T>) -> T {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        v.get(v.len() / 2).copied().unwrap_or_default()
+    }
+    Figures {
+        throughput: mid(rounds.iter().map(|r| r.throughput).collect()),
+        delivered: mid(rounds.iter().map(|r| r.delivered).collect()),
+        rtt_p50: mid(rounds.iter().map(|r| r.rtt_p50).collect()),
+        rtt_p99: mid(rounds.iter().map(|r| r.rtt_p99).collect()),
+    }
 }
 
 /// If this process was started by [`run`] as its second process, plays that role and
 /// returns the exit code; otherwise returns `None` at once.
 pub fn child_main() -> Option<ExitCode> {
     let role = std::env::var(CHILD_ENV).ok()?;
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime_builder().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("bench child: no runtime: {e}");
@@ -214,6 +260,17 @@ pub fn child_main() -> Option<ExitCode> {
             ExitCode::FAILURE
         }
     })
+}
+
+/// The runtime flavor of the child: current-thread unless `CLUSTER_ZMQ_BENCH_RT=multi`.
+fn runtime_builder() -> tokio::runtime::Builder {
+    if std::env::var("CLUSTER_ZMQ_BENCH_RT").is_ok_and(|v| v == "multi") {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    }
 }
 
 fn parse<T: std::str::FromStr>(s: &str) -> Result<T, BenchError> {
@@ -351,10 +408,28 @@ async fn cluster_throughput(o: &BenchOptions) -> Result<(f64, u64), BenchError> 
     child.expect("ready").await?;
     let out = server.outbox();
     let text = payload_text(o.payload);
+    // A transport never blocks on a peer (where a bare PUSH blocks at its high-water mark),
+    // so flow control is the application's: back off for a moment whenever the peer's queue
+    // overflowed, instead of burning the CPU the receiver needs on messages that are dropped.
+    let mut overflowed = 0;
     for i in 0..o.messages {
         out.send(Envelope::new(2, i as i64, text.clone()))
             .await
             .map_err(failed)?;
+        if i % PACING_EVERY == PACING_EVERY - 1 {
+            // Let the server's task route what is in the outbox before looking.
+            tokio::task::yield_now().await;
+            let now = server
+                .stats()
+                .dropped_outgoing
+                .get(DropReason::Backpressure);
+            if now > overflowed {
+                overflowed = now;
+                // Blocks this (sending) thread briefly: a tokio sleep has a 1 ms grain,
+                // longer than it takes the queues to drain.
+                std::thread::sleep(PACING_PAUSE);
+            }
+        }
     }
     // The end marker may itself meet a full queue: repeat it until the child reports.
     let mut result = Box::pin(child.expect("result"));
@@ -368,8 +443,17 @@ async fn cluster_throughput(o: &BenchOptions) -> Result<(f64, u64), BenchError> 
         }
     };
     drop(result);
+    let dropped_here = server.stats().dropped_outgoing;
     server.shutdown().await;
     child.finish().await;
+    let dropped_there: u64 = line
+        .split(' ')
+        .nth(3)
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0);
+    tracing::info!(
+        "cluster throughput run: dropped by the sender: {dropped_here}; by the receiver: {dropped_there}"
+    );
     rate(&line)
 }
 
@@ -438,7 +522,8 @@ async fn cluster_recv(a: &str, b: &str, _payload: usize) -> Result<(), BenchErro
         count += 1;
     }
     let elapsed = first.map_or(Duration::ZERO, |f| last.duration_since(f));
-    println!("result {count} {}", elapsed.as_nanos());
+    let dropped = server.stats().dropped_incoming.total();
+    println!("result {count} {} {dropped}", elapsed.as_nanos());
     server.shutdown().await;
     Ok(())
 }

@@ -19,6 +19,38 @@ pub(crate) const BATCH: usize = 256;
 #[cfg(feature = "zeromq")]
 pub(crate) const INBOUND_BATCHES: usize = 16;
 
+/// Frames a transport hands over before it lets other tasks of its thread run: the server's
+/// task would otherwise never yield while frames keep arriving (reading a ready socket
+/// touches no tokio resource, so tokio's cooperative budget never runs out), and the task
+/// reading the inbox, on the same thread, would starve until the inbox overflows. Below
+/// tokio's budget of 128, which bounds what the inbox reader takes per turn.
+const YIELD_EVERY: u32 = 64;
+
+/// Counts frames handed over since the last yield (see [`YIELD_EVERY`]).
+#[derive(Debug, Default)]
+pub(crate) struct Fairness {
+    since_yield: u32,
+}
+
+impl Fairness {
+    /// Whether `try_recv` may hand over another frame before a yield.
+    pub(crate) fn may_take(&self) -> bool {
+        self.since_yield < YIELD_EVERY
+    }
+
+    pub(crate) fn took(&mut self) {
+        self.since_yield = self.since_yield.saturating_add(1);
+    }
+
+    /// Yields to the runtime if due. Cancel-safe: nothing is taken before it.
+    pub(crate) async fn pause_if_due(&mut self) {
+        if !self.may_take() {
+            self.since_yield = 0;
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
 /// The ZeroMQ endpoint of a configured peer.
 pub(crate) fn endpoint(config: &Config, pid: Pid) -> Result<String, TransportError> {
     let peer = config
@@ -105,6 +137,7 @@ impl Liveness {
 pub(crate) struct Inbound {
     rx: mpsc::Receiver<Vec<TransportEvent>>,
     pending: VecDeque<TransportEvent>,
+    fairness: Fairness,
 }
 
 #[cfg(feature = "zeromq")]
@@ -116,13 +149,16 @@ impl Inbound {
             Self {
                 rx,
                 pending: VecDeque::new(),
+                fairness: Fairness::default(),
             },
         )
     }
 
     pub(crate) async fn recv(&mut self) -> Option<TransportEvent> {
+        self.fairness.pause_if_due().await;
         loop {
             if let Some(event) = self.pending.pop_front() {
+                self.fairness.took();
                 return Some(event);
             }
             let batch = self.rx.recv().await?;
@@ -132,12 +168,16 @@ impl Inbound {
 
     /// The next event if one is ready now.
     pub(crate) fn try_recv(&mut self) -> Option<TransportEvent> {
-        if let Some(event) = self.pending.pop_front() {
-            return Some(event);
+        if !self.fairness.may_take() {
+            return None;
         }
-        let batch = self.rx.try_recv().ok()?;
-        self.pending.extend(batch);
-        self.pending.pop_front()
+        if self.pending.is_empty() {
+            let batch = self.rx.try_recv().ok()?;
+            self.pending.extend(batch);
+        }
+        let event = self.pending.pop_front()?;
+        self.fairness.took();
+        Some(event)
     }
 
     /// Stops accepting batches: a socket owner blocked on a full channel is released.

@@ -17,7 +17,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use crate::common::{self, Counters, LinkStats, Liveness, millis_i32};
+use crate::common::{self, Counters, Fairness, LinkStats, Liveness, millis_i32};
 
 /// Distinguishes the inproc endpoints of transports living in one process.
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
@@ -37,6 +37,7 @@ pub struct LibzmqTransport {
     pull_ready: Option<AsyncFd<ZmqFd>>,
     /// The PULL socket, read by the server's task directly.
     pull: Option<zmq::Socket>,
+    fairness: Fairness,
     liveness: Arc<Liveness>,
     stats: LinkStats,
     teardown: Option<Teardown>,
@@ -224,6 +225,7 @@ impl LibzmqTransport {
             outs,
             pull_ready: Some(pull_ready),
             pull: Some(pull),
+            fairness: Fairness::default(),
             liveness,
             stats,
             teardown: Some(Teardown {
@@ -350,8 +352,10 @@ impl Transport for LibzmqTransport {
     }
 
     async fn recv(&mut self) -> Option<TransportEvent> {
+        self.fairness.pause_if_due().await;
         loop {
             if let Ok(msg) = self.pull.as_ref()?.recv_msg(zmq::DONTWAIT) {
+                self.fairness.took();
                 return Some(common::frame_event(&msg));
             }
             // ZMQ_FD is edge-triggered and only says "look at ZMQ_EVENTS": check them after
@@ -369,7 +373,11 @@ impl Transport for LibzmqTransport {
     }
 
     fn try_recv(&mut self) -> Option<TransportEvent> {
+        if !self.fairness.may_take() {
+            return None;
+        }
         let msg = self.pull.as_ref()?.recv_msg(zmq::DONTWAIT).ok()?;
+        self.fairness.took();
         Some(common::frame_event(&msg))
     }
 
