@@ -45,6 +45,8 @@ mod probe;
 mod scenario;
 mod seed;
 mod sim;
+#[cfg(feature = "zmq")]
+pub mod zmq;
 
 pub use backend::{Capabilities, ClusterUnderTest, MemBackend, Started, Timing};
 pub use history::{Event, History, Reason, ReasonCounts, Record, from_json_lines, to_json_lines};

@@ -255,16 +255,53 @@ impl<M: Message> SimCluster<M> {
             drained: 0,
             _guard: SeedGuard { seed },
         };
+        let mut started = Vec::new();
         for pid in pids {
-            let started = sim.backend.start(pid).await?;
-            sim.launch(pid, started)?;
+            let s = sim.backend.start(pid).await?;
+            started.push((pid, s.incarnation));
+            sim.launch(pid, s)?;
+        }
+        sim.wait_connected().await?;
+        for (pid, incarnation) in started {
+            sim.history.push(Event::Start { pid, incarnation });
         }
         Ok(sim)
     }
 
+    /// Real networks connect asynchronously: wait until every up node is connected to
+    /// every other up node, so that what follows is judged exactly, not as "either way".
+    async fn wait_connected(&self) -> Result<(), SimError> {
+        if self.caps.timing == Timing::Exact {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let up: Vec<Pid> = self.pids().into_iter().filter(|p| self.is_up(*p)).collect();
+            let missing: Vec<(Pid, Pid)> = up
+                .iter()
+                .filter_map(|p| self.monitor(*p).map(|m| (*p, m.connected_peers())))
+                .flat_map(|(p, connected)| {
+                    up.iter()
+                        .copied()
+                        .filter(move |q| *q != p && !connected.contains(q))
+                        .map(move |q| (p, q))
+                })
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(SimError::Transport(TransportError::Other(format!(
+                    "links (from, to) still not connected after 20 s: {missing:?}"
+                ))));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Starts `pid`'s server over `started` (the caller records the `Start` event).
     fn launch(&mut self, pid: Pid, started: crate::backend::Started) -> Result<(), SimError> {
         let incarnation = started.incarnation;
-        self.history.push(Event::Start { pid, incarnation });
         let (probe, raw) = Probe::new(
             pid,
             incarnation,
@@ -464,6 +501,8 @@ impl<M: Message> SimCluster<M> {
         let started = self.backend.restart(pid).await?;
         let incarnation = started.incarnation;
         self.launch(pid, started)?;
+        self.wait_connected().await?;
+        self.history.push(Event::Start { pid, incarnation });
         Ok(incarnation)
     }
 

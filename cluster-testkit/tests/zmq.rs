@@ -1,0 +1,26 @@
+//! The conformance suite on real sockets (loopback), for both ZeroMQ backends. Needs the
+//! `zmq` feature: `cargo test -p cluster-testkit --features zmq --test zmq`.
+//! Fewer scenarios than in simulation (each one takes real time); `CLUSTER_CASES` raises
+//! them, `CLUSTER_SEED` replays a run.
+#![cfg(feature = "zmq")]
+
+use cluster_testkit::conformance::{self, SuiteOptions};
+use cluster_testkit::zmq::{Flavor, ZmqBackend};
+
+fn options() -> SuiteOptions {
+    let mut options = SuiteOptions::new(16);
+    options.nodes = 2..=4;
+    options.max_ops = 16;
+    options.max_shrink_iters = 64;
+    options
+}
+
+#[test]
+fn libzmq_transport_keeps_the_contract() {
+    conformance::check(ZmqBackend::factory(Flavor::Libzmq), options());
+}
+
+#[test]
+fn zeromq_transport_keeps_the_contract() {
+    conformance::check(ZmqBackend::factory(Flavor::Zeromq), options());
+}
