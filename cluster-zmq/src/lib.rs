@@ -5,8 +5,8 @@
 //! Two backends, picked by cargo feature; [`ZmqTransport`] is the one in use and
 //! [`bind`] builds it:
 //!
-//! * `libzmq` (default) — [`LibzmqTransport`], the `zmq` crate over the bundled libzmq;
-//! * `zeromq` — [`ZeromqTransport`], the pure-Rust `zeromq` crate.
+//! * `libzmq` (default) — `LibzmqTransport`, the `zmq` crate over the bundled libzmq;
+//! * `zeromq` — `ZeromqTransport`, the pure-Rust `zeromq` crate.
 //!
 //! With both features on, both types exist and [`ZmqTransport`] is the libzmq one.
 //!
@@ -41,12 +41,18 @@
 //!   large reaches the server and is counted `too_large`; a hostile giant length prefix makes
 //!   libzmq close that connection without allocating it.
 //!
-//! libzmq sockets are not thread-safe, so each has one owner: the PUSH sockets belong to
-//! the transport itself, which lives in the server's task (sends are non-blocking calls into
-//! libzmq's lock-free pipes); the PULL socket belongs to a receiving thread and the monitor
-//! sockets to a monitor thread. Both threads sleep in `zmq_poll` (no busy loop) and stop on
-//! a message on an inproc PAIR; received frames reach the server through a bounded tokio
-//! channel, in batches.
+//! libzmq sockets are not thread-safe, so each has one owner. The PUSH and PULL sockets
+//! belong to the transport itself, which lives in the server's task: sends are
+//! non-blocking calls into libzmq's lock-free pipes, and the PULL socket's `ZMQ_FD` is
+//! registered with the tokio reactor, so an arriving frame wakes the server's task directly
+//! (no thread, no channel in between; `recv` is cancel-safe because a frame is only taken
+//! from the socket in the same poll that returns it). The monitor sockets belong to a monitor
+//! thread that sleeps in `zmq_poll` (no busy loop; an idle node uses ~0% CPU) and stops on a
+//! message on an inproc PAIR. `shutdown` stops that thread, closes every socket (PUSH
+//! sockets linger at most the given linger) and terminates the context, which frees the port
+//! before it returns. The transport yields to the runtime every 64 frames it hands over, so
+//! that a flood of frames cannot starve the task reading the inbox on the same thread.
+//! The libzmq backend is Unix-only (it registers `ZMQ_FD` with the reactor).
 //!
 //! **zeromq** — the pure-Rust crate has no high-water mark, no heartbeats and does not
 //! reconnect a restarted peer reliably, so this backend adds them itself. ROUTER inbound,
@@ -69,6 +75,34 @@
 //! Control frames start with `0xC2`, cluster frames with the wire magic `0xC1`; control
 //! frames never reach the server, and anything that is not a well-formed control frame is
 //! handed to the server, which checks and counts it (contract C9).
+//!
+//! # Accounting on real networks
+//!
+//! Every frame refused by `send` is counted by the server with its reason. Frames accepted
+//! and later lost are counted where the transport can know them: the `zeromq` backend
+//! reports every frame still in its own queue when a connection is given up
+//! ([`TransportEvent::Dropped`](cluster_core::TransportEvent::Dropped)); the frames already
+//! handed to the network (at most the acknowledgement window) cannot be told apart from
+//! delivered ones and are not counted. libzmq discards its queue to a connection that dies
+//! without saying how many frames it held, so the libzmq backend reports none. In both cases
+//! nothing sent before a cut or a crash is delivered after it (contract C4).
+//! Below the frame level, [`LinkStats`] counts connections refused for not speaking ZMTP
+//! (libzmq) and frames from connections already given up (`zeromq`).
+//!
+//! # Known limits
+//!
+//! * `zeromq` backend: the crate reserves the length a frame header announces before reading
+//!   it; a hostile peer announcing a giant frame can make the process allocate that much.
+//!   The libzmq backend caps it (`ZMQ_MAXMSGSIZE`).
+//! * A forged frame claiming a known sender and a higher incarnation is believed (frames are
+//!   not authenticated): it makes that sender's real, older incarnation stale.
+//!
+//! # Benchmark
+//!
+//! [`mod@bench`] measures P2P throughput and round trips against the bare crate in the same run;
+//! `cargo run --release -p cluster-zmq --example bench` (add `--no-default-features
+//! --features zeromq` for the pure-Rust backend). The nodes of a cluster can also be run by
+//! hand with the `cluster-zmq-node` binary (`cluster-zmq-node <config.json> <pid>`).
 //!
 //! # Example
 //!
