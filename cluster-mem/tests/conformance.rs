@@ -5,7 +5,7 @@
 //! a failure prints its seed, and `CLUSTER_SEED=<seed>` replays it exactly.
 
 use cluster_testkit::conformance::{self, Setup, SuiteOptions};
-use cluster_testkit::{ClusterUnderTest, MemBackend, SimError};
+use cluster_testkit::{ClusterUnderTest, MemBackend, SimError, WithCatalogs};
 
 fn mem(setup: &Setup) -> Result<Box<dyn ClusterUnderTest>, SimError> {
     let config = setup.config().map_err(cluster_core::ServerError::from)?;
@@ -16,4 +16,19 @@ fn mem(setup: &Setup) -> Result<Box<dyn ClusterUnderTest>, SimError> {
 fn mem_transport_keeps_the_contract() {
     let report = conformance::check(mem, SuiteOptions::new(256));
     assert!(report.scenarios >= 1);
+}
+
+/// The same with every node's incarnation kept in a real sled catalog on disk, reopened at
+/// each restart (contract C8). Fewer scenarios: each start opens a database.
+#[test]
+fn mem_transport_with_catalogs_keeps_the_contract() {
+    let with_catalogs = |setup: &Setup| -> Result<Box<dyn ClusterUnderTest>, SimError> {
+        let config = setup.config().map_err(cluster_core::ServerError::from)?;
+        let backend = WithCatalogs::new(MemBackend::new(&config, setup.seed))
+            .map_err(|e| SimError::Transport(cluster_core::TransportError::Other(e.to_string())))?;
+        Ok(Box::new(backend))
+    };
+    let mut options = SuiteOptions::new(24);
+    options.max_ops = 24;
+    conformance::check(with_catalogs, options);
 }

@@ -36,6 +36,8 @@
 //! ```
 
 mod backend;
+#[cfg(feature = "catalog")]
+mod catalogs;
 pub mod conformance;
 pub mod faults;
 mod history;
@@ -49,6 +51,8 @@ mod sim;
 pub mod zmq;
 
 pub use backend::{Capabilities, ClusterUnderTest, MemBackend, Started, Timing};
+#[cfg(feature = "catalog")]
+pub use catalogs::WithCatalogs;
 pub use history::{Event, History, Reason, ReasonCounts, Record, from_json_lines, to_json_lines};
 pub use scenario::{Op, Scenario, op, run_scenario, scenario};
 pub use seed::{

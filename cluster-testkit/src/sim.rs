@@ -89,6 +89,7 @@ pub struct SimBuilder {
     nodes: usize,
     seed: Option<u64>,
     record: bool,
+    catalogs: bool,
 }
 
 impl Default for SimBuilder {
@@ -98,6 +99,7 @@ impl Default for SimBuilder {
             nodes: 3,
             seed: None,
             record: true,
+            catalogs: false,
         }
     }
 }
@@ -127,6 +129,15 @@ impl SimBuilder {
         self
     }
 
+    /// Gives every node a real sled peer catalog in a temporary directory that outlives
+    /// crashes, from which each (re)start takes its incarnation, as a real node does
+    /// (default `false`: incarnations come from the simulated network).
+    #[cfg(feature = "catalog")]
+    pub fn catalogs(mut self, catalogs: bool) -> Self {
+        self.catalogs = catalogs;
+        self
+    }
+
     fn resolve(&self) -> Result<(Config, u64), SimError> {
         let config = match &self.config {
             Some(c) => c.clone(),
@@ -140,6 +151,15 @@ impl SimBuilder {
     pub async fn build<M: Message>(self) -> Result<SimCluster<M>, SimError> {
         let (config, seed) = self.resolve()?;
         let backend = MemBackend::new(&config, seed);
+        #[cfg(feature = "catalog")]
+        if self.catalogs {
+            let with = crate::catalogs::WithCatalogs::new(backend).map_err(|e| {
+                SimError::Transport(TransportError::Other(format!(
+                    "cannot create the catalogs' temporary directory: {e}"
+                )))
+            })?;
+            return SimCluster::start(Box::new(with), seed, self.record).await;
+        }
         SimCluster::start(Box::new(backend), seed, self.record).await
     }
 

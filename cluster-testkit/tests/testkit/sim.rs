@@ -68,3 +68,33 @@ async fn unsupported_or_unknown_operations_are_errors_not_panics() {
     assert!(sim.send(2, 1, 0).await.is_err());
     assert!(sim.inject_raw(2, bytes::Bytes::new()).is_err());
 }
+
+/// C8 as a real restart has it: the crashed node's catalog stays on disk, and its restart
+/// reopens it and takes a higher incarnation from it; messages flow to and from it.
+#[tokio::test(flavor = "current_thread")]
+async fn restarts_take_their_incarnation_from_the_catalog_on_disk() {
+    let mut sim = SimCluster::<String>::builder()
+        .nodes(3)
+        .seed(21)
+        .catalogs(true)
+        .build()
+        .await
+        .unwrap();
+    // A fresh catalog's first incarnation is 1.
+    assert_eq!(sim.incarnation(2), Some(1));
+    sim.crash(2).await.unwrap();
+    sim.send(1, 2, "while down".into()).await.unwrap();
+    assert_eq!(sim.restart(2).await.unwrap(), 2);
+    assert_eq!(sim.restart(2).await.unwrap(), 3);
+    sim.send(1, 2, "after".into()).await.unwrap();
+    sim.send(2, 3, "from the new incarnation".into())
+        .await
+        .unwrap();
+    sim.settle().await;
+    let at2: Vec<String> = sim.take_received(2).into_iter().map(|e| e.msg).collect();
+    assert_eq!(at2, ["after"]);
+    assert_eq!(sim.take_received(3).len(), 1);
+    let history = sim.finish().await;
+    let verdict = oracle::check(&history);
+    assert!(verdict.is_ok(), "{verdict}");
+}
