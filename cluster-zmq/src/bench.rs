@@ -10,8 +10,9 @@
 //! Rates are measured at the receiver, from its first message to its last. Cluster
 //! throughput counts delivered messages only (shown beside it). A transport never blocks on
 //! a peer, so the sending side does its own flow control, as an application would: every
-//! 64 messages it lets the server's task run, looks at its `backpressure` drop count and,
-//! if it grew, pauses 50 µs.
+//! 64 messages it lets the server's task run and looks at its `backpressure` drop count;
+//! while it keeps growing the sender pauses, 20 µs doubling up to 2 ms, and relaxes when it
+//! stops growing.
 //! The child process runs a current-thread tokio runtime; [`run`] uses the caller's.
 //!
 //! The second process is the current executable, started again with the environment
@@ -49,7 +50,9 @@ const PHASE_DEADLINE: Duration = Duration::from_secs(120);
 /// Messages between two looks at the backpressure counter, in the throughput run.
 const PACING_EVERY: u64 = 64;
 /// How long the throughput sender pauses when its peer's queue overflowed.
-const PACING_PAUSE: Duration = Duration::from_micros(50);
+const PACING_PAUSE: Duration = Duration::from_micros(20);
+/// The longest such pause.
+const PACING_PAUSE_MAX: Duration = Duration::from_millis(2);
 /// Round trips done before measuring.
 const WARMUP: u64 = 1000;
 
@@ -64,6 +67,8 @@ pub struct BenchOptions {
     pub payload: usize,
     /// Measurements of each kind, alternating bare and cluster; the report gives medians.
     pub rounds: usize,
+    /// [`Options::peer_queue`] of both nodes (the libzmq high-water marks).
+    pub peer_queue: usize,
 }
 
 impl Default for BenchOptions {
@@ -73,6 +78,7 @@ impl Default for BenchOptions {
             round_trips: 10_000,
             payload: 64,
             rounds: 5,
+            peer_queue: 16 * 1024,
         }
     }
 }
@@ -123,8 +129,8 @@ impl fmt::Display for BenchReport {
         let o = &self.options;
         writeln!(
             f,
-            "backend {}: {} messages of {} bytes, {} round trips, 2 processes on loopback, median of {} rounds",
-            self.backend, o.messages, o.payload, o.round_trips, o.rounds
+            "backend {}: {} messages of {} bytes, {} round trips, peer_queue {}, 2 processes on loopback, median of {} rounds",
+            self.backend, o.messages, o.payload, o.round_trips, o.peer_queue, o.rounds
         )?;
         for (name, x) in [("bare   ", &self.bare), ("cluster", &self.cluster)] {
             writeln!(
@@ -248,8 +254,8 @@ pub fn child_main() -> Option<ExitCode> {
         match words.as_slice() {
             ["bare-pull", endpoint, n] => bare::pull(endpoint, parse(n)?).await,
             ["bare-rep", endpoint, n] => bare::rep(endpoint, parse(n)?).await,
-            ["cluster-recv", a, b, payload] => cluster_recv(a, b, parse(payload)?).await,
-            ["cluster-echo", a, b, payload] => cluster_echo(a, b, parse(payload)?).await,
+            ["cluster-recv", a, b, queue] => cluster_recv(a, b, parse(queue)?).await,
+            ["cluster-echo", a, b, queue] => cluster_echo(a, b, parse(queue)?).await,
             _ => Err(BenchError::Child(format!("unknown role {role:?}"))),
         }
     });
@@ -384,8 +390,12 @@ async fn bare_round_trips(o: &BenchOptions) -> Result<(Duration, Duration), Benc
     ))
 }
 
-fn bench_config(a: &str, b: &str) -> Result<Config, BenchError> {
-    Config::from_peers([(1, a), (2, b)], Options::default()).map_err(failed)
+fn bench_config(a: &str, b: &str, peer_queue: usize) -> Result<Config, BenchError> {
+    let options = Options {
+        peer_queue,
+        ..Options::default()
+    };
+    Config::from_peers([(1, a), (2, b)], options).map_err(failed)
 }
 
 async fn node(pid: Pid, config: &Config) -> Result<Server<String>, BenchError> {
@@ -398,8 +408,8 @@ async fn cluster_throughput(o: &BenchOptions) -> Result<(f64, u64), BenchError> 
         format!("127.0.0.1:{}", free_port()?),
         format!("127.0.0.1:{}", free_port()?),
     );
-    let config = bench_config(&a, &b)?;
-    let mut child = ChildProcess::spawn(&format!("cluster-recv {a} {b} {}", o.payload))?;
+    let config = bench_config(&a, &b, o.peer_queue)?;
+    let mut child = ChildProcess::spawn(&format!("cluster-recv {a} {b} {}", o.peer_queue))?;
     let server = node(1, &config).await?;
     server
         .wait_for_peers(PHASE_DEADLINE)
@@ -412,6 +422,7 @@ async fn cluster_throughput(o: &BenchOptions) -> Result<(f64, u64), BenchError> 
     // so flow control is the application's: back off for a moment whenever the peer's queue
     // overflowed, instead of burning the CPU the receiver needs on messages that are dropped.
     let mut overflowed = 0;
+    let mut pause = Duration::ZERO;
     for i in 0..o.messages {
         out.send(Envelope::new(2, i as i64, text.clone()))
             .await
@@ -423,11 +434,16 @@ async fn cluster_throughput(o: &BenchOptions) -> Result<(f64, u64), BenchError> 
                 .stats()
                 .dropped_outgoing
                 .get(DropReason::Backpressure);
-            if now > overflowed {
-                overflowed = now;
-                // Blocks this (sending) thread briefly: a tokio sleep has a 1 ms grain,
-                // longer than it takes the queues to drain.
-                std::thread::sleep(PACING_PAUSE);
+            // Back off exponentially while the queue keeps overflowing, relax when it stops.
+            pause = if now > overflowed {
+                (pause * 2).clamp(PACING_PAUSE, PACING_PAUSE_MAX)
+            } else {
+                pause / 2
+            };
+            overflowed = now;
+            if pause >= PACING_PAUSE {
+                // Blocks this (sending) thread briefly: a tokio sleep has a 1 ms grain.
+                std::thread::sleep(pause);
             }
         }
     }
@@ -462,8 +478,8 @@ async fn cluster_round_trips(o: &BenchOptions) -> Result<(Duration, Duration), B
         format!("127.0.0.1:{}", free_port()?),
         format!("127.0.0.1:{}", free_port()?),
     );
-    let config = bench_config(&a, &b)?;
-    let mut child = ChildProcess::spawn(&format!("cluster-echo {a} {b} {}", o.payload))?;
+    let config = bench_config(&a, &b, o.peer_queue)?;
+    let mut child = ChildProcess::spawn(&format!("cluster-echo {a} {b} {}", o.peer_queue))?;
     let mut server = node(1, &config).await?;
     server
         .wait_for_peers(PHASE_DEADLINE)
@@ -501,8 +517,8 @@ async fn cluster_round_trips(o: &BenchOptions) -> Result<(Duration, Duration), B
 }
 
 /// Child: node 2, counting until the end marker (msg id -1).
-async fn cluster_recv(a: &str, b: &str, _payload: usize) -> Result<(), BenchError> {
-    let config = bench_config(a, b)?;
+async fn cluster_recv(a: &str, b: &str, peer_queue: usize) -> Result<(), BenchError> {
+    let config = bench_config(a, b, peer_queue)?;
     let mut server = node(2, &config).await?;
     server
         .wait_for_peers(PHASE_DEADLINE)
@@ -529,8 +545,8 @@ async fn cluster_recv(a: &str, b: &str, _payload: usize) -> Result<(), BenchErro
 }
 
 /// Child: node 2, echoing every message to node 1 until the end marker.
-async fn cluster_echo(a: &str, b: &str, _payload: usize) -> Result<(), BenchError> {
-    let config = bench_config(a, b)?;
+async fn cluster_echo(a: &str, b: &str, peer_queue: usize) -> Result<(), BenchError> {
+    let config = bench_config(a, b, peer_queue)?;
     let mut server = node(2, &config).await?;
     server
         .wait_for_peers(PHASE_DEADLINE)

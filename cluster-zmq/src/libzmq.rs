@@ -344,6 +344,22 @@ impl Transport for LibzmqTransport {
         };
         match push.send(&frame[..], zmq::DONTWAIT) {
             Ok(()) => Ok(()),
+            // libzmq learns that its I/O thread freed room below the high-water mark only
+            // when it processes its command queue, which a send does at most once per ~1 ms:
+            // a full queue would refuse everything for that long. Reading ZMQ_EVENTS
+            // processes the commands now; then the send is tried once more.
+            Err(zmq::Error::EAGAIN)
+                if self.liveness.is_up(index)
+                    && push.get_events().is_ok_and(|e| e.contains(zmq::POLLOUT)) =>
+            {
+                match push.send(&frame[..], zmq::DONTWAIT) {
+                    Ok(()) => Ok(()),
+                    Err(zmq::Error::EAGAIN) if self.liveness.is_up(index) => {
+                        Err(DropReason::Backpressure)
+                    }
+                    Err(_) => Err(DropReason::Unreachable),
+                }
+            }
             // With ZMQ_IMMEDIATE, EAGAIN means either no completed connection (the monitor
             // may not have told us yet) or a full SNDHWM on a live one.
             Err(zmq::Error::EAGAIN) if self.liveness.is_up(index) => Err(DropReason::Backpressure),
