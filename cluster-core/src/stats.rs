@@ -167,20 +167,40 @@ impl Stats {
     }
 }
 
+/// A counter with one writer, the server's task, and any number of readers (`stats()`).
+///
+/// With a single writer, a relaxed load and store is an exact increment; it avoids the
+/// locked read-modify-write of `fetch_add`, which is most of the cost of counting on the
+/// per-message path. Every write happens on the server's task, so writes are ordered even
+/// when the runtime moves the task between threads.
 #[derive(Default)]
-struct Cells([AtomicU64; DropReason::ALL.len()]);
+struct Counter(AtomicU64);
+
+impl Counter {
+    fn add(&self, n: u64) {
+        let c = &self.0;
+        c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Default)]
+struct Cells([Counter; DropReason::ALL.len()]);
 
 impl Cells {
     fn add(&self, reason: DropReason, n: u64) {
         if let Some(c) = self.0.get(reason.index()) {
-            c.fetch_add(n, Ordering::Relaxed);
+            c.add(n);
         }
     }
 
     fn snapshot(&self) -> DropCounts {
         let mut out = DropCounts::default();
         for (o, c) in out.0.iter_mut().zip(self.0.iter()) {
-            *o = c.load(Ordering::Relaxed);
+            *o = c.get();
         }
         out
     }
@@ -188,20 +208,23 @@ impl Cells {
 
 #[derive(Default)]
 struct PeerCells {
-    sent: AtomicU64,
+    sent: Counter,
     dropped_to: Cells,
-    delivered: AtomicU64,
+    delivered: Counter,
     dropped_from: Cells,
     /// 0: none seen; otherwise incarnation + 1.
     incarnation: AtomicU64,
 }
 
-/// Live counters, written by the server's task and read by `stats()`.
+/// Live counters, written by the server's task only and read by `stats()`.
+///
+/// `sent` and `delivered` are counted once per message, per peer; their totals are summed
+/// when a snapshot is taken, so a snapshot's totals always equal the sum of its peers.
 pub(crate) struct StatsCells {
     pids: Vec<Pid>,
     peers: Vec<PeerCells>,
-    sent: AtomicU64,
-    delivered: AtomicU64,
+    /// Copies sent to pids outside the config (they have no per-peer counters).
+    sent_unknown: Counter,
     dropped_outgoing: Cells,
     dropped_incoming: Cells,
 }
@@ -213,8 +236,7 @@ impl StatsCells {
         Self {
             pids,
             peers,
-            sent: AtomicU64::new(0),
-            delivered: AtomicU64::new(0),
+            sent_unknown: Counter::default(),
             dropped_outgoing: Cells::default(),
             dropped_incoming: Cells::default(),
         }
@@ -228,9 +250,9 @@ impl StatsCells {
     }
 
     pub(crate) fn sent(&self, to: Pid) {
-        self.sent.fetch_add(1, Ordering::Relaxed);
-        if let Some(p) = self.peer(to) {
-            p.sent.fetch_add(1, Ordering::Relaxed);
+        match self.peer(to) {
+            Some(p) => p.sent.add(1),
+            None => self.sent_unknown.add(1),
         }
     }
 
@@ -241,10 +263,10 @@ impl StatsCells {
         }
     }
 
+    /// `from` must be a configured pid: messages from elsewhere are never delivered.
     pub(crate) fn delivered(&self, from: Pid) {
-        self.delivered.fetch_add(1, Ordering::Relaxed);
         if let Some(p) = self.peer(from) {
-            p.delivered.fetch_add(1, Ordering::Relaxed);
+            p.delivered.add(1);
         }
     }
 
@@ -264,33 +286,65 @@ impl StatsCells {
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
+        let mut sent = self.sent_unknown.get();
+        let mut delivered = 0;
         let peers = self
             .pids
             .iter()
             .zip(self.peers.iter())
             .map(|(pid, p)| {
-                (
-                    *pid,
-                    PeerStats {
-                        sent: p.sent.load(Ordering::Relaxed),
-                        dropped_to: p.dropped_to.snapshot(),
-                        delivered: p.delivered.load(Ordering::Relaxed),
-                        dropped_from: p.dropped_from.snapshot(),
-                        incarnation: p
-                            .incarnation
-                            .load(Ordering::Relaxed)
-                            .checked_sub(1)
-                            .and_then(|i| u32::try_from(i).ok()),
-                    },
-                )
+                let peer = PeerStats {
+                    sent: p.sent.get(),
+                    dropped_to: p.dropped_to.snapshot(),
+                    delivered: p.delivered.get(),
+                    dropped_from: p.dropped_from.snapshot(),
+                    incarnation: p
+                        .incarnation
+                        .load(Ordering::Relaxed)
+                        .checked_sub(1)
+                        .and_then(|i| u32::try_from(i).ok()),
+                };
+                sent += peer.sent;
+                delivered += peer.delivered;
+                (*pid, peer)
             })
             .collect();
         Stats {
-            sent: self.sent.load(Ordering::Relaxed),
-            delivered: self.delivered.load(Ordering::Relaxed),
+            sent,
+            delivered,
             dropped_outgoing: self.dropped_outgoing.snapshot(),
             dropped_incoming: self.dropped_incoming.snapshot(),
             peers,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_are_the_sum_of_peers_plus_unknown_pids() {
+        let cells = StatsCells::new(vec![1, 2, 3]);
+        cells.sent(2);
+        cells.sent(2);
+        cells.sent(3);
+        cells.sent(9);
+        cells.dropped_to(9, DropReason::UnknownPeer, 1);
+        cells.delivered(1);
+        cells.delivered(3);
+        cells.dropped_from(None, DropReason::Malformed);
+        cells.dropped_from(Some(3), DropReason::StaleIncarnation);
+        let s = cells.snapshot();
+        assert_eq!(s.sent, 4);
+        assert_eq!(s.delivered, 2);
+        assert_eq!(s.peers[&2].sent, 2);
+        assert_eq!(s.peers[&3].delivered, 1);
+        assert_eq!(s.dropped_outgoing.get(DropReason::UnknownPeer), 1);
+        assert_eq!(s.dropped_incoming.total(), 2);
+        assert_eq!(
+            s.peers[&3].dropped_from.get(DropReason::StaleIncarnation),
+            1
+        );
     }
 }
