@@ -21,8 +21,7 @@ pub(crate) struct Router {
     /// Newest incarnation seen from each pid in `all`.
     newest: Vec<Option<Incarnation>>,
     stats: Arc<StatsCells>,
-    /// Reused encoding buffer.
-    scratch: Vec<u8>,
+    encoder: wire::Encoder,
 }
 
 impl Router {
@@ -41,7 +40,7 @@ impl Router {
             max_message_size,
             newest,
             stats,
-            scratch: Vec::new(),
+            encoder: wire::Encoder::new(),
         }
     }
 
@@ -72,7 +71,7 @@ impl Router {
             incarnation: self.incarnation,
             msg_id: env.msg_id,
         };
-        let frame = match wire::encode_with(&mut self.scratch, &header, &env.msg) {
+        let frame = match self.encoder.encode(&header, &env.msg) {
             Ok(f) if f.len() <= self.max_message_size => Ok(f),
             Ok(_) => Err(DropReason::TooLarge),
             Err(e) => {
