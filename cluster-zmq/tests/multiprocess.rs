@@ -1,6 +1,7 @@
 //! Nodes as child processes (the `cluster-zmq-node` binary): kill -9 one mid-stream, check
 //! that messages to it are dropped and counted while the others are unaffected, restart it,
-//! and check that traffic resumes and nothing sent while it was down arrives.
+//! and check that traffic resumes and nothing sent while it was down arrives. And freeze one
+//! (SIGSTOP): the others keep getting every message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -81,6 +82,17 @@ impl NodeProcess {
             .await
             .unwrap();
         self.stdin.flush().await.unwrap();
+    }
+
+    /// SIGSTOP or SIGCONT, by pid.
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().unwrap();
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid} failed");
     }
 
     /// SIGKILL, by pid.
@@ -236,6 +248,68 @@ async fn kill_9_mid_stream_then_restart() {
     assert_eq!(env, Envelope::new(3, 77, "hello-from-3".to_string()));
     assert_eq!(a.stats().peers[&3].incarnation, Some(1));
 
+    b.quit().await;
+    c.quit().await;
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_peer_never_holds_up_the_others() {
+    let ports = free_ports(3);
+    let text = format!(
+        r#"{{"peers":[{{"pid":1,"address":"127.0.0.1:{}"}},{{"pid":2,"address":"127.0.0.1:{}"}},{{"pid":3,"address":"127.0.0.1:{}"}}],
+            "heartbeat_interval_ms":100,"heartbeat_timeout_ms":600,"linger_ms":200}}"#,
+        ports[0], ports[1], ports[2]
+    );
+    let (path, _dir) = write_config(text);
+    let config = Config::load(&path).unwrap();
+    let b = NodeProcess::spawn(&path, 2, 0).await;
+    let c = NodeProcess::spawn(&path, 3, 0).await;
+    let a = start(1, &config).await;
+    a.wait_for_peers(DEADLINE).await.unwrap();
+
+    // Node 3 stops reading (and answering heartbeats) but keeps its connection open.
+    c.signal("STOP");
+    let out = a.outbox();
+    let start = std::time::Instant::now();
+    let mut sent = 0i64;
+    while sent < 5000 || a.stats().peers[&3].dropped_to.total() == 0 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "node 3's queue never overflowed"
+        );
+        for _ in 0..50 {
+            out.send(Envelope::new(3, sent, format!("s-{sent}")))
+                .await
+                .unwrap();
+            out.send(Envelope::new(2, sent, format!("s-{sent}")))
+                .await
+                .unwrap();
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Node 2 got everything, in order, while messages to node 3 were dropped (its queue
+    // overflowed, or its silence outlasted the heartbeat timeout).
+    let want: Vec<String> = (0..sent).map(|i| format!("s-{i}")).collect();
+    assert_eq!(
+        a.stats().peers[&2].dropped_to.total(),
+        0,
+        "{:?}",
+        a.stats().peers[&2]
+    );
+    wait_until("node 2 to get every message", || {
+        b.received().len() >= sent as usize
+    })
+    .await;
+    assert_eq!(b.received(), want);
+    assert_eq!(a.stats().peers[&2].dropped_to.total(), 0);
+    let to3 = a.stats().peers[&3].dropped_to;
+    assert!(
+        to3.get(DropReason::Backpressure) + to3.get(DropReason::Unreachable) > 0,
+        "{to3}"
+    );
+    c.signal("CONT");
     b.quit().await;
     c.quit().await;
     a.shutdown().await;
