@@ -6,22 +6,22 @@
 //!
 //! * **scenarios** — property-based: random [`Scenario`]s (sends, crashes, restarts,
 //!   partitions, cuts, heals, loss, settles — only the faults the backend supports), each
-//!   judged by the [`oracle`](crate::oracle) on C1–C8; a failure shrinks to the smallest
+//!   judged by the [`oracle`] on C1–C8; a failure shrinks to the smallest
 //!   failing scenario and prints it with the seed and the command that replays it;
 //! * **directed cases** — routing basics, restart, partition, backpressure and isolation
 //!   with full inboxes (C6), and hostile bytes (C9).
 //!
-//! ```no_run
-//! use cluster_testkit::conformance::{self, SuiteOptions};
-//! use cluster_testkit::MemBackend;
+//! ```
+//! use cluster_testkit::conformance::{self, Setup, SuiteOptions};
+//! use cluster_testkit::{ClusterUnderTest, MemBackend, SimError};
 //!
-//! #[test]
-//! fn conformance() {
-//!     conformance::check(
-//!         |setup: &conformance::Setup| Ok(Box::new(MemBackend::new(&setup.config()?, setup.seed)) as _),
-//!         SuiteOptions::new(256),
-//!     );
+//! fn mem(setup: &Setup) -> Result<Box<dyn ClusterUnderTest>, SimError> {
+//!     Ok(Box::new(MemBackend::new(&setup.config()?, setup.seed)))
 //! }
+//!
+//! // In a `#[test]`: panics with a readable report (seed, shrunk scenario) on failure.
+//! let report = conformance::check(mem, SuiteOptions::new(16).with_seed(1));
+//! assert!(report.scenarios >= 1);
 //! ```
 //!
 //! Case counts: [`SuiteOptions::new`] takes the default, which

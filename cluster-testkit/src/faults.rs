@@ -1,7 +1,7 @@
 //! Your own node logic under a random fault schedule, with your own invariants checked.
 //!
 //! [`run`] hands every node's [`Server`](cluster_core::Server) to your logic (an async fn,
-//! see [`NodeLogic`](crate::NodeLogic)), then, step by step, applies a random fault (crash,
+//! see [`NodeLogic`]), then, step by step, applies a random fault (crash,
 //! restart, partition, cut, loss, heal — drawn from the cluster's seed), lets simulated time
 //! pass, and calls your check. At the end it heals everything, restarts crashed nodes, lets
 //! the cluster run quietly, and calls your check a last time (for liveness: "a leader was

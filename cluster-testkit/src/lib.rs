@@ -15,7 +15,15 @@
 //!   through [`ClusterUnderTest`]; [`mutants`] are deliberately broken transports that
 //!   prove every check can fail.
 //! * [`faults`]: run your own node logic under a random fault schedule and check your
-//!   own invariants.
+//!   own invariants (see `examples/leader_election.rs`).
+//! * [`WithCatalogs`] (feature `catalog`, default): simulated nodes whose incarnation comes
+//!   from a real sled peer catalog that outlives their crashes.
+//! * `zmq` (feature `zmq`, off by default): the ZeroMQ transport, both backends, as a
+//!   [`ClusterUnderTest`] on loopback.
+//!
+//! Replaying: every run has a seed, printed when it fails; `CLUSTER_SEED=<seed>` runs it
+//! again exactly (simulations run on a current-thread runtime; scenario runs with tokio's
+//! clock paused). `CLUSTER_CASES=<n>` changes how many random scenarios a suite runs.
 //!
 //! ```
 //! use cluster_core::BROADCAST;

@@ -24,6 +24,9 @@ use crate::seed::{SeedGuard, seed_or_random};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SimError {
+    /// The cluster's config is invalid.
+    #[error(transparent)]
+    Config(#[from] cluster_core::ConfigError),
     /// The backend could not give a node its transport.
     #[error(transparent)]
     Transport(#[from] TransportError),
