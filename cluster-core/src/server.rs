@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -147,6 +148,8 @@ impl ServerBuilder {
             outbox: outbox_rx,
             inbox: inbox_tx,
             linger: opts.linger,
+            frames: Vec::new(),
+            events: Vec::new(),
         };
         let task = runtime.spawn(async move {
             driver.run(stop_rx).await;
@@ -384,6 +387,10 @@ struct Driver<M, T> {
     outbox: mpsc::Receiver<Envelope<M>>,
     inbox: mpsc::Sender<Envelope<M>>,
     linger: Duration,
+    /// Frames routed from the current outbox batch, handed to the transport at its end.
+    frames: Vec<(Pid, Bytes)>,
+    /// Events taken from the transport in one go.
+    events: Vec<TransportEvent>,
 }
 
 /// Envelopes taken from the outbox per wake-up.
@@ -403,16 +410,12 @@ impl<M: Message, T: Transport> Driver<M, T> {
                     for env in batch.drain(..) {
                         self.route(env);
                     }
+                    self.send_frames();
                 }
                 event = self.transport.recv(), if transport_open => match event {
                     Some(event) => {
                         self.on_event(event);
-                        for _ in 1..BATCH {
-                            match self.transport.try_recv() {
-                                Some(event) => self.on_event(event),
-                                None => break,
-                            }
-                        }
+                        self.drain_transport();
                     }
                     None => transport_open = false,
                 },
@@ -422,17 +425,39 @@ impl<M: Message, T: Transport> Driver<M, T> {
         while let Ok(env) = self.outbox.try_recv() {
             self.route(env);
         }
+        self.send_frames();
         self.transport.shutdown(self.linger).await;
     }
 
+    /// Routes one envelope; its frames wait in `frames` for [`Driver::send_frames`], which
+    /// runs before the task next waits, so no frame is held across a wake-up.
     fn route(&mut self, env: Envelope<M>) {
-        let transport = &mut self.transport;
-        if let Some(local) = self
-            .router
-            .outgoing(env, |to, frame| transport.send(to, frame))
-        {
+        let frames = &mut self.frames;
+        if let Some(local) = self.router.outgoing(env, |to, frame| {
+            frames.push((to, frame));
+            Ok(())
+        }) {
             self.deliver(local);
         }
+    }
+
+    /// Hands the routed frames to the transport in one batch; refusals are counted as drops.
+    fn send_frames(&mut self) {
+        let stats = self.router.stats();
+        self.transport
+            .send_many(&mut self.frames, &mut |to, reason| {
+                stats.dropped_to(to, reason, 1)
+            });
+    }
+
+    /// Handles the events that are ready now, up to a batch, after a wake-up.
+    fn drain_transport(&mut self) {
+        let mut events = std::mem::take(&mut self.events);
+        self.transport.try_recv_many(&mut events, BATCH - 1);
+        for event in events.drain(..) {
+            self.on_event(event);
+        }
+        self.events = events;
     }
 
     fn on_event(&mut self, event: TransportEvent) {

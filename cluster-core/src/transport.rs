@@ -92,6 +92,37 @@ pub trait Transport: Send + 'static {
         None
     }
 
+    /// Sends `frames` in order, as [`Transport::send`] would one by one, and reports each
+    /// refused frame to `refused` with its destination and the reason. Leaves `frames`
+    /// empty. Transports override it to take their locks once per batch rather than once
+    /// per frame; the default calls `send` for each frame.
+    fn send_many(
+        &mut self,
+        frames: &mut Vec<(Pid, Bytes)>,
+        refused: &mut dyn FnMut(Pid, DropReason),
+    ) {
+        for (to, frame) in frames.drain(..) {
+            if let Err(reason) = self.send(to, frame) {
+                refused(to, reason);
+            }
+        }
+    }
+
+    /// Appends to `events` up to `max` events that are ready now, without waiting, and
+    /// returns how many. Transports override it to take their locks once per batch; the
+    /// default calls [`Transport::try_recv`] until it reports nothing ready.
+    fn try_recv_many(&mut self, events: &mut Vec<TransportEvent>, max: usize) -> usize {
+        let mut n = 0;
+        while n < max {
+            match self.try_recv() {
+                Some(event) => events.push(event),
+                None => break,
+            }
+            n += 1;
+        }
+        n
+    }
+
     /// The live connection set, kept current by the transport.
     fn connected(&self) -> watch::Receiver<PeerSet>;
 
@@ -111,6 +142,18 @@ impl Transport for Box<dyn Transport> {
 
     fn try_recv(&mut self) -> Option<TransportEvent> {
         (**self).try_recv()
+    }
+
+    fn send_many(
+        &mut self,
+        frames: &mut Vec<(Pid, Bytes)>,
+        refused: &mut dyn FnMut(Pid, DropReason),
+    ) {
+        (**self).send_many(frames, refused);
+    }
+
+    fn try_recv_many(&mut self, events: &mut Vec<TransportEvent>, max: usize) -> usize {
+        (**self).try_recv_many(events, max)
     }
 
     fn connected(&self) -> watch::Receiver<PeerSet> {

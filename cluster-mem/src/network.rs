@@ -329,6 +329,28 @@ impl State {
     }
 }
 
+/// A destination queue held locked by [`MemTransport::send_many`] while frames go to it.
+struct OpenQueue<'a> {
+    to: Pid,
+    slot: &'a Slot,
+    queue: MutexGuard<'a, VecDeque<(Pid, Bytes)>>,
+    /// Whether a frame went into the queue while it was empty.
+    wake: bool,
+}
+
+impl OpenQueue<'_> {
+    fn close(self) {
+        let Self {
+            slot, queue, wake, ..
+        } = self;
+        drop(queue);
+        // The receiver sleeps only after finding its queue empty under the lock.
+        if wake {
+            slot.notify.notify_one();
+        }
+    }
+}
+
 /// One node's end of a [`MemNetwork`].
 pub struct MemTransport {
     pid: Pid,
@@ -387,13 +409,83 @@ impl Transport for MemTransport {
         Ok(())
     }
 
+    fn send_many(
+        &mut self,
+        frames: &mut Vec<(Pid, Bytes)>,
+        refused: &mut dyn FnMut(Pid, DropReason),
+    ) {
+        if frames.is_empty() {
+            return;
+        }
+        if !self.slot.alive.load(Ordering::Acquire) {
+            for (to, _) in frames.drain(..) {
+                refused(to, DropReason::Unreachable);
+            }
+            return;
+        }
+        // The same checks as `send`, frame by frame, but under one lock of the network for
+        // the whole batch, and one lock of a destination's queue per run of frames to it.
+        let pid = self.pid;
+        let capacity = self.shared.queue_capacity;
+        let mut state = self.shared.state();
+        let State {
+            nodes,
+            blocked,
+            loss,
+            ..
+        } = &mut *state;
+        let mut open: Option<OpenQueue<'_>> = None;
+        for (to, frame) in frames.drain(..) {
+            if !blocked.is_empty() && blocked.contains(&(pid, to)) {
+                refused(to, DropReason::Partitioned);
+                continue;
+            }
+            if !loss.is_empty()
+                && let Some((p, rng)) = loss.get_mut(&(pid, to))
+                && rng.random::<f64>() < *p
+            {
+                refused(to, DropReason::Injected);
+                continue;
+            }
+            let queue = match open.take() {
+                Some(q) if q.to == to => open.insert(q),
+                other => {
+                    if let Some(q) = other {
+                        q.close();
+                    }
+                    match nodes.get(&to) {
+                        Some(n) if n.up => open.insert(OpenQueue {
+                            to,
+                            slot: &n.slot,
+                            queue: n.slot.queue(),
+                            wake: false,
+                        }),
+                        _ => {
+                            refused(to, DropReason::Unreachable);
+                            continue;
+                        }
+                    }
+                }
+            };
+            if queue.queue.len() >= capacity {
+                refused(to, DropReason::Backpressure);
+                continue;
+            }
+            queue.wake |= queue.queue.is_empty();
+            queue.queue.push_back((pid, frame));
+        }
+        if let Some(q) = open {
+            q.close();
+        }
+    }
+
     async fn recv(&mut self) -> Option<TransportEvent> {
         loop {
             if !self.slot.alive.load(Ordering::Acquire) {
                 return None;
             }
-            if let Some(event) = self.try_recv() {
-                return Some(event);
+            if let Some((_, frame)) = self.slot.queue().pop_front() {
+                return Some(TransportEvent::Frame(frame));
             }
             self.slot.notify.notified().await;
         }
@@ -407,11 +499,94 @@ impl Transport for MemTransport {
         Some(TransportEvent::Frame(frame))
     }
 
+    fn try_recv_many(&mut self, events: &mut Vec<TransportEvent>, max: usize) -> usize {
+        if !self.slot.alive.load(Ordering::Acquire) {
+            return 0;
+        }
+        let mut queue = self.slot.queue();
+        let n = queue.len().min(max);
+        events.extend(queue.drain(..n).map(|(_, f)| TransportEvent::Frame(f)));
+        n
+    }
+
     fn connected(&self) -> watch::Receiver<PeerSet> {
         self.connected.clone()
     }
 
     async fn shutdown(&mut self, _linger: Duration) {
         // Frames already queued were delivered into peers' queues at send time; nothing to flush.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn frame(n: u8) -> Bytes {
+        Bytes::from(vec![n])
+    }
+
+    #[test]
+    fn send_many_refuses_like_send_and_keeps_order() {
+        let config = Config::local(4, 7000).unwrap();
+        let net = MemNetwork::with_queue_capacity(&config, 1, 3);
+        let mut t1 = net.transport(1).unwrap();
+        let mut t2 = net.transport(2).unwrap();
+        net.crash(3);
+        net.cut(1, 4);
+        let mut frames = vec![
+            (2, frame(1)),
+            (3, frame(2)),
+            (2, frame(3)),
+            (4, frame(4)),
+            (9, frame(5)),
+            (2, frame(6)),
+            (2, frame(7)),
+        ];
+        let mut refused = Vec::new();
+        t1.send_many(&mut frames, &mut |to, reason| refused.push((to, reason)));
+        assert!(frames.is_empty());
+        assert_eq!(
+            refused,
+            vec![
+                (3, DropReason::Unreachable),
+                (4, DropReason::Partitioned),
+                (9, DropReason::Unreachable),
+                (2, DropReason::Backpressure),
+            ]
+        );
+        let mut events = Vec::new();
+        assert_eq!(t2.try_recv_many(&mut events, 2), 2);
+        assert_eq!(t2.try_recv_many(&mut events, 10), 1);
+        assert_eq!(
+            events,
+            [1, 3, 6].map(|n| TransportEvent::Frame(frame(n))).to_vec()
+        );
+        // A crashed sender sends nothing.
+        net.crash(1);
+        let mut frames = vec![(2, frame(8))];
+        let mut refused = Vec::new();
+        t1.send_many(&mut frames, &mut |to, reason| refused.push((to, reason)));
+        assert_eq!(refused, vec![(2, DropReason::Unreachable)]);
+        assert_eq!(net.in_flight(), 0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn send_many_wakes_a_waiting_receiver() {
+        let config = Config::local(2, 7000).unwrap();
+        let net = MemNetwork::new(&config, 1);
+        let mut t1 = net.transport(1).unwrap();
+        let mut t2 = net.transport(2).unwrap();
+        let receiver = tokio::spawn(async move { t2.recv().await });
+        tokio::task::yield_now().await;
+        t1.send_many(&mut vec![(2, frame(1)), (2, frame(2))], &mut |_, _| {
+            panic!("refused")
+        });
+        let got = tokio::time::timeout(Duration::from_secs(10), receiver)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, Some(TransportEvent::Frame(frame(1))));
     }
 }
