@@ -243,10 +243,16 @@ impl StatsCells {
     }
 
     fn peer(&self, pid: Pid) -> Option<&PeerCells> {
-        self.pids
-            .binary_search(&pid)
-            .ok()
-            .and_then(|i| self.peers.get(i))
+        // Pids are usually consecutive, which makes a pid's index its distance to the first.
+        let guess = self
+            .pids
+            .first()
+            .and_then(|first| usize::try_from(pid.wrapping_sub(*first)).ok());
+        let index = match guess {
+            Some(i) if self.pids.get(i) == Some(&pid) => i,
+            _ => self.pids.binary_search(&pid).ok()?,
+        };
+        self.peers.get(index)
     }
 
     pub(crate) fn sent(&self, to: Pid) {

@@ -122,6 +122,8 @@ const SLAB_LEN: usize = 8 * 1024;
 /// at their exact size.
 #[derive(Debug, Default)]
 pub struct Encoder {
+    /// The message is encoded here first: writing to a `Vec` is the cheapest `io::Write`.
+    scratch: Vec<u8>,
     slab: BytesMut,
 }
 
@@ -137,26 +139,25 @@ impl Encoder {
         header: &Header,
         msg: &M,
     ) -> Result<Bytes, WireError> {
-        if self.slab.capacity() < SLAB_FRAME_MAX {
+        let scratch = &mut self.scratch;
+        scratch.clear();
+        header.put(scratch);
+        rmp_serde::encode::write(scratch, msg).map_err(|e| WireError::Encode(e.to_string()))?;
+        if scratch.len() > SLAB_FRAME_MAX {
+            // A large frame: an exact allocation of its own.
+            let frame = Bytes::copy_from_slice(scratch);
+            // Don't let one huge message pin a huge buffer.
+            if scratch.capacity() > 1 << 16 {
+                *scratch = Vec::new();
+            }
+            return Ok(frame);
+        }
+        if self.slab.capacity() < scratch.len() {
             // Reuses the slab in place if every frame cut from it was dropped already.
             self.slab.reserve(SLAB_LEN);
         }
-        header.put(&mut self.slab);
-        if let Err(e) = rmp_serde::encode::write(&mut (&mut self.slab).writer(), msg) {
-            self.slab.clear();
-            return Err(WireError::Encode(e.to_string()));
-        }
-        if self.slab.len() <= SLAB_FRAME_MAX {
-            return Ok(self.slab.split().freeze());
-        }
-        // A large frame: an exact allocation of its own, and the slab it may have grown
-        // is not kept to be pinned by later small frames.
-        let frame = Bytes::copy_from_slice(&self.slab);
-        self.slab.clear();
-        if self.slab.capacity() > SLAB_LEN {
-            self.slab = BytesMut::new();
-        }
-        Ok(frame)
+        self.slab.extend_from_slice(scratch);
+        Ok(self.slab.split().freeze())
     }
 }
 
