@@ -91,19 +91,26 @@ fn ipv6(endpoint: &str) -> bool {
     endpoint.contains('[')
 }
 
-/// Options shared by inbound and outbound sockets: heartbeats so that a silent cut closes the
-/// connection on both ends, and a bounded handshake.
-fn set_liveness_options(s: &zmq::Socket, o: &Options, endpoint: &str) -> zmq::Result<()> {
+/// A handshake bounded by the heartbeat timeout, on every socket.
+fn set_common_options(s: &zmq::Socket, o: &Options, endpoint: &str) -> zmq::Result<()> {
     s.set_ipv6(ipv6(endpoint))?;
+    s.set_handshake_ivl(millis_i32(o.heartbeat_timeout))
+}
+
+/// Heartbeats on outbound sockets, so that a silent cut closes the connection on both ends:
+/// this end stops hearing PONGs, and the far end, told our TTL in every PING, stops hearing
+/// PINGs. Inbound (PULL) sockets send no heartbeats of their own: libzmq 4.3.4 aborts
+/// (`!_io_error`, stream_engine_base.cpp:331) when a heartbeat timer fires on a connection
+/// whose input was stopped by a full RCVHWM and that then failed, as happens to a node that
+/// was frozen (SIGSTOP, a long pause) while its peers gave it up. The TTL timer that the
+/// peers' PINGs set up closes silent inbound connections instead.
+fn set_heartbeat_options(s: &zmq::Socket, o: &Options) -> zmq::Result<()> {
     s.set_heartbeat_ivl(millis_i32(o.heartbeat_interval))?;
     s.set_heartbeat_timeout(millis_i32(o.heartbeat_timeout))?;
-    // The TTL travels in our PINGs and makes the far end close too; libzmq counts it in
-    // deciseconds and treats anything below 100 ms as "none".
+    // libzmq counts the TTL in deciseconds and treats anything below 100 ms as "none".
     s.set_heartbeat_ttl(millis_i32(
         o.heartbeat_timeout.max(Duration::from_millis(100)),
-    ))?;
-    s.set_handshake_ivl(millis_i32(o.heartbeat_timeout))?;
-    Ok(())
+    ))
 }
 
 fn hwm(o: &Options) -> i32 {
@@ -140,7 +147,7 @@ impl LibzmqTransport {
             .socket(zmq::PULL)
             .map_err(|e| zmq_err("pull socket", e))?;
         let setup = |s: &zmq::Socket| -> zmq::Result<()> {
-            set_liveness_options(s, o, &own)?;
+            set_common_options(s, o, &own)?;
             s.set_rcvhwm(hwm(o))?;
             s.set_linger(0)?;
             s.set_maxmsgsize(transport_max_size(o))
@@ -171,7 +178,8 @@ impl LibzmqTransport {
                 .socket(zmq::PUSH)
                 .map_err(|e| zmq_err("push socket", e))?;
             let setup = |s: &zmq::Socket| -> zmq::Result<()> {
-                set_liveness_options(s, o, &endpoint)?;
+                set_common_options(s, o, &endpoint)?;
+                set_heartbeat_options(s, o)?;
                 s.set_immediate(true)?;
                 s.set_sndhwm(hwm(o))?;
                 s.set_linger(millis_i32(o.linger))?;

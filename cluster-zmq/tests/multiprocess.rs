@@ -69,9 +69,19 @@ impl NodeProcess {
     }
 
     async fn wait_line(&self, what: &str, pred: impl Fn(&str) -> bool) {
+        self.wait_line_after(0, what, pred).await;
+    }
+
+    /// Waits for a line matching `pred` among those after the first `skip`.
+    async fn wait_line_after(&self, skip: usize, what: &str, pred: impl Fn(&str) -> bool) {
         let pid = self.pid;
         wait_until(&format!("node {pid}: {what}"), || {
-            self.lines.lock().unwrap().iter().any(|l| pred(l))
+            self.lines
+                .lock()
+                .unwrap()
+                .iter()
+                .skip(skip)
+                .any(|l| pred(l))
         })
         .await;
     }
@@ -264,7 +274,7 @@ async fn a_frozen_peer_never_holds_up_the_others() {
     let (path, _dir) = write_config(text);
     let config = Config::load(&path).unwrap();
     let b = NodeProcess::spawn(&path, 2, 0).await;
-    let c = NodeProcess::spawn(&path, 3, 0).await;
+    let mut c = NodeProcess::spawn(&path, 3, 0).await;
     let a = start(1, &config).await;
     a.wait_for_peers(DEADLINE).await.unwrap();
 
@@ -292,12 +302,6 @@ async fn a_frozen_peer_never_holds_up_the_others() {
     // Node 2 got everything, in order, while messages to node 3 were dropped (its queue
     // overflowed, or its silence outlasted the heartbeat timeout).
     let want: Vec<String> = (0..sent).map(|i| format!("s-{i}")).collect();
-    assert_eq!(
-        a.stats().peers[&2].dropped_to.total(),
-        0,
-        "{:?}",
-        a.stats().peers[&2]
-    );
     wait_until("node 2 to get every message", || {
         b.received().len() >= sent as usize
     })
@@ -309,7 +313,19 @@ async fn a_frozen_peer_never_holds_up_the_others() {
         to3.get(DropReason::Backpressure) + to3.get(DropReason::Unreachable) > 0,
         "{to3}"
     );
+    // Thawed, node 3 finds its connections given up; it must survive that (libzmq 4.3.4
+    // aborted here when inbound sockets sent heartbeats) and come back.
+    let seen = c.lines().len();
     c.signal("CONT");
+    wait_connected(&a, &[3]).await;
+    c.wait_line_after(seen, "its peers again", |l| l == "connected 1 2")
+        .await;
+    c.command("send 1 9 thawed").await;
+    let mut a = a;
+    assert_eq!(
+        next(&mut a).await,
+        Envelope::new(3, 9, "thawed".to_string())
+    );
     b.quit().await;
     c.quit().await;
     a.shutdown().await;
