@@ -149,6 +149,36 @@ pub enum Event {
         /// The message, as JSON.
         payload: serde_json::Value,
     },
+    /// The server of `at` dropped a frame that had arrived (stale incarnation, malformed,
+    /// inbox full, …). Header fields are `None` when the bytes were not a frame.
+    Dropped {
+        /// The receiving node.
+        at: Pid,
+        /// The receiver's incarnation.
+        at_incarnation: Incarnation,
+        /// The sender claimed by the frame header.
+        from: Option<Pid>,
+        /// The sender's incarnation claimed by the header.
+        incarnation: Option<Incarnation>,
+        /// The message id claimed by the header.
+        msg_id: Option<MsgId>,
+        /// Why the server dropped it.
+        reason: Reason,
+    },
+    /// The simulated network discarded a frame it had accepted, because a fault hit its link
+    /// while it was in flight (crash of either end: `unreachable`; cut: `partitioned`).
+    Discarded {
+        /// The sender.
+        from: Pid,
+        /// The sender's incarnation.
+        incarnation: Incarnation,
+        /// The destination.
+        to: Pid,
+        /// The message id.
+        msg_id: MsgId,
+        /// Why.
+        reason: Reason,
+    },
     /// The transport of `at` reported frames it had accepted and then discarded.
     TransportDropped {
         /// The reporting node.

@@ -1,14 +1,18 @@
 //! A transport wrapper that records what crosses the server/transport boundary, holds
 //! arrivals behind a gate (for exact simulated runs), and lets the harness inject raw bytes.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use cluster_core::wire::Frame;
-use cluster_core::{DropReason, Incarnation, PeerSet, Pid, Transport, TransportEvent};
+use cluster_core::wire::{self, Frame};
+use cluster_core::{
+    DropCounts, DropReason, Incarnation, MsgId, PeerSet, Pid, ServerMonitor, Transport,
+    TransportEvent,
+};
 use tokio::sync::{mpsc, watch};
 
 use crate::history::{Event, History, Reason};
@@ -35,6 +39,64 @@ impl Gate {
     }
 }
 
+/// Frames accepted by a transport and not yet arrived, by `(from, to, msg_id)`: what a
+/// fault on their link discards, in simulation.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    frames: Mutex<Frames>,
+}
+
+/// `(from, to, msg_id)` → (sender's incarnation, copies in flight).
+type Frames = BTreeMap<(Pid, Pid, MsgId), (Incarnation, u32)>;
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Frames> {
+        self.frames.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn accepted(&self, from: Pid, incarnation: Incarnation, to: Pid, msg_id: MsgId) {
+        self.lock()
+            .entry((from, to, msg_id))
+            .or_insert((incarnation, 0))
+            .1 += 1;
+    }
+
+    fn arrived(&self, from: Pid, to: Pid, msg_id: MsgId) {
+        let mut frames = self.lock();
+        if let Some(entry) = frames.get_mut(&(from, to, msg_id)) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                frames.remove(&(from, to, msg_id));
+            }
+        }
+    }
+
+    /// Removes and returns `(from, incarnation, to, msg_id)` of every frame on a link that
+    /// `doomed` selects.
+    pub(crate) fn take(
+        &self,
+        doomed: impl Fn(Pid, Pid) -> bool,
+    ) -> Vec<(Pid, Incarnation, Pid, MsgId)> {
+        let mut frames = self.lock();
+        let mut out = Vec::new();
+        frames.retain(|&(from, to, msg_id), &mut (incarnation, count)| {
+            if doomed(from, to) {
+                for _ in 0..count {
+                    out.push((from, incarnation, to, msg_id));
+                }
+                false
+            } else {
+                true
+            }
+        });
+        out
+    }
+}
+
+/// What the probe needs to tell, after the server handled an arrival, whether it was
+/// delivered or dropped, and why.
+type Counters = (u64, DropCounts);
+
 /// Wraps the transport under test, between it and the server. It never changes what passes
 /// through: it only records it, and (when the gate is closed) waits before pulling arrivals.
 pub(crate) struct Probe {
@@ -46,6 +108,18 @@ pub(crate) struct Probe {
     raw: mpsc::UnboundedReceiver<Bytes>,
     /// Raw frames injected and not yet handed up, over the whole cluster.
     raw_pending: Arc<AtomicUsize>,
+    in_flight: Arc<InFlight>,
+    /// The server's counters, once it is built.
+    monitor: Arc<OnceLock<ServerMonitor>>,
+    /// The last arrival handed up, and the server's counters just before it.
+    unresolved: Option<(Option<wire::Header>, Counters)>,
+}
+
+/// The wiring a probe shares with its cluster.
+#[derive(Clone, Default)]
+pub(crate) struct ProbeShared {
+    pub(crate) raw_pending: Arc<AtomicUsize>,
+    pub(crate) in_flight: Arc<InFlight>,
 }
 
 impl Probe {
@@ -55,7 +129,8 @@ impl Probe {
         inner: Box<dyn Transport>,
         history: History,
         gate: &Gate,
-        raw_pending: Arc<AtomicUsize>,
+        shared: &ProbeShared,
+        monitor: Arc<OnceLock<ServerMonitor>>,
     ) -> (Self, mpsc::UnboundedSender<Bytes>) {
         let (raw_tx, raw) = mpsc::unbounded_channel();
         let probe = Self {
@@ -65,18 +140,56 @@ impl Probe {
             history,
             gate: gate.subscribe(),
             raw,
-            raw_pending,
+            raw_pending: Arc::clone(&shared.raw_pending),
+            in_flight: Arc::clone(&shared.in_flight),
+            monitor,
+            unresolved: None,
         };
         (probe, raw_tx)
     }
 
-    fn arrived(&self, event: &TransportEvent) {
+    fn counters(&self) -> Option<Counters> {
+        let stats = self.monitor.get()?.stats();
+        Some((stats.delivered, stats.dropped_incoming))
+    }
+
+    /// Called from `recv` (and `shutdown`), by which time the server has handled the last
+    /// arrival: see what became of it, and record it if it was dropped.
+    fn resolve(&mut self) {
+        let Some((header, (delivered, dropped))) = self.unresolved.take() else {
+            return;
+        };
+        let Some((now_delivered, now_dropped)) = self.counters() else {
+            return;
+        };
+        if now_delivered > delivered {
+            return;
+        }
+        if let Some(reason) = DropReason::ALL
+            .into_iter()
+            .find(|r| now_dropped.get(*r) > dropped.get(*r))
+        {
+            self.history.push(Event::Dropped {
+                at: self.pid,
+                at_incarnation: self.incarnation,
+                from: header.map(|h| h.sender),
+                incarnation: header.map(|h| h.incarnation),
+                msg_id: header.map(|h| h.msg_id),
+                reason: Reason(reason),
+            });
+        }
+    }
+
+    fn arrived(&mut self, event: &TransportEvent) {
         if !self.history.is_enabled() {
             return;
         }
         match event {
             TransportEvent::Frame(bytes) => {
                 let header = Frame::decode(bytes.clone()).ok().map(|f| f.header);
+                if let Some(h) = header {
+                    self.in_flight.arrived(h.sender, self.pid, h.msg_id);
+                }
                 self.history.push(Event::Arrived {
                     at: self.pid,
                     at_incarnation: self.incarnation,
@@ -84,6 +197,7 @@ impl Probe {
                     incarnation: header.map(|h| h.incarnation),
                     msg_id: header.map(|h| h.msg_id),
                 });
+                self.unresolved = self.counters().map(|c| (header, c));
             }
             TransportEvent::Dropped {
                 peer,
@@ -111,6 +225,10 @@ impl Transport for Probe {
         };
         let result = self.inner.send(to, frame);
         if let Some(h) = header {
+            if result.is_ok() {
+                self.in_flight
+                    .accepted(h.sender, h.incarnation, to, h.msg_id);
+            }
             self.history.push(Event::Routed {
                 from: h.sender,
                 incarnation: h.incarnation,
@@ -123,6 +241,7 @@ impl Transport for Probe {
     }
 
     async fn recv(&mut self) -> Option<TransportEvent> {
+        self.resolve();
         loop {
             if !*self.gate.borrow_and_update() {
                 // Closed: pull nothing until it opens. If the gate's owner is gone, stay open.
@@ -162,7 +281,9 @@ impl Transport for Probe {
     }
 
     fn try_recv(&mut self) -> Option<TransportEvent> {
-        if !*self.gate.borrow() {
+        // While recording, hand up one arrival per wake-up: the server has handled it by the
+        // time it calls `recv` again, which is when the probe can tell what became of it.
+        if !*self.gate.borrow() || self.unresolved.is_some() {
             return None;
         }
         let event = match self.raw.try_recv() {
@@ -183,6 +304,7 @@ impl Transport for Probe {
     }
 
     async fn shutdown(&mut self, linger: Duration) {
+        self.resolve();
         self.inner.shutdown(linger).await;
     }
 }

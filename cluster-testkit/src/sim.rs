@@ -3,21 +3,22 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use cluster_core::{
-    Config, Envelope, Incarnation, Message, MsgId, Pid, Server, ServerError, ServerMonitor,
-    TransportError,
+    Config, DropReason, Envelope, Incarnation, Message, MsgId, Pid, Server, ServerError,
+    ServerMonitor, TransportError,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::backend::{Capabilities, ClusterUnderTest, MemBackend, Timing, window_of};
+use crate::history::Reason;
 use crate::history::{Event, History, Record, reason_counts};
-use crate::probe::{Gate, Probe};
+use crate::probe::{Gate, Probe, ProbeShared};
 use crate::seed::{SeedGuard, seed_or_random};
 
 /// Why a simulation step failed.
@@ -213,7 +214,7 @@ pub struct SimCluster<M> {
     retired: Vec<(Pid, Incarnation, ServerMonitor)>,
     spawner: Option<Spawner<M>>,
     free_running: bool,
-    raw_pending: Arc<AtomicUsize>,
+    probes: ProbeShared,
     drained: u64,
     _guard: SeedGuard,
 }
@@ -274,7 +275,7 @@ impl<M: Message> SimCluster<M> {
             retired: Vec::new(),
             spawner: None,
             free_running: caps.timing != Timing::Exact,
-            raw_pending: Arc::default(),
+            probes: ProbeShared::default(),
             drained: 0,
             _guard: SeedGuard { seed },
         };
@@ -325,18 +326,21 @@ impl<M: Message> SimCluster<M> {
     /// Starts `pid`'s server over `started` (the caller records the `Start` event).
     fn launch(&mut self, pid: Pid, started: crate::backend::Started) -> Result<(), SimError> {
         let incarnation = started.incarnation;
+        let slot = Arc::new(OnceLock::new());
         let (probe, raw) = Probe::new(
             pid,
             incarnation,
             started.transport,
             self.history.clone(),
             &self.gate,
-            Arc::clone(&self.raw_pending),
+            &self.probes,
+            Arc::clone(&slot),
         );
         let server: Server<M> = Server::<M>::builder(pid, self.config.clone())
             .incarnation(incarnation)
             .build(probe)?;
         let monitor = server.monitor();
+        let _ = slot.set(monitor.clone());
         let node = self.nodes.entry(pid).or_insert_with(|| Node {
             incarnation,
             up: true,
@@ -472,7 +476,7 @@ impl<M: Message> SimCluster<M> {
             len: bytes.len(),
         });
         raw.send(bytes).map_err(|_| SimError::NoServer(to))?;
-        self.raw_pending.fetch_add(1, Ordering::Relaxed);
+        self.probes.raw_pending.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -497,6 +501,7 @@ impl<M: Message> SimCluster<M> {
         }
         self.drain_inboxes();
         self.history.push(Event::Crash { pid });
+        self.record_discards(|from, to| from == pid || to == pid, DropReason::Unreachable);
         self.backend.crash(pid).await;
         let Some(node) = self.nodes.get_mut(&pid) else {
             return Ok(());
@@ -538,6 +543,10 @@ impl<M: Message> SimCluster<M> {
             a: a.to_vec(),
             b: b.to_vec(),
         });
+        self.record_discards(
+            |x, y| (a.contains(&x) && b.contains(&y)) || (b.contains(&x) && a.contains(&y)),
+            DropReason::Partitioned,
+        );
         self.backend.partition(a, b);
         Ok(())
     }
@@ -548,6 +557,10 @@ impl<M: Message> SimCluster<M> {
             return Err(self.unsupported("cut"));
         }
         self.history.push(Event::Cut { from, to });
+        self.record_discards(
+            |x, y| x == from && y == to && x != y,
+            DropReason::Partitioned,
+        );
         self.backend.cut(from, to);
         Ok(())
     }
@@ -570,6 +583,23 @@ impl<M: Message> SimCluster<M> {
         self.history.push(Event::SetLoss { from, to, p });
         self.backend.set_loss(from, to, p);
         Ok(())
+    }
+
+    /// Simulation: the network discards what is in flight on the links a fault hits; record
+    /// each such frame. (Real networks may still deliver them: nothing is recorded there.)
+    fn record_discards(&self, doomed: impl Fn(Pid, Pid) -> bool, reason: DropReason) {
+        if self.caps.timing != Timing::Exact {
+            return;
+        }
+        for (from, incarnation, to, msg_id) in self.probes.in_flight.take(doomed) {
+            self.history.push(Event::Discarded {
+                from,
+                incarnation,
+                to,
+                msg_id,
+                reason: Reason(reason),
+            });
+        }
     }
 
     /// Takes every inbox's messages into the nodes' received lists, recording each.
@@ -622,7 +652,7 @@ impl<M: Message> SimCluster<M> {
         }
         Progress {
             in_flight: self.backend.in_flight().unwrap_or(0),
-            raw_pending: self.raw_pending.load(Ordering::Relaxed),
+            raw_pending: self.probes.raw_pending.load(Ordering::Relaxed),
             drained: self.drained,
             outboxes_empty,
             counters,

@@ -98,3 +98,51 @@ async fn restarts_take_their_incarnation_from_the_catalog_on_disk() {
     let verdict = oracle::check(&history);
     assert!(verdict.is_ok(), "{verdict}");
 }
+
+/// Every drop is recorded with its reason, per message: refused at send, discarded in
+/// flight by a fault, or dropped by the receiving server; and each copy ends exactly once.
+#[tokio::test(flavor = "current_thread")]
+async fn every_drop_is_recorded_with_its_reason() {
+    let config = cluster_core::Config::local(3, 20_000)
+        .unwrap()
+        .with_options(cluster_core::Options {
+            inbox_capacity: 2,
+            ..cluster_core::Options::default()
+        })
+        .unwrap();
+    let mut sim = SimCluster::<u8>::builder()
+        .config(config)
+        .seed(5)
+        .build()
+        .await
+        .unwrap();
+    // In flight to 3 when it crashes: discarded, `unreachable`.
+    let lost = sim.send(1, 3, 1).await.unwrap();
+    sim.crash(3).await.unwrap();
+    // 2's inbox holds two: the third is dropped on arrival, `backpressure`.
+    sim.pause_inbox(2, true);
+    for i in 0..3 {
+        sim.send(1, 2, i).await.unwrap();
+    }
+    sim.settle().await;
+    sim.pause_inbox(2, false);
+    // Garbage: dropped by 2's server as `malformed`, with no sender.
+    sim.inject_raw(2, bytes::Bytes::from_static(b"garbage"))
+        .unwrap();
+    let history = sim.finish().await;
+    let has = |f: &dyn Fn(&Event) -> bool| history.iter().any(|r| f(&r.event));
+    assert!(has(
+        &|e| matches!(e, Event::Discarded { to: 3, msg_id, reason, .. }
+        if *msg_id == lost && reason.0 == DropReason::Unreachable)
+    ));
+    assert!(has(
+        &|e| matches!(e, Event::Dropped { at: 2, from: Some(1), reason, .. }
+        if reason.0 == DropReason::Backpressure)
+    ));
+    assert!(has(
+        &|e| matches!(e, Event::Dropped { at: 2, from: None, reason, .. }
+        if reason.0 == DropReason::Malformed)
+    ));
+    let c7 = oracle::check_c7_accounting(&oracle::Analysis::new(&history));
+    assert!(c7.is_empty(), "{c7:?}");
+}
