@@ -78,6 +78,12 @@ fn main() {
             "end to end incl. start:     {:.3} s",
             (built + total).as_secs_f64()
         );
+        println!(
+            "limits: per frame, the in-memory network's send path (one global lock and a map \
+             lookup) and the receiver's decode and inbox push; at start, every node's per-peer \
+             counters: N² = {} cells",
+            n * n
+        );
         assert_eq!(delivered, expected, "lost deliveries");
     });
 }
