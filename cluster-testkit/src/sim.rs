@@ -400,7 +400,9 @@ impl<M: Message> SimCluster<M> {
         self.nodes.get(&pid).map(|n| n.incarnation)
     }
 
-    /// The server of `pid`, unless crashed or handed to node logic.
+    /// The server of `pid`, unless crashed or handed to node logic. Messages put straight
+    /// into its outbox are not in the history as sends: use [`send`](Self::send) for those
+    /// the [`oracle`](crate::oracle) should judge.
     pub fn server(&mut self, pid: Pid) -> Option<&mut Server<M>> {
         self.nodes.get_mut(&pid).and_then(|n| n.server.as_mut())
     }
