@@ -79,6 +79,13 @@ impl Router {
                 Err(DropReason::Malformed)
             }
         };
+        if to != BROADCAST {
+            self.stats.sent(to);
+            if let Err(reason) = frame.and_then(|f| send(to, f)) {
+                self.stats.dropped_to(to, reason, 1);
+            }
+            return None;
+        }
         let mut frame = Some(frame);
         let mut remaining = targets.iter().filter(|p| **p != self.pid).count();
         for &peer in targets.iter().filter(|p| **p != self.pid) {
