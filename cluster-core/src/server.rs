@@ -150,6 +150,7 @@ impl ServerBuilder {
             linger: opts.linger,
             frames: Vec::new(),
             events: Vec::new(),
+            arrived: Vec::new(),
         };
         let task = runtime.spawn(async move {
             driver.run(stop_rx).await;
@@ -391,6 +392,8 @@ struct Driver<M, T> {
     frames: Vec<(Pid, Bytes)>,
     /// Events taken from the transport in one go.
     events: Vec<TransportEvent>,
+    /// Envelopes decoded from `events`, to be delivered together.
+    arrived: Vec<Envelope<M>>,
 }
 
 /// Envelopes taken from the outbox per wake-up.
@@ -414,7 +417,7 @@ impl<M: Message, T: Transport> Driver<M, T> {
                 }
                 event = self.transport.recv(), if transport_open => match event {
                     Some(event) => {
-                        self.on_event(event);
+                        self.events.push(event);
                         self.drain_transport();
                     }
                     None => transport_open = false,
@@ -453,25 +456,41 @@ impl<M: Message, T: Transport> Driver<M, T> {
     /// Handles the events that are ready now, up to a batch, after a wake-up.
     fn drain_transport(&mut self) {
         let mut events = std::mem::take(&mut self.events);
-        self.transport.try_recv_many(&mut events, BATCH - 1);
+        let mut arrived = std::mem::take(&mut self.arrived);
+        let room = BATCH.saturating_sub(events.len());
+        self.transport.try_recv_many(&mut events, room);
         for event in events.drain(..) {
-            self.on_event(event);
+            match event {
+                TransportEvent::Frame(bytes) => arrived.extend(self.router.incoming(bytes)),
+                TransportEvent::Dropped {
+                    peer,
+                    reason,
+                    count,
+                } => self.router.stats().dropped_to(peer, reason, count),
+            }
         }
+        self.deliver_all(&mut arrived);
         self.events = events;
+        self.arrived = arrived;
     }
 
-    fn on_event(&mut self, event: TransportEvent) {
-        match event {
-            TransportEvent::Frame(bytes) => {
-                if let Some(env) = self.router.incoming(bytes) {
-                    self.deliver(env);
-                }
+    /// Delivers `envs` in order, taking the inbox's room for all of them at once when it
+    /// has enough, and one by one (counting those that find it full) when it has not.
+    fn deliver_all(&mut self, envs: &mut Vec<Envelope<M>>) {
+        if envs.is_empty() {
+            return;
+        }
+        if let Ok(permits) = self.inbox.try_reserve_many(envs.len()) {
+            let stats = self.router.stats();
+            for (permit, env) in permits.zip(envs.drain(..)) {
+                let from = env.pid;
+                permit.send(env);
+                stats.delivered(from);
             }
-            TransportEvent::Dropped {
-                peer,
-                reason,
-                count,
-            } => self.router.stats().dropped_to(peer, reason, count),
+            return;
+        }
+        for env in envs.drain(..) {
+            self.deliver(env);
         }
     }
 

@@ -573,6 +573,46 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn a_burst_into_a_small_inbox_delivers_what_fits_in_order_and_counts_the_rest() {
+        use cluster_core::{Envelope, Options, Server};
+        let options = Options {
+            inbox_capacity: 4,
+            ..Options::default()
+        };
+        let config = Config::local(2, 7000)
+            .unwrap()
+            .with_options(options)
+            .unwrap();
+        let net = MemNetwork::new(&config, 1);
+        let a =
+            Server::<u32>::with_transport(1, config.clone(), net.transport(1).unwrap()).unwrap();
+        let mut b = Server::<u32>::with_transport(2, config, net.transport(2).unwrap()).unwrap();
+        // One outbox batch, so node 2 takes all ten frames in one wake-up.
+        let outbox = a.outbox();
+        for i in 0..10 {
+            outbox.try_send(Envelope::new(2, i.into(), i)).unwrap();
+        }
+        let handled = |b: &Server<u32>| {
+            let s = b.stats();
+            s.delivered + s.dropped_incoming.total()
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while handled(&b) < 10 && tokio::time::Instant::now() < deadline {
+            tokio::task::yield_now().await;
+        }
+        let s = b.stats();
+        assert_eq!(s.delivered, 4);
+        assert_eq!(s.dropped_incoming.get(DropReason::Backpressure), 6);
+        assert_eq!(s.peers[&1].dropped_from.get(DropReason::Backpressure), 6);
+        let mut got = Vec::new();
+        while let Ok(env) = b.inbox().try_recv() {
+            got.push(env.msg);
+        }
+        assert_eq!(got, vec![0, 1, 2, 3]);
+        assert_eq!(a.stats().sent, 10);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn send_many_wakes_a_waiting_receiver() {
         let config = Config::local(2, 7000).unwrap();
         let net = MemNetwork::new(&config, 1);
