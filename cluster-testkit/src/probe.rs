@@ -299,6 +299,49 @@ impl Transport for Probe {
         event
     }
 
+    fn send_many(
+        &mut self,
+        frames: &mut Vec<(Pid, Bytes)>,
+        refused: &mut dyn FnMut(Pid, DropReason),
+    ) {
+        if self.history.is_enabled() {
+            // Frame by frame, to record each.
+            for (to, frame) in frames.drain(..) {
+                if let Err(reason) = self.send(to, frame) {
+                    refused(to, reason);
+                }
+            }
+        } else {
+            self.inner.send_many(frames, refused);
+        }
+    }
+
+    fn try_recv_many(&mut self, events: &mut Vec<TransportEvent>, max: usize) -> usize {
+        if self.history.is_enabled() {
+            // One at a time while recording: see `try_recv`.
+            return match self.try_recv() {
+                Some(event) if max > 0 => {
+                    events.push(event);
+                    1
+                }
+                _ => 0,
+            };
+        }
+        if !*self.gate.borrow() {
+            return 0;
+        }
+        let mut n = 0;
+        while n < max {
+            let Ok(bytes) = self.raw.try_recv() else {
+                break;
+            };
+            self.raw_pending.fetch_sub(1, Ordering::Relaxed);
+            events.push(TransportEvent::Frame(bytes));
+            n += 1;
+        }
+        n + self.inner.try_recv_many(events, max - n)
+    }
+
     fn connected(&self) -> watch::Receiver<PeerSet> {
         self.inner.connected()
     }
