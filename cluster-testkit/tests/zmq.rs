@@ -4,8 +4,19 @@
 //! them, `CLUSTER_SEED` replays a run.
 #![cfg(feature = "zmq")]
 
-use cluster_testkit::conformance::{self, SuiteOptions};
+use cluster_testkit::conformance::{self, Setup, SuiteOptions};
 use cluster_testkit::zmq::{Flavor, ZmqBackend};
+use cluster_testkit::{ClusterUnderTest, SimError, WithCatalogs};
+
+/// Real sockets, and each node's incarnation from its sled catalog on disk, as in a real
+/// deployment.
+fn zmq(flavor: Flavor) -> impl Fn(&Setup) -> Result<Box<dyn ClusterUnderTest>, SimError> {
+    move |setup| {
+        let backend = WithCatalogs::new(ZmqBackend::new(setup, flavor)?)
+            .map_err(|e| SimError::Transport(cluster_core::TransportError::Other(e.to_string())))?;
+        Ok(Box::new(backend))
+    }
+}
 
 fn options() -> SuiteOptions {
     let mut options = SuiteOptions::new(16);
@@ -17,10 +28,10 @@ fn options() -> SuiteOptions {
 
 #[test]
 fn libzmq_transport_keeps_the_contract() {
-    conformance::check(ZmqBackend::factory(Flavor::Libzmq), options());
+    conformance::check(zmq(Flavor::Libzmq), options());
 }
 
 #[test]
 fn zeromq_transport_keeps_the_contract() {
-    conformance::check(ZmqBackend::factory(Flavor::Zeromq), options());
+    conformance::check(zmq(Flavor::Zeromq), options());
 }
