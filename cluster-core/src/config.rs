@@ -23,6 +23,16 @@ use crate::envelope::Pid;
 /// [`crate::Server::next_msg_id`]), which keeps ids unique across the cluster.
 pub const MAX_PID: Pid = 0xFFFF;
 
+/// The largest queue bound a config may set: every queue is allocated on demand, but a bound
+/// must still bound something.
+pub const MAX_QUEUE: usize = 1 << 24;
+
+/// The largest `max_message_size` a config may set (1 GiB).
+pub const MAX_MESSAGE_SIZE: usize = 1 << 30;
+
+/// The longest linger or heartbeat setting (one hour; libzmq takes milliseconds as `i32`).
+const MAX_TIMING: Duration = Duration::from_secs(3600);
+
 /// One peer of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
@@ -398,18 +408,36 @@ impl Options {
             ("peer_queue", self.peer_queue),
         ];
         for (field, v) in positive {
-            if v == 0 {
+            if v == 0 || v > MAX_QUEUE {
                 return Err(ConfigProblem::BadValue {
                     field: field.into(),
-                    problem: "must be at least 1".into(),
+                    problem: format!("must be between 1 and {MAX_QUEUE}"),
                 });
             }
         }
-        if self.max_message_size < crate::wire::HEADER_LEN + 1 {
+        if self.max_message_size <= crate::wire::HEADER_LEN
+            || self.max_message_size > MAX_MESSAGE_SIZE
+        {
             return Err(ConfigProblem::BadValue {
                 field: "max_message_size".into(),
-                problem: format!("must be more than {} bytes", crate::wire::HEADER_LEN),
+                problem: format!(
+                    "must be more than {} bytes and at most {MAX_MESSAGE_SIZE}",
+                    crate::wire::HEADER_LEN
+                ),
             });
+        }
+        let timings = [
+            ("linger_ms", self.linger),
+            ("heartbeat_interval_ms", self.heartbeat_interval),
+            ("heartbeat_timeout_ms", self.heartbeat_timeout),
+        ];
+        for (field, v) in timings {
+            if v > MAX_TIMING {
+                return Err(ConfigProblem::BadValue {
+                    field: field.into(),
+                    problem: format!("must be at most {} ms", MAX_TIMING.as_millis()),
+                });
+            }
         }
         if self.heartbeat_interval.is_zero() || self.heartbeat_timeout <= self.heartbeat_interval {
             return Err(ConfigProblem::BadValue {
@@ -718,8 +746,23 @@ mod tests {
         assert_eq!(e.problem, ConfigProblem::MissingField("pid".into()));
         let e = problem(r#"{"ID":"one","IP":"127.0.0.1","Port":"1"}"#);
         assert!(matches!(e.problem, ConfigProblem::BadValue { .. }), "{e}");
-        let e = problem(r#"{"peers":[{"pid":1,"address":"a:1"}],"inbox_capacity":0}"#);
-        assert!(matches!(e.problem, ConfigProblem::BadValue { .. }), "{e}");
+        for bad in [
+            r#""inbox_capacity":0"#,
+            r#""peer_queue":99999999999"#,
+            r#""outbox_capacity":18446744073709551615"#,
+            r#""max_message_size":10"#,
+            r#""max_message_size":4294967296"#,
+            r#""linger_ms":99999999999"#,
+            r#""heartbeat_interval_ms":0"#,
+            r#""heartbeat_interval_ms":900,"heartbeat_timeout_ms":800"#,
+        ] {
+            let text = format!(r#"{{"peers":[{{"pid":1,"address":"a:1"}}],{bad}}}"#);
+            let e = problem(&text);
+            assert!(
+                matches!(e.problem, ConfigProblem::BadValue { .. }),
+                "{bad}: {e}"
+            );
+        }
         let e = problem(r#"{"peers":[{"pid":1,"address":"a:1"}],"inbox_capacity":"big"}"#);
         assert!(e.to_string().contains("inbox_capacity"), "{e}");
         let e = problem("{\"peers\":[\n{\"pid\":1,}]}");

@@ -48,7 +48,9 @@ mod stats;
 mod transport;
 pub mod wire;
 
-pub use config::{Config, ConfigError, ConfigProblem, MAX_PID, Options, PeerConfig};
+pub use config::{
+    Config, ConfigError, ConfigProblem, MAX_MESSAGE_SIZE, MAX_PID, MAX_QUEUE, Options, PeerConfig,
+};
 pub use envelope::{BROADCAST, Envelope, MsgId, Pid};
 pub use server::{Message, Server, ServerBuilder, ServerError, ServerMonitor, WaitTimeout};
 pub use stats::{DropCounts, DropReason, PeerStats, Stats};
