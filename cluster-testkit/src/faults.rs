@@ -172,7 +172,7 @@ async fn apply<M: Message>(sim: &mut SimCluster<M>, op: &Op) -> Result<(), SimEr
         Op::Cut(a, b) => sim.cut(*a, *b),
         Op::Heal => sim.heal(),
         Op::SetLoss(a, b, p) => sim.set_loss(*a, *b, *p),
-        Op::Send { .. } | Op::Settle => Ok(()),
+        Op::Send { .. } | Op::Enqueue { .. } | Op::Settle => Ok(()),
     }
 }
 

@@ -25,6 +25,16 @@ pub enum Op {
         /// The message.
         payload: Vec<u8>,
     },
+    /// Like `Send`, but without waiting for the sender's server to route it: the next ops
+    /// (a crash, a cut) may come first. Skipped if `from` is down or its outbox is full.
+    Enqueue {
+        /// The sender.
+        from: Pid,
+        /// The destination.
+        to: Pid,
+        /// The message.
+        payload: Vec<u8>,
+    },
     /// Crash a node (no effect if it is down).
     Crash(Pid),
     /// Restart a node as a new incarnation (crashing it first if up).
@@ -53,6 +63,13 @@ impl fmt::Display for Op {
                     to.to_string()
                 };
                 write!(f, "send {from} → {to} {payload:?}")
+            }
+            Op::Enqueue { from, to, payload } => {
+                write!(
+                    f,
+                    "enqueue (no wait) {from} → {} {payload:?}",
+                    dest_name(*to)
+                )
             }
             Op::Crash(p) => write!(f, "crash {p}"),
             Op::Restart(p) => write!(f, "restart {p}"),
@@ -119,6 +136,10 @@ impl Op {
                 };
                 format!("Op::Send {{ from: {from}, to: {to}, payload: vec!{payload:?} }}")
             }
+            Op::Enqueue { from, to, payload } => format!(
+                "Op::Enqueue {{ from: {from}, to: {}, payload: vec!{payload:?} }}",
+                dest_name(*to)
+            ),
             Op::Crash(p) => format!("Op::Crash({p})"),
             Op::Restart(p) => format!("Op::Restart({p})"),
             Op::Partition(a, b) => format!("Op::Partition(vec!{a:?}, vec!{b:?})"),
@@ -127,6 +148,14 @@ impl Op {
             Op::SetLoss(a, b, p) => format!("Op::SetLoss({a}, {b}, {p:?})"),
             Op::Settle => "Op::Settle".into(),
         }
+    }
+}
+
+fn dest_name(to: Pid) -> String {
+    if to == BROADCAST {
+        "BROADCAST".to_string()
+    } else {
+        to.to_string()
     }
 }
 
@@ -143,8 +172,19 @@ pub fn op(n: usize, caps: Capabilities) -> BoxedStrategy<Op> {
         3 => Just(BROADCAST),
         1 => Just(unknown),
     ];
-    let send = (pid_in(n), to, proptest::collection::vec(any::<u8>(), 0..6))
-        .prop_map(|(from, to, payload)| Op::Send { from, to, payload })
+    let send = (
+        pid_in(n),
+        to,
+        proptest::collection::vec(any::<u8>(), 0..6),
+        any::<bool>(),
+    )
+        .prop_map(|(from, to, payload, wait)| {
+            if wait {
+                Op::Send { from, to, payload }
+            } else {
+                Op::Enqueue { from, to, payload }
+            }
+        })
         .boxed();
     let mut choices: Vec<(u32, BoxedStrategy<Op>)> =
         vec![(20, send), (4, Just(Op::Settle).boxed())];
@@ -232,6 +272,11 @@ impl Op {
                 to: pid(to),
                 payload,
             },
+            Op::Enqueue { from, to, payload } => Op::Enqueue {
+                from: pid(from),
+                to: pid(to),
+                payload,
+            },
             Op::Crash(p) => Op::Crash(pid(p)),
             Op::Restart(p) => Op::Restart(pid(p)),
             Op::Partition(a, b) => Op::Partition(group(a), group(b)),
@@ -263,6 +308,12 @@ async fn apply(sim: &mut SimCluster<Vec<u8>>, caps: Capabilities, op: &Op) -> Re
     match op {
         Op::Send { from, to, payload } if sim.is_up(*from) => {
             sim.send(*from, *to, payload.clone()).await?;
+        }
+        Op::Enqueue { from, to, payload } if sim.is_up(*from) => {
+            match sim.enqueue(*from, *to, payload.clone()) {
+                Ok(_) | Err(SimError::OutboxFull(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
         Op::Crash(p) if caps.crash_restart => sim.crash(*p).await?,
         Op::Restart(p) if caps.crash_restart => {

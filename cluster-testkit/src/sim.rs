@@ -51,6 +51,9 @@ pub enum SimError {
     /// The node's outbox is closed (its server stopped).
     #[error("the outbox of node {0} is closed")]
     OutboxClosed(Pid),
+    /// The node's outbox is full (see [`SimCluster::enqueue`]).
+    #[error("the outbox of node {0} is full")]
+    OutboxFull(Pid),
 }
 
 /// The node logic a [`SimCluster`] runs with [`SimCluster::spawn_nodes`]: called with a
@@ -437,28 +440,22 @@ impl<M: Message> SimCluster<M> {
     /// Sends `msg` from `from` to `to` (a pid, `from` itself, or `BROADCAST`) with a fresh
     /// message id, and waits until `from`'s server has routed it.
     pub async fn send(&mut self, from: Pid, to: Pid, msg: M) -> Result<MsgId, SimError> {
-        self.drain_inboxes();
-        let history = self.history.clone();
-        let node = self
+        // Wait for room in the outbox first (the server drains it without waiting on peers).
+        let outbox = self
             .nodes
-            .get_mut(&from)
-            .ok_or(SimError::UnknownPid(from))?;
-        let server = node.server.as_ref().ok_or(SimError::NoServer(from))?;
-        let msg_id = server.next_msg_id();
-        if history.is_enabled() {
-            history.push(Event::Send {
-                from,
-                incarnation: node.incarnation,
-                to,
-                msg_id,
-                payload: payload_json(&msg),
-            });
-        }
-        let outbox = server.outbox();
-        outbox
-            .send(Envelope::new(to, msg_id, msg))
-            .await
-            .map_err(|_| SimError::OutboxClosed(from))?;
+            .get(&from)
+            .ok_or(SimError::UnknownPid(from))?
+            .server
+            .as_ref()
+            .ok_or(SimError::NoServer(from))?
+            .outbox();
+        drop(
+            outbox
+                .reserve()
+                .await
+                .map_err(|_| SimError::OutboxClosed(from))?,
+        );
+        let (msg_id, outbox) = self.put(from, to, msg)?;
         // Routing happens in the server's task in the same poll that takes the envelope, so
         // an empty outbox means routed: faults applied after this see a routed message.
         let mut rounds = 0;
@@ -467,6 +464,50 @@ impl<M: Message> SimCluster<M> {
             rounds += 1;
         }
         Ok(msg_id)
+    }
+
+    /// Puts `msg` into `from`'s outbox and returns at once, without waiting for the server
+    /// to route it: whatever the harness does next (a crash, a partition) may come first.
+    /// Fails with [`SimError::OutboxFull`] if the outbox is full.
+    pub fn enqueue(&mut self, from: Pid, to: Pid, msg: M) -> Result<MsgId, SimError> {
+        self.put(from, to, msg).map(|(msg_id, _)| msg_id)
+    }
+
+    /// Records the send and hands the envelope to the outbox without waiting.
+    fn put(
+        &mut self,
+        from: Pid,
+        to: Pid,
+        msg: M,
+    ) -> Result<(MsgId, tokio::sync::mpsc::Sender<Envelope<M>>), SimError> {
+        self.drain_inboxes();
+        let history = self.history.clone();
+        let node = self
+            .nodes
+            .get_mut(&from)
+            .ok_or(SimError::UnknownPid(from))?;
+        let server = node.server.as_ref().ok_or(SimError::NoServer(from))?;
+        let msg_id = server.next_msg_id();
+        let payload = history.is_enabled().then(|| payload_json(&msg));
+        let outbox = server.outbox();
+        outbox
+            .try_send(Envelope::new(to, msg_id, msg))
+            .map_err(|e| match e {
+                tokio::sync::mpsc::error::TrySendError::Full(_) => SimError::OutboxFull(from),
+                tokio::sync::mpsc::error::TrySendError::Closed(_) => SimError::OutboxClosed(from),
+            })?;
+        // Recorded after the hand-over but before anything can route it: nothing runs
+        // until the harness yields.
+        if let Some(payload) = payload {
+            history.push(Event::Send {
+                from,
+                incarnation: node.incarnation,
+                to,
+                msg_id,
+                payload,
+            });
+        }
+        Ok((msg_id, outbox))
     }
 
     /// Pushes raw bytes into `to`'s transport, as if they had arrived on its port.
@@ -514,10 +555,26 @@ impl<M: Message> SimCluster<M> {
             task.abort();
             let _ = task.await;
         }
-        if let Some(server) = node.server.take() {
+        if let Some(mut server) = node.server.take() {
             // The transport is already dead: this only routes what was left in the outbox
-            // (refused, counted) and joins the server's task.
-            server.shutdown().await;
+            // (remote copies refused and counted; sends to itself land in its inbox) and
+            // joins the server's task. What reached the inbox is recorded, as the server
+            // counted it delivered.
+            server.stop().await;
+            let inc = node.incarnation;
+            while let Ok(env) = server.inbox().try_recv() {
+                if self.history.is_enabled() {
+                    self.history.push(Event::Delivered {
+                        at: pid,
+                        at_incarnation: inc,
+                        from: env.pid,
+                        msg_id: env.msg_id,
+                        payload: payload_json(&env.msg),
+                    });
+                }
+                self.drained += 1;
+                node.received.push_back(env);
+            }
         }
         if let Some(monitor) = node.monitor.take() {
             self.retired.push((pid, node.incarnation, monitor));
