@@ -127,7 +127,13 @@ fn transport_max_size(o: &Options) -> i64 {
 impl LibzmqTransport {
     /// Binds node `pid`'s address from `config` and connects to every other peer.
     /// Connections come up asynchronously: see [`cluster_core::Server::wait_for_peers`].
+    /// Must be called inside a tokio runtime (the inbound socket is registered with it).
     pub fn bind(pid: Pid, config: &Config) -> Result<Self, TransportError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(TransportError::Other(
+                "the libzmq transport must be created inside a tokio runtime".into(),
+            ));
+        }
         config
             .check_member(pid)
             .map_err(|e| TransportError::Unavailable {
@@ -200,6 +206,15 @@ impl LibzmqTransport {
         let pull_monitor = monitor_of(&pull, format!("inproc://cz-{id}-in"), in_events)
             .map_err(|e| zmq_err("pull monitor", e))?;
 
+        let fd = pull
+            .get_fd()
+            .map_err(|e| zmq_err("pull socket descriptor", e))?;
+        // `AsyncFd::register` is the non-deprecated spelling, but it is `unsafe` and this
+        // workspace forbids unsafe code. What it asks is upheld: the descriptor belongs to
+        // `pull`, which is only closed after `pull_ready` is dropped or taken apart.
+        #[allow(deprecated)]
+        let pull_ready = AsyncFd::with_interest(ZmqFd(fd), Interest::READABLE)
+            .map_err(|e| TransportError::Other(format!("registering the pull socket: {e}")))?;
         let stats = LinkStats::default();
         let mut stops = Vec::new();
         let mut threads = Vec::new();
@@ -219,15 +234,6 @@ impl LibzmqTransport {
                 .spawn(move || watcher.run())
                 .map_err(|e| TransportError::Other(format!("spawning a thread: {e}")))?,
         );
-        let fd = pull
-            .get_fd()
-            .map_err(|e| zmq_err("pull socket descriptor", e))?;
-        // `AsyncFd::register` is the non-deprecated spelling, but it is `unsafe` and this
-        // workspace forbids unsafe code. What it asks is upheld: the descriptor belongs to
-        // `pull`, which is only closed after `pull_ready` is dropped or taken apart.
-        #[allow(deprecated)]
-        let pull_ready = AsyncFd::with_interest(ZmqFd(fd), Interest::READABLE)
-            .map_err(|e| TransportError::Other(format!("registering the pull socket: {e}")))?;
         Ok(Self {
             pid,
             outs,
@@ -444,5 +450,17 @@ impl Drop for LibzmqTransport {
                 tracing::error!("cannot spawn the libzmq teardown thread: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binding_outside_a_runtime_is_an_error_not_a_panic() {
+        let config = Config::local(1, 40000).unwrap();
+        let e = LibzmqTransport::bind(1, &config).unwrap_err();
+        assert!(e.to_string().contains("tokio runtime"), "{e}");
     }
 }
