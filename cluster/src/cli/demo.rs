@@ -22,7 +22,7 @@ pub(crate) struct DemoArgs {
     #[arg(long, value_name = "FILE", default_value = "config.json")]
     config: PathBuf,
     /// Messages per node in each phase.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     messages: u64,
 }
 
@@ -231,9 +231,6 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), Failure> {
             config.peers().len()
         )));
     }
-    if args.messages == 0 {
-        return Err(Failure::usage(anyhow!("--messages must be at least 1")));
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -343,9 +340,9 @@ async fn run_phases(config: &Config, args: &DemoArgs, dir: &Path) -> anyhow::Res
     let after_down = demo
         .wait_until("the others delivered each other's broadcasts", |pid, s| {
             let b = &before[&pid];
-            count(s, &["delivered"]) - count(b, &["delivered"]) >= (k - 1) * m
+            count(s, &["delivered"]).saturating_sub(count(b, &["delivered"])) >= (k - 1) * m
                 && count(s, &["peers", &victim_key, "sent"])
-                    - count(b, &["peers", &victim_key, "sent"])
+                    .saturating_sub(count(b, &["peers", &victim_key, "sent"]))
                     >= 2 * m
         })
         .await?;

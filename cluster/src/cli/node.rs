@@ -1,5 +1,6 @@
 //! `cluster node`: one node, driven from stdin.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -116,23 +117,23 @@ fn stats_json(pid: Pid, incarnation: u32, s: &Stats, connected: &[Pid]) -> Value
     })
 }
 
-fn print_stats_text(s: &Stats) {
-    println!(
-        "sent {}  delivered {}  dropped {}",
+fn stats_text(s: &Stats) -> String {
+    let mut text = format!(
+        "sent {}  delivered {}  dropped {}\n{:>6} {:>10} {:>10}  dropped to / from",
         s.sent,
         s.delivered,
-        s.dropped()
-    );
-    println!(
-        "{:>6} {:>10} {:>10}  dropped to / from",
-        "peer", "sent", "delivered"
+        s.dropped(),
+        "peer",
+        "sent",
+        "delivered"
     );
     for (pid, p) in &s.peers {
-        println!(
-            "{pid:>6} {:>10} {:>10}  {} / {}",
+        text.push_str(&format!(
+            "\n{pid:>6} {:>10} {:>10}  {} / {}",
             p.sent, p.delivered, p.dropped_to, p.dropped_from
-        );
+        ));
     }
+    text
 }
 
 /// Runs the node until stdin closes, `quit`, Ctrl-C or SIGTERM.
@@ -144,12 +145,58 @@ pub(crate) fn run(args: NodeArgs) -> Result<(), Failure> {
     runtime.block_on(node(args))
 }
 
+/// Where events go: text or JSON lines on stdout. A failed write (e.g. a closed pipe) means
+/// nobody is listening any more, and the node stops.
+struct Out {
+    json: bool,
+}
+
+impl Out {
+    #[must_use]
+    fn emit(&self, text: &str, value: &Value) -> bool {
+        let mut out = std::io::stdout().lock();
+        let written = if self.json {
+            writeln!(out, "{value}")
+        } else {
+            writeln!(out, "{text}")
+        };
+        // Scripts read line by line; don't leave events in a buffer.
+        written.and_then(|()| out.flush()).is_ok()
+    }
+
+    #[must_use]
+    fn stats(&self, pid: Pid, incarnation: u32, s: &Stats, connected: &[Pid]) -> bool {
+        self.emit(&stats_text(s), &stats_json(pid, incarnation, s, connected))
+    }
+
+    #[must_use]
+    fn message(&self, env: &Envelope<String>) -> bool {
+        self.emit(
+            &format!("[from {} #{}] {}", env.pid, env.msg_id, env.msg),
+            &json!({"event": "message", "from": env.pid, "msg_id": env.msg_id, "text": env.msg}),
+        )
+    }
+}
+
+/// A `burst` being sent, a chunk per turn of the loop, so that the node keeps reading its
+/// inbox and its signals meanwhile.
+struct Burst {
+    to: Pid,
+    sent: u64,
+    count: u64,
+    text: String,
+}
+
+/// Envelopes a burst puts into the outbox per turn.
+const BURST_CHUNK: usize = 64;
+
 async fn node(args: NodeArgs) -> Result<(), Failure> {
     let mut server: Server<String> = match cluster::new(args.pid, &args.config).await {
         Ok(s) => s,
         Err(e @ ServerError::Config(_)) => return Err(Failure::usage(e)),
         Err(e) => return Err(e.into()),
     };
+    let out = Out { json: args.json };
     let pid = server.pid();
     let incarnation = server.incarnation();
     let address = server
@@ -157,21 +204,12 @@ async fn node(args: NodeArgs) -> Result<(), Failure> {
         .peer(pid)
         .map(|p| p.address.clone())
         .unwrap_or_default();
-    let emit = |text: String, value: Value| {
-        if args.json {
-            println!("{value}");
-        } else {
-            println!("{text}");
-        }
-        // Scripts read line by line; don't leave events in a buffer.
-        let _ = std::io::stdout().flush();
-    };
-    emit(
-        format!(
+    let mut listening = out.emit(
+        &format!(
             "node {pid} (incarnation {incarnation}) listening on {address}; peers {:?}. {HELP}",
             server.peers()
         ),
-        json!({"event": "ready", "pid": pid, "incarnation": incarnation, "address": address}),
+        &json!({"event": "ready", "pid": pid, "incarnation": incarnation, "address": address}),
     );
 
     let monitor = server.monitor();
@@ -188,56 +226,77 @@ async fn node(args: NodeArgs) -> Result<(), Failure> {
     };
     let mut connected_reported = false;
     let outbox = server.outbox();
+    let mut bursts: VecDeque<Burst> = VecDeque::new();
+    let mut stdin_open = true;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
+    // Runs until stdin closes (after finishing its bursts), `quit`, a signal, or stdout closes.
+    while listening && (stdin_open || !bursts.is_empty()) {
         tokio::select! {
             done = &mut connected, if !connected_reported => {
                 connected_reported = true;
                 let peers = monitor.connected_peers();
-                match done {
-                    Ok(true) => emit(
-                        format!("all peers connected: {peers:?}"),
-                        json!({"event": "connected", "peers": peers}),
+                listening = match done {
+                    Ok(true) => out.emit(
+                        &format!("all peers connected: {peers:?}"),
+                        &json!({"event": "connected", "peers": peers}),
                     ),
-                    _ => emit(
-                        format!("after {}s, connected to {peers:?} only", args.wait),
-                        json!({"event": "connect_timeout", "peers": peers}),
+                    _ => out.emit(
+                        &format!("after {}s, connected to {peers:?} only", args.wait),
+                        &json!({"event": "connect_timeout", "peers": peers}),
                     ),
-                }
+                };
             }
             env = server.inbox().recv() => {
                 let Some(env) = env else { break };
                 if !args.quiet {
-                    emit(
-                        format!("[from {} #{}] {}", env.pid, env.msg_id, env.msg),
-                        json!({"event": "message", "from": env.pid, "msg_id": env.msg_id, "text": env.msg}),
-                    );
+                    listening = out.message(&env);
                 }
             }
-            line = lines.next_line() => {
+            permits = outbox.reserve_many(BURST_CHUNK), if !bursts.is_empty() => {
+                let Ok(permits) = permits else { break };
+                if let Some(burst) = bursts.front_mut() {
+                    let left = usize::try_from(burst.count - burst.sent).unwrap_or(usize::MAX);
+                    for permit in permits.take(left) {
+                        let msg = format!("{} {}", burst.text, burst.sent);
+                        permit.send(Envelope::new(burst.to, server.next_msg_id(), msg));
+                        burst.sent += 1;
+                    }
+                    if burst.sent == burst.count {
+                        let count = burst.count;
+                        bursts.pop_front();
+                        listening = out.emit(
+                            &format!("queued {count} messages"),
+                            &json!({"event": "queued", "count": count}),
+                        );
+                    }
+                }
+            }
+            line = lines.next_line(), if stdin_open => {
                 let line = match line {
                     Ok(Some(line)) => line,
-                    Ok(None) => break,
+                    Ok(None) => {
+                        stdin_open = false;
+                        continue;
+                    }
                     Err(e) => {
                         tracing::warn!("stdin: {e}");
-                        break;
+                        stdin_open = false;
+                        continue;
                     }
                 };
                 match parse_line(&line) {
                     Ok(Line::Empty) => {}
                     Ok(Line::Quit) => break,
                     Ok(Line::Stats) => {
-                        let s = monitor.stats();
-                        if args.json {
-                            emit(String::new(), stats_json(pid, incarnation, &s, &monitor.connected_peers()));
-                        } else {
-                            print_stats_text(&s);
-                        }
+                        listening = out.stats(pid, incarnation, &monitor.stats(), &monitor.connected_peers());
                     }
                     Ok(Line::Peers) => {
                         let peers = monitor.connected_peers();
-                        emit(format!("connected: {peers:?}"), json!({"event": "peers", "connected": peers}));
+                        listening = out.emit(
+                            &format!("connected: {peers:?}"),
+                            &json!({"event": "peers", "connected": peers}),
+                        );
                     }
                     Ok(Line::Send { to, text }) => {
                         let id = server.next_msg_id();
@@ -246,13 +305,7 @@ async fn node(args: NodeArgs) -> Result<(), Failure> {
                         }
                     }
                     Ok(Line::Burst { to, count, text }) => {
-                        for i in 0..count {
-                            let id = server.next_msg_id();
-                            if outbox.send(Envelope::new(to, id, format!("{text} {i}"))).await.is_err() {
-                                break;
-                            }
-                        }
-                        emit(format!("queued {count} messages"), json!({"event": "queued", "count": count}));
+                        bursts.push_back(Burst { to, sent: 0, count, text });
                     }
                     Err(problem) => eprintln!("{problem}"),
                 }
@@ -264,24 +317,17 @@ async fn node(args: NodeArgs) -> Result<(), Failure> {
     server.stop().await;
     // Messages that arrived before the stop and were not printed yet.
     while let Ok(env) = server.inbox().try_recv() {
-        if !args.quiet {
-            emit(
-                format!("[from {} #{}] {}", env.pid, env.msg_id, env.msg),
-                json!({"event": "message", "from": env.pid, "msg_id": env.msg_id, "text": env.msg}),
-            );
+        if !args.quiet && !out.message(&env) {
+            break;
         }
     }
-    // The final counters, now that everything queued has been routed.
-    let s = monitor.stats();
-    if args.json {
-        emit(String::new(), stats_json(pid, incarnation, &s, &[]));
-    } else {
-        print_stats_text(&s);
-    }
-    emit(
-        format!("node {pid} stopped"),
-        json!({"event": "stopped", "pid": pid}),
-    );
+    // The final counters, now that everything queued has been routed. If stdout is gone
+    // there is nobody to tell.
+    let _ = out.stats(pid, incarnation, &monitor.stats(), &[])
+        && out.emit(
+            &format!("node {pid} stopped"),
+            &json!({"event": "stopped", "pid": pid}),
+        );
     Ok(())
 }
 

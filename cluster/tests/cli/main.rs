@@ -2,42 +2,110 @@
 //! ZeroMQ, catalogs, kill -9 and restart), the node's stdin protocol, and bad arguments.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 fn cluster() -> Command {
     Command::new(env!("CARGO_BIN_EXE_cluster"))
 }
 
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+/// What a finished `cluster` process printed.
+struct Output {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
 }
 
-/// A config of `n` nodes on loopback ports `base+1..=base+n`, in a fresh directory.
-fn config(dir: &Path, n: u16, base: u16) -> PathBuf {
-    let peers: Vec<String> = (1..=n)
-        .map(|i| format!(r#"{{"pid":{i},"address":"127.0.0.1:{}"}}"#, base + i))
+/// A child that is killed (by its pid) and reaped if the test ends before it does.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Runs `cmd` with `input` on stdin; fails the test if it runs longer than `deadline`.
+fn run(mut cmd: Command, input: &str, deadline: Duration) -> Output {
+    let child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = Guard(child);
+    let mut stdin = guard.0.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    drop(stdin);
+    let reader = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = reader(Box::new(guard.0.stdout.take().unwrap()));
+    let stderr = reader(Box::new(guard.0.stderr.take().unwrap()));
+    let end = Instant::now() + deadline;
+    let status = loop {
+        if let Some(status) = guard.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < end,
+            "`cluster` ran longer than {deadline:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+/// `n` loopback ports that were free a moment ago.
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// A config of `n` nodes on free loopback ports, in `dir`.
+fn config(dir: &Path, n: usize) -> PathBuf {
+    let peers: Vec<String> = free_ports(n)
+        .iter()
+        .enumerate()
+        .map(|(i, port)| format!(r#"{{"pid":{},"address":"127.0.0.1:{port}"}}"#, i + 1))
         .collect();
     let path = dir.join("config.json");
     std::fs::write(&path, format!(r#"{{"peers":[{}]}}"#, peers.join(","))).unwrap();
     path
 }
 
+const DEADLINE: Duration = Duration::from_secs(120);
+
 #[test]
 fn the_demo_runs_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), 4, 27100);
-    let out = cluster()
-        .args(["demo", "--messages", "50", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    let cfg = config(dir.path(), 4);
+    let mut cmd = cluster();
+    cmd.args(["demo", "--messages", "50", "--config"]).arg(&cfg);
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = run(cmd, "", DEADLINE);
+    assert!(status.success(), "demo failed:\n{stdout}\n{stderr}");
     for expected in [
         "all nodes connected to all peers",
         "every node delivered 150 (3 peers × 50)",
@@ -64,27 +132,19 @@ fn the_demo_runs_end_to_end() {
 #[test]
 fn a_node_follows_its_stdin() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), 1, 27120);
-    let mut child = cluster()
-        .args(["node", "--json", "--pid", "1", "--config"])
-        .arg(&cfg)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        // To itself, to an unknown pid, a burst, a bad line, then stats; EOF stops it.
-        writeln!(
-            stdin,
-            "1 hello me\n7 nobody\nburst 1 3\nnonsense here\nstats"
-        )
-        .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let cfg = config(dir.path(), 1);
+    let mut cmd = cluster();
+    cmd.args(["node", "--json", "--pid", "1", "--config"])
+        .arg(&cfg);
+    // To itself, to an unknown pid, a burst, a bad line, then stats; EOF stops it once the
+    // burst has been sent.
+    let input = "1 hello me\n7 nobody\nburst 1 3\nnonsense here\nstats\n";
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = run(cmd, input, DEADLINE);
+    assert!(status.success(), "{stdout}\n{stderr}");
     let events: Vec<serde_json::Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -114,7 +174,7 @@ fn a_node_follows_its_stdin() {
 #[test]
 fn bad_arguments_and_configs_exit_2_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), 3, 27140);
+    let cfg = config(dir.path(), 3);
     let missing = dir.path().join("missing.json");
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, r#"{"peers":[{"pid":1,"address":"nowhere"}]}"#).unwrap();
@@ -160,13 +220,18 @@ fn bad_arguments_and_configs_exit_2_with_a_clear_message() {
                 "--config".into(),
                 cfg.display().to_string(),
             ],
-            "--messages must be at least 1",
+            "0 is not in 1..=100000",
         ),
     ];
     for (args, expected) in cases {
-        let out = cluster().args(&args).stdin(Stdio::null()).output().unwrap();
-        let (stdout, stderr) = text(&out);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stdout}{stderr}");
+        let mut cmd = cluster();
+        cmd.args(&args);
+        let Output {
+            status,
+            stdout,
+            stderr,
+        } = run(cmd, "", DEADLINE);
+        assert_eq!(status.code(), Some(2), "{args:?}: {stdout}{stderr}");
         assert!(
             stderr.contains(expected),
             "{args:?}: expected {expected:?} in {stderr}"
@@ -185,13 +250,9 @@ fn a_busy_port_is_a_clear_error() {
         format!(r#"{{"peers":[{{"pid":1,"address":"127.0.0.1:{port}"}}]}}"#),
     )
     .unwrap();
-    let out = cluster()
-        .args(["node", "--pid", "1", "--config"])
-        .arg(&path)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let mut cmd = cluster();
+    cmd.args(["node", "--pid", "1", "--config"]).arg(&path);
+    let Output { status, stderr, .. } = run(cmd, "", DEADLINE);
+    assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
 }
