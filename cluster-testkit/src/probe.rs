@@ -95,7 +95,17 @@ impl InFlight {
 
 /// What the probe needs to tell, after the server handled an arrival, whether it was
 /// delivered or dropped, and why.
-type Counters = (u64, DropCounts);
+/// Counted per sender where the server can tell the sender (so that the node's own sends
+/// to itself, routed meanwhile, are not mistaken for it), and in total for the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counters {
+    /// Delivered from the frame's sender.
+    delivered: u64,
+    /// Dropped on arrival, from the frame's sender.
+    dropped_from: DropCounts,
+    /// Dropped on arrival, from anyone (frames whose sender the server could not tell).
+    dropped_incoming: DropCounts,
+}
 
 /// Wraps the transport under test, between it and the server. It never changes what passes
 /// through: it only records it, and (when the gate is closed) waits before pulling arrivals.
@@ -148,26 +158,38 @@ impl Probe {
         (probe, raw_tx)
     }
 
-    fn counters(&self) -> Option<Counters> {
+    fn counters(&self, sender: Option<Pid>) -> Option<Counters> {
         let stats = self.monitor.get()?.stats();
-        Some((stats.delivered, stats.dropped_incoming))
+        let peer = sender
+            .filter(|s| *s != self.pid)
+            .and_then(|s| stats.peers.get(&s).copied())
+            .unwrap_or_default();
+        Some(Counters {
+            delivered: peer.delivered,
+            dropped_from: peer.dropped_from,
+            dropped_incoming: stats.dropped_incoming,
+        })
     }
 
     /// Called from `recv` (and `shutdown`), by which time the server has handled the last
     /// arrival: see what became of it, and record it if it was dropped.
     fn resolve(&mut self) {
-        let Some((header, (delivered, dropped))) = self.unresolved.take() else {
+        let Some((header, before)) = self.unresolved.take() else {
             return;
         };
-        let Some((now_delivered, now_dropped)) = self.counters() else {
+        let Some(now) = self.counters(header.map(|h| h.sender)) else {
             return;
         };
-        if now_delivered > delivered {
+        if now.delivered > before.delivered {
             return;
         }
-        if let Some(reason) = DropReason::ALL
-            .into_iter()
-            .find(|r| now_dropped.get(*r) > dropped.get(*r))
+        let grew = |after: &DropCounts, before: &DropCounts| {
+            DropReason::ALL
+                .into_iter()
+                .find(|r| after.get(*r) > before.get(*r))
+        };
+        if let Some(reason) = grew(&now.dropped_from, &before.dropped_from)
+            .or_else(|| grew(&now.dropped_incoming, &before.dropped_incoming))
         {
             self.history.push(Event::Dropped {
                 at: self.pid,
@@ -197,7 +219,7 @@ impl Probe {
                     incarnation: header.map(|h| h.incarnation),
                     msg_id: header.map(|h| h.msg_id),
                 });
-                self.unresolved = self.counters().map(|c| (header, c));
+                self.unresolved = self.counters(header.map(|h| h.sender)).map(|c| (header, c));
             }
             TransportEvent::Dropped {
                 peer,

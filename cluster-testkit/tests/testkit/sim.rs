@@ -124,6 +124,8 @@ async fn every_drop_is_recorded_with_its_reason() {
     for i in 0..3 {
         sim.send(1, 2, i).await.unwrap();
     }
+    // 2 also sends to itself, routed while the frames from 1 arrive: not mistaken for them.
+    sim.enqueue(2, 2, 9).unwrap();
     sim.settle().await;
     sim.pause_inbox(2, false);
     // Garbage: dropped by 2's server as `malformed`, with no sender.
