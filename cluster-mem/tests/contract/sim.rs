@@ -46,8 +46,10 @@ impl<M: Message> Sim<M> {
     pub(crate) async fn crash(&mut self, pid: Pid) {
         self.net.crash(pid);
         if let Some(old) = self.nodes.remove(&pid) {
-            self.retired.push(old.stats());
+            // Shutdown routes what was still in the outbox: count it too.
+            let monitor = old.monitor();
             old.shutdown().await;
+            self.retired.push(monitor.stats());
         }
     }
 
