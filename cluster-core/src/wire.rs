@@ -112,20 +112,28 @@ pub fn encode_with<M: Serialize + ?Sized>(
 /// Frames up to this size are cut from a shared slab; larger ones get their own allocation.
 const SLAB_FRAME_MAX: usize = 512;
 /// Size of a slab: small frames are allocated in bulk, one slab at a time.
-const SLAB_LEN: usize = 8 * 1024;
+const SLAB_LEN: usize = 4 * 1024;
 
-/// Encodes frames like [`encode`], cutting small frames from shared slabs, so that a stream
-/// of small messages costs one allocation per slab instead of one per frame.
+/// Encodes frames like [`encode`], cutting small frames from a few shared slabs that are
+/// used in turn and reused in place once every frame cut from them was dropped, so that a
+/// steady stream of small messages allocates no memory for its frames.
 ///
-/// A small frame keeps its slab alive until it is dropped, so one frame held for a long
-/// time pins at most one slab; frames larger than a slab's small-frame limit are allocated
-/// at their exact size.
+/// A small frame keeps its slab (4 KiB) alive until it is dropped, so one frame held for a
+/// long time pins at most one slab; an encoder holds at most four. Frames larger than
+/// 512 bytes are allocated at their exact size.
 #[derive(Debug, Default)]
 pub struct Encoder {
     /// The message is encoded here first: writing to a `Vec` is the cheapest `io::Write`.
     scratch: Vec<u8>,
-    slab: BytesMut,
+    /// Slabs used in turn, so that by the time one is used again the frames cut from it
+    /// have usually been dropped and it is reused in place rather than reallocated.
+    slabs: [BytesMut; SLABS],
+    /// The slab frames are cut from now.
+    current: usize,
 }
+
+/// Slabs an encoder rotates through.
+const SLABS: usize = 4;
 
 impl Encoder {
     /// An encoder with no slab yet.
@@ -152,12 +160,15 @@ impl Encoder {
             }
             return Ok(frame);
         }
-        if self.slab.capacity() < scratch.len() {
+        // `current` is always below `SLABS`.
+        if self.slabs[self.current].capacity() < scratch.len() {
+            self.current = (self.current + 1) % SLABS;
             // Reuses the slab in place if every frame cut from it was dropped already.
-            self.slab.reserve(SLAB_LEN);
+            self.slabs[self.current].reserve(SLAB_LEN);
         }
-        self.slab.extend_from_slice(scratch);
-        Ok(self.slab.split().freeze())
+        let slab = &mut self.slabs[self.current];
+        slab.extend_from_slice(scratch);
+        Ok(slab.split().freeze())
     }
 }
 
