@@ -339,14 +339,17 @@ impl Transport for Probe {
     }
 
     fn try_recv_many(&mut self, events: &mut Vec<TransportEvent>, max: usize) -> usize {
+        if max == 0 {
+            return 0;
+        }
         if self.history.is_enabled() {
             // One at a time while recording: see `try_recv`.
             return match self.try_recv() {
-                Some(event) if max > 0 => {
+                Some(event) => {
                     events.push(event);
                     1
                 }
-                _ => 0,
+                None => 0,
             };
         }
         if !*self.gate.borrow() {

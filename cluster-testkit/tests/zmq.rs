@@ -28,10 +28,20 @@ fn options() -> SuiteOptions {
 
 #[test]
 fn libzmq_transport_keeps_the_contract() {
-    conformance::check(zmq(Flavor::Libzmq), options());
+    let report = conformance::check(zmq(Flavor::Libzmq), options());
+    assert!(
+        report.judged.0 > 0 && report.judged.1 > 0,
+        "{:?}",
+        report.judged
+    );
 }
 
 #[test]
 fn zeromq_transport_keeps_the_contract() {
-    conformance::check(zmq(Flavor::Zeromq), options());
+    let report = conformance::check(zmq(Flavor::Zeromq), options());
+    assert!(
+        report.judged.0 > 0 && report.judged.1 > 0,
+        "{:?}",
+        report.judged
+    );
 }
