@@ -132,29 +132,30 @@ impl Router {
             self.stats.dropped_from(None, DropReason::UnknownSender);
             return None;
         }
-        if let Some(newest) = self.newest.get_mut(index) {
-            match newest {
-                Some(n) if h.incarnation < *n => {
-                    self.stats
-                        .dropped_from(Some(h.sender), DropReason::StaleIncarnation);
-                    return None;
-                }
-                Some(n) if h.incarnation == *n => {}
-                _ => {
-                    *newest = Some(h.incarnation);
-                    self.stats.seen_incarnation(h.sender, h.incarnation);
-                }
-            }
+        let newest = self.newest.get(index).copied().flatten();
+        if newest.is_some_and(|n| h.incarnation < n) {
+            self.stats
+                .dropped_from(Some(h.sender), DropReason::StaleIncarnation);
+            return None;
         }
-        match wire::decode_payload::<M>(&bytes) {
-            Ok(msg) => Some(Envelope::new(h.sender, h.msg_id, msg)),
+        let msg = match wire::decode_payload::<M>(&bytes) {
+            Ok(msg) => msg,
             Err(e) => {
                 tracing::debug!(pid = self.pid, from = h.sender, "dropping frame: {e}");
                 self.stats
                     .dropped_from(Some(h.sender), DropReason::Malformed);
-                None
+                return None;
             }
+        };
+        // Only a frame that decodes may move the newest incarnation: otherwise one garbage
+        // frame with a forged high incarnation would silence the real peer.
+        if newest.is_none_or(|n| h.incarnation > n) {
+            if let Some(slot) = self.newest.get_mut(index) {
+                *slot = Some(h.incarnation);
+            }
+            self.stats.seen_incarnation(h.sender, h.incarnation);
         }
+        Some(Envelope::new(h.sender, h.msg_id, msg))
     }
 
     pub(crate) fn stats(&self) -> &StatsCells {
@@ -276,6 +277,19 @@ mod tests {
             r.incoming::<String>(Bytes::from(vec![0xC1; 5000]))
                 .is_none()
         );
+        // A forged high incarnation whose payload does not decode changes nothing.
+        let garbage_header = wire::encode(
+            &Header {
+                sender: 3,
+                incarnation: u32::MAX,
+                msg_id: 0,
+            },
+            &(),
+        )
+        .unwrap()
+        .slice(..wire::HEADER_LEN);
+        assert!(r.incoming::<String>(garbage_header).is_none());
+        assert!(r.incoming::<String>(frames[1].clone()).is_some());
         let s = snapshot(&r);
         assert_eq!(
             s.delivered, 0,
@@ -284,7 +298,7 @@ mod tests {
         let d = s.dropped_incoming;
         assert_eq!(d.get(DropReason::StaleIncarnation), 1);
         assert_eq!(d.get(DropReason::UnknownSender), 2);
-        assert_eq!(d.get(DropReason::Malformed), 2);
+        assert_eq!(d.get(DropReason::Malformed), 3);
         assert_eq!(d.get(DropReason::TooLarge), 1);
         assert_eq!(
             s.peers[&3].dropped_from.get(DropReason::StaleIncarnation),

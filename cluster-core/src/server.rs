@@ -154,7 +154,11 @@ impl ServerBuilder {
         };
         let task = runtime.spawn(async move {
             driver.run(stop_rx).await;
-            drop(attachments);
+            // Companions may do blocking I/O as they go (a catalog's final flush): off the
+            // async threads, and finished before `shutdown` returns.
+            if !attachments.is_empty() {
+                let _ = tokio::task::spawn_blocking(move || drop(attachments)).await;
+            }
         });
         Ok(Server {
             pid,
@@ -314,7 +318,7 @@ impl<M> Server<M> {
     }
 
     /// Stops the node like [`Server::shutdown`], but keeps the server so that what is still
-    /// in its inbox can be read (`inbox().try_recv()`). Sends after it are not routed.
+    /// in its inbox can be read (`inbox().try_recv()`). The outbox is closed: later sends fail.
     pub async fn stop(&mut self) {
         self.stop_task().await;
     }
@@ -424,7 +428,9 @@ impl<M: Message, T: Transport> Driver<M, T> {
                 },
             }
         }
-        // Route what the user had already handed over, then flush within the linger.
+        // Route what the user had already handed over (closing first, so that senders
+        // still running cannot keep this loop going), then flush within the linger.
+        self.outbox.close();
         while let Ok(env) = self.outbox.try_recv() {
             self.route(env);
         }
@@ -503,8 +509,12 @@ impl<M: Message, T: Transport> Driver<M, T> {
                     .stats()
                     .dropped_from(Some(from), DropReason::Backpressure);
             }
-            // The server was dropped: nobody will read this message.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            // The inbox was closed, or the server dropped: nobody will read this message.
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.router
+                    .stats()
+                    .dropped_from(Some(from), DropReason::Unreachable);
+            }
         }
     }
 }

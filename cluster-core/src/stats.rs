@@ -12,7 +12,8 @@ use crate::envelope::Pid;
 pub enum DropReason {
     /// The destination pid is not in the config.
     UnknownPeer,
-    /// The destination had no live connection (down, or a silent cut was detected).
+    /// The destination had no live connection (down, or a silent cut was detected), or the
+    /// receiving server had closed its inbox.
     Unreachable,
     /// A bounded queue was full: the peer's send queue, or the receiver's inbox.
     Backpressure,

@@ -139,7 +139,9 @@ impl MemNetwork {
     }
 
     /// The transport of `pid`'s current incarnation. Each incarnation's transport can be
-    /// taken once; a crashed node must be restarted first.
+    /// taken once. When it is shut down or dropped, the node is down, as after a crash
+    /// (except that frames it sent stay in flight); a node that is down must be restarted
+    /// ([`MemNetwork::restart`]) before it gets a new transport.
     pub fn transport(&self, pid: Pid) -> Result<MemTransport, TransportError> {
         let mut state = self.state();
         let unavailable = |reason: String| TransportError::Unavailable { pid, reason };
@@ -179,22 +181,10 @@ impl MemNetwork {
     /// yet received are lost. No effect on an unknown or already crashed pid.
     pub fn crash(&self, pid: Pid) {
         let mut state = self.state();
-        let State { nodes, stats, .. } = &mut *state;
-        let Some(node) = nodes.get_mut(&pid).filter(|n| n.up) else {
-            return;
-        };
-        node.up = false;
-        node.slot.alive.store(false, Ordering::SeqCst);
-        let lost = {
-            let mut q = node.slot.queue();
-            let n = q.len();
-            q.clear();
-            n
-        };
-        node.slot.notify.notify_one();
-        stats.discarded.add(DropReason::Unreachable, lost as u64);
-        state.purge(|from, _| from == pid, DropReason::Unreachable);
-        state.publish_connectivity();
+        if state.take_down(pid, None) {
+            state.purge(|from, _| from == pid, DropReason::Unreachable);
+            state.publish_connectivity();
+        }
     }
 
     /// Brings `pid` back as a new incarnation (crashing it first if it is up) and returns
@@ -283,6 +273,31 @@ impl Shared {
 }
 
 impl State {
+    /// Marks `pid` down and discards what is queued for it. With `only`, only if that slot
+    /// is still the node's current one (a stale transport must not take down a newer
+    /// incarnation). Returns whether the node went down.
+    fn take_down(&mut self, pid: Pid, only: Option<&Arc<Slot>>) -> bool {
+        let Some(node) = self.nodes.get_mut(&pid).filter(|n| n.up) else {
+            return false;
+        };
+        if only.is_some_and(|slot| !Arc::ptr_eq(slot, &node.slot)) {
+            return false;
+        }
+        node.up = false;
+        node.slot.alive.store(false, Ordering::SeqCst);
+        let lost = {
+            let mut q = node.slot.queue();
+            let n = q.len();
+            q.clear();
+            n
+        };
+        node.slot.notify.notify_one();
+        self.stats
+            .discarded
+            .add(DropReason::Unreachable, lost as u64);
+        true
+    }
+
     fn purge(&mut self, mut doomed: impl FnMut(Pid, Pid) -> bool, reason: DropReason) {
         let mut lost = 0u64;
         for (&to, node) in &self.nodes {
@@ -311,15 +326,14 @@ impl State {
             .filter(|(_, n)| n.up)
             .map(|(p, _)| *p)
             .collect();
-        for (&pid, node) in &self.nodes {
-            let set: PeerSet = if node.up {
-                up.iter()
-                    .copied()
-                    .filter(|&p| p != pid && !self.blocked.contains(&(pid, p)))
-                    .collect()
-            } else {
-                PeerSet::new()
-            };
+        // A node that is down sees nothing more: its last view stays as it was, as a dead
+        // process's would (a stopping server's recorder must not note its peers down).
+        for (&pid, node) in self.nodes.iter().filter(|(_, n)| n.up) {
+            let set: PeerSet = up
+                .iter()
+                .copied()
+                .filter(|&p| p != pid && !self.blocked.contains(&(pid, p)))
+                .collect();
             node.connected.send_if_modified(|cur| {
                 let changed = *cur != set;
                 *cur = set;
@@ -377,10 +391,12 @@ impl MemTransport {
 #[async_trait]
 impl Transport for MemTransport {
     fn send(&mut self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
+        let mut state = self.shared.state();
+        // Checked under the network's lock, which `crash` holds while it purges: a crashed
+        // incarnation's frames can never slip in after the purge.
         if !self.slot.alive.load(Ordering::Acquire) {
             return Err(DropReason::Unreachable);
         }
-        let mut state = self.shared.state();
         if !state.blocked.is_empty() && state.blocked.contains(&(self.pid, to)) {
             return Err(DropReason::Partitioned);
         }
@@ -417,17 +433,17 @@ impl Transport for MemTransport {
         if frames.is_empty() {
             return;
         }
+        // The same checks as `send`, frame by frame, but under one lock of the network for
+        // the whole batch, and one lock of a destination's queue per run of frames to it.
+        let pid = self.pid;
+        let capacity = self.shared.queue_capacity;
+        let mut state = self.shared.state();
         if !self.slot.alive.load(Ordering::Acquire) {
             for (to, _) in frames.drain(..) {
                 refused(to, DropReason::Unreachable);
             }
             return;
         }
-        // The same checks as `send`, frame by frame, but under one lock of the network for
-        // the whole batch, and one lock of a destination's queue per run of frames to it.
-        let pid = self.pid;
-        let capacity = self.shared.queue_capacity;
-        let mut state = self.shared.state();
         let State {
             nodes,
             blocked,
@@ -514,7 +530,25 @@ impl Transport for MemTransport {
     }
 
     async fn shutdown(&mut self, _linger: Duration) {
-        // Frames already queued were delivered into peers' queues at send time; nothing to flush.
+        // Frames sent were put into peers' queues at send time: nothing to flush.
+        self.leave();
+    }
+}
+
+impl MemTransport {
+    /// The node stops: like a crash for what is addressed to it (peers see it down, frames
+    /// queued for it are discarded and counted), but what it sent stays in flight.
+    fn leave(&self) {
+        let mut state = self.shared.state();
+        if state.take_down(self.pid, Some(&self.slot)) {
+            state.publish_connectivity();
+        }
+    }
+}
+
+impl Drop for MemTransport {
+    fn drop(&mut self) {
+        self.leave();
     }
 }
 

@@ -375,3 +375,34 @@ async fn servers_report_connectivity_and_wait_for_peers() {
         .unwrap();
     let _: &mut Server<u8> = sim.node(3);
 }
+
+#[tokio::test]
+async fn a_stopped_node_is_down_for_its_peers_and_nothing_is_lost_silently() {
+    let mut sim: Sim<u32> = Sim::new(3, Options::default());
+    sim.send(1, Envelope::new(3, 1, 1)).await;
+    sim.settle().await;
+    // Node 3 stops without reading its inbox: its peers see it go.
+    let three = sim.nodes.remove(&3).unwrap();
+    let monitor = three.monitor();
+    three.shutdown().await;
+    sim.retired.push(monitor.stats());
+    assert_eq!(sim.nodes[&1].connected_peers(), vec![2]);
+    assert!(!sim.net.is_up(3));
+    sim.send(1, Envelope::new(3, 2, 2)).await;
+    sim.send(2, Envelope::new(BROADCAST, 3, 3)).await;
+    sim.settle().await;
+    assert_eq!(
+        sim.nodes[&1].stats().peers[&3]
+            .dropped_to
+            .get(DropReason::Unreachable),
+        1
+    );
+    assert_eq!(sim.drain(1), vec![Envelope::new(2, 3, 3)]);
+    sim.assert_accounting();
+    // It comes back only through a restart.
+    assert!(sim.net.transport(3).is_err());
+    sim.restart(3);
+    sim.send(1, Envelope::new(3, 4, 4)).await;
+    sim.settle().await;
+    assert_eq!(sim.drain(3), vec![Envelope::new(1, 4, 4)]);
+}
