@@ -31,6 +31,14 @@ fn hostile_frames() -> (Vec<Vec<Bytes>>, [(DropReason, u64); 4]) {
         f.extend_from_slice(&[0xc1, 0xff, 0x00]);
         Bytes::from(f)
     };
+    // A header claiming a far newer incarnation of node 1, with a payload that does not
+    // decode: counted malformed, and it must not make node 1's real frames look stale.
+    let forged_future_bad_payload = {
+        let mut f = forged(1, u32::MAX).to_vec();
+        f.truncate(wire::HEADER_LEN);
+        f.push(0xc1);
+        Bytes::from(f)
+    };
     let bad_version = {
         let mut f = forged(1, 3).to_vec();
         f[1] = 99;
@@ -42,6 +50,7 @@ fn hostile_frames() -> (Vec<Vec<Bytes>>, [(DropReason, u64); 4]) {
         vec![Bytes::from_static(&[0xC1, 0x01, 0x02])],
         vec![bad_version],
         vec![valid_header_bad_payload],
+        vec![forged_future_bad_payload],
         // Forged senders: unknown, the node itself, and an older incarnation of node 1.
         vec![forged(99, 0)],
         vec![forged(2, 0)],
@@ -54,7 +63,7 @@ fn hostile_frames() -> (Vec<Vec<Bytes>>, [(DropReason, u64); 4]) {
         vec![Bytes::from_static(&[0xC2, 0x07])],
     ];
     let expected = [
-        (DropReason::Malformed, 8),
+        (DropReason::Malformed, 9),
         (DropReason::UnknownSender, 2),
         (DropReason::StaleIncarnation, 1),
         (DropReason::TooLarge, 1),
@@ -62,8 +71,11 @@ fn hostile_frames() -> (Vec<Vec<Bytes>>, [(DropReason, u64); 4]) {
     (frames, expected)
 }
 
+/// Whatever must stay alive until the node has read the frames.
+type Keep = Box<dyn std::any::Any + Send>;
+
 #[cfg(feature = "libzmq")]
-async fn send_raw_zmq(endpoint: String, messages: Vec<Vec<Bytes>>) {
+async fn send_raw_zmq(endpoint: String, messages: Vec<Vec<Bytes>>) -> Keep {
     tokio::task::spawn_blocking(move || {
         let ctx = zmq::Context::new();
         let push = ctx.socket(zmq::PUSH).unwrap();
@@ -78,15 +90,17 @@ async fn send_raw_zmq(endpoint: String, messages: Vec<Vec<Bytes>>) {
         }
         // A frame above the transport's limit: libzmq closes this connection unread.
         push.send(vec![0xC1u8; 3 * MAX], 0).unwrap();
+        // Linger: dropping the socket and the context waits until libzmq has sent it all.
         drop(push);
         drop(ctx);
     })
     .await
     .unwrap();
+    Box::new(())
 }
 
 #[cfg(all(feature = "zeromq", not(feature = "libzmq")))]
-async fn send_raw_zmq(endpoint: String, messages: Vec<Vec<Bytes>>) {
+async fn send_raw_zmq(endpoint: String, messages: Vec<Vec<Bytes>>) -> Keep {
     use zeromq::{Socket, SocketSend, ZmqMessage};
     let mut dealer = zeromq::DealerSocket::new();
     dealer.connect(&endpoint).await.unwrap();
@@ -98,10 +112,9 @@ async fn send_raw_zmq(endpoint: String, messages: Vec<Vec<Bytes>>) {
         }
         dealer.send(m).await.unwrap();
     }
-    // Give the writer time to flush before the socket is dropped: wait for a reply we never
-    // get, bounded.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    drop(dealer);
+    // The socket's writer may still be flushing: the caller keeps it until the node has
+    // counted every frame.
+    Box::new(dealer)
 }
 
 fn raw_tcp(address: &str, bytes: &[u8]) {
@@ -142,7 +155,7 @@ async fn garbage_truncated_oversized_and_forged_input_is_counted_and_harmless() 
     raw_tcp(&address, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
 
     let (frames, expected) = hostile_frames();
-    send_raw_zmq(format!("tcp://{address}"), frames).await;
+    let keep = send_raw_zmq(format!("tcp://{address}"), frames).await;
 
     // The node keeps serving its real peer.
     let seen = drain_until_marker(&a, &mut b, "marker-1").await;
@@ -155,6 +168,7 @@ async fn garbage_truncated_oversized_and_forged_input_is_counted_and_harmless() 
         expected.iter().all(|(r, n)| d.get(*r) >= *n)
     })
     .await;
+    drop(keep);
     let s = b.stats();
     for (reason, n) in expected {
         assert_eq!(s.dropped_incoming.get(reason), n, "{reason}");
