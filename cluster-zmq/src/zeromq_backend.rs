@@ -342,14 +342,26 @@ impl Receiver {
                 tracing::debug!("zeromq ack: {e}");
             }
         }
-        if self.conns.len() > 4096 {
+        if self.conns.len() > MAX_CONNS {
             // Forget connections silent for long (bounded memory under connection churn).
             self.conns
                 .retain(|_, c| now.duration_since(c.last) <= timeout * 4);
+            if self.conns.len() > MAX_CONNS / 2 {
+                // Still crowded (a flood of fresh connections): keep the most recently heard
+                // half, so the map stays bounded and this pass runs rarely.
+                let mut lasts: Vec<_> = self.conns.values().map(|c| c.last).collect();
+                lasts.sort_unstable();
+                if let Some(&cutoff) = lasts.get(lasts.len() - MAX_CONNS / 2) {
+                    self.conns.retain(|_, c| c.last >= cutoff);
+                }
+            }
         }
         Ok(())
     }
 }
+
+/// Inbound connections the receiver keeps state for, at most.
+const MAX_CONNS: usize = 4096;
 
 /// Owns the way to one peer: its bounded queue and, while connected, its DEALER socket.
 struct Link {
