@@ -38,7 +38,9 @@
 //! * A socket monitor per PUSH (`HANDSHAKE_SUCCEEDED` / `DISCONNECTED`) keeps the connection
 //!   set that [`Transport::connected`](cluster_core::Transport::connected) publishes; it
 //!   also tells a send's `EAGAIN` apart: no connection (`unreachable`) or a full queue
-//!   (`backpressure`).
+//!   (`backpressure`). The monitor learns of a lost connection a moment after libzmq does,
+//!   so a send in that moment is counted `backpressure` where `unreachable` was the cause:
+//!   dropped and counted either way, only the reason may lag.
 //! * `ZMQ_MAXMSGSIZE` = 2 × `max_message_size` on the PULL socket: a frame a little too
 //!   large reaches the server and is counted `too_large`; a hostile giant length prefix makes
 //!   libzmq close that connection without allocating it.
