@@ -631,6 +631,30 @@ async fn finish_all(children: Vec<ChildProcess>) {
     }
 }
 
+/// Runs `work` while watching `children`: if one of them fails or is killed first, gives
+/// `work` up at once (a child that exits successfully has done its part).
+async fn while_alive<T>(
+    children: &mut [ChildProcess],
+    work: impl Future<Output = Result<T, BenchError>>,
+) -> Result<T, BenchError> {
+    let failure = async {
+        loop {
+            for child in children.iter_mut() {
+                if let Ok(Some(status)) = child.child.try_wait()
+                    && !status.success()
+                {
+                    return status;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::select! {
+        result = work => result,
+        status = failure => Err(BenchError::Child(format!("exited during the run: {status}"))),
+    }
+}
+
 /// What a receiving child reports: `result <count> <elapsed_ns> <dropped> <first> <last>`,
 /// `first` and `last` being the wall-clock times (ns since the Unix epoch) of its first and
 /// last message, so that receivers in different processes can be put on one time line.
@@ -742,7 +766,11 @@ async fn bare_stream(o: &BenchOptions, endpoints: &[String]) -> Result<Vec<Recei
             .map(|e| format!("bare-pull {e} {}", o.messages)),
     )?;
     expect_all(&mut children, "ready").await?;
-    bare::push(o.backend, endpoints, o.messages, o.payload).await?;
+    while_alive(
+        &mut children,
+        bare::push(o.backend, endpoints, o.messages, o.payload),
+    )
+    .await?;
     let lines = expect_all(&mut children, "result").await?;
     finish_all(children).await;
     lines.iter().map(|l| Received::parse(l)).collect()
@@ -764,7 +792,11 @@ async fn bare_round_trips(o: &BenchOptions) -> Result<(Duration, Duration), Benc
     let total = WARMUP + o.round_trips;
     let mut child = ChildProcess::spawn(o.backend, &format!("bare-rep {endpoint} {total}"))?;
     child.expect("ready").await?;
-    let samples = bare::req(o.backend, endpoint, total, o.payload).await?;
+    let samples = while_alive(
+        std::slice::from_mut(&mut child),
+        bare::req(o.backend, endpoint, total, o.payload),
+    )
+    .await?;
     child.finish().await;
     Ok(percentiles(
         samples.into_iter().skip(WARMUP as usize).collect(),
@@ -912,23 +944,27 @@ async fn cluster_round_trips(o: &BenchOptions) -> Result<(Duration, Duration), B
     let out = server.outbox();
     let text = payload_text(o.payload);
     let total = WARMUP + o.round_trips;
-    let mut samples = Vec::with_capacity(total as usize);
-    for i in 0..total {
-        let t = Instant::now();
-        out.send(Envelope::new(2, i as i64, text.clone()))
-            .await
-            .map_err(failed)?;
-        loop {
-            let env = tokio::time::timeout(PHASE_DEADLINE, server.inbox().recv())
+    let round_trips = async {
+        let mut samples = Vec::with_capacity(total as usize);
+        for i in 0..total {
+            let t = Instant::now();
+            out.send(Envelope::new(2, i as i64, text.clone()))
                 .await
-                .map_err(|_| failed("round trip timed out"))?
-                .ok_or_else(|| failed("inbox closed"))?;
-            if env.msg_id == i as i64 {
-                break;
+                .map_err(failed)?;
+            loop {
+                let env = tokio::time::timeout(PHASE_DEADLINE, server.inbox().recv())
+                    .await
+                    .map_err(|_| failed("round trip timed out"))?
+                    .ok_or_else(|| failed("inbox closed"))?;
+                if env.msg_id == i as i64 {
+                    break;
+                }
             }
+            samples.push(t.elapsed());
         }
-        samples.push(t.elapsed());
-    }
+        Ok(samples)
+    };
+    let samples = while_alive(std::slice::from_mut(&mut child), round_trips).await?;
     out.send(Envelope::new(2, -1, String::new()))
         .await
         .map_err(failed)?;
@@ -1074,20 +1110,55 @@ mod bare {
         }
     }
 
-    /// The `zmq` crate. Its calls block, so they run on the blocking pool, and every socket
-    /// has send and receive timeouts: a blocking call cannot be cancelled from outside.
+    /// The `zmq` crate. Its calls block, so they run on the blocking pool, where they cannot
+    /// be cancelled: the sending side's sockets time out every [`POLL_MS`] and look whether
+    /// their caller gave up (its future was dropped) or the phase deadline passed; the
+    /// children's sockets time out at the phase deadline.
     #[cfg(feature = "libzmq")]
     mod with_libzmq {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
         use std::time::{Duration, Instant};
 
         use super::super::{BenchError, PHASE_DEADLINE, Received, failed};
 
-        fn socket(ctx: &zmq::Context, kind: zmq::SocketType) -> Result<zmq::Socket, BenchError> {
+        /// How long a sending-side call blocks before looking whether to give up.
+        const POLL_MS: i32 = 100;
+
+        fn socket(
+            ctx: &zmq::Context,
+            kind: zmq::SocketType,
+            timeout_ms: i32,
+        ) -> Result<zmq::Socket, BenchError> {
             let socket = ctx.socket(kind).map_err(failed)?;
-            let timeout = i32::try_from(PHASE_DEADLINE.as_millis()).unwrap_or(i32::MAX);
-            socket.set_sndtimeo(timeout).map_err(failed)?;
-            socket.set_rcvtimeo(timeout).map_err(failed)?;
+            socket.set_sndtimeo(timeout_ms).map_err(failed)?;
+            socket.set_rcvtimeo(timeout_ms).map_err(failed)?;
             Ok(socket)
+        }
+
+        fn phase_timeout_ms() -> i32 {
+            i32::try_from(PHASE_DEADLINE.as_millis()).unwrap_or(i32::MAX)
+        }
+
+        /// Repeats `op` while it times out, until the caller gives up or the deadline passes.
+        fn retry<T>(
+            abandoned: &AtomicBool,
+            deadline: Instant,
+            mut op: impl FnMut() -> Result<T, zmq::Error>,
+        ) -> Result<T, BenchError> {
+            loop {
+                match op() {
+                    Err(zmq::Error::EAGAIN) => {
+                        if abandoned.load(Ordering::Relaxed) {
+                            return Err(failed("abandoned"));
+                        }
+                        if Instant::now() >= deadline {
+                            return Err(failed(format!("not done within {PHASE_DEADLINE:?}")));
+                        }
+                    }
+                    result => return result.map_err(failed),
+                }
+            }
         }
 
         pub(super) async fn push(
@@ -1096,33 +1167,44 @@ mod bare {
             payload: usize,
         ) -> Result<(), BenchError> {
             let endpoints = endpoints.to_vec();
-            blocking(move || {
+            blocking(move |abandoned| {
+                let deadline = Instant::now() + PHASE_DEADLINE;
                 let ctx = zmq::Context::new();
                 let pushes = endpoints
                     .iter()
                     .map(|endpoint| {
-                        let push = socket(&ctx, zmq::PUSH)?;
+                        let push = socket(&ctx, zmq::PUSH, POLL_MS)?;
                         push.set_linger(5000).map_err(failed)?;
                         push.connect(endpoint).map_err(failed)?;
                         Ok(push)
                     })
                     .collect::<Result<Vec<_>, BenchError>>()?;
                 let body = vec![b'x'; payload];
-                for _ in 0..n {
+                let send_all = || {
+                    for _ in 0..n {
+                        for push in &pushes {
+                            retry(abandoned, deadline, || push.send(&body[..], 0))?;
+                        }
+                    }
+                    Ok(())
+                };
+                let result = send_all();
+                if result.is_err() {
+                    // Nothing left to flush to a receiver that is gone: close at once.
                     for push in &pushes {
-                        push.send(&body[..], 0).map_err(failed)?;
+                        let _ = push.set_linger(0);
                     }
                 }
-                Ok(())
+                result
             })
             .await
         }
 
         pub(super) async fn pull(endpoint: &str, n: u64) -> Result<(), BenchError> {
             let endpoint = endpoint.to_owned();
-            blocking(move || {
+            blocking(move |_| {
                 let ctx = zmq::Context::new();
-                let pull = socket(&ctx, zmq::PULL)?;
+                let pull = socket(&ctx, zmq::PULL, phase_timeout_ms())?;
                 pull.bind(&endpoint).map_err(failed)?;
                 println!("ready");
                 let mut msg = zmq::Message::new();
@@ -1143,9 +1225,10 @@ mod bare {
             payload: usize,
         ) -> Result<Vec<Duration>, BenchError> {
             let endpoint = endpoint.to_owned();
-            blocking(move || {
+            blocking(move |abandoned| {
+                let deadline = Instant::now() + PHASE_DEADLINE;
                 let ctx = zmq::Context::new();
-                let req = socket(&ctx, zmq::REQ)?;
+                let req = socket(&ctx, zmq::REQ, POLL_MS)?;
                 req.set_linger(0).map_err(failed)?;
                 req.connect(&endpoint).map_err(failed)?;
                 let body = vec![b'x'; payload];
@@ -1153,8 +1236,8 @@ mod bare {
                 let mut samples = Vec::with_capacity(n as usize);
                 for _ in 0..n {
                     let t = Instant::now();
-                    req.send(&body[..], 0).map_err(failed)?;
-                    req.recv(&mut msg, 0).map_err(failed)?;
+                    retry(abandoned, deadline, || req.send(&body[..], 0))?;
+                    retry(abandoned, deadline, || req.recv(&mut msg, 0))?;
                     samples.push(t.elapsed());
                 }
                 Ok(samples)
@@ -1164,9 +1247,9 @@ mod bare {
 
         pub(super) async fn rep(endpoint: &str, n: u64) -> Result<(), BenchError> {
             let endpoint = endpoint.to_owned();
-            blocking(move || {
+            blocking(move |_| {
                 let ctx = zmq::Context::new();
-                let rep = socket(&ctx, zmq::REP)?;
+                let rep = socket(&ctx, zmq::REP, phase_timeout_ms())?;
                 rep.set_linger(0).map_err(failed)?;
                 rep.bind(&endpoint).map_err(failed)?;
                 println!("ready");
@@ -1180,10 +1263,24 @@ mod bare {
             .await
         }
 
+        /// Set when the future that started a blocking call is dropped.
+        struct AbandonOnDrop(Arc<AtomicBool>);
+
+        impl Drop for AbandonOnDrop {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+
+        /// Runs `f` on the blocking pool; `f` is told when its caller has given up.
         async fn blocking<T: Send + 'static>(
-            f: impl FnOnce() -> Result<T, BenchError> + Send + 'static,
+            f: impl FnOnce(&AtomicBool) -> Result<T, BenchError> + Send + 'static,
         ) -> Result<T, BenchError> {
-            tokio::task::spawn_blocking(f).await.map_err(failed)?
+            let abandoned = Arc::new(AtomicBool::new(false));
+            let _abandon = AbandonOnDrop(Arc::clone(&abandoned));
+            tokio::task::spawn_blocking(move || f(&abandoned))
+                .await
+                .map_err(failed)?
         }
     }
 
