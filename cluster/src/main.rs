@@ -3,6 +3,7 @@
 //! ```text
 //! cluster demo                                          # the README's main job
 //! cluster node --pid 1 --config config.json             # one node, driven from stdin
+//! cluster bench --json                                  # ZeroMQ against the bare library
 //! cluster catalog show --config config.json --pid 3     # node 3's catalog, as a table
 //! cluster catalog show --path .cluster/catalog-3 --json # any catalog directory, as JSON
 //! ```
@@ -17,6 +18,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // `cluster bench` runs its second processes as this executable again.
+    if let Some(code) = cluster_zmq::bench::child_main() {
+        return code;
+    }
     // Logs go to stderr; RUST_LOG picks the level (default: warnings).
     tracing_subscriber::fmt()
         .with_env_filter(

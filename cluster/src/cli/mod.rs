@@ -1,5 +1,6 @@
 //! Arguments and dispatch of the `cluster` tool.
 
+mod bench;
 mod catalog;
 mod demo;
 mod node;
@@ -19,6 +20,9 @@ enum Command {
     /// Run the nodes of a config as separate processes on real ZeroMQ over loopback: traffic,
     /// a kill -9, a restart, and a table of what happened to every message.
     Demo(demo::DemoArgs),
+    /// Benchmark the ZeroMQ transport against the bare library in the same run: P2P
+    /// throughput, broadcast to k peers, round trip p50/p99 (processes on loopback).
+    Bench(bench::BenchArgs),
     /// Run one node, driven from stdin: `<pid> <text>`, `* <text>` (broadcast),
     /// `burst <pid|*> <count>`, `stats`, `peers`, `quit`.
     Node(node::NodeArgs),
@@ -55,6 +59,7 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Catalog(command) => catalog::run(command),
+        Command::Bench(args) => bench::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Node(args) => node::run(args),
     }

@@ -256,3 +256,61 @@ fn a_busy_port_is_a_clear_error() {
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
 }
+
+#[test]
+fn bench_reports_both_sides_as_json() {
+    let mut cmd = cluster();
+    cmd.args([
+        "bench",
+        "--json",
+        "--messages",
+        "2000",
+        "--round-trips",
+        "200",
+        "--rounds",
+        "1",
+        "--broadcast",
+        "2",
+    ]);
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = run(cmd, "", DEADLINE);
+    assert!(status.success(), "{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["backend"], "libzmq");
+    for side in ["bare", "cluster"] {
+        assert!(
+            report[side]["throughput"].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
+        assert!(
+            report[side]["rtt_p50_us"].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
+        assert!(report[side]["delivered"].as_u64().unwrap() > 0, "{report}");
+    }
+    assert_eq!(report["broadcast"]["peers"], 2);
+    assert!(report["ratios"]["throughput"].as_f64().unwrap() > 0.0);
+    // Progress goes to stderr, one step at a time.
+    assert!(stderr.contains("6/6"), "{stderr}");
+}
+
+#[test]
+fn bench_refuses_bad_options() {
+    for (args, expected) in [
+        (vec!["bench", "--backend", "foo"], "unknown backend \"foo\""),
+        (vec!["bench", "--broadcast", "17"], "17 is not in 0..=16"),
+        (vec!["bench", "--payload", "0"], "0 is not in 1..=1000000"),
+    ] {
+        let mut cmd = cluster();
+        cmd.args(&args);
+        let Output { status, stderr, .. } = run(cmd, "", DEADLINE);
+        assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: expected {expected:?} in {stderr}"
+        );
+    }
+}
