@@ -56,9 +56,18 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), Failure> {
         backend,
         broadcast_peers: as_usize(args.broadcast)?,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // One thread, as in the second processes: the measured path then has no hand-over
+    // between worker threads (set CLUSTER_ZMQ_BENCH_RT=multi for two workers on both sides).
+    let runtime = if std::env::var("CLUSTER_ZMQ_BENCH_RT").is_ok_and(|v| v == "multi") {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    };
     let interactive = std::io::stderr().is_terminal();
     let mut progress = move |p: Progress| show_progress(&p, interactive);
     let report = runtime
