@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
-use cluster_core::{Config, PeerSet, Pid, TransportError, TransportEvent};
+use cluster_core::{Config, DropReason, PeerSet, Pid, TransportError, TransportEvent};
 #[cfg(feature = "zeromq")]
 use tokio::sync::mpsc;
 use tokio::sync::watch;
@@ -93,6 +93,17 @@ impl Liveness {
 
     pub(crate) fn index(&self, pid: Pid) -> Option<usize> {
         self.pids.binary_search(&pid).ok()
+    }
+
+    /// The index of `to` if it may be sent to now: `unknown_peer` for a pid not in the
+    /// config, `unreachable` for a peer without a live connection.
+    pub(crate) fn check(&self, to: Pid) -> Result<usize, DropReason> {
+        let index = self.index(to).ok_or(DropReason::UnknownPeer)?;
+        if self.is_up(index) {
+            Ok(index)
+        } else {
+            Err(DropReason::Unreachable)
+        }
     }
 
     pub(crate) fn is_up(&self, index: usize) -> bool {

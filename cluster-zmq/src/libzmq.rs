@@ -347,12 +347,7 @@ impl Watcher {
 #[async_trait]
 impl Transport for LibzmqTransport {
     fn send(&mut self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
-        let Some(index) = self.liveness.index(to) else {
-            return Err(DropReason::UnknownPeer);
-        };
-        if !self.liveness.is_up(index) {
-            return Err(DropReason::Unreachable);
-        }
+        let index = self.liveness.check(to)?;
         let Some(push) = self.outs.get(index) else {
             return Err(DropReason::UnknownPeer);
         };

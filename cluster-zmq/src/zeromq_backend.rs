@@ -151,12 +151,7 @@ impl ZeromqTransport {
 #[async_trait]
 impl Transport for ZeromqTransport {
     fn send(&mut self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
-        let Some(index) = self.liveness.index(to) else {
-            return Err(DropReason::UnknownPeer);
-        };
-        if !self.liveness.is_up(index) {
-            return Err(DropReason::Unreachable);
-        }
+        let index = self.liveness.check(to)?;
         let Some(queue) = self.queues.get(index) else {
             return Err(DropReason::UnknownPeer);
         };
