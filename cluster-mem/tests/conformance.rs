@@ -5,11 +5,11 @@
 //! a failure prints its seed, and `CLUSTER_SEED=<seed>` replays it exactly.
 
 use cluster_testkit::conformance::{self, Setup, SuiteOptions};
-use cluster_testkit::{ClusterUnderTest, MemBackend, SimError, WithCatalogs};
+use cluster_testkit::{ClusterUnderTest, MemCluster, SimError, WithCatalogs};
 
 fn mem(setup: &Setup) -> Result<Box<dyn ClusterUnderTest>, SimError> {
     let config = setup.config().map_err(cluster_core::ServerError::from)?;
-    Ok(Box::new(MemBackend::new(&config, setup.seed)))
+    Ok(Box::new(MemCluster::new(&config, setup.seed)))
 }
 
 #[test]
@@ -27,7 +27,7 @@ fn mem_transport_keeps_the_contract() {
 fn mem_transport_with_catalogs_keeps_the_contract() {
     let with_catalogs = |setup: &Setup| -> Result<Box<dyn ClusterUnderTest>, SimError> {
         let config = setup.config().map_err(cluster_core::ServerError::from)?;
-        let backend = WithCatalogs::new(MemBackend::new(&config, setup.seed))
+        let backend = WithCatalogs::new(MemCluster::new(&config, setup.seed))
             .map_err(|e| SimError::Transport(cluster_core::TransportError::Other(e.to_string())))?;
         Ok(Box::new(backend))
     };

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use cluster_catalog::{NodeCatalog, PeerCatalog};
 use cluster_core::{Config, DropCounts, Pid, TransportError};
 
-use crate::backend::{Capabilities, ClusterUnderTest, Started};
+use crate::under_test::{Capabilities, ClusterUnderTest, Started};
 
 /// A backend whose nodes take their incarnation from a sled catalog on disk.
 pub struct WithCatalogs<B> {

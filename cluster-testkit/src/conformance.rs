@@ -13,10 +13,10 @@
 //!
 //! ```
 //! use cluster_testkit::conformance::{self, Setup, SuiteOptions};
-//! use cluster_testkit::{ClusterUnderTest, MemBackend, SimError};
+//! use cluster_testkit::{ClusterUnderTest, MemCluster, SimError};
 //!
 //! fn mem(setup: &Setup) -> Result<Box<dyn ClusterUnderTest>, SimError> {
-//!     Ok(Box::new(MemBackend::new(&setup.config()?, setup.seed)))
+//!     Ok(Box::new(MemCluster::new(&setup.config()?, setup.seed)))
 //! }
 //!
 //! // In a `#[test]`: panics with a readable report (seed, shrunk scenario) on failure.
@@ -42,12 +42,12 @@ use proptest::test_runner::{
     Config as ProptestConfig, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner,
 };
 
-use crate::backend::{Capabilities, ClusterUnderTest, Timing};
 use crate::history::{Record, to_json_lines};
 use crate::oracle::{self, Verdict, Violation};
 use crate::scenario::{Op, Scenario, run_scenario, scenario};
 use crate::seed::{SEED_VAR, cases_or, seed_or_random};
 use crate::sim::{SimCluster, SimError};
+use crate::under_test::{Capabilities, ClusterUnderTest, Timing};
 
 /// What a factory must build a cluster for.
 #[derive(Debug, Clone)]

@@ -18,6 +18,8 @@
 //!   own invariants (see `examples/leader_election.rs`).
 //! * [`WithCatalogs`] (feature `catalog`, default): simulated nodes whose incarnation comes
 //!   from a real sled peer catalog that outlives their crashes.
+//! * [`net`]: fixtures for tests on real sockets and processes (free loopback ports, quick
+//!   options, waiting on a condition), shared by every crate's tests.
 //! * `zmq` (feature `zmq`, off by default): the ZeroMQ transport, both backends, as a
 //!   [`ClusterUnderTest`] on loopback.
 //!
@@ -43,22 +45,22 @@
 //! # Ok(()) }
 //! ```
 
-mod backend;
 #[cfg(feature = "catalog")]
 mod catalogs;
 pub mod conformance;
 pub mod faults;
 mod history;
 pub mod mutants;
+pub mod net;
 pub mod oracle;
 mod probe;
 mod scenario;
 mod seed;
 mod sim;
+mod under_test;
 #[cfg(feature = "zmq")]
 pub mod zmq;
 
-pub use backend::{Capabilities, ClusterUnderTest, MemBackend, Started, Timing};
 #[cfg(feature = "catalog")]
 pub use catalogs::WithCatalogs;
 pub use history::{Event, History, Reason, ReasonCounts, Record, from_json_lines, to_json_lines};
@@ -67,6 +69,7 @@ pub use seed::{
     CASES_VAR, SEED_VAR, cases_or, parse_seed, replay_hint, seed_from_env, seed_or_random,
 };
 pub use sim::{NodeLogic, SimBuilder, SimCluster, SimError};
+pub use under_test::{Capabilities, ClusterUnderTest, MemCluster, Started, Timing};
 
 /// A seed for one node incarnation, derived from the run's seed (splitmix64).
 pub(crate) fn seed_mix(seed: u64, pid: cluster_core::Pid, incarnation: u32) -> u64 {

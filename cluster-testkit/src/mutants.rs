@@ -1,6 +1,6 @@
 //! Deliberately broken transports, to prove that every check of the oracle can fail.
 //!
-//! A [`MutantBackend`] is a [`MemBackend`] whose transports misbehave in one way
+//! A [`MutantBackend`] is a [`MemCluster`] whose transports misbehave in one way
 //! ([`Mutation`]): they duplicate, reorder, corrupt, misroute or silently lose frames,
 //! deliver what should have been dropped (after a restart, across a partition), hold frames
 //! behind an unreachable peer, or forget their incarnation on restart. Each is caught by the
@@ -19,7 +19,7 @@ use cluster_core::{
 use futures::FutureExt;
 use tokio::sync::{mpsc, watch};
 
-use crate::backend::{Capabilities, ClusterUnderTest, MemBackend, Started};
+use crate::under_test::{Capabilities, ClusterUnderTest, MemCluster, Started};
 
 /// One way to break the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -93,9 +93,9 @@ fn lock(shared: &SharedRef) -> MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A [`MemBackend`] whose transports are broken by one [`Mutation`].
+/// A [`MemCluster`] whose transports are broken by one [`Mutation`].
 pub struct MutantBackend {
-    inner: MemBackend,
+    inner: MemCluster,
     mutation: Mutation,
     shared: SharedRef,
 }
@@ -112,7 +112,7 @@ impl MutantBackend {
     /// A memory network of `config`'s pids, broken by `mutation`.
     pub fn new(config: &Config, seed: u64, mutation: Mutation) -> Self {
         Self {
-            inner: MemBackend::new(config, seed),
+            inner: MemCluster::new(config, seed),
             mutation,
             shared: SharedRef::default(),
         }

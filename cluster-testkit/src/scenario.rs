@@ -8,9 +8,9 @@ use cluster_core::{BROADCAST, Pid};
 use proptest::prelude::*;
 use proptest::strategy::{BoxedStrategy, Union};
 
-use crate::backend::{Capabilities, ClusterUnderTest};
 use crate::history::Record;
 use crate::sim::{SimCluster, SimError};
+use crate::under_test::{Capabilities, ClusterUnderTest};
 
 /// One step of a scenario. Pids are those of the config (`1..=n` in generated scenarios).
 #[derive(Debug, Clone, PartialEq)]

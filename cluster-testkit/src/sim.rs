@@ -15,11 +15,11 @@ use cluster_core::{
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::backend::{Capabilities, ClusterUnderTest, MemBackend, Timing, window_of};
 use crate::history::Reason;
 use crate::history::{Event, History, Record, reason_counts};
 use crate::probe::{Gate, Probe, ProbeShared};
 use crate::seed::{SeedGuard, seed_or_random};
+use crate::under_test::{Capabilities, ClusterUnderTest, MemCluster, Timing, window_of};
 
 /// Why a simulation step failed.
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +157,7 @@ impl SimBuilder {
     /// Must be called inside a tokio runtime (a current-thread one for exact replays).
     pub async fn build<M: Message>(self) -> Result<SimCluster<M>, SimError> {
         let (config, seed) = self.resolve()?;
-        let backend = MemBackend::new(&config, seed);
+        let backend = MemCluster::new(&config, seed);
         #[cfg(feature = "catalog")]
         if self.catalogs {
             let with = crate::catalogs::WithCatalogs::new(backend).map_err(|e| {
@@ -327,7 +327,7 @@ impl<M: Message> SimCluster<M> {
     }
 
     /// Starts `pid`'s server over `started` (the caller records the `Start` event).
-    fn launch(&mut self, pid: Pid, started: crate::backend::Started) -> Result<(), SimError> {
+    fn launch(&mut self, pid: Pid, started: crate::under_test::Started) -> Result<(), SimError> {
         let incarnation = started.incarnation;
         let slot = Arc::new(OnceLock::new());
         let (probe, raw) = Probe::new(

@@ -18,62 +18,36 @@ use cluster_core::{
     Config, DropReason, Incarnation, Options, PeerSet, Pid, Transport, TransportError,
     TransportEvent,
 };
+use cluster_zmq::Backend;
 use tokio::sync::watch;
 
-use crate::backend::{Capabilities, ClusterUnderTest, Started};
+use crate::net;
+
 use crate::conformance::Setup;
 use crate::sim::SimError;
-
-/// Which ZeroMQ library.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flavor {
-    /// libzmq through the `zmq` crate.
-    Libzmq,
-    /// The pure-Rust `zeromq` crate.
-    Zeromq,
-}
-
-/// Options for real-socket runs: quick heartbeats, short linger.
-pub fn test_options() -> Options {
-    Options {
-        heartbeat_interval: Duration::from_millis(100),
-        heartbeat_timeout: Duration::from_millis(600),
-        linger: Duration::from_millis(200),
-        ..Options::default()
-    }
-}
+use crate::under_test::{Capabilities, ClusterUnderTest, Started};
 
 /// A cluster of ZeroMQ nodes on free loopback ports.
-pub struct ZmqBackend {
+pub struct ZmqCluster {
     config: Config,
-    flavor: Flavor,
+    backend: Backend,
     incarnations: BTreeMap<Pid, Incarnation>,
     killed: BTreeMap<Pid, Arc<AtomicBool>>,
 }
 
-impl std::fmt::Debug for ZmqBackend {
+impl std::fmt::Debug for ZmqCluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ZmqBackend")
-            .field("flavor", &self.flavor)
+        f.debug_struct("ZmqCluster")
+            .field("flavor", &self.backend)
             .finish_non_exhaustive()
     }
 }
 
-fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
-    // Hold every listener at once so the ports differ, then release them.
-    let held = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    held.iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect()
-}
-
-impl ZmqBackend {
+impl ZmqCluster {
     /// `setup.nodes` nodes on free loopback ports. The setup's options are used, with the
     /// heartbeat settings of [`test_options`] unless the setup changed them.
-    pub fn new(setup: &Setup, flavor: Flavor) -> Result<Self, SimError> {
-        let ports = free_ports(setup.nodes)
+    pub fn new(setup: &Setup, backend: Backend) -> Result<Self, SimError> {
+        let ports = net::free_ports(setup.nodes)
             .map_err(|e| SimError::Transport(TransportError::Other(e.to_string())))?;
         let peers = ports
             .iter()
@@ -81,7 +55,7 @@ impl ZmqBackend {
             .map(|(port, pid)| (pid, format!("127.0.0.1:{port}")));
         let mut options = setup.options.clone();
         let defaults = Options::default();
-        let quick = test_options();
+        let quick = net::fast_options();
         if options.heartbeat_interval == defaults.heartbeat_interval {
             options.heartbeat_interval = quick.heartbeat_interval;
         }
@@ -94,26 +68,22 @@ impl ZmqBackend {
         let config = Config::from_peers(peers, options).map_err(cluster_core::ServerError::from)?;
         Ok(Self {
             config,
-            flavor,
+            backend,
             incarnations: BTreeMap::new(),
             killed: BTreeMap::new(),
         })
     }
 
-    /// A conformance factory for `flavor`.
+    /// A conformance factory for `backend`.
     pub fn factory(
-        flavor: Flavor,
+        backend: Backend,
     ) -> impl Fn(&Setup) -> Result<Box<dyn ClusterUnderTest>, SimError> {
-        move |setup| Ok(Box::new(ZmqBackend::new(setup, flavor)?))
+        move |setup| Ok(Box::new(ZmqCluster::new(setup, backend)?))
     }
 
     async fn bind(&mut self, pid: Pid) -> Result<Started, TransportError> {
-        let inner: Box<dyn Transport> = match self.flavor {
-            Flavor::Libzmq => Box::new(cluster_zmq::LibzmqTransport::bind(pid, &self.config)?),
-            Flavor::Zeromq => {
-                Box::new(cluster_zmq::ZeromqTransport::bind(pid, &self.config).await?)
-            }
-        };
+        let inner: Box<dyn Transport> =
+            Box::new(cluster_zmq::bind_with(self.backend, pid, &self.config).await?);
         let killed = Arc::new(AtomicBool::new(false));
         self.killed.insert(pid, Arc::clone(&killed));
         let incarnation = self.incarnations.get(&pid).copied().unwrap_or(0);
@@ -125,12 +95,9 @@ impl ZmqBackend {
 }
 
 #[async_trait]
-impl ClusterUnderTest for ZmqBackend {
+impl ClusterUnderTest for ZmqCluster {
     fn name(&self) -> String {
-        match self.flavor {
-            Flavor::Libzmq => "zmq-libzmq".into(),
-            Flavor::Zeromq => "zmq-zeromq".into(),
-        }
+        format!("zmq-{}", self.backend)
     }
 
     fn config(&self) -> &Config {

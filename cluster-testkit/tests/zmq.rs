@@ -5,14 +5,15 @@
 #![cfg(feature = "zmq")]
 
 use cluster_testkit::conformance::{self, Setup, SuiteOptions};
-use cluster_testkit::zmq::{Flavor, ZmqBackend};
+use cluster_testkit::zmq::ZmqCluster;
 use cluster_testkit::{ClusterUnderTest, SimError, WithCatalogs};
+use cluster_zmq::Backend;
 
 /// Real sockets, and each node's incarnation from its sled catalog on disk, as in a real
 /// deployment.
-fn zmq(flavor: Flavor) -> impl Fn(&Setup) -> Result<Box<dyn ClusterUnderTest>, SimError> {
+fn zmq(backend: Backend) -> impl Fn(&Setup) -> Result<Box<dyn ClusterUnderTest>, SimError> {
     move |setup| {
-        let backend = WithCatalogs::new(ZmqBackend::new(setup, flavor)?)
+        let backend = WithCatalogs::new(ZmqCluster::new(setup, backend)?)
             .map_err(|e| SimError::Transport(cluster_core::TransportError::Other(e.to_string())))?;
         Ok(Box::new(backend))
     }
@@ -28,7 +29,7 @@ fn options() -> SuiteOptions {
 
 #[test]
 fn libzmq_transport_keeps_the_contract() {
-    let report = conformance::check(zmq(Flavor::Libzmq), options());
+    let report = conformance::check(zmq(Backend::Libzmq), options());
     assert!(
         report.judged.0 > 0 && report.judged.1 > 0,
         "{:?}",
@@ -38,7 +39,7 @@ fn libzmq_transport_keeps_the_contract() {
 
 #[test]
 fn zeromq_transport_keeps_the_contract() {
-    let report = conformance::check(zmq(Flavor::Zeromq), options());
+    let report = conformance::check(zmq(Backend::Zeromq), options());
     assert!(
         report.judged.0 > 0 && report.judged.1 > 0,
         "{:?}",

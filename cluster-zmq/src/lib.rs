@@ -2,13 +2,14 @@
 //! the delivery contract of `cluster-core` (drop on unreachable, bounded queues, isolation,
 //! reconnection, detection of silent partitions).
 //!
-//! Two backends, picked by cargo feature; [`ZmqTransport`] is the one in use and
-//! [`bind`] builds it:
+//! Two backends, each a cargo feature, named by one type, [`Backend`]:
 //!
 //! * `libzmq` (default) — `LibzmqTransport`, the `zmq` crate over the bundled libzmq;
 //! * `zeromq` — `ZeromqTransport`, the pure-Rust `zeromq` crate.
 //!
-//! With both features on, both types exist and [`ZmqTransport`] is the libzmq one.
+//! [`bind`] binds a node on the default backend (libzmq when compiled in), [`bind_with`] on
+//! the one you name; both return a [`ZmqTransport`], which runs on either. With both
+//! features on, both backends can run in one process.
 //!
 //! # Socket layout, and why
 //!
@@ -103,25 +104,8 @@
 //!
 //! # Benchmark
 //!
-//! [`mod@bench`] measures P2P throughput and round trips against the bare crate in the same run;
-//! `cargo run --release -p cluster-zmq --example bench` (add `--no-default-features
-//! --features zeromq` for the pure-Rust backend). The nodes of a cluster can also be run by
-//! hand with the `cluster-zmq-node` binary (`cluster-zmq-node <config.json> <pid>`).
-//!
-//! Measured on a shared 2-core VM under a load average of about 5 (so every figure moves by
-//! tens of percent between rounds; the per-round ratios are printed), 1,000,000 messages of
-//! 64 bytes and 10,000 round trips, median of 5 alternating rounds, `peer_queue` 16384:
-//!
-//! | backend | bare throughput | cluster throughput | ratio | bare p50 | cluster p50 | ratio |
-//! |---|---|---|---|---|---|---|
-//! | libzmq | 2.17 M/s | 0.92 M/s | 0.42× | 81 µs | 173 µs | 2.15× |
-//! | libzmq | 1.81 M/s | 0.84 M/s | 0.46× | 97 µs | 186 µs | 1.91× |
-//! | zeromq | 0.97 M/s | 0.46 M/s | 0.47× | 30 µs | 77 µs | 2.53× |
-//! | zeromq | 0.80 M/s | 0.36 M/s | 0.45× | 31 µs | 82 µs | 2.70× |
-//!
-//! With the default `peer_queue` (1024) the libzmq throughput ratio falls to 0.15–0.2×: a
-//! non-blocking sender gets room below libzmq's high-water mark back in half-HWM steps, and
-//! a small HWM leaves the pipe idle between them.
+//! `cluster bench` (the `cluster-bench` crate) measures this transport against the bare
+//! library in the same run; the figures, each with its command, are in the README.
 //!
 //! # Example
 //!
@@ -142,13 +126,14 @@
 #[cfg(not(any(feature = "libzmq", feature = "zeromq")))]
 compile_error!("cluster-zmq needs a backend: enable the feature `libzmq` or `zeromq`");
 
-pub mod bench;
+mod backend;
 mod common;
 #[cfg(feature = "libzmq")]
 mod libzmq;
 #[cfg(feature = "zeromq")]
 mod zeromq_backend;
 
+pub use backend::{Backend, UnknownBackend, ZmqTransport};
 pub use common::LinkStats;
 #[cfg(feature = "libzmq")]
 pub use libzmq::LibzmqTransport;
@@ -157,30 +142,19 @@ pub use zeromq_backend::ZeromqTransport;
 
 use cluster_core::{Config, Pid, TransportError};
 
-/// The transport of the backend in use (libzmq when both features are on).
-#[cfg(feature = "libzmq")]
-pub type ZmqTransport = LibzmqTransport;
-/// The transport of the backend in use (libzmq when both features are on).
-#[cfg(all(feature = "zeromq", not(feature = "libzmq")))]
-pub type ZmqTransport = ZeromqTransport;
-
-/// The name of the backend in use: `"libzmq"` or `"zeromq"`.
-pub const BACKEND: &str = if cfg!(feature = "libzmq") {
-    "libzmq"
-} else {
-    "zeromq"
-};
-
-/// Binds node `pid` of `config` with the backend in use and starts connecting to its peers.
-/// Must be called inside a tokio runtime. A port already in use is
-/// [`TransportError::Bind`], naming the address.
+/// Binds node `pid` of `config` on the default [`Backend`] (libzmq when it is compiled in)
+/// and starts connecting to its peers. Must be called inside a tokio runtime. A port
+/// already in use is [`TransportError::Bind`], naming the address.
 pub async fn bind(pid: Pid, config: &Config) -> Result<ZmqTransport, TransportError> {
-    #[cfg(feature = "libzmq")]
-    {
-        LibzmqTransport::bind(pid, config)
-    }
-    #[cfg(all(feature = "zeromq", not(feature = "libzmq")))]
-    {
-        ZeromqTransport::bind(pid, config).await
-    }
+    ZmqTransport::bind(Backend::default(), pid, config).await
+}
+
+/// Like [`bind`], on the given backend; one that is not compiled in is
+/// [`TransportError::Other`] naming the cargo feature to turn on.
+pub async fn bind_with(
+    backend: Backend,
+    pid: Pid,
+    config: &Config,
+) -> Result<ZmqTransport, TransportError> {
+    ZmqTransport::bind(backend, pid, config).await
 }

@@ -32,12 +32,17 @@ pub use node::new;
 
 pub use cluster_core::{
     BROADCAST, Config, ConfigError, ConfigProblem, DropCounts, DropReason, Envelope, Incarnation,
-    Message, MsgId, Options, PeerConfig, PeerStats, Pid, Server, ServerBuilder, ServerError,
-    ServerMonitor, Stats, Transport, TransportError, TransportEvent, WaitTimeout,
+    MAX_MESSAGE_SIZE, MAX_PID, MAX_QUEUE, Message, MsgId, Options, PeerConfig, PeerSet, PeerStats,
+    Pid, Server, ServerBuilder, ServerError, ServerMonitor, Stats, Transport, TransportError,
+    TransportEvent, WaitTimeout,
 };
 
 /// The wire format (see [`cluster_core::wire`]).
 pub use cluster_core::wire;
+
+/// The ZeroMQ transport: [`zmq::Backend`], [`zmq::ZmqTransport`], [`zmq::LinkStats`],
+/// [`zmq::bind_with`] to pick a backend at run time.
+pub use cluster_zmq as zmq;
 
 /// The peer catalog (sled): peer records and this node's incarnation across restarts.
 pub use cluster_catalog as catalog;

@@ -8,7 +8,7 @@ mod sim;
 
 use cluster_testkit::conformance::{Factory, Setup};
 use cluster_testkit::mutants::{MutantBackend, Mutation};
-use cluster_testkit::{ClusterUnderTest, MemBackend, SimError};
+use cluster_testkit::{ClusterUnderTest, MemCluster, SimError};
 
 fn config(setup: &Setup) -> Result<cluster_core::Config, SimError> {
     Ok(setup.config().map_err(cluster_core::ServerError::from)?)
@@ -16,7 +16,7 @@ fn config(setup: &Setup) -> Result<cluster_core::Config, SimError> {
 
 /// The healthy in-memory backend.
 pub(crate) fn mem(setup: &Setup) -> Result<Box<dyn ClusterUnderTest>, SimError> {
-    Ok(Box::new(MemBackend::new(&config(setup)?, setup.seed)))
+    Ok(Box::new(MemCluster::new(&config(setup)?, setup.seed)))
 }
 
 /// A backend broken by `mutation`.

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
-use cluster_catalog::{PeerCatalog, PeerRecord, catalog_dir};
-use cluster_core::{Config, Pid};
+use cluster::catalog::{PeerCatalog, PeerRecord, catalog_dir};
+use cluster::{Config, Pid};
 
 use super::Failure;
 

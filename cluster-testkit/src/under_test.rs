@@ -115,12 +115,12 @@ pub trait ClusterUnderTest: Send + 'static {
 
 /// The in-memory backend: a [`MemNetwork`].
 #[derive(Debug, Clone)]
-pub struct MemBackend {
+pub struct MemCluster {
     net: MemNetwork,
     config: Config,
 }
 
-impl MemBackend {
+impl MemCluster {
     /// A network of every pid of `config`, with loss randomness from `seed`.
     pub fn new(config: &Config, seed: u64) -> Self {
         Self {
@@ -153,7 +153,7 @@ impl MemBackend {
 }
 
 #[async_trait]
-impl ClusterUnderTest for MemBackend {
+impl ClusterUnderTest for MemCluster {
     fn name(&self) -> String {
         "mem".into()
     }

@@ -19,7 +19,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     // `cluster bench` runs its second processes as this executable again.
-    if let Some(code) = cluster_zmq::bench::child_main() {
+    if let Some(code) = cluster_bench::child_main() {
         return code;
     }
     // Logs go to stderr; RUST_LOG picks the level (default: warnings).

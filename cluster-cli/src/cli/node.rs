@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use cluster_core::{BROADCAST, Envelope, Pid, Server, ServerError, Stats};
+use cluster::{BROADCAST, Envelope, Pid, Server, ServerError, Stats};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -82,7 +82,7 @@ fn parse_line(line: &str) -> Result<Line, String> {
 }
 
 fn stats_json(pid: Pid, incarnation: u32, s: &Stats, connected: &[Pid]) -> Value {
-    let drops = |d: &cluster_core::DropCounts| {
+    let drops = |d: &cluster::DropCounts| {
         Value::Object(
             d.nonzero()
                 .map(|(r, n)| (r.as_str().to_owned(), json!(n)))
@@ -218,7 +218,7 @@ async fn node(args: NodeArgs) -> Result<(), Failure> {
         let mut changes = monitor.connection_changes();
         let peers = server.peers().to_vec();
         tokio::spawn(async move {
-            let all = |set: &cluster_core::PeerSet| peers.iter().all(|p| set.contains(p));
+            let all = |set: &cluster::PeerSet| peers.iter().all(|p| set.contains(p));
             tokio::time::timeout(wait, changes.wait_for(all))
                 .await
                 .is_ok()

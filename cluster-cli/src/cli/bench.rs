@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use clap::Args;
-use cluster_zmq::bench::{self, Backend, BenchOptions, BenchReport, Progress};
+use cluster_bench::{self as bench, Backend, BenchOptions, BenchReport, Progress};
 use serde_json::json;
 
 use super::Failure;
@@ -32,7 +32,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = Backend::default().as_str().to_owned())]
     backend: String,
     /// The nodes' per-peer queue bound (the libzmq high-water marks).
-    #[arg(long, default_value_t = 16_384, value_parser = clap::value_parser!(u64).range(1..=(cluster_core::MAX_QUEUE as u64)))]
+    #[arg(long, default_value_t = 16_384, value_parser = clap::value_parser!(u64).range(1..=(cluster::MAX_QUEUE as u64)))]
     peer_queue: u64,
     /// Print the figures as JSON instead of a table.
     #[arg(long)]
@@ -44,7 +44,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), Failure> {
     let backend: Backend = args
         .backend
         .parse()
-        .map_err(|e: String| Failure::usage(anyhow!(e)))?;
+        .map_err(|e: cluster::zmq::UnknownBackend| Failure::usage(anyhow!(e)))?;
     let as_usize =
         |v: u64| usize::try_from(v).map_err(|_| Failure::usage(anyhow!("{v} is too large")));
     let options = BenchOptions {

@@ -51,6 +51,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant, SystemTime};
 
 use cluster_core::{BROADCAST, Config, DropReason, Envelope, Options, Pid, Server};
+pub use cluster_zmq::Backend;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
@@ -72,86 +73,6 @@ const PACING_PAUSE_MAX: Duration = Duration::from_millis(2);
 const END_MARKER_EVERY: Duration = Duration::from_millis(20);
 /// Round trips done before measuring.
 const WARMUP: u64 = 1000;
-
-/// A ZeroMQ backend: the transport type under test and the bare crate it is compared with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// [`LibzmqTransport`](crate) against the `zmq` crate (libzmq); feature `libzmq`.
-    Libzmq,
-    /// [`ZeromqTransport`](crate) against the pure-Rust `zeromq` crate; feature `zeromq`.
-    Zeromq,
-}
-
-impl Backend {
-    const ALL: [Backend; 2] = [Backend::Libzmq, Backend::Zeromq];
-
-    /// `"libzmq"` or `"zeromq"`: the backend's name, which is also its cargo feature.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Libzmq => "libzmq",
-            Self::Zeromq => "zeromq",
-        }
-    }
-
-    /// The backends compiled into this build, libzmq first.
-    pub fn available() -> Vec<Backend> {
-        Self::ALL.into_iter().filter(|b| b.is_available()).collect()
-    }
-
-    fn is_available(self) -> bool {
-        match self {
-            Self::Libzmq => cfg!(feature = "libzmq"),
-            Self::Zeromq => cfg!(feature = "zeromq"),
-        }
-    }
-
-    fn not_compiled_in(self) -> String {
-        format!(
-            "backend {0} is not compiled in: build with --features {0}",
-            self.as_str()
-        )
-    }
-}
-
-impl Default for Backend {
-    /// libzmq when it is compiled in, else zeromq (as [`crate::ZmqTransport`]).
-    fn default() -> Self {
-        if cfg!(feature = "libzmq") {
-            Self::Libzmq
-        } else {
-            Self::Zeromq
-        }
-    }
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Backend {
-    type Err = String;
-
-    /// `libzmq` or `zeromq` (any case); a backend that is not compiled in is an error.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let backend = Self::ALL
-            .into_iter()
-            .find(|b| b.as_str().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| {
-                let compiled: Vec<&str> = Self::available().into_iter().map(Self::as_str).collect();
-                format!(
-                    "unknown backend {s:?}: expected libzmq or zeromq (compiled in: {})",
-                    compiled.join(", ")
-                )
-            })?;
-        if backend.is_available() {
-            Ok(backend)
-        } else {
-            Err(backend.not_compiled_in())
-        }
-    }
-}
 
 /// What to measure.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,8 +110,8 @@ impl Default for BenchOptions {
 
 impl BenchOptions {
     fn check(&self) -> Result<(), BenchError> {
-        if !self.backend.is_available() {
-            return Err(BenchError::Options(self.backend.not_compiled_in()));
+        if let Err(e) = self.backend.require() {
+            return Err(BenchError::Options(e.to_string()));
         }
         if self.messages == 0 {
             return Err(BenchError::Options(
@@ -497,7 +418,9 @@ pub fn child_main() -> Option<ExitCode> {
         let Some((backend, words)) = words.split_first() else {
             return Err(BenchError::Child(format!("empty role {role:?}")));
         };
-        let backend: Backend = backend.parse().map_err(BenchError::Child)?;
+        let backend: Backend = backend
+            .parse()
+            .map_err(|e: cluster_zmq::UnknownBackend| BenchError::Child(e.to_string()))?;
         match words {
             ["bare-pull", endpoint, n] => bare::pull(backend, endpoint, parse(n)?).await,
             ["bare-rep", endpoint, n] => bare::rep(backend, endpoint, parse(n)?).await,
@@ -814,22 +737,10 @@ fn bench_config<A: AsRef<str>>(addresses: &[A], peer_queue: usize) -> Result<Con
 
 /// Node `pid` of `config` over the transport of `backend`.
 async fn node(backend: Backend, pid: Pid, config: &Config) -> Result<Server<String>, BenchError> {
-    match backend {
-        #[cfg(feature = "libzmq")]
-        Backend::Libzmq => {
-            let transport = crate::LibzmqTransport::bind(pid, config).map_err(failed)?;
-            Server::with_transport(pid, config.clone(), transport).map_err(failed)
-        }
-        #[cfg(feature = "zeromq")]
-        Backend::Zeromq => {
-            let transport = crate::ZeromqTransport::bind(pid, config)
-                .await
-                .map_err(failed)?;
-            Server::with_transport(pid, config.clone(), transport).map_err(failed)
-        }
-        #[cfg(not(all(feature = "libzmq", feature = "zeromq")))]
-        other => Err(BenchError::Options(other.not_compiled_in())),
-    }
+    let transport = cluster_zmq::bind_with(backend, pid, config)
+        .await
+        .map_err(failed)?;
+    Server::with_transport(pid, config.clone(), transport).map_err(failed)
 }
 
 /// The cluster stream: node 1 here, one receiving node per child (pids 2, 3, …), node 1
@@ -1367,44 +1278,6 @@ mod bare {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backend_names_round_trip_through_parsing() {
-        for backend in Backend::available() {
-            assert_eq!(backend.as_str().parse::<Backend>(), Ok(backend));
-            assert_eq!(
-                backend.as_str().to_uppercase().parse::<Backend>(),
-                Ok(backend)
-            );
-        }
-        assert_eq!(Backend::Libzmq.as_str(), "libzmq");
-        assert_eq!(Backend::Zeromq.as_str(), "zeromq");
-        assert!(Backend::available().contains(&Backend::default()));
-    }
-
-    #[test]
-    fn unknown_backend_names_the_valid_ones() {
-        let Err(e) = "zmq".parse::<Backend>() else {
-            panic!("\"zmq\" parsed as a backend");
-        };
-        assert!(e.contains("libzmq") && e.contains("zeromq"), "{e}");
-        assert!(e.contains("compiled in"), "{e}");
-        assert!("".parse::<Backend>().is_err());
-    }
-
-    #[test]
-    fn a_backend_not_compiled_in_is_refused_with_the_feature_to_enable() {
-        for backend in [Backend::Libzmq, Backend::Zeromq] {
-            let parsed = backend.as_str().parse::<Backend>();
-            if Backend::available().contains(&backend) {
-                assert_eq!(parsed, Ok(backend));
-            } else {
-                let e = parsed.err().unwrap_or_default();
-                let wanted = format!("--features {}", backend.as_str());
-                assert!(e.contains(&wanted), "{e}");
-            }
-        }
-    }
 
     #[test]
     fn options_out_of_range_are_refused() {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
-use cluster_core::{Config, Pid};
+use cluster::{Config, Pid};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
@@ -272,7 +272,7 @@ async fn run_phases(config: &Config, args: &DemoArgs, dir: &Path) -> anyhow::Res
     demo.say(format!(
         "starting {n} nodes of {} as separate processes, ZeroMQ ({}) over loopback",
         args.config.display(),
-        cluster_zmq::BACKEND
+        cluster::zmq::Backend::default()
     ));
     for &pid in &pids {
         demo.start_node(pid).await?;
