@@ -7,7 +7,8 @@ use cluster_core::{ConfigError, Pid, ServerError};
 /// A catalog that cannot be opened, read or written.
 ///
 /// Every variant names the catalog directory; the message says what is wrong and what to do.
-#[derive(Debug, thiserror::Error)]
+/// `{:?}` prints the message too, so that `main() -> Result<(), Box<dyn Error>>` shows it.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum CatalogError {
     /// Another process (or another handle in this process) has the catalog open, and kept
@@ -126,6 +127,13 @@ pub enum CatalogError {
     },
 }
 
+impl std::fmt::Debug for CatalogError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Every message already names its cause (the sled or I/O error, the config problem).
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
 impl From<CatalogError> for ServerError {
     fn from(e: CatalogError) -> Self {
         match e {
@@ -180,5 +188,24 @@ pub(crate) fn from_io(path: PathBuf, io: std::io::Error) -> CatalogError {
             path,
             detail: io.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_prints_the_message() {
+        let e = CatalogError::Locked {
+            path: PathBuf::from("/data/catalog-3"),
+        };
+        let boxed: Box<dyn std::error::Error> = Box::new(e);
+        let shown = format!("{boxed:?}");
+        assert_eq!(shown, boxed.to_string());
+        assert!(
+            shown.starts_with("peer catalog /data/catalog-3: in use"),
+            "{shown}"
+        );
     }
 }

@@ -96,6 +96,7 @@
 //! catalog, a corrupt database, a directory that cannot be written, a catalog held by another
 //! live process (sled locks it), and a catalog owned by another node.
 
+mod attach;
 mod catalog;
 mod error;
 mod node;
@@ -103,8 +104,9 @@ mod record;
 mod recorder;
 mod stamp;
 
+pub use attach::attach;
 pub use catalog::{ImportReport, PeerCatalog, Readdressed};
 pub use error::CatalogError;
-pub use node::{NodeCatalog, attach, catalog_dir};
+pub use node::{NodeCatalog, catalog_dir};
 pub use record::{FORMAT_VERSION, PeerRecord, PeerStatus};
 pub use recorder::{DEFAULT_INTERVAL, Recorder};

@@ -1,14 +1,13 @@
-//! [`NodeCatalog`]: the catalog a node opens at start, and the one-call server integration.
+//! [`NodeCatalog`]: the catalog a node opens at start.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use cluster_core::{Config, Incarnation, Pid, ServerBuilder};
+use cluster_core::{Config, Incarnation, Pid};
 
 use crate::catalog::{ImportReport, PeerCatalog, own_record_update};
 use crate::error::CatalogError;
 use crate::record::PeerStatus;
-use crate::recorder::{DEFAULT_INTERVAL, Recorder};
 
 /// The catalog directory of node `pid` under `config`.
 ///
@@ -105,46 +104,4 @@ impl NodeCatalog {
     pub fn into_catalog(self) -> PeerCatalog {
         self.catalog
     }
-
-    /// Sets `builder`'s incarnation to this start's, and attaches a [`Recorder`] (polling
-    /// every [`DEFAULT_INTERVAL`]) that keeps the catalog current while the server runs and
-    /// flushes and closes it when the server stops.
-    pub fn attach_to(self, builder: ServerBuilder) -> ServerBuilder {
-        self.attach_to_with_interval(builder, DEFAULT_INTERVAL)
-    }
-
-    /// [`NodeCatalog::attach_to`] with the recorder's polling and flush interval.
-    pub fn attach_to_with_interval(
-        self,
-        builder: ServerBuilder,
-        interval: std::time::Duration,
-    ) -> ServerBuilder {
-        builder
-            .incarnation(self.incarnation)
-            .attach_with(move |monitor| Recorder::spawn(self, monitor, interval))
-    }
-}
-
-/// Opens node `pid`'s catalog (see [`NodeCatalog::open`] and [`catalog_dir`]), begins a new
-/// incarnation, and returns `builder` set to run as that incarnation with a [`Recorder`]
-/// attached. The one call that gives a server its catalog:
-///
-/// ```no_run
-/// # async fn demo(transport: impl cluster_core::Transport) -> Result<(), cluster_core::ServerError> {
-/// use cluster_core::{Config, Server};
-///
-/// let config = Config::load("config.json")?;
-/// let builder = cluster_catalog::attach(1, &config, Server::<String>::builder(1, config.clone()))?;
-/// let server: Server<String> = builder.build(transport)?;
-/// # Ok(()) }
-/// ```
-///
-/// Opening does blocking file I/O (two fsyncs); from async code on a busy runtime, wrap it
-/// in `tokio::task::spawn_blocking`.
-pub fn attach(
-    pid: Pid,
-    config: &Config,
-    builder: ServerBuilder,
-) -> Result<ServerBuilder, CatalogError> {
-    Ok(NodeCatalog::open(pid, config)?.attach_to(builder))
 }

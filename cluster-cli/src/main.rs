@@ -18,10 +18,6 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    // `cluster bench` runs its second processes as this executable again.
-    if let Some(code) = cluster_bench::child_main() {
-        return code;
-    }
     // Logs go to stderr; RUST_LOG picks the level (default: warnings).
     tracing_subscriber::fmt()
         .with_env_filter(

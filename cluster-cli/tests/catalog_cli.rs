@@ -2,20 +2,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use cluster_catalog::{NodeCatalog, PeerCatalog};
 use cluster_core::Config;
+use cluster_testkit::net::{Finished, Process};
 
-fn cluster(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cluster"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+/// Runs `cluster <args>` to its end (killed if it outlives the deadline).
+fn cluster(args: &[&str]) -> Finished {
+    Process::run(
+        "cluster",
+        Command::new(env!("CARGO_BIN_EXE_cluster")).args(args),
+        "",
+    )
+    .unwrap()
 }
 
 /// A config file of 3 nodes in `dir`, and node 2's catalog in its default place.
@@ -45,8 +45,8 @@ fn show_prints_a_table_by_config_and_pid() {
     let dir = tempfile::tempdir().unwrap();
     let config = setup(dir.path());
     let out = cluster(&["catalog", "show", "--config", &config, "--pid", "2"]);
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{stdout} {}", text(&out.stderr));
+    let stdout = &out.stdout;
+    assert!(out.status.success(), "{stdout} {}", out.stderr);
     let lines: Vec<&str> = stdout.lines().collect();
     let catalog = dir.path().join(".cluster/catalog-2");
     assert_eq!(
@@ -85,8 +85,8 @@ fn show_prints_json_by_path() {
         path.to_str().unwrap(),
         "--json",
     ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "{}", out.stderr);
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(doc["owner"], 2);
     assert_eq!(doc["incarnation"], 1);
     let peers = doc["peers"].as_array().unwrap();
@@ -124,7 +124,7 @@ fn bad_arguments_and_bad_configs_exit_2() {
     ];
     for (args, expected) in cases {
         let out = cluster(args);
-        let stderr = text(&out.stderr);
+        let stderr = &out.stderr;
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
@@ -135,7 +135,7 @@ fn missing_and_locked_catalogs_exit_1_naming_the_path() {
     let dir = tempfile::tempdir().unwrap();
     let absent = dir.path().join("absent");
     let out = cluster(&["catalog", "show", "--path", absent.to_str().unwrap()]);
-    let stderr = text(&out.stderr);
+    let stderr = &out.stderr;
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&absent.display().to_string()), "{stderr}");
     assert!(!absent.exists(), "showing does not create a catalog");
@@ -144,7 +144,7 @@ fn missing_and_locked_catalogs_exit_1_naming_the_path() {
     let path = dir.path().join(".cluster/catalog-2");
     let held = PeerCatalog::open(&path).unwrap();
     let out = cluster(&["catalog", "show", "--path", path.to_str().unwrap()]);
-    let stderr = text(&out.stderr);
+    let stderr = &out.stderr;
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(&path.display().to_string()) && stderr.contains("in use"),

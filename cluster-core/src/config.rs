@@ -183,7 +183,7 @@ impl fmt::Display for ConfigProblem {
 /// A config that cannot be used, with the file, the entry and the problem.
 ///
 /// Displays as e.g. `config.json: entry 2 (pid 3): address "x" is not host:port …`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
     /// Where the config came from: a file path, or a description.
     pub origin: String,
@@ -194,6 +194,8 @@ pub struct ConfigError {
     /// What is wrong.
     pub problem: ConfigProblem,
 }
+
+crate::report::debug_as_message!(ConfigError);
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -17,8 +17,8 @@ use crate::stats::{DropReason, Stats, StatsCells};
 use crate::transport::{PeerSet, Transport, TransportError, TransportEvent};
 use crate::wire::Incarnation;
 
-/// Why a server could not start.
-#[derive(Debug, thiserror::Error)]
+/// Why a server could not start. `{:?}` prints the message too (for `main`'s `Result`).
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum ServerError {
     /// The config is invalid, or does not list this pid.
@@ -36,7 +36,7 @@ pub enum ServerError {
 }
 
 /// [`Server::wait_for_peers`] gave up: these peers were still not connected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 #[error("peers not connected after {waited:?}: {missing:?}")]
 pub struct WaitTimeout {
     /// The peers without a live connection at the deadline.
@@ -44,6 +44,8 @@ pub struct WaitTimeout {
     /// How long it waited.
     pub waited: Duration,
 }
+
+crate::report::debug_as_message!(ServerError, WaitTimeout);
 
 /// Message types a server can carry.
 pub trait Message: Serialize + DeserializeOwned + Send + 'static {}
@@ -53,7 +55,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Message for M {}
 pub struct ServerBuilder {
     pid: Pid,
     config: Config,
-    incarnation: Incarnation,
+    incarnation: Option<Incarnation>,
     attachments: Vec<Box<dyn Send + Sync>>,
     attach_hooks: Vec<AttachHook>,
 }
@@ -77,15 +79,25 @@ impl ServerBuilder {
         Self {
             pid,
             config,
-            incarnation: 0,
+            incarnation: None,
             attachments: Vec::new(),
             attach_hooks: Vec::new(),
         }
     }
 
-    /// The incarnation this node runs as (see [`Server::incarnation`]). Default 0.
+    /// The incarnation this node runs as (see [`Server::incarnation`]).
+    ///
+    /// You promise that it grows each time this pid starts again: take it from durable
+    /// storage, as the peer catalog does (`cluster::new` opens it for you). A value that
+    /// repeats across restarts repeats [`Server::next_msg_id`]'s ids, and peers that saw a
+    /// higher one drop the restarted node's frames as `stale_incarnation`.
+    ///
+    /// Without it, the server takes the incarnation its transport knows (the in-memory
+    /// network counts restarts), else one from the wall clock (see
+    /// [`clock_incarnation`]) — with a warning in the log, since that is only as good as the
+    /// clock.
     pub fn incarnation(mut self, incarnation: Incarnation) -> Self {
-        self.incarnation = incarnation;
+        self.incarnation = Some(incarnation);
         self
     }
 
@@ -120,6 +132,20 @@ impl ServerBuilder {
         } = self;
         config.check_member(pid)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ServerError::NoRuntime)?;
+        let incarnation = incarnation
+            .or_else(|| transport.incarnation())
+            .unwrap_or_else(|| {
+                let incarnation = clock_incarnation();
+                tracing::warn!(
+                    pid,
+                    incarnation,
+                    "node {pid} runs without a peer catalog: its incarnation ({incarnation}) \
+                     comes from the wall clock, so two starts within one second (or a clock \
+                     set back) repeat message ids and make peers drop its frames as stale; \
+                     use cluster::new, or ServerBuilder::incarnation from durable storage"
+                );
+                incarnation
+            });
         let opts = config.options().clone();
         let all: Vec<Pid> = config.pids().collect();
         let peers: Vec<Pid> = all.iter().copied().filter(|p| *p != pid).collect();
@@ -161,18 +187,77 @@ impl ServerBuilder {
             }
         });
         Ok(Server {
-            pid,
-            peers,
-            incarnation,
-            config,
+            handle: ServerHandle {
+                pid,
+                peers,
+                incarnation,
+                config,
+                stats,
+                ids: MsgIds::new(pid, incarnation),
+                connected,
+                stop: Some(stop_tx),
+                task: Some(task),
+            },
             outbox: outbox_tx,
             inbox: inbox_rx,
-            stats,
-            next_id: AtomicU32::new(0),
-            connected,
-            stop: Some(stop_tx),
-            task: Some(task),
         })
+    }
+}
+
+/// Seconds since 2025-01-01 UTC, at least 1: the incarnation of a node that has no durable
+/// one (no peer catalog). It grows across restarts that are at least a second apart, as
+/// long as the clock is not set back. Fits an [`Incarnation`] until the year 2161.
+pub fn clock_incarnation() -> Incarnation {
+    /// 2025-01-01T00:00:00Z in Unix seconds.
+    const EPOCH: u64 = 1_735_689_600;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Incarnation::try_from(now.saturating_sub(EPOCH))
+        .unwrap_or(Incarnation::MAX)
+        .max(1)
+}
+
+/// A source of message ids, unique across the cluster and across restarts: a cheap clone
+/// for every task that sends (they share one counter). From [`Server::msg_ids`].
+///
+/// Layout (bits, high to low): 0, pid (16), incarnation mod 2^15 (15), counter (32). Ids
+/// are unique as long as a node draws fewer than 2^32 ids per incarnation, and two
+/// incarnations of one pid whose ids may meet differ by less than 2^15 (32,768 restarts
+/// with a catalog; about nine hours between starts with a clock incarnation).
+///
+/// The library carries `msg_id` from sender to receiver and never reads it: ids are for
+/// your protocol (matching replies, deduplicating), any value is sent as it is.
+#[derive(Clone)]
+pub struct MsgIds {
+    base: MsgId,
+    counter: Arc<AtomicU32>,
+}
+
+impl std::fmt::Debug for MsgIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MsgIds")
+            .field("base", &format_args!("{:#x}", self.base))
+            .field("drawn", &self.counter.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl MsgIds {
+    /// The id source of node `pid` running as `incarnation`.
+    pub fn new(pid: Pid, incarnation: Incarnation) -> Self {
+        let pid = i64::from(pid) & 0xFFFF;
+        let inc = i64::from(incarnation & 0x7FFF);
+        Self {
+            base: (pid << 47) | (inc << 32),
+            counter: Arc::new(AtomicU32::new(0)),
+        }
+    }
+
+    /// A fresh id.
+    #[allow(clippy::should_implement_trait)] // not an Iterator: it never ends, and is shared
+    pub fn next(&self) -> MsgId {
+        self.base | i64::from(self.counter.fetch_add(1, Ordering::Relaxed))
     }
 }
 
@@ -182,32 +267,38 @@ impl ServerBuilder {
 /// [`BROADCAST`](crate::BROADCAST) to every peer but this one (encoded once), a send to this
 /// node's own pid lands in its own inbox, and a send to an unknown pid is counted and dropped.
 /// See the crate docs for the full delivery contract.
+///
+/// To send and receive from different tasks, clone [`Server::outbox`] and
+/// [`Server::msg_ids`], or take the server apart with [`Server::into_split`].
 pub struct Server<M> {
-    pid: Pid,
-    peers: Vec<Pid>,
-    incarnation: Incarnation,
-    config: Config,
+    handle: ServerHandle,
     outbox: mpsc::Sender<Envelope<M>>,
     inbox: mpsc::Receiver<Envelope<M>>,
-    stats: Arc<StatsCells>,
-    next_id: AtomicU32,
-    connected: watch::Receiver<PeerSet>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
 }
+
+/// The sending half of a node: clone it freely. `send().await` waits only while the outbox
+/// itself is full (the server's task drains it without ever waiting on a peer); `try_send`
+/// never waits.
+pub type Outbox<M> = mpsc::Sender<Envelope<M>>;
+
+/// The receiving half of a node: envelopes from peers (and from the node to itself), `pid`
+/// = the sender. `recv` is cancel-safe.
+pub type Inbox<M> = mpsc::Receiver<Envelope<M>>;
 
 impl<M> std::fmt::Debug for Server<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
-            .field("pid", &self.pid)
-            .field("incarnation", &self.incarnation)
-            .field("peers", &self.peers)
+            .field("pid", &self.handle.pid)
+            .field("incarnation", &self.handle.incarnation)
+            .field("peers", &self.handle.peers)
             .finish_non_exhaustive()
     }
 }
 
 impl<M: Message> Server<M> {
-    /// Starts node `pid` of `config` over `transport`, as incarnation 0.
+    /// Starts node `pid` of `config` over `transport`. Its incarnation is the one the
+    /// transport knows, else one from the clock (see [`ServerBuilder::incarnation`] for
+    /// why the peer catalog — `cluster::new` — is the safe choice on real networks).
     /// Must be called inside a tokio runtime.
     pub fn with_transport<T: Transport>(
         pid: Pid,
@@ -226,6 +317,120 @@ impl<M> Server<M> {
 
     /// This node's pid.
     pub fn pid(&self) -> Pid {
+        self.handle.pid
+    }
+
+    /// Every other pid of the config, ascending.
+    pub fn peers(&self) -> &[Pid] {
+        &self.handle.peers
+    }
+
+    /// This node's incarnation, which increases each time the node restarts.
+    pub fn incarnation(&self) -> Incarnation {
+        self.handle.incarnation
+    }
+
+    /// The config this node runs with.
+    pub fn config(&self) -> &Config {
+        &self.handle.config
+    }
+
+    /// The outbox: send an envelope whose `pid` is a peer, this node, or `BROADCAST`.
+    /// Clone it freely. `send().await` waits only while the outbox itself is full (which
+    /// the server's task drains without ever waiting on a peer); `try_send` never waits.
+    pub fn outbox(&self) -> Outbox<M> {
+        self.outbox.clone()
+    }
+
+    /// The inbox: envelopes from peers (and from this node to itself), `pid` = the sender.
+    /// When it is full, arriving messages are dropped and counted as `backpressure`.
+    pub fn inbox(&mut self) -> &mut Inbox<M> {
+        &mut self.inbox
+    }
+
+    /// Takes the server apart, so that receiving can run in a task of its own: the outbox
+    /// (clone it for more senders), the inbox, and the [`ServerHandle`] that keeps the
+    /// node running and stops it. Dropping the handle stops the node, as dropping the
+    /// server does.
+    pub fn into_split(self) -> (Outbox<M>, Inbox<M>, ServerHandle) {
+        (self.outbox, self.inbox, self.handle)
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        self.handle.stats()
+    }
+
+    /// A fresh message id, unique across the cluster and across restarts (see [`MsgIds`]).
+    pub fn next_msg_id(&self) -> MsgId {
+        self.handle.next_msg_id()
+    }
+
+    /// A cloneable source of the same ids as [`Server::next_msg_id`], for tasks that hold
+    /// only an outbox.
+    pub fn msg_ids(&self) -> MsgIds {
+        self.handle.msg_ids()
+    }
+
+    /// The peers this node currently has a live connection to.
+    pub fn connected_peers(&self) -> Vec<Pid> {
+        self.handle.connected_peers()
+    }
+
+    /// A cloneable, read-only view of this server's counters and connections, for tasks
+    /// that watch a server (e.g. the peer catalog recording status and last-seen).
+    pub fn monitor(&self) -> ServerMonitor {
+        self.handle.monitor()
+    }
+
+    /// Waits until this node has a live connection to every peer, or `timeout` passes: a
+    /// start-up barrier for transports that connect asynchronously (ZeroMQ). See
+    /// [`ServerHandle::wait_for_peers`] for what it does and does not promise.
+    pub async fn wait_for_peers(&self, timeout: Duration) -> Result<(), WaitTimeout> {
+        self.handle.wait_for_peers(timeout).await
+    }
+
+    /// Stops the node: routes what is already in the outbox, flushes to live peers for at
+    /// most the configured linger, and releases the transport (ports included).
+    pub async fn shutdown(mut self) {
+        self.handle.stop_task().await;
+    }
+
+    /// Stops the node like [`Server::shutdown`], but keeps the server so that what is still
+    /// in its inbox can be read (`inbox().try_recv()`). The outbox is closed: later sends fail.
+    pub async fn stop(&mut self) {
+        self.handle.stop_task().await;
+    }
+}
+
+/// What keeps a node running once [`Server::into_split`] has handed out its outbox and
+/// inbox: identity, counters, message ids, connections, and [`ServerHandle::shutdown`].
+/// Dropping it stops the node.
+pub struct ServerHandle {
+    pid: Pid,
+    peers: Vec<Pid>,
+    incarnation: Incarnation,
+    config: Config,
+    stats: Arc<StatsCells>,
+    ids: MsgIds,
+    connected: watch::Receiver<PeerSet>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("pid", &self.pid)
+            .field("incarnation", &self.incarnation)
+            .field("peers", &self.peers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerHandle {
+    /// This node's pid.
+    pub fn pid(&self) -> Pid {
         self.pid
     }
 
@@ -234,7 +439,7 @@ impl<M> Server<M> {
         &self.peers
     }
 
-    /// This node's incarnation, which increases each time the node restarts.
+    /// This node's incarnation.
     pub fn incarnation(&self) -> Incarnation {
         self.incarnation
     }
@@ -244,34 +449,19 @@ impl<M> Server<M> {
         &self.config
     }
 
-    /// The outbox: send an envelope whose `pid` is a peer, this node, or `BROADCAST`.
-    /// Clone it freely. `send().await` waits only while the outbox itself is full (which
-    /// the server's task drains without ever waiting on a peer); `try_send` never waits.
-    pub fn outbox(&self) -> mpsc::Sender<Envelope<M>> {
-        self.outbox.clone()
-    }
-
-    /// The inbox: envelopes from peers (and from this node to itself), `pid` = the sender.
-    /// When it is full, arriving messages are dropped and counted as `backpressure`.
-    pub fn inbox(&mut self) -> &mut mpsc::Receiver<Envelope<M>> {
-        &mut self.inbox
-    }
-
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
         self.stats.snapshot()
     }
 
-    /// A fresh message id, unique across the cluster and across restarts.
-    ///
-    /// Layout (bits, high to low): 0, pid (16), incarnation mod 2^15 (15), counter (32).
-    /// Ids are unique as long as a node draws fewer than 2^32 ids per incarnation and
-    /// restarts fewer than 2^15 times between any two incarnations whose ids may meet.
+    /// A fresh message id (see [`MsgIds`]).
     pub fn next_msg_id(&self) -> MsgId {
-        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let pid = i64::from(self.pid) & 0xFFFF;
-        let inc = i64::from(self.incarnation & 0x7FFF);
-        (pid << 47) | (inc << 32) | i64::from(n)
+        self.ids.next()
+    }
+
+    /// A cloneable source of this node's message ids.
+    pub fn msg_ids(&self) -> MsgIds {
+        self.ids.clone()
     }
 
     /// The peers this node currently has a live connection to.
@@ -279,8 +469,7 @@ impl<M> Server<M> {
         self.monitor().connected_peers()
     }
 
-    /// A cloneable, read-only view of this server's counters and connections, for tasks
-    /// that watch a server (e.g. the peer catalog recording status and last-seen).
+    /// A cloneable, read-only view of the counters and connections.
     pub fn monitor(&self) -> ServerMonitor {
         ServerMonitor {
             pid: self.pid,
@@ -289,8 +478,15 @@ impl<M> Server<M> {
         }
     }
 
-    /// Waits until every peer is connected, or `timeout` passes. A start-up barrier for
-    /// transports that connect asynchronously (ZeroMQ).
+    /// Waits until this node has a live connection to every peer, or `timeout` passes.
+    ///
+    /// What it promises: every peer has accepted this node's outgoing connection, so a
+    /// message sent now to a healthy peer is delivered (contract C5). What it does not: that
+    /// the peers can reach this node yet. Each peer connects to this node on its own
+    /// schedule; a node that just restarted may have its peers' messages to it dropped as
+    /// `unreachable` until they have reconnected (on ZeroMQ, up to the reconnection
+    /// back-off after they noticed the restart: about 0.7 s measured on loopback). A
+    /// protocol that needs both directions should exchange a message first.
     pub async fn wait_for_peers(&self, timeout: Duration) -> Result<(), WaitTimeout> {
         let mut rx = self.connected.clone();
         let all = |set: &PeerSet| self.peers.iter().all(|p| set.contains(p));
@@ -312,14 +508,9 @@ impl<M> Server<M> {
     }
 
     /// Stops the node: routes what is already in the outbox, flushes to live peers for at
-    /// most the configured linger, and releases the transport (ports included).
+    /// most the configured linger, and releases the transport (ports included). Senders
+    /// still holding the outbox see it closed; the inbox yields what it holds, then `None`.
     pub async fn shutdown(mut self) {
-        self.stop_task().await;
-    }
-
-    /// Stops the node like [`Server::shutdown`], but keeps the server so that what is still
-    /// in its inbox can be read (`inbox().try_recv()`). The outbox is closed: later sends fail.
-    pub async fn stop(&mut self) {
         self.stop_task().await;
     }
 
@@ -335,7 +526,7 @@ impl<M> Server<M> {
     }
 }
 
-impl<M> Drop for Server<M> {
+impl Drop for ServerHandle {
     fn drop(&mut self) {
         // Dropping the stop sender tells the task to finish on its own.
         self.stop.take();
@@ -516,5 +707,126 @@ impl<M: Message, T: Transport> Driver<M, T> {
                     .dropped_from(Some(from), DropReason::Unreachable);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    /// A transport that connects to nobody, and reports an incarnation if given one.
+    struct Nowhere {
+        incarnation: Option<Incarnation>,
+        connected: watch::Receiver<PeerSet>,
+        _keep: watch::Sender<PeerSet>,
+    }
+
+    fn nowhere(incarnation: Option<Incarnation>) -> Nowhere {
+        let (tx, rx) = watch::channel(PeerSet::new());
+        Nowhere {
+            incarnation,
+            connected: rx,
+            _keep: tx,
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Transport for Nowhere {
+        fn send(&mut self, _to: Pid, _frame: Bytes) -> Result<(), DropReason> {
+            Err(DropReason::Unreachable)
+        }
+        async fn recv(&mut self) -> Option<TransportEvent> {
+            std::future::pending().await
+        }
+        fn connected(&self) -> watch::Receiver<PeerSet> {
+            self.connected.clone()
+        }
+        async fn shutdown(&mut self, _linger: Duration) {}
+        fn incarnation(&self) -> Option<Incarnation> {
+            self.incarnation
+        }
+    }
+
+    fn config() -> Config {
+        Config::local(3, 7100).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_incarnation_comes_from_the_builder_then_the_transport_then_the_clock() {
+        let s: Server<u8> = Server::<u8>::builder(1, config())
+            .incarnation(7)
+            .build(nowhere(Some(3)))
+            .unwrap();
+        assert_eq!(s.incarnation(), 7);
+        let s = Server::<u8>::with_transport(1, config(), nowhere(Some(3))).unwrap();
+        assert_eq!(s.incarnation(), 3);
+        let before = clock_incarnation();
+        let s = Server::<u8>::with_transport(1, config(), nowhere(None)).unwrap();
+        assert!(s.incarnation() >= before && s.incarnation() <= clock_incarnation());
+        // A year past 2025-01-01, so far from the first incarnations a catalog gives.
+        assert!(before > 365 * 24 * 3600, "{before}");
+    }
+
+    #[tokio::test]
+    async fn ids_are_shared_by_clones_and_differ_across_nodes_and_incarnations() {
+        let mut seen = HashSet::new();
+        for (pid, incarnation) in [(1, 1), (1, 2), (2, 1)] {
+            let s: Server<u8> = Server::<u8>::builder(pid, config())
+                .incarnation(incarnation)
+                .build(nowhere(None))
+                .unwrap();
+            let ids = s.msg_ids();
+            let other = ids.clone();
+            let task =
+                tokio::spawn(async move { (0..100).map(|_| other.next()).collect::<Vec<_>>() });
+            for _ in 0..100 {
+                assert!(seen.insert(ids.next()));
+                assert!(seen.insert(s.next_msg_id()));
+            }
+            for id in task.await.unwrap() {
+                assert!(seen.insert(id), "{id:#x} drawn twice");
+            }
+        }
+        assert_eq!(seen.len(), 3 * 300);
+        assert!(seen.iter().all(|id| *id >= 0));
+    }
+
+    #[tokio::test]
+    async fn a_split_server_sends_receives_and_stops_from_its_handle() {
+        let s = Server::<String>::with_transport(1, config(), nowhere(None)).unwrap();
+        let (outbox, mut inbox, handle) = s.into_split();
+        let receiver = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(env) = inbox.recv().await {
+                got.push(env);
+            }
+            got
+        });
+        let ids = handle.msg_ids();
+        outbox
+            .send(Envelope::new(1, ids.next(), "to myself".into()))
+            .await
+            .unwrap();
+        outbox
+            .send(Envelope::new(2, ids.next(), "unreachable".into()))
+            .await
+            .unwrap();
+        outbox
+            .send(Envelope::new(9, ids.next(), "nobody".into()))
+            .await
+            .unwrap();
+        handle.shutdown().await;
+        // The inbox ends once the node has stopped: the receiving task finishes.
+        let got = receiver.await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].pid, got[0].msg.as_str()), (1, "to myself"));
+        assert!(
+            outbox
+                .send(Envelope::new(1, 0, "late".into()))
+                .await
+                .is_err()
+        );
     }
 }

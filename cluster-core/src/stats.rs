@@ -7,7 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::envelope::Pid;
 
 /// Why a message was dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Serializes as its [`as_str`](DropReason::as_str) name (`"unknown_peer"`, …).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum DropReason {
     /// The destination pid is not in the config.

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::envelope::Pid;
 use crate::stats::DropReason;
+use crate::wire::Incarnation;
 
 /// The set of peers a transport currently holds a live connection to.
 pub type PeerSet = BTreeSet<Pid>;
@@ -31,7 +32,7 @@ pub enum TransportEvent {
 }
 
 /// A fatal transport failure (as opposed to a dropped frame, which is expected and counted).
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum TransportError {
     /// The local address could not be bound, e.g. because the port is in use.
@@ -54,6 +55,8 @@ pub enum TransportError {
     #[error("transport failure: {0}")]
     Other(String),
 }
+
+crate::report::debug_as_message!(TransportError);
 
 /// Moves frames between this node and its peers. Transports move bytes only; routing,
 /// encoding, incarnation checks and accounting live in the [`Server`](crate::Server).
@@ -128,6 +131,14 @@ pub trait Transport: Send + 'static {
 
     /// Flushes for at most `linger`, then releases everything.
     async fn shutdown(&mut self, linger: Duration);
+
+    /// The incarnation of this transport's node, when the transport itself knows it and it
+    /// grows across restarts (the in-memory network counts them). `None`, the default, for
+    /// transports that do not (ZeroMQ): the server then takes one from the builder (the
+    /// peer catalog), else from the clock. See [`ServerBuilder::incarnation`](crate::ServerBuilder::incarnation).
+    fn incarnation(&self) -> Option<Incarnation> {
+        None
+    }
 }
 
 #[async_trait]
@@ -162,5 +173,9 @@ impl Transport for Box<dyn Transport> {
 
     async fn shutdown(&mut self, linger: Duration) {
         (**self).shutdown(linger).await;
+    }
+
+    fn incarnation(&self) -> Option<Incarnation> {
+        (**self).incarnation()
     }
 }

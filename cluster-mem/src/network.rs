@@ -161,6 +161,7 @@ impl MemNetwork {
         node.taken = true;
         Ok(MemTransport {
             pid,
+            incarnation: node.incarnation,
             shared: Arc::clone(&self.shared),
             slot: Arc::clone(&node.slot),
             connected: node.connected.subscribe(),
@@ -368,6 +369,7 @@ impl OpenQueue<'_> {
 /// One node's end of a [`MemNetwork`].
 pub struct MemTransport {
     pid: Pid,
+    incarnation: Incarnation,
     shared: Arc<Shared>,
     slot: Arc<Slot>,
     connected: watch::Receiver<PeerSet>,
@@ -532,6 +534,11 @@ impl Transport for MemTransport {
     async fn shutdown(&mut self, _linger: Duration) {
         // Frames sent were put into peers' queues at send time: nothing to flush.
         self.leave();
+    }
+
+    /// The network counts restarts: incarnation 0 at first, one more per restart.
+    fn incarnation(&self) -> Option<Incarnation> {
+        Some(self.incarnation)
     }
 }
 

@@ -1,4 +1,4 @@
-//! The contract (DESIGN.md §4, C1–C9) checked on the in-memory transport by the test kit's
+//! The contract (C1–C9, stated in `cluster-core`'s crate docs) checked on the in-memory transport by the test kit's
 //! conformance suite: directed cases plus random scenarios judged by the oracle.
 //!
 //! `CLUSTER_CASES=5000 cargo test -p cluster-mem --test conformance` runs more scenarios;

@@ -68,7 +68,7 @@ fn election_timeout(rng: &mut StdRng) -> Duration {
     Duration::from_millis(rng.random_range(150..300))
 }
 
-async fn node(mut server: Server<Msg>, seed: u64, world: Shared, vote_twice: bool) {
+async fn node(server: Server<Msg>, seed: u64, world: Shared, vote_twice: bool) {
     let me = server.pid();
     let nodes = server.peers().len() + 1;
     let majority = nodes / 2 + 1;
@@ -84,10 +84,12 @@ async fn node(mut server: Server<Msg>, seed: u64, world: Shared, vote_twice: boo
     let mut leader: Option<Pid> = None;
     let mut votes: BTreeSet<Pid> = BTreeSet::new();
     let mut deadline = Instant::now() + election_timeout(&mut rng);
-    let outbox = server.outbox();
+    // The sending half and an id source go with `send`; the inbox is this task's own.
+    let ids = server.msg_ids();
+    let (outbox, mut inbox, _node) = server.into_split();
     let send = |to: Pid, msg: Msg| {
         // A full outbox drops the message, as a lossy network would.
-        let _ = outbox.try_send(Envelope::new(to, 0, msg));
+        let _ = outbox.try_send(Envelope::new(to, ids.next(), msg));
     };
     loop {
         {
@@ -112,7 +114,7 @@ async fn node(mut server: Server<Msg>, seed: u64, world: Shared, vote_twice: boo
                     deadline = Instant::now() + election_timeout(&mut rng);
                 }
             }
-            env = server.inbox().recv() => {
+            env = inbox.recv() => {
                 let Some(env) = env else { return };
                 let from = env.pid;
                 let term = match env.msg {

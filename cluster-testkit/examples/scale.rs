@@ -1,4 +1,4 @@
-//! Scale benchmark (DESIGN.md §5): a simulated cluster of N nodes (default 1,000) where each
+//! Scale benchmark: a simulated cluster of N nodes (default 1,000) where each
 //! node broadcasts once — N × (N − 1) deliveries (999,000 for 1,000 nodes). Target: < 5 s.
 //!
 //! ```text

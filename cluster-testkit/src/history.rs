@@ -7,40 +7,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use cluster_core::{DropCounts, DropReason, Incarnation, MsgId, Pid, Stats};
 use serde::{Deserialize, Serialize};
 
-/// A [`DropReason`] that serializes as its snake_case name (`"unreachable"`, …).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Reason(pub DropReason);
-
-impl Serialize for Reason {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.0.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for Reason {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let name = String::deserialize(d)?;
-        DropReason::ALL
-            .into_iter()
-            .find(|r| r.as_str() == name)
-            .map(Reason)
-            .ok_or_else(|| serde::de::Error::custom(format!("unknown drop reason {name:?}")))
-    }
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// Drop counts by reason name, for the JSON export of [`Stats`].
-pub type ReasonCounts = std::collections::BTreeMap<String, u64>;
+/// Nonzero drop counts by reason, for the JSON export of [`Stats`]: [`DropCounts`] is a
+/// fixed array, which would serialize as numbers without their reasons.
+pub type ReasonCounts = std::collections::BTreeMap<DropReason, u64>;
 
 pub(crate) fn reason_counts(d: &DropCounts) -> ReasonCounts {
-    d.nonzero()
-        .map(|(r, n)| (r.as_str().to_owned(), n))
-        .collect()
+    d.nonzero().collect()
 }
 
 /// One thing that happened. `from`/`to`/`at` are pids; `incarnation` is the sender's unless
@@ -121,7 +93,7 @@ pub enum Event {
         /// The message id.
         msg_id: MsgId,
         /// `None` if the transport accepted the frame, else the reason it gave.
-        refused: Option<Reason>,
+        refused: Option<DropReason>,
     },
     /// A frame came up from the transport of `at` to its server.
     Arrived {
@@ -163,7 +135,7 @@ pub enum Event {
         /// The message id claimed by the header.
         msg_id: Option<MsgId>,
         /// Why the server dropped it.
-        reason: Reason,
+        reason: DropReason,
     },
     /// The simulated network discarded a frame it had accepted, because a fault hit its link
     /// while it was in flight (crash of either end: `unreachable`; cut: `partitioned`).
@@ -177,7 +149,7 @@ pub enum Event {
         /// The message id.
         msg_id: MsgId,
         /// Why.
-        reason: Reason,
+        reason: DropReason,
     },
     /// The transport of `at` reported frames it had accepted and then discarded.
     TransportDropped {
@@ -186,7 +158,7 @@ pub enum Event {
         /// The destination of the discarded frames.
         peer: Pid,
         /// Why.
-        reason: Reason,
+        reason: DropReason,
         /// How many.
         count: u64,
     },
@@ -214,14 +186,14 @@ pub enum Event {
         sent: u64,
         /// `Stats::delivered`.
         delivered: u64,
-        /// `Stats::dropped_outgoing`, by reason name.
+        /// `Stats::dropped_outgoing`, by reason.
         dropped_outgoing: ReasonCounts,
-        /// `Stats::dropped_incoming`, by reason name.
+        /// `Stats::dropped_incoming`, by reason.
         dropped_incoming: ReasonCounts,
     },
     /// Frames the network accepted and later discarded, outside any server's counters.
     NetDiscarded {
-        /// By reason name.
+        /// By reason.
         discarded: ReasonCounts,
     },
     /// A free-form note (e.g. from a user's node logic).
@@ -384,10 +356,35 @@ mod tests {
             incarnation: 0,
             to: 2,
             msg_id: 7,
-            refused: Some(Reason(DropReason::Partitioned)),
+            refused: Some(DropReason::Partitioned),
+        });
+        let mut drops = DropCounts::default();
+        drops.add(DropReason::UnknownPeer, 2);
+        h.push(Event::Stats {
+            pid: 1,
+            incarnation: 0,
+            sent: 3,
+            delivered: 1,
+            dropped_outgoing: reason_counts(&drops),
+            dropped_incoming: ReasonCounts::new(),
         });
         let text = h.to_json_lines();
         assert!(text.contains(r#""refused":"partitioned""#), "{text}");
+        assert!(
+            text.contains(r#""dropped_outgoing":{"unknown_peer":2}"#),
+            "{text}"
+        );
         assert_eq!(from_json_lines(&text).unwrap(), h.records());
+    }
+
+    /// The history names reasons as the stats output does, so the two can be read together.
+    #[test]
+    fn drop_reasons_are_written_by_their_stats_name() {
+        for reason in DropReason::ALL {
+            let json = serde_json::to_string(&reason).unwrap();
+            assert_eq!(json, format!("\"{}\"", reason.as_str()));
+            assert_eq!(serde_json::from_str::<DropReason>(&json).unwrap(), reason);
+        }
+        assert!(serde_json::from_str::<DropReason>(r#""lost""#).is_err());
     }
 }

@@ -19,7 +19,8 @@
 //! * [`WithCatalogs`] (feature `catalog`, default): simulated nodes whose incarnation comes
 //!   from a real sled peer catalog that outlives their crashes.
 //! * [`net`]: fixtures for tests on real sockets and processes (free loopback ports, quick
-//!   options, waiting on a condition), shared by every crate's tests.
+//!   options, waiting on a condition, a child process killed on drop), shared by every
+//!   crate's tests.
 //! * `zmq` (feature `zmq`, off by default): the ZeroMQ transport, both backends, as a
 //!   [`ClusterUnderTest`] on loopback.
 //!
@@ -63,7 +64,7 @@ pub mod zmq;
 
 #[cfg(feature = "catalog")]
 pub use catalogs::WithCatalogs;
-pub use history::{Event, History, Reason, ReasonCounts, Record, from_json_lines, to_json_lines};
+pub use history::{Event, History, ReasonCounts, Record, from_json_lines, to_json_lines};
 pub use scenario::{Op, Scenario, op, run_scenario, scenario};
 pub use seed::{
     CASES_VAR, SEED_VAR, cases_or, parse_seed, replay_hint, seed_from_env, seed_or_random,

@@ -1,6 +1,6 @@
 //! The oracle: from a finished [`History`](crate::History), decides for every message copy
 //! whether it must be delivered, must be dropped, or may go either way, and checks the
-//! contract C1–C8 of DESIGN.md §4, one invariant per function.
+//! contract C1–C8 (stated in `cluster-core`'s crate docs), one invariant per function.
 //!
 //! Exact runs (simulation) have no "may" except on lossy links: arrivals are held until the
 //! harness settles, so a copy routed on a healthy link must be delivered unless a fault on
@@ -112,9 +112,10 @@ pub enum Expect {
     Either,
 }
 
-/// One copy of a message to one remote destination, as routed by its sender's server.
+/// One copy of a message to one remote destination, as routed by its sender's server, with
+/// the oracle's decision on its fate.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Copy {
+pub struct MessageCopy {
     /// `seq` of the `routed` record.
     pub routed_seq: u64,
     /// Sender.
@@ -143,8 +144,9 @@ pub struct Copy {
     pub next_settle: Option<u64>,
 }
 
+/// A `send` record: what the user handed to `from`'s server, before any routing.
 #[derive(Debug, Clone)]
-struct Send {
+struct SentMessage {
     seq: u64,
     from: Pid,
     incarnation: Incarnation,
@@ -257,10 +259,10 @@ fn touches(event: &Event, from: Pid, to: Pid) -> bool {
 pub struct Analysis {
     pids: BTreeSet<Pid>,
     window_us: Option<u64>,
-    sends: HashMap<(Pid, MsgId), Send>,
+    sends: HashMap<(Pid, MsgId), SentMessage>,
     send_order: Vec<(Pid, MsgId)>,
     /// Remote copies, in routing order.
-    pub copies: Vec<Copy>,
+    pub copies: Vec<MessageCopy>,
     routed: HashMap<(Pid, MsgId), Vec<u64>>,
     deliveries: Vec<Delivery>,
     starts: Vec<(u64, Pid, Incarnation)>,
@@ -289,7 +291,7 @@ struct StatsRow {
 #[derive(Debug, Clone)]
 pub struct Verdict {
     /// Every remote copy with its decision.
-    pub copies: Vec<Copy>,
+    pub copies: Vec<MessageCopy>,
     /// Every violation, grouped by invariant in order.
     pub violations: Vec<Violation>,
 }
@@ -409,7 +411,7 @@ impl Analysis {
                     a.send_order.push((*from, *msg_id));
                     a.sends.insert(
                         (*from, *msg_id),
-                        Send {
+                        SentMessage {
                             seq: r.seq,
                             from: *from,
                             incarnation: *incarnation,
@@ -427,14 +429,14 @@ impl Analysis {
                 } => {
                     a.routed.entry((*from, *msg_id)).or_default().push(r.seq);
                     let view = state.view(*from, *incarnation, *to);
-                    a.copies.push(Copy {
+                    a.copies.push(MessageCopy {
                         routed_seq: r.seq,
                         from: *from,
                         incarnation: *incarnation,
                         to: *to,
                         to_incarnation: view.to_incarnation,
                         msg_id: *msg_id,
-                        refused: refused.map(|x| x.0),
+                        refused: *refused,
                         link: view,
                         expect: Expect::Either,
                         because: "",
@@ -472,7 +474,10 @@ impl Analysis {
                     delivered: *delivered,
                     dropped: dropped_outgoing.values().sum::<u64>()
                         + dropped_incoming.values().sum::<u64>(),
-                    unknown_peer: dropped_outgoing.get("unknown_peer").copied().unwrap_or(0),
+                    unknown_peer: dropped_outgoing
+                        .get(&DropReason::UnknownPeer)
+                        .copied()
+                        .unwrap_or(0),
                 }),
                 Event::NetDiscarded { discarded } => {
                     a.net_discarded = Some(discarded.values().sum());
@@ -570,7 +575,7 @@ impl Analysis {
         }
     }
 
-    fn send_of(&self, from: Pid, msg_id: MsgId) -> Option<&Send> {
+    fn send_of(&self, from: Pid, msg_id: MsgId) -> Option<&SentMessage> {
         self.sends.get(&(from, msg_id))
     }
 
@@ -1020,7 +1025,7 @@ pub fn check_c8_restart(a: &Analysis) -> Vec<Violation> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::{Reason, ReasonCounts};
+    use crate::history::ReasonCounts;
 
     /// Builds a history from `(time in ms, event)`.
     fn history(events: Vec<(u64, Event)>) -> Vec<Record> {
@@ -1064,7 +1069,7 @@ mod tests {
             incarnation: 0,
             to,
             msg_id,
-            refused: refused.map(Reason),
+            refused,
         }
     }
 

@@ -15,7 +15,7 @@ use cluster_core::{
 };
 use tokio::sync::{mpsc, watch};
 
-use crate::history::{Event, History, Reason};
+use crate::history::{Event, History};
 
 /// Opens and closes the arrival gate of every probe of a cluster.
 #[derive(Clone, Debug)]
@@ -197,7 +197,7 @@ impl Probe {
                 from: header.map(|h| h.sender),
                 incarnation: header.map(|h| h.incarnation),
                 msg_id: header.map(|h| h.msg_id),
-                reason: Reason(reason),
+                reason,
             });
         }
     }
@@ -229,7 +229,7 @@ impl Probe {
                 self.history.push(Event::TransportDropped {
                     at: self.pid,
                     peer: *peer,
-                    reason: Reason(*reason),
+                    reason: *reason,
                     count: *count,
                 });
             }
@@ -256,7 +256,7 @@ impl Transport for Probe {
                 incarnation: h.incarnation,
                 to,
                 msg_id: h.msg_id,
-                refused: result.err().map(Reason),
+                refused: result.err(),
             });
         }
         result

@@ -15,7 +15,6 @@ use cluster_core::{
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::history::Reason;
 use crate::history::{Event, History, Record, reason_counts};
 use crate::probe::{Gate, Probe, ProbeShared};
 use crate::seed::{SeedGuard, seed_or_random};
@@ -656,7 +655,7 @@ impl<M: Message> SimCluster<M> {
                 incarnation,
                 to,
                 msg_id,
-                reason: Reason(reason),
+                reason,
             });
         }
     }

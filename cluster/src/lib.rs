@@ -28,7 +28,7 @@
 
 mod node;
 
-pub use node::new;
+pub use node::{new, new_with};
 
 pub use cluster_core::{
     BROADCAST, Config, ConfigError, ConfigProblem, DropCounts, DropReason, Envelope, Incarnation,

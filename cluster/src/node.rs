@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use cluster_core::{Config, Message, Pid, Server, ServerError};
+use cluster_zmq::Backend;
 
 /// Starts node `pid` of the cluster described by the config file at `path`, over the
 /// ZeroMQ backend selected by the crate's features (`libzmq` by default, else `zeromq`).
@@ -28,6 +29,20 @@ use cluster_core::{Config, Message, Pid, Server, ServerError};
 /// # Ok(()) }
 /// ```
 pub async fn new<M: Message>(pid: Pid, path: impl AsRef<Path>) -> Result<Server<M>, ServerError> {
+    new_with(Backend::default(), pid, path).await
+}
+
+/// Like [`new`], on the ZeroMQ [`Backend`] you name (both can be compiled in: features
+/// `libzmq` and `zeromq`); one that is not compiled in is an error naming the feature.
+pub async fn new_with<M: Message>(
+    backend: Backend,
+    pid: Pid,
+    path: impl AsRef<Path>,
+) -> Result<Server<M>, ServerError> {
+    // Before the catalog begins an incarnation for a start that cannot happen.
+    backend
+        .require()
+        .map_err(|e| cluster_core::TransportError::Other(e.to_string()))?;
     let config = Config::load(path)?;
     config.check_member(pid)?;
     // The catalog stores this start's incarnation durably before any frame can be sent.
@@ -40,7 +55,7 @@ pub async fn new<M: Message>(pid: Pid, path: impl AsRef<Path>) -> Result<Server<
         .map_err(|e| ServerError::Catalog(format!("opening the catalog panicked: {e}")))?
         .map_err(|e| ServerError::Catalog(e.to_string()))?
     };
-    let transport = cluster_zmq::bind(pid, &config).await?;
+    let transport = cluster_zmq::bind_with(backend, pid, &config).await?;
     builder.build(transport)
 }
 
@@ -69,6 +84,15 @@ mod tests {
         .unwrap();
         let e = new::<String>(2, &path).await.unwrap_err();
         assert!(matches!(&e, ServerError::Config(_)), "{e}");
+        // What `main() -> Result<(), Box<dyn Error>>` prints, as the README shows it.
+        let shown = format!("Error: {:?}", Box::<dyn std::error::Error>::from(e));
+        assert_eq!(
+            shown,
+            format!(
+                "Error: {}: pid 2 is not one of the configured peers",
+                path.display()
+            )
+        );
         let e = new::<String>(1, &path).await.unwrap_err();
         match &e {
             ServerError::Transport(TransportError::Bind { address, .. }) => {

@@ -2,11 +2,12 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cluster_catalog::{NodeCatalog, PeerCatalog, PeerRecord, PeerStatus, Recorder, catalog_dir};
 use cluster_core::{Config, Envelope, Options, Pid, Server};
 use cluster_mem::MemNetwork;
+use cluster_testkit::net::{self, DEADLINE};
 
 /// Three nodes whose catalogs live in `dir/<pid>`.
 fn config(dir: &Path) -> Config {
@@ -33,13 +34,9 @@ fn start(pid: Pid, config: &Config, net: &MemNetwork) -> Server<String> {
     builder.build(net.transport(pid).unwrap()).unwrap()
 }
 
-/// Waits for `cond`, polling, for at most 10 s.
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+/// Waits for `cond`, polling, for at most [`DEADLINE`]; fails the test otherwise.
+async fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    net::wait_until(what, DEADLINE, cond).await.unwrap();
 }
 
 async fn exchange(from: &Server<String>, to: &mut Server<String>, text: &str) {
@@ -48,7 +45,7 @@ async fn exchange(from: &Server<String>, to: &mut Server<String>, text: &str) {
         .send(Envelope::new(to.pid(), id, text.to_owned()))
         .await
         .unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(10), to.inbox().recv())
+    let got = tokio::time::timeout(DEADLINE, to.inbox().recv())
         .await
         .expect("delivery")
         .unwrap();

@@ -3,17 +3,17 @@
 //!
 //! This binary is its own child: `process child-<role> <dir>` runs a role instead of the
 //! tests (`harness = false`, so the roles are plain arguments). Every child is killed by its
-//! pid and reaped when the test ends, also when it fails (see [`ChildGuard`]).
+//! pid and reaped when the test ends, also when it fails (see [`spawn`]).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, ExitCode, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use cluster_catalog::{CatalogError, NodeCatalog, PeerCatalog, PeerRecord};
 use cluster_core::{Config, Options};
+use cluster_testkit::net::Process;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -120,58 +120,13 @@ fn child(role: &str, dir: &Path, rest: &[String]) -> ExitCode {
     }
 }
 
-/// Kills (SIGKILL, by pid) and reaps the child when dropped.
-struct ChildGuard {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl ChildGuard {
-    fn spawn(role: &str, dir: &Path, extra: &[&str]) -> Self {
-        let exe = std::env::current_exe().unwrap();
-        let mut child = Command::new(exe)
-            .arg(format!("child-{role}"))
-            .arg(dir)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = read_lines(child.stdout.take().unwrap());
-        Self { child, lines }
-    }
-
-    /// The next line the child prints, within a generous deadline.
-    fn line(&self) -> String {
-        self.lines
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the child printed nothing for 30 s, or exited")
-    }
-
-    fn kill(&mut self) {
-        // `Child::kill` sends SIGKILL to this child's pid; `wait` reaps it.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn read_lines(stdout: ChildStdout) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
+/// This binary as a child in `role`, on `dir`: killed (SIGKILL, by pid) and reaped when
+/// dropped, also when the test fails.
+fn spawn(role: &str, dir: &Path, extra: &[&str]) -> Process {
+    let exe = std::env::current_exe().unwrap();
+    let mut command = Command::new(exe);
+    command.arg(format!("child-{role}")).arg(dir).args(extra);
+    Process::spawn(role, &mut command).unwrap()
 }
 
 fn kill_9_mid_write_keeps_every_flushed_record() {
@@ -180,12 +135,15 @@ fn kill_9_mid_write_keeps_every_flushed_record() {
     let mut flushed_up_to = Vec::new();
     for round in 0..ROUNDS {
         let base = round * 100_000;
-        let mut child = ChildGuard::spawn("writer", dir.path(), &[&base.to_string()]);
-        assert_eq!(child.line(), format!("incarnation {}", round + 1));
+        let mut child = spawn("writer", dir.path(), &[&base.to_string()]);
+        assert_eq!(
+            child.next_line_blocking().unwrap(),
+            format!("incarnation {}", round + 1)
+        );
         // Kill at a different point of the write loop each round.
         let target = base + 200 + round * 37;
         let last = loop {
-            let line = child.line();
+            let line = child.next_line_blocking().unwrap();
             let n: i32 = line.strip_prefix("flushed ").unwrap().parse().unwrap();
             if n >= target {
                 break n;
@@ -194,7 +152,7 @@ fn kill_9_mid_write_keeps_every_flushed_record() {
         // Let the child run on for a moment (0 to 2.8 ms), so the kill lands at different
         // points of an upsert or a flush.
         std::thread::sleep(Duration::from_micros(700 * round as u64));
-        child.kill();
+        child.kill().unwrap();
         flushed_up_to.push((base, last));
     }
     let c = PeerCatalog::open(dir.path()).unwrap();
@@ -228,8 +186,8 @@ fn a_catalog_held_by_another_process_is_locked() {
         },
     )
     .unwrap();
-    let mut holder = ChildGuard::spawn("holder", dir.path(), &[]);
-    assert_eq!(holder.line(), "ready");
+    let mut holder = spawn("holder", dir.path(), &[]);
+    assert_eq!(holder.next_line_blocking().unwrap(), "ready");
     let e = PeerCatalog::open(dir.path()).unwrap_err();
     assert!(matches!(e, CatalogError::Locked { .. }), "{e:?}");
     let msg = e.to_string();
@@ -241,7 +199,7 @@ fn a_catalog_held_by_another_process_is_locked() {
     let e = NodeCatalog::open(1, &config).unwrap_err();
     assert!(matches!(e, CatalogError::Locked { .. }), "{e:?}");
 
-    holder.kill();
+    holder.kill().unwrap();
     let node = NodeCatalog::open(1, &config).expect("the lock dies with its process");
     assert_eq!(node.incarnation(), 1);
 }
@@ -308,22 +266,23 @@ fn a_read_only_catalog_is_a_clear_error() {
     for p in [catalog.clone()].into_iter().chain(tree(&catalog)) {
         set_mode(&p, if p.is_dir() { 0o755 } else { 0o644 });
     }
-    let out = Command::new(setpriv)
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(std::env::current_exe().unwrap())
-        .arg("child-open")
-        .arg(&catalog)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = Process::run(
+        "open as uid 65534",
+        Command::new(setpriv)
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(std::env::current_exe().unwrap())
+            .arg("child-open")
+            .arg(&catalog),
+        "",
+    )
+    .unwrap();
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
     assert_eq!(
         out.status.code(),
         Some(0),
         "opening as uid 65534 was not refused as read-only: {stdout} {stderr}"
     );
-    check(&stdout);
+    check(stdout);
     println!("  as uid 65534: {}", stdout.trim());
 }
 

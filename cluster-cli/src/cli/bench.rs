@@ -1,12 +1,15 @@
 //! `cluster bench`: the ZeroMQ benchmarks (P2P throughput, broadcast to k peers, round trip
 //! p50/p99), each beside the bare library measured in the same run, as a table with ratios.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::time::Duration;
 
 use anyhow::anyhow;
 use clap::Args;
-use cluster_bench::{self as bench, Backend, BenchOptions, BenchReport, Progress};
+use cluster_bench::{
+    self as bench, Backend, BenchOptions, BenchReport, ChildCommand, Progress, RuntimeFlavor,
+};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use super::Failure;
@@ -39,7 +42,17 @@ pub(crate) struct BenchArgs {
     json: bool,
 }
 
-/// Runs the benchmarks. The second processes are this executable again (see `main`).
+/// The hidden subcommand that runs a child process of `cluster bench`.
+pub(crate) const CHILD_SUBCOMMAND: &str = "bench-child";
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchChildArgs {
+    /// The role's words, as `cluster bench` wrote them.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    words: Vec<String>,
+}
+
+/// Runs the benchmarks; their other processes are this executable's `bench-child`.
 pub(crate) fn run(args: BenchArgs) -> Result<(), Failure> {
     let backend: Backend = args
         .backend
@@ -47,6 +60,13 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), Failure> {
         .map_err(|e: cluster::zmq::UnknownBackend| Failure::usage(anyhow!(e)))?;
     let as_usize =
         |v: u64| usize::try_from(v).map_err(|_| Failure::usage(anyhow!("{v} is too large")));
+    // One thread on both sides by default: the measured path then has no hand-over between
+    // worker threads (CLUSTER_ZMQ_BENCH_RT=multi gives both sides two workers).
+    let flavor = if std::env::var("CLUSTER_ZMQ_BENCH_RT").is_ok_and(|v| v == "multi") {
+        RuntimeFlavor::MultiThread
+    } else {
+        RuntimeFlavor::CurrentThread
+    };
     let options = BenchOptions {
         messages: args.messages,
         round_trips: args.round_trips,
@@ -55,32 +75,38 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), Failure> {
         peer_queue: as_usize(args.peer_queue)?,
         backend,
         broadcast_peers: as_usize(args.broadcast)?,
+        runtime: flavor,
     };
-    // One thread, as in the second processes: the measured path then has no hand-over
-    // between worker threads (set CLUSTER_ZMQ_BENCH_RT=multi for two workers on both sides).
-    let runtime = if std::env::var("CLUSTER_ZMQ_BENCH_RT").is_ok_and(|v| v == "multi") {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    };
-    let interactive = std::io::stderr().is_terminal();
-    let mut progress = move |p: Progress| show_progress(&p, interactive);
-    let report = runtime
-        .block_on(async {
-            tokio::select! {
-                r = bench::run_with_progress(&options, &mut progress) => r.map_err(|e| anyhow!(e)),
-                _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted; benchmark processes stopped")),
+    let exe = std::env::current_exe().map_err(|e| {
+        anyhow!("cannot find this executable to start the benchmark processes: {e}")
+    })?;
+    let child = ChildCommand::new(exe, [CHILD_SUBCOMMAND]);
+    let runtime = flavor.builder().enable_all().build()?;
+    let bar = progress_bar();
+    let mut progress = {
+        let bar = bar.clone();
+        move |p: Progress| {
+            tracing::info!("{p}");
+            let first = bar.length() == Some(0);
+            bar.set_length(p.steps as u64);
+            bar.set_position(p.step.saturating_sub(1) as u64);
+            bar.set_message(p.to_string());
+            if first {
+                // Shown only now that it has its length and text (it would draw as full).
+                bar.set_draw_target(ProgressDrawTarget::stderr());
+                bar.enable_steady_tick(Duration::from_millis(120));
             }
-        })
-        .map_err(Failure::from)?;
-    if interactive {
-        eprintln!();
-    }
+        }
+    };
+    let report = runtime.block_on(async {
+        tokio::select! {
+            r = bench::run_with_progress(&child, &options, &mut progress) => r.map_err(|e| anyhow!(e)),
+            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted; benchmark processes stopped")),
+        }
+    });
+    // Before anything else is printed, failure included.
+    bar.finish_and_clear();
+    let report = report?;
     let text = if args.json {
         report_json(&report).to_string()
     } else {
@@ -91,16 +117,19 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn show_progress(p: &Progress, interactive: bool) {
-    const WIDTH: usize = 30;
-    let done = (p.step.saturating_sub(1) * WIDTH) / p.steps.max(1);
-    let bar: String = "#".repeat(done) + &".".repeat(WIDTH - done.min(WIDTH));
-    if interactive {
-        eprint!("\r\x1b[2K[{bar}] {}/{} {}", p.step, p.steps, p.what);
-    } else {
-        eprintln!("[{bar}] {}/{} {}", p.step, p.steps, p.what);
+/// Plays one role of a `cluster bench` run (the hidden `bench-child` subcommand).
+pub(crate) fn run_child(args: BenchChildArgs) -> Result<(), Failure> {
+    Ok(bench::run_child(&args.words)?)
+}
+
+/// The steps of the run, hidden until the first step; then drawn on stderr when it is a
+/// terminal.
+fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden());
+    if let Ok(style) = ProgressStyle::with_template("{spinner} [{bar:30}] {msg} ({elapsed})") {
+        bar.set_style(style.progress_chars("#>."));
     }
-    let _ = std::io::stderr().flush();
+    bar
 }
 
 fn rate(x: f64) -> String {
@@ -121,57 +150,58 @@ fn ratio(cluster: f64, bare: f64) -> f64 {
 
 fn table(r: &BenchReport) -> String {
     let o = &r.options;
-    let mut rows = vec![
-        format!(
-            "cluster bench: backend {}, {}-byte payloads, {} messages, {} round trips, processes on loopback, median of {} rounds",
-            r.backend, o.payload, o.messages, o.round_trips, o.rounds
-        ),
-        format!(
-            "{:<22} {:>14} {:>14} {:>7}  {}",
-            "measure", "bare library", "cluster", "ratio", "target"
-        ),
-        format!(
-            "{:<22} {:>14} {:>14} {:>6.2}x  {}",
-            "P2P throughput",
-            rate(r.bare.throughput),
-            rate(r.cluster.throughput),
-            r.throughput_ratio(),
-            ">= 0.5x"
-        ),
-    ];
+    let mut table = super::plain_table(
+        ["measure", "bare library", "cluster", "ratio", "target"],
+        &[1, 2, 3],
+    );
+    let times = |x: f64| format!("{x:.2}x");
+    table.add_row([
+        "P2P throughput".to_owned(),
+        rate(r.bare.throughput),
+        rate(r.cluster.throughput),
+        times(r.throughput_ratio()),
+        ">= 0.5x".to_owned(),
+    ]);
     if let Some(b) = &r.broadcast {
-        rows.push(format!(
-            "{:<22} {:>14} {:>14} {:>6.2}x  {}",
+        table.add_row([
             format!("broadcast to {} peers", b.peers),
             rate(b.bare),
             rate(b.cluster),
-            b.ratio(),
-            "deliveries/s"
-        ));
+            times(b.ratio()),
+            "deliveries/s".to_owned(),
+        ]);
     }
-    rows.push(format!(
-        "{:<22} {:>14} {:>14} {:>6.2}x  {}",
-        "round trip p50",
+    table.add_row([
+        "round trip p50".to_owned(),
         micros(r.bare.rtt_p50),
         micros(r.cluster.rtt_p50),
-        r.rtt_p50_ratio(),
-        "<= 1.25x"
-    ));
-    rows.push(format!(
-        "{:<22} {:>14} {:>14} {:>6.2}x",
-        "round trip p99",
+        times(r.rtt_p50_ratio()),
+        "<= 1.25x".to_owned(),
+    ]);
+    table.add_row([
+        "round trip p99".to_owned(),
         micros(r.bare.rtt_p99),
         micros(r.cluster.rtt_p99),
-        ratio(
+        times(ratio(
             r.cluster.rtt_p99.as_secs_f64(),
-            r.bare.rtt_p99.as_secs_f64()
-        )
-    ));
-    rows.push(format!(
-        "delivered in the P2P run: bare {}, cluster {} of {} (the cluster drops and counts what a full queue refuses)",
-        r.bare.delivered, r.cluster.delivered, o.messages
-    ));
-    rows.join("\n")
+            r.bare.rtt_p99.as_secs_f64(),
+        )),
+        String::new(),
+    ]);
+    format!(
+        "cluster bench: backend {}, {}-byte payloads, {} messages, {} round trips, processes on loopback, median of {} rounds\n\
+         {}\n\
+         delivered in the P2P run: bare {}, cluster {} of {} (the cluster drops and counts what a full queue refuses)",
+        o.backend,
+        o.payload,
+        o.messages,
+        o.round_trips,
+        o.rounds,
+        table.trim_fmt(),
+        r.bare.delivered,
+        r.cluster.delivered,
+        o.messages
+    )
 }
 
 fn report_json(r: &BenchReport) -> serde_json::Value {
@@ -185,7 +215,7 @@ fn report_json(r: &BenchReport) -> serde_json::Value {
         })
     };
     json!({
-        "backend": r.backend,
+        "backend": o.backend.as_str(),
         "options": {
             "messages": o.messages,
             "round_trips": o.round_trips,
@@ -193,6 +223,7 @@ fn report_json(r: &BenchReport) -> serde_json::Value {
             "rounds": o.rounds,
             "peer_queue": o.peer_queue,
             "broadcast_peers": o.broadcast_peers,
+            "runtime": o.runtime.as_str(),
         },
         "bare": side(&r.bare),
         "cluster": side(&r.cluster),

@@ -99,56 +99,33 @@ fn write_table(out: &mut impl Write, view: &View) -> io::Result<()> {
         or_dash(view.incarnation),
         view.peers.len()
     )?;
-    let header = [
-        "PID",
-        "ADDRESS",
-        "STATUS",
-        "INCARNATION",
-        "LAST SEEN (UTC)",
-        "METADATA",
-    ];
-    let rows: Vec<[String; 6]> = view
-        .peers
-        .iter()
-        .map(|r| {
-            let metadata: Vec<String> =
-                r.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            [
-                r.pid.to_string(),
-                r.address.clone(),
-                r.status.to_string(),
-                or_dash(r.incarnation),
-                r.last_seen.map_or_else(|| "-".to_owned(), rfc3339),
-                if metadata.is_empty() {
-                    "-".to_owned()
-                } else {
-                    metadata.join(" ")
-                },
-            ]
-        })
-        .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |out: &mut dyn Write, cells: &[&str]| -> io::Result<()> {
-        let mut text = String::new();
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            if i + 1 == cells.len() {
-                text.push_str(cell);
+    let mut table = super::plain_table(
+        [
+            "PID",
+            "ADDRESS",
+            "STATUS",
+            "INCARNATION",
+            "LAST SEEN (UTC)",
+            "METADATA",
+        ],
+        &[],
+    );
+    for r in &view.peers {
+        let metadata: Vec<String> = r.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        table.add_row([
+            r.pid.to_string(),
+            r.address.clone(),
+            r.status.to_string(),
+            or_dash(r.incarnation),
+            r.last_seen.map_or_else(|| "-".to_owned(), rfc3339),
+            if metadata.is_empty() {
+                "-".to_owned()
             } else {
-                text.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        writeln!(out, "{}", text.trim_end())
-    };
-    line(out, &header)?;
-    for row in &rows {
-        line(out, &row.each_ref().map(String::as_str))?;
+                metadata.join(" ")
+            },
+        ]);
     }
-    Ok(())
+    writeln!(out, "{}", table.trim_fmt())
 }
 
 fn write_json(out: &mut impl Write, view: &View) -> io::Result<()> {

@@ -188,11 +188,60 @@ impl Demo {
                 return Ok(all);
             }
             if Instant::now() > deadline {
-                bail!("gave up waiting until {what}; last stats: {}", json!(all));
+                return Err(gave_up(what, &all, |p, s| done(p, s)));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// The error of a phase that did not finish: what was expected, a line per node that had
+/// not got there (its counters and nonzero drops), and where the full stats were written.
+fn gave_up(
+    what: &str,
+    all: &BTreeMap<Pid, Value>,
+    done: impl Fn(Pid, &Value) -> bool,
+) -> anyhow::Error {
+    let mut text = format!(
+        "gave up after {PHASE_DEADLINE:?}: expected {what}, but {} of {} nodes did not get there:",
+        all.iter().filter(|(p, s)| !done(**p, s)).count(),
+        all.len()
+    );
+    for (pid, s) in all.iter().filter(|(p, s)| !done(**p, s)) {
+        let drops = s["dropped"].as_object().map_or_else(String::new, |d| {
+            d.iter()
+                .map(|(reason, n)| format!("{reason} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        text.push_str(&format!(
+            "\n  node {pid}: sent {}, delivered {}, dropped {}",
+            count(s, &["sent"]),
+            count(s, &["delivered"]),
+            if drops.is_empty() {
+                "none".into()
+            } else {
+                drops
+            },
+        ));
+    }
+    // Beside the demo's own directory, which is removed when the demo ends.
+    let path = std::env::temp_dir().join(format!("cluster-demo-{}-stats.json", std::process::id()));
+    match std::fs::write(&path, format!("{:#}\n", json!(all))) {
+        Ok(()) => text.push_str(&format!(
+            "\nevery node's full stats (per peer, per reason): {}",
+            path.display()
+        )),
+        Err(e) => text.push_str(&format!(
+            "\n(could not write the full stats to {}: {e})",
+            path.display()
+        )),
+    }
+    text.push_str(
+        "\nbackpressure drops mean a queue was full: fewer --messages, or larger \
+         inbox_capacity / peer_queue in the config, give the nodes room",
+    );
+    anyhow!(text)
 }
 
 fn connected_to(stats: &Value, peer: Pid) -> bool {
@@ -355,10 +404,19 @@ async fn run_phases(config: &Config, args: &DemoArgs, dir: &Path) -> anyhow::Res
                 &["peers", &victim_key, "dropped_to", "unreachable"],
             );
     }
+    // Sent after the others saw node {victim} down (their monitors said so), every copy to
+    // it is refused at once as unreachable: exactly 2m per sender, nothing else.
+    if dropped_to_victim != 2 * m * k {
+        bail!(
+            "expected all {} messages sent to node {victim} while it was down to be dropped \
+             as unreachable, but {dropped_to_victim} were; run `cluster node` by hand to look \
+             at each node's per-peer counters (`stats`)",
+            2 * m * k
+        );
+    }
     demo.say(format!(
-        "  {dropped_to_victim} of the {} messages to node {victim} dropped and counted as unreachable; \
+        "  all {dropped_to_victim} messages to node {victim} dropped and counted as unreachable; \
          the others delivered all {} of each other's broadcasts",
-        2 * m * k,
         k * (k - 1) * m
     ));
 
@@ -448,5 +506,49 @@ fn print_table(last: &BTreeMap<Pid, Value>, victim: Pid) {
             count(s, &["delivered"]),
             drops.join(" ")
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_phase_that_gives_up_says_what_was_expected_and_names_the_stats_file() {
+        let all: BTreeMap<Pid, Value> = [
+            (1, json!({"sent": 10, "delivered": 9, "dropped": {}})),
+            (
+                2,
+                json!({"sent": 10, "delivered": 3, "dropped": {"backpressure": 6}}),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let e = gave_up("9 deliveries each", &all, |_, s| {
+            count(s, &["delivered"]) >= 9
+        });
+        let text = e.to_string();
+        assert!(text.contains("expected 9 deliveries each"), "{text}");
+        assert!(text.contains("1 of 2 nodes"), "{text}");
+        assert!(
+            text.contains("node 2: sent 10, delivered 3, dropped backpressure 6"),
+            "{text}"
+        );
+        assert!(!text.contains("node 1:"), "{text}");
+        // A short message; the full stats are in the file it names.
+        assert!(text.lines().count() < 8, "{text}");
+        let path = text
+            .lines()
+            .find_map(|l| {
+                l.split_once("(per peer, per reason): ")
+                    .map(|(_, p)| p.to_owned())
+            })
+            .unwrap();
+        let written: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(written["2"]["dropped"]["backpressure"], 6);
+        std::fs::remove_file(path).unwrap();
     }
 }

@@ -6,6 +6,7 @@ mod demo;
 mod node;
 
 use clap::{Parser, Subcommand};
+use comfy_table::{CellAlignment, Table};
 
 /// Tools for clusters built with the `cluster` library.
 #[derive(Debug, Parser)]
@@ -29,6 +30,9 @@ enum Command {
     /// Inspect a node's peer catalog.
     #[command(subcommand)]
     Catalog(catalog::CatalogCommand),
+    /// One of the processes that `cluster bench` starts: plays the role its words name.
+    #[command(name = bench::CHILD_SUBCOMMAND, hide = true)]
+    BenchChild(bench::BenchChildArgs),
 }
 
 /// A failed command: the error to print and the exit code.
@@ -60,7 +64,23 @@ pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Catalog(command) => catalog::run(command),
         Command::Bench(args) => bench::run(args),
+        Command::BenchChild(args) => bench::run_child(args),
         Command::Demo(args) => demo::run(args),
         Command::Node(args) => node::run(args),
     }
+}
+
+/// A borderless table, columns two spaces apart: plain text that reads the same in a
+/// terminal, a pipe or a file. `right` are the columns aligned right (numbers).
+fn plain_table<const N: usize>(header: [&str; N], right: &[usize]) -> Table {
+    let mut table = Table::new();
+    table.load_style(comfy_table::presets::NOTHING);
+    table.set_header(header);
+    for (i, column) in table.column_iter_mut().enumerate() {
+        column.set_padding((0, if i + 1 == N { 0 } else { 2 }));
+        if right.contains(&i) {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    table
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use cluster::zmq::Backend;
 use cluster::{BROADCAST, Envelope, Pid, Server, ServerError, Stats};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -20,6 +21,9 @@ pub(crate) struct NodeArgs {
     /// The cluster's config file.
     #[arg(long, value_name = "FILE", default_value = "config.json")]
     config: PathBuf,
+    /// The ZeroMQ backend: libzmq or zeromq. Every node of a cluster must use the same one.
+    #[arg(long, default_value_t = Backend::default())]
+    backend: Backend,
     /// Print events as JSON lines (for scripts) instead of text.
     #[arg(long)]
     json: bool,
@@ -191,11 +195,12 @@ struct Burst {
 const BURST_CHUNK: usize = 64;
 
 async fn node(args: NodeArgs) -> Result<(), Failure> {
-    let mut server: Server<String> = match cluster::new(args.pid, &args.config).await {
-        Ok(s) => s,
-        Err(e @ ServerError::Config(_)) => return Err(Failure::usage(e)),
-        Err(e) => return Err(e.into()),
-    };
+    let mut server: Server<String> =
+        match cluster::new_with(args.backend, args.pid, &args.config).await {
+            Ok(s) => s,
+            Err(e @ ServerError::Config(_)) => return Err(Failure::usage(e)),
+            Err(e) => return Err(e.into()),
+        };
     let out = Out { json: args.json };
     let pid = server.pid();
     let incarnation = server.incarnation();
@@ -206,10 +211,17 @@ async fn node(args: NodeArgs) -> Result<(), Failure> {
         .unwrap_or_default();
     let mut listening = out.emit(
         &format!(
-            "node {pid} (incarnation {incarnation}) listening on {address}; peers {:?}. {HELP}",
+            "node {pid} (incarnation {incarnation}) listening on {address} ({}); peers {:?}. {HELP}",
+            args.backend,
             server.peers()
         ),
-        &json!({"event": "ready", "pid": pid, "incarnation": incarnation, "address": address}),
+        &json!({
+            "event": "ready",
+            "pid": pid,
+            "incarnation": incarnation,
+            "address": address,
+            "backend": args.backend.as_str(),
+        }),
     );
 
     let monitor = server.monitor();

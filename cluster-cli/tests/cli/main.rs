@@ -2,87 +2,30 @@
 //! ZeroMQ, catalogs, kill -9 and restart), the node's stdin protocol, and bad arguments.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use cluster_testkit::net::{self, Finished as Output, Process};
 
 fn cluster() -> Command {
     Command::new(env!("CARGO_BIN_EXE_cluster"))
 }
 
-/// What a finished `cluster` process printed.
-struct Output {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// A child that is killed (by its pid) and reaped if the test ends before it does.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// Runs `cmd` with `input` on stdin; fails the test if it runs longer than `deadline`.
+/// Runs `cmd` with `input` on stdin, and returns what it printed; fails the test (killing
+/// it) if it runs longer than `deadline`.
 fn run(mut cmd: Command, input: &str, deadline: Duration) -> Output {
-    let child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut guard = Guard(child);
-    let mut stdin = guard.0.stdin.take().unwrap();
-    stdin.write_all(input.as_bytes()).unwrap();
-    drop(stdin);
-    let reader = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    };
-    let stdout = reader(Box::new(guard.0.stdout.take().unwrap()));
-    let stderr = reader(Box::new(guard.0.stderr.take().unwrap()));
-    let end = Instant::now() + deadline;
-    let status = loop {
-        if let Some(status) = guard.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < end,
-            "`cluster` ran longer than {deadline:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    }
-}
-
-/// `n` loopback ports that were free a moment ago.
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+    Process::spawn("cluster", &mut cmd)
+        .unwrap()
+        .with_deadline(deadline)
+        .finish(input)
+        .unwrap()
 }
 
 /// A config of `n` nodes on free loopback ports, in `dir`.
 fn config(dir: &Path, n: usize) -> PathBuf {
-    let peers: Vec<String> = free_ports(n)
+    let peers: Vec<String> = net::free_ports(n)
+        .unwrap()
         .iter()
         .enumerate()
         .map(|(i, port)| format!(r#"{{"pid":{},"address":"127.0.0.1:{port}"}}"#, i + 1))
@@ -110,7 +53,7 @@ fn the_demo_runs_end_to_end() {
         "all nodes connected to all peers",
         "every node delivered 150 (3 peers × 50)",
         "kill -9 node 4",
-        "of the 300 messages to node 4 dropped and counted as unreachable",
+        "all 300 messages to node 4 dropped and counted as unreachable",
         "node 4 rejoined as incarnation 2",
         "node 4 delivered exactly the 150 messages sent after it came back",
         "all nodes stopped cleanly",
@@ -131,11 +74,25 @@ fn the_demo_runs_end_to_end() {
 
 #[test]
 fn a_node_follows_its_stdin() {
+    for backend in ["libzmq", "zeromq"] {
+        node_follows_its_stdin(backend);
+    }
+}
+
+fn node_follows_its_stdin(backend: &str) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 1);
     let mut cmd = cluster();
-    cmd.args(["node", "--json", "--pid", "1", "--config"])
-        .arg(&cfg);
+    cmd.args([
+        "node",
+        "--json",
+        "--backend",
+        backend,
+        "--pid",
+        "1",
+        "--config",
+    ])
+    .arg(&cfg);
     // To itself, to an unknown pid, a burst, a bad line, then stats; EOF stops it once the
     // burst has been sent.
     let input = "1 hello me\n7 nobody\nburst 1 3\nnonsense here\nstats\n";
@@ -144,7 +101,7 @@ fn a_node_follows_its_stdin() {
         stdout,
         stderr,
     } = run(cmd, input, DEADLINE);
-    assert!(status.success(), "{stdout}\n{stderr}");
+    assert!(status.success(), "{backend}: {stdout}\n{stderr}");
     let events: Vec<serde_json::Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -154,6 +111,8 @@ fn a_node_follows_its_stdin() {
         .map(|e| e["event"].as_str().unwrap())
         .collect();
     assert_eq!(kinds.first(), Some(&"ready"));
+    assert_eq!(events[0]["backend"], backend, "{}", events[0]);
+    assert_eq!(events[0]["incarnation"], 1, "{}", events[0]);
     assert_eq!(kinds.last(), Some(&"stopped"));
     let messages: Vec<&str> = events
         .iter()
@@ -193,6 +152,18 @@ fn bad_arguments_and_configs_exit_2_with_a_clear_message() {
                 cfg.display().to_string(),
             ],
             "pid 9 is not one of the configured peers",
+        ),
+        (
+            vec![
+                "node".into(),
+                "--backend".into(),
+                "nanomsg".into(),
+                "--pid".into(),
+                "1".into(),
+                "--config".into(),
+                cfg.display().to_string(),
+            ],
+            "unknown backend \"nanomsg\"",
         ),
         (
             vec![
@@ -260,6 +231,7 @@ fn a_busy_port_is_a_clear_error() {
 #[test]
 fn bench_reports_both_sides_as_json() {
     let mut cmd = cluster();
+    cmd.env("RUST_LOG", "info");
     cmd.args([
         "bench",
         "--json",
@@ -293,8 +265,15 @@ fn bench_reports_both_sides_as_json() {
     }
     assert_eq!(report["broadcast"]["peers"], 2);
     assert!(report["ratios"]["throughput"].as_f64().unwrap() > 0.0);
-    // Progress goes to stderr, one step at a time.
-    assert!(stderr.contains("6/6"), "{stderr}");
+    // Stderr is a pipe here: no progress bar is drawn, but every step is logged at info.
+    assert!(
+        stderr.contains("[6/6] round 1/1: cluster broadcast"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains('\r'),
+        "a progress bar was drawn: {stderr:?}"
+    );
 }
 
 #[test]

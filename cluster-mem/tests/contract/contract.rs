@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cluster_core::{BROADCAST, DropReason, Envelope, Options, Pid, Server};
+use cluster_core::{BROADCAST, DropReason, Envelope, Message, Options, Pid, Server};
+use tokio::sync::mpsc;
 
-use crate::sim::Sim;
+use crate::{assert_counters_add_up, check, sim};
 
 fn small_queues() -> Options {
     Options {
@@ -17,76 +18,99 @@ fn small_queues() -> Options {
 }
 
 /// Reads `inbox` until `expected` messages are accounted for: received, or counted as
-/// dropped by `dropped()`. Panics if that takes longer than a generous deadline.
+/// dropped by `dropped()`. Gives up (an error) after a generous deadline.
 async fn read_until_accounted<M>(
     inbox: &mut tokio::sync::mpsc::Receiver<Envelope<M>>,
     expected: u64,
     dropped: impl Fn() -> u64,
-    mut on_message: impl FnMut(Envelope<M>),
-) {
+) -> Result<Vec<Envelope<M>>, String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    let mut received = 0u64;
+    let mut received = Vec::new();
     loop {
         match tokio::time::timeout(Duration::from_millis(20), inbox.recv()).await {
-            Ok(Some(env)) => {
-                on_message(env);
-                received += 1;
-            }
-            Ok(None) => panic!("inbox closed"),
+            Ok(Some(env)) => received.push(env),
+            Ok(None) => return Err("inbox closed".into()),
             Err(_) => {}
         }
-        if received + dropped() >= expected {
-            assert_eq!(
-                received + dropped(),
-                expected,
-                "more outcomes than messages"
-            );
-            return;
+        let outcomes = received.len() as u64 + dropped();
+        if outcomes >= expected {
+            if outcomes > expected {
+                return Err(format!("{outcomes} outcomes of {expected} messages"));
+            }
+            return Ok(received);
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {received} received and {} dropped of {expected}",
-            dropped()
-        );
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "only {} received and {} dropped of {expected}",
+                received.len(),
+                dropped()
+            ));
+        }
     }
+}
+
+/// What a node's logic hands back to the test when it is done: its server (still running,
+/// for its inbox and counters), what it read, and whether its work succeeded.
+struct Report<M> {
+    pid: Pid,
+    server: Server<M>,
+    received: Vec<Envelope<M>>,
+    outcome: Result<(), String>,
+}
+
+/// Waits for a report from each of `n` nodes, by pid.
+async fn reports<M: Message>(
+    rx: &mut mpsc::UnboundedReceiver<Report<M>>,
+    n: usize,
+) -> BTreeMap<Pid, Report<M>> {
+    let mut out = BTreeMap::new();
+    while out.len() < n {
+        let report = tokio::time::timeout(Duration::from_secs(180), rx.recv())
+            .await
+            .expect("a node never reported (its logic hung or panicked)")
+            .unwrap();
+        if let Err(e) = &report.outcome {
+            panic!("node {}: {e}", report.pid);
+        }
+        out.insert(report.pid, report);
+    }
+    out
 }
 
 #[tokio::test]
 async fn c1_routing_self_peer_broadcast_and_unknown() {
-    let mut sim: Sim<u32> = Sim::new(3, Options::default());
-    sim.send(1, Envelope::new(1, 10, 1)).await; // to self
-    sim.send(1, Envelope::new(2, 11, 2)).await; // to one peer
-    sim.send(1, Envelope::new(42, 12, 3)).await; // unknown pid
-    sim.send(1, Envelope::new(-9, 13, 4)).await; // negative, not BROADCAST
-    sim.send(1, Envelope::new(BROADCAST, 14, 5)).await;
-    sim.settle().await;
+    let (mut sim, _net) = sim::<u32>(3, Options::default()).await;
+    let to_self = sim.send(1, 1, 1).await.unwrap();
+    let to_peer = sim.send(1, 2, 2).await.unwrap();
+    sim.send(1, 42, 3).await.unwrap(); // unknown pid
+    sim.send(1, -9, 4).await.unwrap(); // negative, not BROADCAST
+    let to_all = sim.send(1, BROADCAST, 5).await.unwrap();
+    assert!(sim.settle().await);
     assert_eq!(
-        sim.drain(1),
-        vec![Envelope::new(1, 10, 1)],
+        sim.take_received(1),
+        vec![Envelope::new(1, to_self, 1)],
         "self-send lands in own inbox; broadcast skips the sender"
     );
     assert_eq!(
-        sim.drain(2),
-        vec![Envelope::new(1, 11, 2), Envelope::new(1, 14, 5)]
+        sim.take_received(2),
+        vec![Envelope::new(1, to_peer, 2), Envelope::new(1, to_all, 5)]
     );
-    assert_eq!(sim.drain(3), vec![Envelope::new(1, 14, 5)]);
-    let s = sim.nodes[&1].stats();
+    assert_eq!(sim.take_received(3), vec![Envelope::new(1, to_all, 5)]);
+    let s = sim.monitor(1).unwrap().stats();
     assert_eq!(s.dropped_outgoing.get(DropReason::UnknownPeer), 2);
     assert_eq!(s.sent, 6);
     assert_eq!(s.delivered, 1);
     assert_eq!(s.peers[&1].delivered, 1);
     // The outbox survived the unknown pids.
-    sim.send(1, Envelope::new(3, 15, 6)).await;
-    assert_eq!(
-        sim.node(3).inbox().recv().await,
-        Some(Envelope::new(1, 15, 6))
-    );
-    sim.assert_accounting();
+    let after = sim.send(1, 3, 6).await.unwrap();
+    assert!(sim.settle().await);
+    assert_eq!(sim.take_received(3), vec![Envelope::new(1, after, 6)]);
+    check(&mut sim).await;
 }
 
 #[tokio::test]
 async fn c2_byte_exact_at_most_once() {
-    let mut sim: Sim<Vec<u8>> = Sim::new(2, Options::default());
+    let (mut sim, _net) = sim::<Vec<u8>>(2, Options::default()).await;
     let payloads: Vec<Vec<u8>> = vec![
         vec![],
         vec![0],
@@ -94,79 +118,79 @@ async fn c2_byte_exact_at_most_once() {
         (0..=255).collect(),
         (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect(),
     ];
-    for (i, p) in payloads.iter().enumerate() {
-        sim.send(1, Envelope::new(2, i as i64, p.clone())).await;
+    let mut expected = Vec::new();
+    for p in payloads {
+        let id = sim.send(1, 2, p.clone()).await.unwrap();
+        expected.push(Envelope::new(1, id, p));
     }
-    sim.settle().await;
-    let got = sim.drain(2);
-    let expected: Vec<_> = payloads
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| Envelope::new(1, i as i64, p))
-        .collect();
-    assert_eq!(got, expected);
+    assert!(sim.settle().await);
+    assert_eq!(sim.take_received(2), expected);
+    check(&mut sim).await;
 }
 
-/// Each of three senders sends `n` numbered messages to node 4 while node 4 reads.
+/// Each of three senders sends `N` numbered messages to node 4 while node 4 reads, each
+/// node in its own task.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c3_fifo_per_pair_under_load() {
-    let n = 20_000u64;
-    let mut sim: Sim<(Pid, u64)> = Sim::new(4, Options::default());
-    let mut receiver = sim.nodes.remove(&4).unwrap();
-    let monitors: Vec<_> = (1..=3).map(|p| sim.nodes[&p].monitor()).collect();
-    let reader = tokio::spawn(async move {
-        let mut got: BTreeMap<Pid, Vec<u64>> = BTreeMap::new();
-        let me = receiver.monitor();
-        read_until_accounted(
-            receiver.inbox(),
-            3 * n,
-            || {
-                let rs = me.stats();
-                monitors
-                    .iter()
-                    .map(|m| {
-                        m.stats().peers[&4].dropped_to.total()
-                            + rs.peers[&m.pid()].dropped_from.total()
-                    })
-                    .sum()
-            },
-            |env: Envelope<(Pid, u64)>| {
-                assert_eq!(env.pid, env.msg.0, "the envelope names its sender");
-                got.entry(env.pid).or_default().push(env.msg.1);
-            },
-        )
-        .await;
-        (got, receiver)
+    const N: u64 = 20_000;
+    let (mut sim, _net) = sim::<(Pid, u64)>(4, Options::default()).await;
+    let senders: Vec<_> = (1..=3).map(|p| sim.monitor(p).unwrap()).collect();
+    let receiver = sim.monitor(4).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    sim.spawn_nodes(move |mut server: Server<(Pid, u64)>, _seed| {
+        let (tx, senders, receiver) = (tx.clone(), senders.clone(), receiver.clone());
+        async move {
+            let pid = server.pid();
+            let (received, outcome) = if pid == 4 {
+                let dropped = || {
+                    let rs = receiver.stats();
+                    senders
+                        .iter()
+                        .map(|m| {
+                            m.stats().peers[&4].dropped_to.total()
+                                + rs.peers[&m.pid()].dropped_from.total()
+                        })
+                        .sum()
+                };
+                match read_until_accounted(server.inbox(), 3 * N, dropped).await {
+                    Ok(received) => (received, Ok(())),
+                    Err(e) => (Vec::new(), Err(e)),
+                }
+            } else {
+                let outbox = server.outbox();
+                for i in 0..N {
+                    let id = server.next_msg_id();
+                    outbox.send(Envelope::new(4, id, (pid, i))).await.unwrap();
+                }
+                (Vec::new(), Ok(()))
+            };
+            let _ = tx.send(Report {
+                pid,
+                server,
+                received,
+                outcome,
+            });
+        }
     });
-    let mut senders = Vec::new();
-    for from in 1..=3 {
-        let outbox = sim.nodes[&from].outbox();
-        senders.push(tokio::spawn(async move {
-            for i in 0..n {
-                outbox
-                    .send(Envelope::new(4, i as i64, (from, i)))
-                    .await
-                    .unwrap();
-            }
-        }));
+    let reports = reports(&mut rx, 4).await;
+    let mut got: BTreeMap<Pid, Vec<u64>> = BTreeMap::new();
+    for env in &reports[&4].received {
+        assert_eq!(env.pid, env.msg.0, "the envelope names its sender");
+        got.entry(env.pid).or_default().push(env.msg.1);
     }
-    for s in senders {
-        s.await.unwrap();
-    }
-    let (got, receiver) = reader.await.unwrap();
-    let rstats = receiver.stats();
+    let rstats = reports[&4].server.stats();
     for from in 1..=3 {
         let seqs = got.get(&from).cloned().unwrap_or_default();
         assert!(
             seqs.windows(2).all(|w| w[0] < w[1]),
             "messages from {from} arrived out of order"
         );
-        let sstats = sim.nodes[&from].stats();
+        let sstats = reports[&from].server.stats();
         let dropped =
             sstats.peers[&4].dropped_to.total() + rstats.peers[&from].dropped_from.total();
         assert_eq!(
             seqs.len() as u64 + dropped,
-            n,
+            N,
             "from {from}: every message delivered or counted as dropped"
         );
         // Gaps only where drops were counted: with a reader keeping up, most arrive.
@@ -176,148 +200,173 @@ async fn c3_fifo_per_pair_under_load() {
 
 #[tokio::test]
 async fn c4_partition_drops_and_nothing_arrives_after_heal() {
-    let mut sim: Sim<String> = Sim::new(4, Options::default());
-    sim.net.partition(&[1, 2], &[3, 4]);
-    sim.send(1, Envelope::new(3, 1, "across".into())).await;
-    sim.send(1, Envelope::new(2, 2, "same side".into())).await;
-    sim.send(4, Envelope::new(BROADCAST, 3, "from 4".into()))
-        .await;
-    sim.settle().await;
-    sim.net.heal();
-    sim.send(1, Envelope::new(3, 4, "healed".into())).await;
-    sim.settle().await;
+    let (mut sim, _net) = sim::<String>(4, Options::default()).await;
+    sim.partition(&[1, 2], &[3, 4]).unwrap();
+    sim.send(1, 3, "across".into()).await.unwrap();
+    let same_side = sim.send(1, 2, "same side".into()).await.unwrap();
+    let from_4 = sim.send(4, BROADCAST, "from 4".into()).await.unwrap();
+    assert!(sim.settle().await);
+    sim.heal().unwrap();
+    let healed = sim.send(1, 3, "healed".into()).await.unwrap();
+    assert!(sim.settle().await);
     assert_eq!(
-        sim.drain(3),
+        sim.take_received(3),
         vec![
-            Envelope::new(4, 3, "from 4".to_string()),
-            Envelope::new(1, 4, "healed".to_string())
+            Envelope::new(4, from_4, "from 4".to_string()),
+            Envelope::new(1, healed, "healed".to_string())
         ]
     );
     assert_eq!(
-        sim.drain(2),
-        vec![Envelope::new(1, 2, "same side".to_string())]
+        sim.take_received(2),
+        vec![Envelope::new(1, same_side, "same side".to_string())]
     );
-    assert!(sim.drain(1).is_empty());
-    let s1 = sim.nodes[&1].stats();
+    assert!(sim.take_received(1).is_empty());
+    let s1 = sim.monitor(1).unwrap().stats();
     assert_eq!(s1.peers[&3].dropped_to.get(DropReason::Partitioned), 1);
-    let s4 = sim.nodes[&4].stats();
+    let s4 = sim.monitor(4).unwrap().stats();
     assert_eq!(s4.dropped_outgoing.get(DropReason::Partitioned), 2);
-    sim.assert_accounting();
+    check(&mut sim).await;
 }
 
 #[tokio::test]
 async fn c4_one_way_cut_and_frames_in_flight_at_the_cut() {
-    let mut sim: Sim<u8> = Sim::new(2, Options::default());
+    let (mut sim, _net) = sim::<u8>(2, Options::default()).await;
     // Queued frames (not yet received) are discarded by the cut, never delivered later.
-    sim.nodes[&1]
-        .outbox()
-        .send(Envelope::new(2, 0, 0))
-        .await
-        .unwrap();
-    sim.net.cut(1, 2);
-    sim.send(1, Envelope::new(2, 1, 1)).await;
-    sim.send(2, Envelope::new(1, 2, 2)).await;
-    sim.settle().await;
-    sim.net.heal();
-    sim.settle().await;
-    assert_eq!(sim.drain(1), vec![Envelope::new(2, 2, 2)]);
-    let to2 = sim.drain(2);
+    let before_cut = sim.enqueue(1, 2, 0).unwrap();
+    sim.cut(1, 2).unwrap();
+    sim.send(1, 2, 1).await.unwrap();
+    let back = sim.send(2, 1, 2).await.unwrap();
+    assert!(sim.settle().await);
+    sim.heal().unwrap();
+    assert!(sim.settle().await);
+    assert_eq!(sim.take_received(1), vec![Envelope::new(2, back, 2)]);
+    let to2 = sim.take_received(2);
     assert!(
-        to2.iter().all(|e| e.msg_id == 0),
+        to2.iter().all(|e| e.msg_id == before_cut),
         "only a frame sent before the cut may arrive: {to2:?}"
     );
-    sim.assert_accounting();
+    check(&mut sim).await;
 }
 
+/// Node 1 sends to a crashed node 3, to node 4 (alive, never reads) and to node 2 (reads):
+/// node 2 gets its messages, in order, and node 1's outbox never stalls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c6_a_crashed_or_slow_peer_does_not_block_the_others() {
-    let n = 20_000;
-    let mut sim: Sim<u64> = Sim::new(4, small_queues());
-    sim.crash(3).await;
-    // Node 4 is alive but never reads its inbox.
-    let mut reader2 = sim.nodes.remove(&2).unwrap();
-    let sender = sim.nodes[&1].monitor();
-    let reader = tokio::spawn(async move {
-        let mut got = Vec::new();
-        let me = reader2.monitor();
-        read_until_accounted(
-            reader2.inbox(),
-            n as u64,
-            || {
-                sender.stats().peers[&2].dropped_to.total()
-                    + me.stats().peers[&1].dropped_from.total()
-            },
-            |env: Envelope<u64>| got.push(env.msg),
-        )
-        .await;
-        (got, reader2)
-    });
-    let outbox = sim.nodes[&1].outbox();
-    let sending = async {
-        for i in 0..n as u64 {
-            outbox.send(Envelope::new(3, 0, i)).await.unwrap();
-            outbox.send(Envelope::new(4, 0, i)).await.unwrap();
-            outbox.send(Envelope::new(2, 0, i)).await.unwrap();
+    const N: u64 = 20_000;
+    let (mut sim, _net) = sim::<u64>(4, small_queues()).await;
+    sim.crash(3).await.unwrap();
+    let (sender, reader) = (sim.monitor(1).unwrap(), sim.monitor(2).unwrap());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    sim.spawn_nodes(move |mut server: Server<u64>, _seed| {
+        let (tx, sender, reader) = (tx.clone(), sender.clone(), reader.clone());
+        async move {
+            let pid = server.pid();
+            let (received, outcome) = match pid {
+                1 => {
+                    let outbox = server.outbox();
+                    let sending = async {
+                        for i in 0..N {
+                            for to in [3, 4, 2] {
+                                let id = server.next_msg_id();
+                                outbox.send(Envelope::new(to, id, i)).await.unwrap();
+                            }
+                        }
+                    };
+                    let outcome = tokio::time::timeout(Duration::from_secs(60), sending)
+                        .await
+                        .map_err(|_| "the outbox stalled".to_string());
+                    (Vec::new(), outcome)
+                }
+                2 => {
+                    let dropped = || {
+                        sender.stats().peers[&2].dropped_to.total()
+                            + reader.stats().peers[&1].dropped_from.total()
+                    };
+                    match read_until_accounted(server.inbox(), N, dropped).await {
+                        Ok(received) => (received, Ok(())),
+                        Err(e) => (Vec::new(), Err(e)),
+                    }
+                }
+                // Node 4 hands its server to the test, which never reads it.
+                _ => (Vec::new(), Ok(())),
+            };
+            let _ = tx.send(Report {
+                pid,
+                server,
+                received,
+                outcome,
+            });
         }
-    };
-    tokio::time::timeout(Duration::from_secs(60), sending)
-        .await
-        .expect("the outbox stalled");
-    let (got, reader2) = reader.await.unwrap();
-    let s1 = sim.nodes[&1].stats();
+    });
+    let mut reports = reports(&mut rx, 3).await;
+    let got: Vec<u64> = reports[&2].received.iter().map(|e| e.msg).collect();
+    let s1 = reports[&1].server.stats();
     let lost_to_2 =
-        s1.peers[&2].dropped_to.total() + reader2.stats().peers[&1].dropped_from.total();
-    assert_eq!(got.len() as u64 + lost_to_2, n as u64);
+        s1.peers[&2].dropped_to.total() + reports[&2].server.stats().peers[&1].dropped_from.total();
+    assert_eq!(got.len() as u64 + lost_to_2, N);
     assert!(got.windows(2).all(|w| w[0] < w[1]));
-    assert_eq!(
-        s1.peers[&3].dropped_to.get(DropReason::Unreachable),
-        n as u64
+    assert_eq!(s1.peers[&3].dropped_to.get(DropReason::Unreachable), N);
+    let four = &mut reports.get_mut(&4).unwrap().server;
+    assert!(
+        four.stats().peers[&1]
+            .dropped_from
+            .get(DropReason::Backpressure)
+            > 0
     );
-    let s4 = sim.nodes[&4].stats();
-    assert!(s4.peers[&1].dropped_from.get(DropReason::Backpressure) > 0);
-    assert!(sim.node(4).inbox().len() <= 64);
+    assert!(four.inbox().len() <= 64);
 }
 
+/// Both nodes send to each other as fast as they can and nobody reads: both inboxes fill
+/// up, yet both senders finish, and memory stays bounded.
 #[tokio::test]
 async fn c6_bounded_memory_under_overload_and_no_deadlock_between_full_inboxes() {
-    let n = 50_000u64;
-    let mut sim: Sim<u64> = Sim::new(2, small_queues());
-    let (o1, o2) = (sim.nodes[&1].outbox(), sim.nodes[&2].outbox());
-    let a = async {
-        for i in 0..n {
-            o1.send(Envelope::new(2, 0, i)).await.unwrap();
+    const N: u64 = 50_000;
+    let (mut sim, net) = sim::<u64>(2, small_queues()).await;
+    let monitors = [sim.monitor(1).unwrap(), sim.monitor(2).unwrap()];
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    sim.spawn_nodes(move |server: Server<u64>, _seed| {
+        let tx = tx.clone();
+        async move {
+            let pid = server.pid();
+            let outbox = server.outbox();
+            let sending = async {
+                for i in 0..N {
+                    let id = server.next_msg_id();
+                    outbox.send(Envelope::new(3 - pid, id, i)).await.unwrap();
+                }
+            };
+            let outcome = tokio::time::timeout(Duration::from_secs(60), sending)
+                .await
+                .map_err(|_| "deadlock between two full inboxes".to_string());
+            let _ = tx.send(Report {
+                pid,
+                server,
+                received: Vec::new(),
+                outcome,
+            });
         }
-    };
-    let b = async {
-        for i in 0..n {
-            o2.send(Envelope::new(1, 0, i)).await.unwrap();
-        }
-    };
-    // Nobody reads: both inboxes fill up, yet both senders finish.
-    tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(a, b) })
-        .await
-        .expect("deadlock between two full inboxes");
-    sim.settle().await;
+    });
+    let mut reports = reports(&mut rx, 2).await;
+    assert!(sim.settle().await);
     for pid in [1, 2] {
-        assert_eq!(
-            sim.node(pid).inbox().len(),
-            64,
-            "inbox bounded at its capacity"
-        );
-        let s = sim.nodes[&pid].stats();
+        let server = &mut reports.get_mut(&pid).unwrap().server;
+        assert_eq!(server.inbox().len(), 64, "inbox bounded at its capacity");
+        let s = server.stats();
         assert_eq!(s.delivered, 64);
         assert!(s.dropped_incoming.get(DropReason::Backpressure) > 0);
     }
-    assert!(sim.net.in_flight() <= 128);
-    sim.assert_accounting();
-    let total: u64 = sim.all_stats().iter().map(|s| s.sent).sum();
-    assert_eq!(total, 2 * n);
+    assert!(net.in_flight() <= 128);
+    assert_counters_add_up(&monitors, &net);
+    let total: u64 = monitors.iter().map(|m| m.stats().sent).sum();
+    assert_eq!(total, 2 * N);
 }
 
 #[tokio::test]
 async fn c7_counters_add_up_exactly_through_faults() {
-    let mut sim: Sim<u32> = Sim::new(5, small_queues());
-    sim.net.set_loss(1, 2, 0.3);
+    let (mut sim, net) = sim::<u32>(5, small_queues()).await;
+    sim.set_loss(1, 2, 0.3).unwrap();
+    // Every incarnation's counters: node 4's first one is retired by its crash.
+    let mut monitors = vec![sim.monitor(4).unwrap()];
     let mut sent = 0u64;
     for round in 0..200u32 {
         let from = (round % 5 + 1) as Pid;
@@ -327,82 +376,89 @@ async fn c7_counters_add_up_exactly_through_faults() {
             2 => 99,
             _ => (round % 5 + 2) as Pid % 6,
         };
-        if sim.nodes.contains_key(&from) {
-            sim.send(from, Envelope::new(to, round as i64, round)).await;
+        if sim.is_up(from) {
+            sim.send(from, to, round).await.unwrap();
             sent += 1;
         }
         match round {
-            50 => sim.crash(4).await,
-            80 => sim.net.partition(&[1], &[3, 5]),
-            120 => sim.restart(4),
-            150 => sim.net.heal(),
+            50 => sim.crash(4).await.unwrap(),
+            80 => sim.partition(&[1], &[3, 5]).unwrap(),
+            120 => {
+                sim.restart(4).await.unwrap();
+            }
+            150 => sim.heal().unwrap(),
             _ => {}
         }
         if round % 3 == 0 {
-            sim.settle().await;
+            assert!(sim.settle().await);
         }
     }
-    sim.settle().await;
+    assert!(sim.settle().await);
     assert!(sent > 150);
-    sim.assert_accounting();
-    let all = sim.all_stats();
+    monitors.extend(sim.pids().into_iter().map(|p| sim.monitor(p).unwrap()));
+    assert_counters_add_up(&monitors, &net);
+    let all: Vec<_> = monitors.iter().map(|m| m.stats()).collect();
     let dropped = |r| all.iter().map(|s| s.dropped().get(r)).sum::<u64>();
     assert!(dropped(DropReason::Injected) > 0);
     assert!(dropped(DropReason::Partitioned) > 0);
     assert!(dropped(DropReason::Unreachable) > 0);
     assert!(dropped(DropReason::UnknownPeer) > 0);
+    check(&mut sim).await;
 }
 
 #[tokio::test]
 async fn servers_report_connectivity_and_wait_for_peers() {
-    let mut sim: Sim<u8> = Sim::new(3, Options::default());
-    assert_eq!(sim.nodes[&1].connected_peers(), vec![2, 3]);
-    sim.nodes[&1]
-        .wait_for_peers(Duration::from_secs(5))
-        .await
-        .unwrap();
-    sim.crash(3).await;
-    assert_eq!(sim.nodes[&1].connected_peers(), vec![2]);
-    let err = sim.nodes[&1]
+    let (mut sim, _net) = sim::<u8>(3, Options::default()).await;
+    let one = sim.monitor(1).unwrap();
+    assert_eq!(one.connected_peers(), vec![2, 3]);
+    let server = sim.server(1).unwrap();
+    server.wait_for_peers(Duration::from_secs(5)).await.unwrap();
+    sim.crash(3).await.unwrap();
+    let server = sim.server(1).unwrap();
+    assert_eq!(server.connected_peers(), vec![2]);
+    let err = server
         .wait_for_peers(Duration::from_millis(10))
         .await
         .unwrap_err();
     assert_eq!(err.missing, vec![3]);
-    sim.restart(3);
-    sim.nodes[&1]
+    sim.restart(3).await.unwrap();
+    sim.server(1)
+        .unwrap()
         .wait_for_peers(Duration::from_secs(5))
         .await
         .unwrap();
-    let _: &mut Server<u8> = sim.node(3);
+    let _: &mut Server<u8> = sim.server(3).unwrap();
 }
 
 #[tokio::test]
 async fn a_stopped_node_is_down_for_its_peers_and_nothing_is_lost_silently() {
-    let mut sim: Sim<u32> = Sim::new(3, Options::default());
-    sim.send(1, Envelope::new(3, 1, 1)).await;
-    sim.settle().await;
-    // Node 3 stops without reading its inbox: its peers see it go.
-    let three = sim.nodes.remove(&3).unwrap();
-    let monitor = three.monitor();
-    three.shutdown().await;
-    sim.retired.push(monitor.stats());
-    assert_eq!(sim.nodes[&1].connected_peers(), vec![2]);
-    assert!(!sim.net.is_up(3));
-    sim.send(1, Envelope::new(3, 2, 2)).await;
-    sim.send(2, Envelope::new(BROADCAST, 3, 3)).await;
-    sim.settle().await;
+    let (mut sim, net) = sim::<u32>(3, Options::default()).await;
+    let first = sim.send(1, 3, 1).await.unwrap();
+    assert!(sim.settle().await);
+    assert_eq!(sim.take_received(3), vec![Envelope::new(1, first, 1)]);
+    let mut monitors: Vec<_> = (1..=3).map(|p| sim.monitor(p).unwrap()).collect();
+    // Node 3 stops (not a crash of the network node: the server shuts down): its peers see
+    // it go.
+    sim.server(3).unwrap().stop().await;
+    assert_eq!(sim.monitor(1).unwrap().connected_peers(), vec![2]);
+    assert!(!net.is_up(3));
+    sim.send(1, 3, 2).await.unwrap();
+    let to_all = sim.send(2, BROADCAST, 3).await.unwrap();
+    assert!(sim.settle().await);
     assert_eq!(
-        sim.nodes[&1].stats().peers[&3]
+        sim.monitor(1).unwrap().stats().peers[&3]
             .dropped_to
             .get(DropReason::Unreachable),
         1
     );
-    assert_eq!(sim.drain(1), vec![Envelope::new(2, 3, 3)]);
-    sim.assert_accounting();
+    assert_eq!(sim.take_received(1), vec![Envelope::new(2, to_all, 3)]);
+    assert_counters_add_up(&monitors, &net);
     // It comes back only through a restart.
-    assert!(sim.net.transport(3).is_err());
-    sim.restart(3);
-    sim.send(1, Envelope::new(3, 4, 4)).await;
-    sim.settle().await;
-    assert_eq!(sim.drain(3), vec![Envelope::new(1, 4, 4)]);
+    assert!(net.transport(3).is_err());
+    sim.restart(3).await.unwrap();
+    monitors.push(sim.monitor(3).unwrap());
+    let after = sim.send(1, 3, 4).await.unwrap();
+    assert!(sim.settle().await);
+    assert_eq!(sim.take_received(3), vec![Envelope::new(1, after, 4)]);
+    assert_counters_add_up(&monitors, &net);
 }

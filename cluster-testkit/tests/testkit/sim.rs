@@ -135,15 +135,15 @@ async fn every_drop_is_recorded_with_its_reason() {
     let has = |f: &dyn Fn(&Event) -> bool| history.iter().any(|r| f(&r.event));
     assert!(has(
         &|e| matches!(e, Event::Discarded { to: 3, msg_id, reason, .. }
-        if *msg_id == lost && reason.0 == DropReason::Unreachable)
+        if *msg_id == lost && *reason == DropReason::Unreachable)
     ));
     assert!(has(
         &|e| matches!(e, Event::Dropped { at: 2, from: Some(1), reason, .. }
-        if reason.0 == DropReason::Backpressure)
+        if *reason == DropReason::Backpressure)
     ));
     assert!(has(
         &|e| matches!(e, Event::Dropped { at: 2, from: None, reason, .. }
-        if reason.0 == DropReason::Malformed)
+        if *reason == DropReason::Malformed)
     ));
     let c7 = oracle::check_c7_accounting(&oracle::Analysis::new(&history));
     assert!(c7.is_empty(), "{c7:?}");

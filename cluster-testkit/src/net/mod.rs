@@ -1,10 +1,15 @@
 //! Fixtures for tests on real sockets and real processes, written once: free loopback ports,
-//! quick options, configs on loopback, waiting on a condition with a generous deadline.
+//! quick options, configs on loopback, waiting on a condition with a generous deadline, and
+//! child processes driven line by line that die with the test ([`Process`]).
 //! The test suites of `cluster-zmq`, `cluster-catalog` and the `cluster` command use these.
+
+mod process;
 
 use std::time::{Duration, Instant};
 
-use cluster_core::{Config, ConfigError, Options, Pid};
+pub use process::{Finished, Process, ProcessError};
+
+use cluster_core::{Config, ConfigError, Envelope, Inbox, Options, Pid, ServerMonitor};
 
 /// How long a test waits for a condition on real sockets before it fails. Generous: loaded
 /// CI machines are slow, and tests wait on conditions, never on this.
@@ -63,21 +68,47 @@ pub struct TimedOut {
     pub waited: Duration,
 }
 
+/// A wait that started now and gives up after `deadline`.
+struct Waiting<'a> {
+    what: &'a str,
+    start: Instant,
+    deadline: Duration,
+}
+
+impl<'a> Waiting<'a> {
+    /// How often a condition is polled.
+    const POLL: Duration = Duration::from_millis(10);
+
+    fn new(what: &'a str, deadline: Duration) -> Self {
+        Self {
+            what,
+            start: Instant::now(),
+            deadline,
+        }
+    }
+
+    /// The error to return, once the deadline has passed.
+    fn timed_out(&self) -> Option<TimedOut> {
+        let waited = self.start.elapsed();
+        (waited >= self.deadline).then(|| TimedOut {
+            what: self.what.to_owned(),
+            waited,
+        })
+    }
+}
+
 /// Waits until `cond` holds, polling every 10 ms, for at most `deadline`.
 pub async fn wait_until(
     what: &str,
     deadline: Duration,
     mut cond: impl FnMut() -> bool,
 ) -> Result<(), TimedOut> {
-    let start = Instant::now();
+    let waiting = Waiting::new(what, deadline);
     while !cond() {
-        if start.elapsed() >= deadline {
-            return Err(TimedOut {
-                what: what.to_owned(),
-                waited: start.elapsed(),
-            });
+        if let Some(e) = waiting.timed_out() {
+            return Err(e);
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Waiting::POLL).await;
     }
     Ok(())
 }
@@ -88,17 +119,53 @@ pub fn wait_until_blocking(
     deadline: Duration,
     mut cond: impl FnMut() -> bool,
 ) -> Result<(), TimedOut> {
-    let start = Instant::now();
+    let waiting = Waiting::new(what, deadline);
     while !cond() {
-        if start.elapsed() >= deadline {
-            return Err(TimedOut {
-                what: what.to_owned(),
-                waited: start.elapsed(),
-            });
+        if let Some(e) = waiting.timed_out() {
+            return Err(e);
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Waiting::POLL);
     }
     Ok(())
+}
+
+/// Waits until the node watched by `monitor` has a live connection to every pid in `peers`.
+pub async fn wait_connected(
+    monitor: &ServerMonitor,
+    peers: &[Pid],
+    deadline: Duration,
+) -> Result<(), TimedOut> {
+    let waiting = Waiting::new("connections", deadline);
+    let mut rx = monitor.connection_changes();
+    let all = rx.wait_for(|s| peers.iter().all(|p| s.contains(p)));
+    match tokio::time::timeout(deadline, all).await {
+        Ok(Ok(_)) => Ok(()),
+        _ => Err(TimedOut {
+            what: format!("node {} to connect to {peers:?}", monitor.pid()),
+            waited: waiting.start.elapsed(),
+        }),
+    }
+}
+
+/// The next envelope from `inbox`, within `deadline`; a closed inbox or the deadline is an
+/// error naming `pid` (the receiving node).
+pub async fn recv_within<M>(
+    pid: Pid,
+    inbox: &mut Inbox<M>,
+    deadline: Duration,
+) -> Result<Envelope<M>, TimedOut> {
+    let waiting = Waiting::new("", deadline);
+    match tokio::time::timeout(deadline, inbox.recv()).await {
+        Ok(Some(env)) => Ok(env),
+        Ok(None) => Err(TimedOut {
+            what: format!("a message on node {pid}, whose inbox closed"),
+            waited: waiting.start.elapsed(),
+        }),
+        Err(_) => Err(TimedOut {
+            what: format!("a message on node {pid}"),
+            waited: waiting.start.elapsed(),
+        }),
+    }
 }
 
 #[cfg(test)]

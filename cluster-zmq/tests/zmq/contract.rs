@@ -1,20 +1,29 @@
-//! The contract scenarios of DESIGN.md §4 over real sockets on loopback, with the backend
-//! picked by feature.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
+//! The contract scenarios (`cluster-core`'s crate docs) over real sockets on loopback.
 
 use std::time::Duration;
 
 use cluster_core::{BROADCAST, DropReason, Envelope, TransportError};
-use common::*;
+use cluster_testkit::net::DEADLINE;
+use cluster_zmq::Backend;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn routing_broadcast_self_and_unknown() {
+use crate::nodes::{
+    drain_until_marker, local_config, next, start, start_as, wait_connected, wait_until,
+};
+
+on_every_backend!(
+    routing_broadcast_self_and_unknown,
+    fifo_per_pair_and_every_message_accounted,
+    a_message_to_a_down_peer_is_dropped_and_never_delivered_later,
+    a_restarted_peer_is_reconnected_and_gets_only_what_was_sent_after,
+    a_dead_peer_never_blocks_the_others,
+    a_port_in_use_is_a_clear_bind_error_and_shutdown_frees_the_port,
+);
+
+async fn routing_broadcast_self_and_unknown(backend: Backend) {
     let config = local_config(3);
-    let mut a = start(1, &config).await;
-    let mut b = start(2, &config).await;
-    let mut c = start(3, &config).await;
+    let mut a = start(backend, 1, &config).await;
+    let mut b = start(backend, 2, &config).await;
+    let mut c = start(backend, 3, &config).await;
     for s in [&a, &b, &c] {
         s.wait_for_peers(DEADLINE).await.unwrap();
     }
@@ -50,12 +59,11 @@ async fn routing_broadcast_self_and_unknown() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifo_per_pair_and_every_message_accounted() {
+async fn fifo_per_pair_and_every_message_accounted(backend: Backend) {
     const N: usize = 20_000;
     let config = local_config(2);
-    let a = start(1, &config).await;
-    let mut b = start(2, &config).await;
+    let a = start(backend, 1, &config).await;
+    let mut b = start(backend, 2, &config).await;
     a.wait_for_peers(DEADLINE).await.unwrap();
     let out = a.outbox();
     let sender = tokio::spawn(async move {
@@ -72,10 +80,10 @@ async fn fifo_per_pair_and_every_message_accounted() {
                 + a.stats().peers[&2].dropped_to.total()
                 + b.stats().peers[&1].dropped_from.total()
         };
-    let start = std::time::Instant::now();
+    let began = std::time::Instant::now();
     while accounted(got.len(), &a, &b) < N as u64 {
         assert!(
-            start.elapsed() < DEADLINE,
+            began.elapsed() < DEADLINE,
             "only {} of {N} accounted",
             accounted(got.len(), &a, &b)
         );
@@ -99,10 +107,9 @@ async fn fifo_per_pair_and_every_message_accounted() {
     b.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_to_a_down_peer_is_dropped_and_never_delivered_later() {
+async fn a_message_to_a_down_peer_is_dropped_and_never_delivered_later(backend: Backend) {
     let config = local_config(2);
-    let a = start(1, &config).await;
+    let a = start(backend, 1, &config).await;
     let out = a.outbox();
     for i in 0..100 {
         out.send(Envelope::new(2, i, format!("early-{i}")))
@@ -115,7 +122,7 @@ async fn a_message_to_a_down_peer_is_dropped_and_never_delivered_later() {
     .await;
     assert!(a.connected_peers().is_empty());
 
-    let mut b = start(2, &config).await;
+    let mut b = start(backend, 2, &config).await;
     a.wait_for_peers(DEADLINE).await.unwrap();
     let before = drain_until_marker(&a, &mut b, "marker-up").await;
     assert!(before.is_empty(), "delivered late: {before:?}");
@@ -127,11 +134,10 @@ async fn a_message_to_a_down_peer_is_dropped_and_never_delivered_later() {
     b.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_peer_is_reconnected_and_gets_only_what_was_sent_after() {
+async fn a_restarted_peer_is_reconnected_and_gets_only_what_was_sent_after(backend: Backend) {
     let config = local_config(2);
-    let a = start(1, &config).await;
-    let mut b = start(2, &config).await;
+    let a = start(backend, 1, &config).await;
+    let mut b = start(backend, 2, &config).await;
     a.wait_for_peers(DEADLINE).await.unwrap();
     assert!(drain_until_marker(&a, &mut b, "marker-1").await.is_empty());
 
@@ -148,7 +154,7 @@ async fn a_restarted_peer_is_reconnected_and_gets_only_what_was_sent_after() {
     })
     .await;
 
-    let mut b = start_as(2, &config, 1).await;
+    let mut b = start_as(backend, 2, &config, 1).await;
     a.wait_for_peers(DEADLINE).await.unwrap();
     let before = drain_until_marker(&a, &mut b, "marker-2").await;
     assert!(before.is_empty(), "delivered after restart: {before:?}");
@@ -166,13 +172,12 @@ async fn a_restarted_peer_is_reconnected_and_gets_only_what_was_sent_after() {
     b.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_peer_never_blocks_the_others() {
+async fn a_dead_peer_never_blocks_the_others(backend: Backend) {
     const N: i64 = 5_000;
     // Node 3 is configured but never started.
     let config = local_config(3);
-    let a = start(1, &config).await;
-    let mut b = start(2, &config).await;
+    let a = start(backend, 1, &config).await;
+    let mut b = start(backend, 2, &config).await;
     wait_connected(&a, &[2]).await;
     let out = a.outbox();
     let sender = tokio::spawn(async move {
@@ -184,13 +189,13 @@ async fn a_dead_peer_never_blocks_the_others() {
         }
     });
     let mut last = -1;
-    let start = std::time::Instant::now();
+    let began = std::time::Instant::now();
     loop {
         let s = a.stats();
         if last + 1 + s.peers[&2].dropped_to.total() as i64 >= N && last >= 0 {
             break;
         }
-        assert!(start.elapsed() < DEADLINE, "b stalled at {last}");
+        assert!(began.elapsed() < DEADLINE, "b stalled at {last}");
         if let Ok(Some(env)) =
             tokio::time::timeout(Duration::from_millis(50), b.inbox().recv()).await
         {
@@ -216,26 +221,27 @@ async fn a_dead_peer_never_blocks_the_others() {
     b.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_port_in_use_is_a_clear_bind_error_and_shutdown_frees_the_port() {
+async fn a_port_in_use_is_a_clear_bind_error_and_shutdown_frees_the_port(backend: Backend) {
     let config = local_config(2);
     let address = config.peer(1).unwrap().address.clone();
     let squatter = std::net::TcpListener::bind(&address).unwrap();
-    match cluster_zmq::bind(1, &config).await {
+    match cluster_zmq::bind_with(backend, 1, &config).await {
         Err(TransportError::Bind { address: a, .. }) => assert_eq!(a, address),
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("bound a port in use"),
     }
-    let e = cluster_zmq::bind(1, &config).await.unwrap_err();
+    let e = cluster_zmq::bind_with(backend, 1, &config)
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains(&address), "{e}");
     drop(squatter);
 
-    let a = start(1, &config).await;
+    let a = start(backend, 1, &config).await;
     a.shutdown().await;
     // Freed at once: no wait.
     let again = std::net::TcpListener::bind(&address);
     assert!(again.is_ok(), "port still held after shutdown: {again:?}");
     drop(again);
-    let a = start(1, &config).await;
+    let a = start(backend, 1, &config).await;
     a.shutdown().await;
 }

@@ -1,16 +1,18 @@
 //! Hostile input (contract C9): raw TCP clients and a raw ZeroMQ peer send garbage,
 //! truncated, oversized and forged frames to a node's port; the node keeps serving its
 //! peers and counts every frame it dropped.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::io::Write;
 
 use bytes::Bytes;
 use cluster_core::wire::{self, Header};
-use cluster_core::{Config, DropReason, Options, Server};
-use common::*;
+use cluster_core::{DropReason, Options, Server};
+use cluster_testkit::net::{self, DEADLINE};
+use cluster_zmq::Backend;
+
+use crate::nodes::{config_on, drain_until_marker, start_as, wait_until};
+
+on_every_backend!(garbage_truncated_oversized_and_forged_input_is_counted_and_harmless);
 
 const MAX: usize = 4096;
 
@@ -74,8 +76,21 @@ fn hostile_frames() -> (Vec<Vec<Bytes>>, [(DropReason, u64); 4]) {
 /// Whatever must stay alive until the node has read the frames.
 type Keep = Box<dyn std::any::Any + Send>;
 
+/// Sends `messages` to `endpoint` from a raw socket of the library `backend` runs on.
+async fn send_raw_zmq(backend: Backend, endpoint: String, messages: Vec<Vec<Bytes>>) -> Keep {
+    match backend {
+        #[cfg(feature = "libzmq")]
+        Backend::Libzmq => send_raw_libzmq(endpoint, messages).await,
+        #[cfg(feature = "zeromq")]
+        Backend::Zeromq => send_raw_zeromq(endpoint, messages).await,
+        #[allow(unreachable_patterns)]
+        other => panic!("backend {other} is not compiled in"),
+    }
+}
+
+/// A raw libzmq PUSH socket.
 #[cfg(feature = "libzmq")]
-async fn send_raw_zmq(endpoint: String, messages: Vec<Vec<Bytes>>) -> Keep {
+async fn send_raw_libzmq(endpoint: String, messages: Vec<Vec<Bytes>>) -> Keep {
     tokio::task::spawn_blocking(move || {
         let ctx = zmq::Context::new();
         let push = ctx.socket(zmq::PUSH).unwrap();
@@ -99,8 +114,9 @@ async fn send_raw_zmq(endpoint: String, messages: Vec<Vec<Bytes>>) -> Keep {
     Box::new(())
 }
 
-#[cfg(all(feature = "zeromq", not(feature = "libzmq")))]
-async fn send_raw_zmq(endpoint: String, messages: Vec<Vec<Bytes>>) -> Keep {
+/// A raw `zeromq` DEALER socket (the backend's inbound socket is a ROUTER).
+#[cfg(feature = "zeromq")]
+async fn send_raw_zeromq(endpoint: String, messages: Vec<Vec<Bytes>>) -> Keep {
     use zeromq::{Socket, SocketSend, ZmqMessage};
     let mut dealer = zeromq::DealerSocket::new();
     dealer.connect(&endpoint).await.unwrap();
@@ -124,23 +140,14 @@ fn raw_tcp(address: &str, bytes: &[u8]) {
     let _ = s.flush();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_truncated_oversized_and_forged_input_is_counted_and_harmless() {
-    let ports = free_ports(2);
+async fn garbage_truncated_oversized_and_forged_input_is_counted_and_harmless(backend: Backend) {
     let options = Options {
         max_message_size: MAX,
-        ..test_options()
+        ..net::fast_options()
     };
-    let config = Config::from_peers(
-        [
-            (1, format!("127.0.0.1:{}", ports[0])),
-            (2, format!("127.0.0.1:{}", ports[1])),
-        ],
-        options,
-    )
-    .unwrap();
-    let a = start_as(1, &config, 3).await;
-    let transport = cluster_zmq::bind(2, &config).await.unwrap();
+    let config = config_on(&net::free_ports(2).unwrap(), options);
+    let a = start_as(backend, 1, &config, 3).await;
+    let transport = cluster_zmq::bind_with(backend, 2, &config).await.unwrap();
     let link = transport.link_stats();
     let mut b = Server::<String>::with_transport(2, config.clone(), transport).unwrap();
     a.wait_for_peers(DEADLINE).await.unwrap();
@@ -155,7 +162,7 @@ async fn garbage_truncated_oversized_and_forged_input_is_counted_and_harmless() 
     raw_tcp(&address, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
 
     let (frames, expected) = hostile_frames();
-    let keep = send_raw_zmq(format!("tcp://{address}"), frames).await;
+    let keep = send_raw_zmq(backend, format!("tcp://{address}"), frames).await;
 
     // The node keeps serving its real peer.
     let seen = drain_until_marker(&a, &mut b, "marker-1").await;
@@ -176,7 +183,7 @@ async fn garbage_truncated_oversized_and_forged_input_is_counted_and_harmless() 
     // Delivered: only the markers from node 1, nothing from forgeries.
     assert_eq!(s.delivered, s.peers[&1].delivered);
     assert_eq!(s.peers[&1].incarnation, Some(3));
-    if cluster_zmq::BACKEND == "libzmq" {
+    if backend == Backend::Libzmq {
         wait_until("raw TCP garbage to be rejected", || {
             link.rejected_connections() >= 1
         })

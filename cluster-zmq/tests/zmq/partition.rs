@@ -2,18 +2,20 @@
 //! and can stop forwarding (dropping bytes both ways) without closing anything. The cut must
 //! be detected within the heartbeat timeout; from then on messages to node 2 are dropped as
 //! `unreachable`, and nothing sent during the cut is delivered after it heals.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use cluster_core::{Config, DropReason, Envelope, Options};
-use common::*;
+use cluster_testkit::net::{self, DEADLINE};
+use cluster_zmq::Backend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
+
+use crate::nodes::{drain_until_marker, start, wait_connected, wait_until};
+
+on_every_backend!(a_silent_cut_is_detected_and_nothing_sent_during_it_arrives_after_it_heals);
 
 /// A loopback TCP relay: every accepted connection gets its own upstream connection.
 struct Relay {
@@ -85,14 +87,15 @@ async fn pump(
 
 const WINDOW: usize = 16;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_cut_is_detected_and_nothing_sent_during_it_arrives_after_it_heals() {
-    let ports = free_ports(2);
+async fn a_silent_cut_is_detected_and_nothing_sent_during_it_arrives_after_it_heals(
+    backend: Backend,
+) {
+    let ports = net::free_ports(2).unwrap();
     let real = |i: usize| format!("127.0.0.1:{}", ports[i]);
     let relay = Relay::start(real(1)).await;
     let options = Options {
         peer_queue: WINDOW,
-        ..test_options()
+        ..net::fast_options()
     };
     // Node 1 reaches node 2 through the relay; node 2 binds its real address.
     let via_relay = Config::from_peers(
@@ -101,8 +104,8 @@ async fn a_silent_cut_is_detected_and_nothing_sent_during_it_arrives_after_it_he
     )
     .unwrap();
     let direct = Config::from_peers([(1, real(0)), (2, real(1))], options).unwrap();
-    let a = start(1, &via_relay).await;
-    let mut b = start(2, &direct).await;
+    let a = start(backend, 1, &via_relay).await;
+    let mut b = start(backend, 2, &direct).await;
     a.wait_for_peers(DEADLINE).await.unwrap();
     assert!(
         drain_until_marker(&a, &mut b, "marker-before")
@@ -122,13 +125,13 @@ async fn a_silent_cut_is_detected_and_nothing_sent_during_it_arrives_after_it_he
         d.get(DropReason::Unreachable) + d.get(DropReason::Backpressure) - base_dropped
     };
     // Keep sending until the cut is detected: messages to node 2 become unreachable.
-    let start = std::time::Instant::now();
+    let began = std::time::Instant::now();
     let mut during = 0u64;
     while a.connected_peers().contains(&2)
         || a.stats().peers[&2].dropped_to.get(DropReason::Unreachable) == 0
     {
         assert!(
-            start.elapsed() < DEADLINE,
+            began.elapsed() < DEADLINE,
             "the silent cut was never detected"
         );
         out.send(Envelope::new(2, during as i64, format!("during-{during}")))
@@ -144,7 +147,7 @@ async fn a_silent_cut_is_detected_and_nothing_sent_during_it_arrives_after_it_he
     })
     .await;
     let unaccounted = during - dropped(&a);
-    if cluster_zmq::BACKEND == "zeromq" {
+    if backend == Backend::Zeromq {
         // Queued frames are discarded and reported; only the in-flight window is lost silently.
         assert!(
             unaccounted <= WINDOW as u64,

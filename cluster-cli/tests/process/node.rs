@@ -1,0 +1,208 @@
+//! A `cluster node --json` child process, the in-process node 1, and a config in a
+//! temporary directory for each test.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cluster::zmq::Backend;
+use cluster::{Envelope, Pid, Server};
+use cluster_testkit::net::{self, DEADLINE, Process};
+use serde_json::Value;
+
+/// A config of pids 1, 2, 3 on free loopback ports, with `options` (JSON members), in a
+/// temporary directory of its own (the nodes' catalogs go beside it).
+pub(crate) struct TestConfig {
+    pub(crate) path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestConfig {
+    pub(crate) fn new(options: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let peers: Vec<String> = net::free_ports(3)
+            .unwrap()
+            .iter()
+            .zip(1..)
+            .map(|(port, pid)| format!(r#"{{"pid":{pid},"address":"127.0.0.1:{port}"}}"#))
+            .collect();
+        let path = dir.path().join("config.json");
+        std::fs::write(
+            &path,
+            format!(r#"{{"peers":[{}],{options}}}"#, peers.join(",")),
+        )
+        .unwrap();
+        Self { path, _dir: dir }
+    }
+}
+
+/// Starts node `pid` in this process, the way `cluster node` does (catalog, incarnation).
+pub(crate) async fn start(backend: Backend, pid: Pid, config: &Path) -> Server<String> {
+    cluster::new_with(backend, pid, config).await.unwrap()
+}
+
+/// Waits until `cond` holds, within [`DEADLINE`]; fails the test otherwise.
+pub(crate) async fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    net::wait_until(what, DEADLINE, cond).await.unwrap();
+}
+
+/// Waits until `server` sees every peer in `peers` connected.
+pub(crate) async fn wait_connected(server: &Server<String>, peers: &[Pid]) {
+    net::wait_connected(&server.monitor(), peers, DEADLINE)
+        .await
+        .unwrap();
+}
+
+/// Receives the next envelope within the deadline.
+pub(crate) async fn next(server: &mut Server<String>) -> Envelope<String> {
+    let pid = server.pid();
+    net::recv_within(pid, server.inbox(), DEADLINE)
+        .await
+        .unwrap()
+}
+
+/// `cluster node --json` in a child process, killed (SIGKILL) if the test ends first.
+pub(crate) struct Node {
+    pub(crate) pid: Pid,
+    /// The incarnation its `ready` event announced.
+    pub(crate) incarnation: u64,
+    process: Process,
+}
+
+impl Node {
+    /// Starts node `pid` and waits until it is ready (bound, catalog opened).
+    pub(crate) async fn spawn(backend: Backend, config: &Path, pid: Pid) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cluster"));
+        command
+            .args(["node", "--json", "--backend", backend.as_str()])
+            .args(["--pid", &pid.to_string(), "--config"])
+            .arg(config);
+        let mut process = Process::spawn(format!("node {pid}"), &mut command).unwrap();
+        let ready = process
+            .wait_line("its ready event", |l| event(l)["event"] == "ready")
+            .await
+            .unwrap();
+        let ready = event(&ready);
+        assert_eq!(ready["pid"], pid, "{ready}");
+        assert_eq!(ready["backend"], backend.as_str(), "{ready}");
+        let incarnation = ready["incarnation"].as_u64().unwrap();
+        Self {
+            pid,
+            incarnation,
+            process,
+        }
+    }
+
+    /// Every event printed so far.
+    pub(crate) fn events(&self) -> Vec<Value> {
+        self.process.lines().iter().map(|l| event(l)).collect()
+    }
+
+    /// The texts of the messages received so far, in order (with their senders).
+    pub(crate) fn received_from(&self) -> Vec<(Pid, String)> {
+        self.events()
+            .iter()
+            .filter(|e| e["event"] == "message")
+            .map(|e| {
+                let from = Pid::try_from(e["from"].as_i64().unwrap()).unwrap();
+                (from, e["text"].as_str().unwrap().to_owned())
+            })
+            .collect()
+    }
+
+    /// The texts of the messages received so far from node 1, in order.
+    pub(crate) fn received(&self) -> Vec<String> {
+        self.received_from()
+            .into_iter()
+            .filter(|(from, _)| *from == 1)
+            .map(|(_, text)| text)
+            .collect()
+    }
+
+    /// Waits for an event matching `pred` after the last one waited for.
+    pub(crate) async fn wait_event(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let line = self
+            .process
+            .wait_line(what, |l| pred(&event(l)))
+            .await
+            .unwrap();
+        event(&line)
+    }
+
+    /// Sends one line of the stdin protocol (`<pid> <text>`, `peers`, `quit`, ...).
+    pub(crate) fn command(&mut self, line: &str) {
+        self.process.send_line(line).unwrap();
+    }
+
+    /// Waits until the node reports every peer in `peers` connected (asking with `peers`).
+    pub(crate) async fn wait_peers(&mut self, peers: &[Pid]) {
+        let began = Instant::now();
+        loop {
+            self.command("peers");
+            let e = self
+                .wait_event("its connected peers", |e| e["event"] == "peers")
+                .await;
+            let connected: Vec<i64> = e["connected"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_i64().unwrap())
+                .collect();
+            if peers.iter().all(|p| connected.contains(&i64::from(*p))) {
+                return;
+            }
+            assert!(
+                began.elapsed() < DEADLINE,
+                "node {}: connected to {connected:?}, not to all of {peers:?}",
+                self.pid
+            );
+            // Ask again a little later.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Forgets the events printed so far: later waits see only new ones.
+    pub(crate) fn skip_seen(&mut self) {
+        self.process.skip_seen();
+    }
+
+    /// SIGKILL, by pid.
+    pub(crate) fn kill(&mut self) {
+        self.process.kill().unwrap();
+    }
+
+    /// SIGSTOP, by pid.
+    pub(crate) fn stop(&mut self) {
+        self.process.stop().unwrap();
+    }
+
+    /// SIGCONT, by pid.
+    pub(crate) fn cont(&mut self) {
+        self.process.cont().unwrap();
+    }
+
+    /// Asks it to quit and waits until it has exited cleanly; returns its final stats.
+    pub(crate) async fn quit(mut self) -> Value {
+        self.command("quit");
+        let status = self.process.wait_exit().await.unwrap();
+        assert!(
+            status.success(),
+            "node {} exited with {status}: {}",
+            self.pid,
+            self.process.stderr_text()
+        );
+        let events = self.events();
+        assert_eq!(events.last().unwrap()["event"], "stopped");
+        events
+            .iter()
+            .rev()
+            .find(|e| e["event"] == "stats")
+            .unwrap()
+            .clone()
+    }
+}
+
+/// A line of `cluster node --json` as JSON (`null` if it is not JSON).
+fn event(line: &str) -> Value {
+    serde_json::from_str(line).unwrap_or(Value::Null)
+}
