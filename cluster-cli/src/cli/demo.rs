@@ -195,6 +195,23 @@ impl Demo {
     }
 }
 
+/// Fails unless `actual` equals `expected` on every node: the demo's claims are checked,
+/// not just printed (more than expected would be a duplicate or a phantom).
+fn exactly(
+    all: &BTreeMap<Pid, Value>,
+    what: &str,
+    expected: impl Fn(Pid) -> u64,
+    actual: impl Fn(Pid, &Value) -> u64,
+) -> anyhow::Result<()> {
+    for (pid, s) in all {
+        let (want, got) = (expected(*pid), actual(*pid, s));
+        if want != got {
+            bail!("node {pid}: {got} messages {what}, expected exactly {want}");
+        }
+    }
+    Ok(())
+}
+
 /// The error of a phase that did not finish: what was expected, a line per node that had
 /// not got there (its counters and nonzero drops), and where the full stats were written.
 fn gave_up(
@@ -337,10 +354,17 @@ async fn run_phases(config: &Config, args: &DemoArgs, dir: &Path) -> anyhow::Res
             .command(&format!("burst * {m} hello"))
             .await?;
     }
-    demo.wait_until("every node delivered every broadcast", |_, s| {
-        count(s, &["delivered"]) >= (n - 1) * m
-    })
-    .await?;
+    let after_broadcast = demo
+        .wait_until("every node delivered every broadcast", |_, s| {
+            count(s, &["delivered"]) >= (n - 1) * m
+        })
+        .await?;
+    exactly(
+        &after_broadcast,
+        "delivered after the broadcasts",
+        |_| (n - 1) * m,
+        |_, s| count(s, &["delivered"]),
+    )?;
     demo.say(format!(
         "  every node delivered {} ({} peers × {m})",
         (n - 1) * m,
@@ -356,10 +380,17 @@ async fn run_phases(config: &Config, args: &DemoArgs, dir: &Path) -> anyhow::Res
             .command(&format!("burst {next} {m} ring"))
             .await?;
     }
-    demo.wait_until("the ring messages arrived", |_, s| {
-        count(s, &["delivered"]) >= n * m
-    })
-    .await?;
+    let after_ring = demo
+        .wait_until("the ring messages arrived", |_, s| {
+            count(s, &["delivered"]) >= n * m
+        })
+        .await?;
+    exactly(
+        &after_ring,
+        "delivered after the ring",
+        |_| n * m,
+        |_, s| count(s, &["delivered"]),
+    )?;
     demo.say(format!(
         "  every node delivered {m} more from its ring neighbour"
     ));
@@ -395,6 +426,12 @@ async fn run_phases(config: &Config, args: &DemoArgs, dir: &Path) -> anyhow::Res
                     >= 2 * m
         })
         .await?;
+    exactly(
+        &after_down,
+        "delivered from the others while the victim was down",
+        |_| (k - 1) * m,
+        |pid, s| count(s, &["delivered"]) - count(&before[&pid], &["delivered"]),
+    )?;
     let mut dropped_to_victim = 0;
     for (pid, s) in &after_down {
         let dropped = count(s, &["peers", &victim_key, "dropped_to", "unreachable"]);
@@ -440,6 +477,9 @@ async fn run_phases(config: &Config, args: &DemoArgs, dir: &Path) -> anyhow::Res
             pid != victim || count(s, &["delivered"]) >= k * m
         })
         .await?;
+    // A fresh look at every node once the last message has arrived: the table then shows
+    // every counter settled (a node polled before the victim may still have been routing).
+    let last = demo.wait_until("final stats", |_, _| true).await?;
     let got = count(&last[&victim], &["delivered"]);
     if got != k * m {
         bail!(
