@@ -127,16 +127,19 @@
 compile_error!("cluster-zmq needs a backend: enable the feature `libzmq` or `zeromq`");
 
 mod backend;
-mod common;
+mod endpoints;
+mod fairness;
 #[cfg(feature = "libzmq")]
 mod libzmq;
+mod link_stats;
+mod liveness;
 #[cfg(feature = "zeromq")]
 mod zeromq_backend;
 
 pub use backend::{Backend, UnknownBackend, ZmqTransport};
-pub use common::LinkStats;
 #[cfg(feature = "libzmq")]
 pub use libzmq::LibzmqTransport;
+pub use link_stats::LinkStats;
 #[cfg(feature = "zeromq")]
 pub use zeromq_backend::ZeromqTransport;
 

@@ -17,7 +17,10 @@ use std::os::fd::{AsRawFd, RawFd};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use crate::common::{self, Counters, Fairness, LinkStats, Liveness, millis_i32};
+use crate::endpoints::Endpoints;
+use crate::fairness::Fairness;
+use crate::link_stats::{Counters, LinkStats};
+use crate::liveness::Liveness;
 
 /// Distinguishes the inproc endpoints of transports living in one process.
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
@@ -134,37 +137,25 @@ impl LibzmqTransport {
                 "the libzmq transport must be created inside a tokio runtime".into(),
             ));
         }
-        config
-            .check_member(pid)
-            .map_err(|e| TransportError::Unavailable {
-                pid,
-                reason: e.to_string(),
-            })?;
+        let endpoints = Endpoints::of(pid, config)?;
         let o = config.options();
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let ctx = zmq::Context::new();
-        let own = common::endpoint(config, pid)?;
-        let address = config
-            .peer(pid)
-            .map(|p| p.address.clone())
-            .unwrap_or_default();
+        let own = &endpoints.own;
 
         let pull = ctx
             .socket(zmq::PULL)
             .map_err(|e| zmq_err("pull socket", e))?;
         let setup = |s: &zmq::Socket| -> zmq::Result<()> {
-            set_common_options(s, o, &own)?;
+            set_common_options(s, o, own)?;
             s.set_rcvhwm(hwm(o))?;
             s.set_linger(0)?;
             s.set_maxmsgsize(transport_max_size(o))
         };
         setup(&pull).map_err(|e| zmq_err("pull socket options", e))?;
-        pull.bind(&own).map_err(|e| TransportError::Bind {
-            address: address.clone(),
-            reason: e.to_string(),
-        })?;
+        pull.bind(own).map_err(|e| endpoints.bind_error(e))?;
 
-        let peers = common::peers_of(config, pid);
+        let peers = endpoints.peer_pids();
         let liveness = Liveness::new(peers.clone());
         let mut outs = Vec::with_capacity(peers.len());
         let mut monitors = Vec::with_capacity(peers.len() + 1);
@@ -178,13 +169,13 @@ impl LibzmqTransport {
             | zmq::SocketEvent::DISCONNECTED.to_raw()
             | zmq::SocketEvent::CLOSED.to_raw()
             | zmq::SocketEvent::MONITOR_STOPPED.to_raw();
-        for &peer in &peers {
-            let endpoint = common::endpoint(config, peer)?;
+        for (peer, endpoint) in &endpoints.peers {
+            let peer = *peer;
             let push = ctx
                 .socket(zmq::PUSH)
                 .map_err(|e| zmq_err("push socket", e))?;
             let setup = |s: &zmq::Socket| -> zmq::Result<()> {
-                set_common_options(s, o, &endpoint)?;
+                set_common_options(s, o, endpoint)?;
                 set_heartbeat_options(s, o)?;
                 s.set_immediate(true)?;
                 s.set_sndhwm(hwm(o))?;
@@ -196,7 +187,7 @@ impl LibzmqTransport {
             setup(&push).map_err(|e| zmq_err("push socket options", e))?;
             let monitor = monitor_of(&push, format!("inproc://cz-{id}-out-{peer}"), out_events)
                 .map_err(|e| zmq_err("push monitor", e))?;
-            push.connect(&endpoint)
+            push.connect(endpoint)
                 .map_err(|e| zmq_err(&format!("connect to {endpoint}"), e))?;
             outs.push(push);
             monitors.push(monitor);
@@ -381,7 +372,7 @@ impl Transport for LibzmqTransport {
         loop {
             if let Ok(msg) = self.pull.as_ref()?.recv_msg(zmq::DONTWAIT) {
                 self.fairness.took();
-                return Some(common::frame_event(&msg));
+                return Some(frame_event(&msg));
             }
             // ZMQ_FD is edge-triggered and only says "look at ZMQ_EVENTS": check them after
             // every wake-up, and forget the readiness only when there is nothing to read.
@@ -403,7 +394,7 @@ impl Transport for LibzmqTransport {
         }
         let msg = self.pull.as_ref()?.recv_msg(zmq::DONTWAIT).ok()?;
         self.fairness.took();
-        Some(common::frame_event(&msg))
+        Some(frame_event(&msg))
     }
 
     fn connected(&self) -> watch::Receiver<PeerSet> {
@@ -446,6 +437,16 @@ impl Drop for LibzmqTransport {
             }
         }
     }
+}
+
+/// Milliseconds as the `i32` libzmq wants, saturating.
+fn millis_i32(d: std::time::Duration) -> i32 {
+    i32::try_from(d.as_millis()).unwrap_or(i32::MAX)
+}
+
+/// Copies a received message body into the frame type the server takes.
+fn frame_event(bytes: &[u8]) -> TransportEvent {
+    TransportEvent::Frame(Bytes::copy_from_slice(bytes))
 }
 
 #[cfg(test)]

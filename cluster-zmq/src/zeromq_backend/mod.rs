@@ -18,8 +18,14 @@ use zeromq::{
     DealerSocket, RouterSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage,
 };
 
-use crate::common::control::{self, Control};
-use crate::common::{self, BATCH, Counters, Inbound, LinkStats, Liveness};
+mod control;
+mod inbound;
+
+use self::control::Control;
+use self::inbound::{BATCH, Inbound};
+use crate::endpoints::Endpoints;
+use crate::link_stats::{Counters, LinkStats};
+use crate::liveness::Liveness;
 
 /// Fastest and slowest reconnection attempts to a peer that went away.
 const RECONNECT_IVL: Duration = Duration::from_millis(100);
@@ -78,23 +84,13 @@ impl ZeromqTransport {
     /// Binds node `pid`'s address from `config` and starts connecting to every other peer.
     /// Must be called inside a tokio runtime.
     pub async fn bind(pid: Pid, config: &Config) -> Result<Self, TransportError> {
-        config
-            .check_member(pid)
-            .map_err(|e| TransportError::Unavailable {
-                pid,
-                reason: e.to_string(),
-            })?;
+        let endpoints = Endpoints::of(pid, config)?;
         let limits = Limits::new(config.options());
-        let own = common::endpoint(config, pid)?;
-        let address = config
-            .peer(pid)
-            .map(|p| p.address.clone())
-            .unwrap_or_default();
         let mut router = RouterSocket::new();
-        router.bind(&own).await.map_err(|e| TransportError::Bind {
-            address,
-            reason: e.to_string(),
-        })?;
+        router
+            .bind(&endpoints.own)
+            .await
+            .map_err(|e| endpoints.bind_error(e))?;
 
         let stats = LinkStats::default();
         let (stop, stop_rx) = watch::channel(None);
@@ -111,16 +107,16 @@ impl ZeromqTransport {
             .run(),
         );
 
-        let peers = common::peers_of(config, pid);
-        let liveness = Liveness::new(peers.clone());
-        let mut queues = Vec::with_capacity(peers.len());
-        let mut senders = Vec::with_capacity(peers.len());
-        for (index, &peer) in peers.iter().enumerate() {
+        let liveness = Liveness::new(endpoints.peer_pids());
+        let mut queues = Vec::with_capacity(endpoints.peers.len());
+        let mut senders = Vec::with_capacity(endpoints.peers.len());
+        for (index, (peer, endpoint)) in endpoints.peers.iter().enumerate() {
+            let peer = *peer;
             let (queue, rx) = mpsc::channel(config.options().peer_queue.max(1));
             let link = Link {
                 peer,
                 index,
-                endpoint: common::endpoint(config, peer)?,
+                endpoint: endpoint.clone(),
                 rx,
                 liveness: Arc::clone(&liveness),
                 events: tx.clone(),
