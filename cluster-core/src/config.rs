@@ -787,4 +787,40 @@ mod tests {
         assert!(matches!(e.problem, ConfigProblem::Unreadable(_)));
         assert!(e.to_string().starts_with("/nonexistent/cluster.json: "));
     }
+
+    // The fuzz target `config` (fuzz/) in small: any text, and JSON-shaped text close to a
+    // config, gives a config or an error naming the origin, never a panic.
+    proptest::proptest! {
+        #[test]
+        fn any_text_parses_or_names_its_problem(text in ".{0,200}") {
+            check_total(&text);
+        }
+
+        #[test]
+        fn near_configs_parse_or_name_their_problem(
+            pids in proptest::collection::vec(-3i64..70_000, 0..5),
+            ports in proptest::collection::vec(0u32..70_000, 0..5),
+            key in "[a-z_]{1,20}",
+            value in "-?[0-9]{1,12}|\"[^\"]{0,12}\"|null|true|\\[\\]",
+        ) {
+            let peers: Vec<String> = pids
+                .iter()
+                .zip(ports.iter().chain(std::iter::repeat(&7000)))
+                .map(|(pid, port)| format!(r#"{{"pid":{pid},"address":"127.0.0.1:{port}"}}"#))
+                .collect();
+            let text = format!(r#"{{"peers":[{}],"{key}":{value}}}"#, peers.join(","));
+            check_total(&text);
+        }
+    }
+
+    fn check_total(text: &str) {
+        match Config::parse(text, "p.json") {
+            Ok(config) => {
+                for pid in config.pids() {
+                    assert!(config.check_member(pid).is_ok());
+                }
+            }
+            Err(e) => assert!(e.to_string().starts_with("p.json: "), "{e}"),
+        }
+    }
 }
