@@ -81,6 +81,9 @@ pub use config::{
     Config, ConfigError, ConfigProblem, MAX_MESSAGE_SIZE, MAX_PID, MAX_QUEUE, Options, PeerConfig,
 };
 pub use envelope::{BROADCAST, Envelope, MsgId, Pid};
+#[cfg(feature = "fault-injection")]
+#[doc(hidden)]
+pub use router::RouterFault;
 pub use server::{
     Inbox, Message, MsgIds, Outbox, Server, ServerBuilder, ServerError, ServerHandle,
     ServerMonitor, WaitTimeout, clock_incarnation,

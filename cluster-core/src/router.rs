@@ -12,6 +12,44 @@ use crate::envelope::{BROADCAST, Envelope, Pid};
 use crate::stats::{DropReason, StatsCells};
 use crate::wire::{self, Header, Incarnation};
 
+/// Test-only: one deliberate bug in the [`Router`], so that the test kit's mutants can show
+/// the contract oracle catching a broken router, not only a broken transport. Exists only
+/// with the `fault-injection` feature (which `cluster-testkit` turns on) and is set only
+/// through the hidden `ServerBuilder::router_fault`; a server built without it has no fault.
+#[cfg(feature = "fault-injection")]
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RouterFault {
+    /// A broadcast also lands in the sender's own inbox (breaks C1).
+    BroadcastToSender,
+    /// A send to the node itself goes out through the transport like a send to a peer, and
+    /// comes back as a forgery (breaks C1).
+    NoSelfDelivery,
+    /// A send to an unknown pid is dropped without being counted (breaks C1).
+    UncountedUnknownPeer,
+    /// A frame from an older incarnation of a peer is accepted after a newer one (breaks C4).
+    AcceptStale,
+    /// Bytes that are not a frame of a known peer (too large, no valid header, unknown
+    /// sender) are dropped without being counted (breaks C9).
+    UncountedHostile,
+}
+
+/// Whether the test-only [`RouterFault`] `$fault` is on: always `false` without the
+/// `fault-injection` feature, so that normal builds carry no trace of it.
+#[cfg(feature = "fault-injection")]
+macro_rules! faulty {
+    ($router:expr, $fault:ident) => {
+        $router.fault == Some(RouterFault::$fault)
+    };
+}
+#[cfg(not(feature = "fault-injection"))]
+macro_rules! faulty {
+    ($router:expr, $fault:ident) => {
+        false
+    };
+}
+
 pub(crate) struct Router {
     pid: Pid,
     incarnation: Incarnation,
@@ -22,6 +60,8 @@ pub(crate) struct Router {
     newest: Vec<Option<Incarnation>>,
     stats: Arc<StatsCells>,
     encoder: wire::Encoder,
+    #[cfg(feature = "fault-injection")]
+    fault: Option<RouterFault>,
 }
 
 impl Router {
@@ -41,7 +81,16 @@ impl Router {
             newest,
             stats,
             encoder: wire::Encoder::new(),
+            #[cfg(feature = "fault-injection")]
+            fault: None,
         }
+    }
+
+    /// Test-only: this router with `fault` (see [`RouterFault`]).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn with_fault(mut self, fault: Option<RouterFault>) -> Self {
+        self.fault = fault;
+        self
     }
 
     /// Routes one outgoing envelope: encodes it once, hands a copy of the frame to `send`
@@ -53,7 +102,7 @@ impl Router {
         mut send: impl FnMut(Pid, Bytes) -> Result<(), DropReason>,
     ) -> Option<Envelope<M>> {
         let to = env.pid;
-        if to == self.pid {
+        if to == self.pid && !faulty!(self, NoSelfDelivery) {
             self.stats.sent(to);
             return Some(Envelope::new(self.pid, env.msg_id, env.msg));
         }
@@ -62,6 +111,9 @@ impl Router {
         } else if self.all.binary_search(&to).is_ok() {
             std::slice::from_ref(&to)
         } else {
+            if faulty!(self, UncountedUnknownPeer) {
+                return None;
+            }
             self.stats.sent(to);
             self.stats.dropped_to(to, DropReason::UnknownPeer, 1);
             return None;
@@ -106,34 +158,45 @@ impl Router {
                 self.stats.dropped_to(peer, reason, 1);
             }
         }
+        if faulty!(self, BroadcastToSender) {
+            self.stats.sent(self.pid);
+            return Some(Envelope::new(self.pid, env.msg_id, env.msg));
+        }
         None
+    }
+
+    /// Counts a frame dropped on arrival before its sender could be trusted.
+    fn drop_hostile(&self, reason: DropReason) {
+        if !faulty!(self, UncountedHostile) {
+            self.stats.dropped_from(None, reason);
+        }
     }
 
     /// Checks one incoming frame. Returns the envelope to deliver, or counts the drop.
     pub(crate) fn incoming<M: DeserializeOwned>(&mut self, bytes: Bytes) -> Option<Envelope<M>> {
         if bytes.len() > self.max_message_size {
-            self.stats.dropped_from(None, DropReason::TooLarge);
+            self.drop_hostile(DropReason::TooLarge);
             return None;
         }
         let h = match Header::parse(&bytes) {
             Ok(h) => h,
             Err(e) => {
                 tracing::debug!(pid = self.pid, "dropping malformed frame: {e}");
-                self.stats.dropped_from(None, DropReason::Malformed);
+                self.drop_hostile(DropReason::Malformed);
                 return None;
             }
         };
         let Ok(index) = self.all.binary_search(&h.sender) else {
-            self.stats.dropped_from(None, DropReason::UnknownSender);
+            self.drop_hostile(DropReason::UnknownSender);
             return None;
         };
         if h.sender == self.pid {
             // Our own frames never travel the network: a forgery.
-            self.stats.dropped_from(None, DropReason::UnknownSender);
+            self.drop_hostile(DropReason::UnknownSender);
             return None;
         }
         let newest = self.newest.get(index).copied().flatten();
-        if newest.is_some_and(|n| h.incarnation < n) {
+        if newest.is_some_and(|n| h.incarnation < n) && !faulty!(self, AcceptStale) {
             self.stats
                 .dropped_from(Some(h.sender), DropReason::StaleIncarnation);
             return None;
@@ -217,6 +280,25 @@ mod tests {
         assert_eq!(s.dropped_outgoing.get(DropReason::UnknownPeer), 2);
         assert_eq!(s.dropped_outgoing.get(DropReason::Unreachable), 1);
         assert_eq!(s.peers[&3].dropped_to.get(DropReason::Unreachable), 1);
+    }
+
+    /// The test-only faults change what they say, and only when set.
+    #[cfg(feature = "fault-injection")]
+    #[test]
+    fn router_faults_break_the_router_only_when_set() {
+        let local = router(2)
+            .with_fault(Some(RouterFault::BroadcastToSender))
+            .outgoing(Envelope::new(BROADCAST, 9, 1u8), |_, _| Ok(()));
+        assert_eq!(local, Some(Envelope::new(2, 9, 1u8)));
+        let mut r = router(2).with_fault(Some(RouterFault::UncountedUnknownPeer));
+        r.outgoing(Envelope::new(9, 1, 1u8), |_, _| panic!("no network"));
+        assert_eq!(snapshot(&r).sent, 0);
+        let mut r = router(2).with_fault(Some(RouterFault::UncountedHostile));
+        assert!(r.incoming::<u8>(Bytes::from_static(b"garbage")).is_none());
+        assert_eq!(snapshot(&r).dropped_incoming.total(), 0);
+        let mut r = router(2).with_fault(None);
+        assert!(r.incoming::<u8>(Bytes::from_static(b"garbage")).is_none());
+        assert_eq!(snapshot(&r).dropped_incoming.total(), 1);
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub struct ServerBuilder {
     incarnation: Option<Incarnation>,
     attachments: Vec<Box<dyn Send + Sync>>,
     attach_hooks: Vec<AttachHook>,
+    #[cfg(feature = "fault-injection")]
+    router_fault: Option<crate::router::RouterFault>,
 }
 
 /// Makes an attachment from the monitor of the server being built.
@@ -82,7 +84,19 @@ impl ServerBuilder {
             incarnation: None,
             attachments: Vec::new(),
             attach_hooks: Vec::new(),
+            #[cfg(feature = "fault-injection")]
+            router_fault: None,
         }
+    }
+
+    /// Test-only (feature `fault-injection`, for `cluster-testkit`'s mutants): builds the
+    /// server with a deliberately broken router, to show that the contract checks catch it.
+    /// Never use it outside tests.
+    #[cfg(feature = "fault-injection")]
+    #[doc(hidden)]
+    pub fn router_fault(mut self, fault: crate::router::RouterFault) -> Self {
+        self.router_fault = Some(fault);
+        self
     }
 
     /// The incarnation this node runs as (see [`Server::incarnation`]).
@@ -129,6 +143,8 @@ impl ServerBuilder {
             incarnation,
             mut attachments,
             attach_hooks,
+            #[cfg(feature = "fault-injection")]
+            router_fault,
         } = self;
         config.check_member(pid)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ServerError::NoRuntime)?;
@@ -157,6 +173,8 @@ impl ServerBuilder {
             opts.max_message_size,
             Arc::clone(&stats),
         );
+        #[cfg(feature = "fault-injection")]
+        let router = router.with_fault(router_fault);
         let (outbox_tx, outbox_rx) = mpsc::channel(opts.outbox_capacity);
         let (inbox_tx, inbox_rx) = mpsc::channel(opts.inbox_capacity);
         let (stop_tx, stop_rx) = oneshot::channel();

@@ -1,4 +1,4 @@
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -43,9 +43,10 @@ struct Shared {
 
 struct State {
     nodes: BTreeMap<Pid, Node>,
-    /// Ordered pairs `(from, to)` whose frames are dropped.
-    blocked: HashSet<(Pid, Pid)>,
-    loss: HashMap<(Pid, Pid), (f64, StdRng)>,
+    /// Ordered pairs `(from, to)` whose frames are dropped. (B-trees, not hash maps:
+    /// nothing about a run may depend on a per-process hash seed.)
+    blocked: BTreeSet<(Pid, Pid)>,
+    loss: BTreeMap<(Pid, Pid), (f64, StdRng)>,
     stats: NetStats,
 }
 
@@ -80,6 +81,10 @@ impl Slot {
     }
 }
 
+/// The sender recorded in a receive queue for injected bytes: no node of any config (pids
+/// are non-negative), so no crash or cut of a node purges them.
+const OUTSIDE: Pid = Pid::MIN;
+
 fn link_seed(seed: u64, from: Pid, to: Pid) -> u64 {
     // splitmix64 of the seed and the link, so each link has its own reproducible stream.
     let mut z = seed
@@ -90,7 +95,8 @@ fn link_seed(seed: u64, from: Pid, to: Pid) -> u64 {
 }
 
 impl MemNetwork {
-    /// A network of every pid in `config`, all up at incarnation 0. Each node's receive
+    /// A network of every pid in `config`, all up at incarnation 1 (a real node's first, as a
+    /// fresh peer catalog gives it). Each node's receive
     /// queue holds `peer_queue × (number of peers)` frames.
     pub fn new(config: &Config, seed: u64) -> Self {
         let peers = config.peers().len().saturating_sub(1).max(1);
@@ -104,7 +110,7 @@ impl MemNetwork {
             .pids()
             .map(|pid| {
                 let node = Node {
-                    incarnation: 0,
+                    incarnation: 1,
                     up: true,
                     taken: false,
                     slot: Slot::new(),
@@ -115,8 +121,8 @@ impl MemNetwork {
             .collect();
         let state = State {
             nodes,
-            blocked: HashSet::new(),
-            loss: HashMap::new(),
+            blocked: BTreeSet::new(),
+            loss: BTreeMap::new(),
             stats: NetStats::default(),
         };
         state.publish_connectivity();
@@ -250,6 +256,31 @@ impl MemNetwork {
                 .or_insert_with(|| (0.0, StdRng::seed_from_u64(seed)));
             entry.0 = p;
         }
+    }
+
+    /// Puts `bytes` into `to`'s receive queue as if they had arrived on its port from outside
+    /// the cluster: hostile input, for tests (contract C9). They are taken like any arrival:
+    /// they count against the queue bound and in [`MemNetwork::in_flight`], and are lost
+    /// (counted as `unreachable`) if `to` crashes before receiving them; no cut or partition
+    /// touches them. Refused with `unreachable` if `to` is down or unknown, and with
+    /// `backpressure` if its queue is full.
+    pub fn inject(&self, to: Pid, bytes: Bytes) -> Result<(), DropReason> {
+        let state = self.state();
+        let dest = match state.nodes.get(&to) {
+            Some(n) if n.up => &n.slot,
+            _ => return Err(DropReason::Unreachable),
+        };
+        let mut q = dest.queue();
+        if q.len() >= self.shared.queue_capacity {
+            return Err(DropReason::Backpressure);
+        }
+        let was_empty = q.is_empty();
+        q.push_back((OUTSIDE, bytes));
+        drop(q);
+        if was_empty {
+            dest.notify.notify_one();
+        }
+        Ok(())
     }
 
     /// The network's own counters.
@@ -536,7 +567,8 @@ impl Transport for MemTransport {
         self.leave();
     }
 
-    /// The network counts restarts: incarnation 0 at first, one more per restart.
+    /// The network counts starts, as a peer catalog does: incarnation 1 at first, one more
+    /// per restart.
     fn incarnation(&self) -> Option<Incarnation> {
         Some(self.incarnation)
     }
@@ -611,6 +643,25 @@ mod tests {
         t1.send_many(&mut frames, &mut |to, reason| refused.push((to, reason)));
         assert_eq!(refused, vec![(2, DropReason::Unreachable)]);
         assert_eq!(net.in_flight(), 0);
+    }
+
+    #[test]
+    fn injected_bytes_queue_like_arrivals_and_survive_cuts_not_crashes() {
+        let config = Config::local(3, 7000).unwrap();
+        let net = MemNetwork::with_queue_capacity(&config, 1, 2);
+        let mut t2 = net.transport(2).unwrap();
+        assert_eq!(net.inject(2, frame(1)), Ok(()));
+        net.partition(&[1, 3], &[2]);
+        assert_eq!(net.inject(2, frame(2)), Ok(()));
+        assert_eq!(net.inject(2, frame(3)), Err(DropReason::Backpressure));
+        assert_eq!(net.in_flight(), 2);
+        assert_eq!(t2.try_recv(), Some(TransportEvent::Frame(frame(1))));
+        net.crash(2);
+        assert_eq!(net.inject(2, frame(4)), Err(DropReason::Unreachable));
+        assert_eq!(net.inject(9, frame(5)), Err(DropReason::Unreachable));
+        assert_eq!(net.in_flight(), 0);
+        assert_eq!(net.stats().discarded.get(DropReason::Unreachable), 1);
+        assert_eq!(net.stats().discarded.get(DropReason::Partitioned), 0);
     }
 
     #[tokio::test(flavor = "current_thread")]

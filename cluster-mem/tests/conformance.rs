@@ -1,7 +1,7 @@
 //! The contract (C1–C9, stated in `cluster-core`'s crate docs) checked on the in-memory transport by the test kit's
 //! conformance suite: directed cases plus random scenarios judged by the oracle.
 //!
-//! `CLUSTER_CASES=5000 cargo test -p cluster-mem --test conformance` runs more scenarios;
+//! `CLUSTER_CASES=10000 cargo test --release -p cluster-mem --test conformance` runs more scenarios;
 //! a failure prints its seed, and `CLUSTER_SEED=<seed>` replays it exactly.
 
 use cluster_testkit::conformance::{self, Setup, SuiteOptions};

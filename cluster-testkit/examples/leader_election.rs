@@ -2,19 +2,22 @@
 //! five simulated nodes run it under a random schedule of crashes, restarts, partitions,
 //! cuts and lossy links, and two invariants are checked throughout:
 //!
-//! * **election safety** — never two leaders in the same term (checked after every fault);
+//! * **election safety** — never two leaders in the same term: a node that wins an
+//!   election checks it at that moment and reports a violation (`NodeContext::fail`), and
+//!   the check after every fault step looks again;
 //! * **liveness** — once the network is healed and every node is back, a leader is elected
 //!   and a majority follows it (checked at the end).
 //!
 //! ```text
-//! cargo run -p cluster-testkit --example leader_election            # 20 random seeds
+//! cargo run -p cluster-testkit --example leader_election            # 20 seeds (CLUSTER_CASES)
 //! CLUSTER_SEED=123 cargo run -p cluster-testkit --example leader_election   # replay one
 //! cargo run -p cluster-testkit --example leader_election -- --vote-twice  # a bug to catch
 //! ```
 //!
 //! `--vote-twice` plants a classic bug: a node grants every vote request of its current
 //! term, forgetting that it already voted. The kit finds a seed where that elects two
-//! leaders, prints the faults that led there, and the seed that replays it.
+//! leaders, shrinks the fault schedule to the faults that matter, draws the run as a
+//! space-time diagram, and prints the seed that replays it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,9 +26,9 @@ use std::time::Duration;
 
 use cluster_core::{BROADCAST, Envelope, Pid, Server};
 use cluster_testkit::faults::{self, FaultSchedule, Phase};
-use cluster_testkit::{SimCluster, seed_from_env};
+use cluster_testkit::{NodeContext, SimCluster, cases_or, seed_from_env};
+use rand::Rng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tokio::time::{Instant, sleep_until};
 
@@ -68,11 +71,12 @@ fn election_timeout(rng: &mut StdRng) -> Duration {
     Duration::from_millis(rng.random_range(150..300))
 }
 
-async fn node(server: Server<Msg>, seed: u64, world: Shared, vote_twice: bool) {
+async fn node(server: Server<Msg>, ctx: NodeContext, world: Shared, vote_twice: bool) {
     let me = server.pid();
     let nodes = server.peers().len() + 1;
     let majority = nodes / 2 + 1;
-    let mut rng = StdRng::seed_from_u64(seed);
+    // From the run's seed, so that a run replays exactly.
+    let mut rng = ctx.rng();
     let mut disk = world
         .lock()
         .unwrap()
@@ -141,7 +145,14 @@ async fn node(server: Server<Msg>, seed: u64, world: Shared, vote_twice: bool) {
                             if votes.len() >= majority {
                                 role = Role::Leader;
                                 leader = Some(me);
-                                world.lock().unwrap().leaders.entry(term).or_default().insert(me);
+                                let mut w = world.lock().unwrap();
+                                let leaders = w.leaders.entry(term).or_default();
+                                leaders.insert(me);
+                                if leaders.len() > 1 {
+                                    // Said the moment it happens, not at the next check.
+                                    ctx.fail(format!("two leaders in term {term}: {leaders:?}"));
+                                }
+                                drop(w);
                                 send(BROADCAST, Msg::Heartbeat { term });
                                 deadline = Instant::now() + HEARTBEAT;
                             }
@@ -187,50 +198,52 @@ fn leader_followed(world: &Shared, nodes: usize) -> Result<(), String> {
     }
 }
 
-/// One seeded run; `Ok` with a summary, or the failure report.
+/// One seeded run (and, if it fails, the replays that shrink it); `Ok` with a summary, or
+/// the failure report.
 fn run_once(seed: u64, vote_twice: bool) -> Result<String, String> {
     const NODES: usize = 5;
-    let rt = faults::runtime().map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let mut sim = SimCluster::<Msg>::builder()
-            .nodes(NODES)
-            .seed(seed)
-            .build()
-            .await
-            .map_err(|e| e.to_string())?;
+    let builder = SimCluster::<Msg>::builder()
+        .nodes(NODES)
+        .seed(seed)
+        // Shown beside each message in the history and on the diagram's arrows.
+        .summary(|m: &Msg| format!("{m:?}"));
+    let schedule = FaultSchedule {
+        steps: 40,
+        interval: Duration::from_millis(300),
+        ..FaultSchedule::default()
+    };
+    // The world of the last run, for the summary.
+    let last = Arc::new(Mutex::new(Shared::default()));
+    let report = faults::explore::<Msg, _, _, _>(&builder, &schedule, || {
+        // Fresh for every run: shrinking replays the run from scratch.
         let world = Shared::default();
+        *last.lock().unwrap() = Arc::clone(&world);
         let logic = {
             let world = Arc::clone(&world);
-            move |server, seed| node(server, seed, Arc::clone(&world), vote_twice)
+            move |server, ctx| node(server, ctx, Arc::clone(&world), vote_twice)
         };
-        let schedule = FaultSchedule {
-            steps: 40,
-            interval: Duration::from_millis(300),
-            ..FaultSchedule::default()
-        };
-        let report = faults::run(&mut sim, logic, &schedule, |phase| {
+        let check = move |phase| {
             election_safety(&world)?;
             if phase == Phase::Final {
                 leader_followed(&world, NODES)?;
             }
             Ok(())
-        })
-        .await
-        .map_err(|failure| failure.to_string())?;
-        let terms = world.lock().unwrap().leaders.len();
-        sim.shutdown().await;
-        Ok(format!(
-            "{} faults, leaders elected in {terms} terms, never two in one",
-            report.faults.len()
-        ))
+        };
+        (logic, check)
     })
+    .map_err(|failure| failure.to_string())?;
+    let terms = last.lock().unwrap().lock().unwrap().leaders.len();
+    Ok(format!(
+        "{} faults, leaders elected in {terms} terms, never two in one",
+        report.faults.len()
+    ))
 }
 
 fn main() {
     let vote_twice = std::env::args().any(|a| a == "--vote-twice");
     let seeds: Vec<u64> = match seed_from_env() {
         Some(seed) => vec![seed],
-        None => (1..=20).collect(),
+        None => (1..=u64::from(cases_or(20))).collect(),
     };
     for seed in seeds {
         match run_once(seed, vote_twice) {

@@ -9,8 +9,9 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use cluster_catalog::{NodeCatalog, PeerCatalog};
-use cluster_core::{Config, DropCounts, Pid, TransportError};
+use cluster_core::{Config, DropCounts, DropReason, Pid, ServerBuilder, TransportError};
 
 use crate::under_test::{Capabilities, ClusterUnderTest, Started};
 
@@ -116,5 +117,13 @@ impl<B: ClusterUnderTest> ClusterUnderTest for WithCatalogs<B> {
 
     fn discarded(&self) -> DropCounts {
         self.inner.discarded()
+    }
+
+    fn inject(&mut self, to: Pid, bytes: Bytes) -> Option<Result<(), DropReason>> {
+        self.inner.inject(to, bytes)
+    }
+
+    fn server_builder(&self, pid: Pid, builder: ServerBuilder) -> ServerBuilder {
+        self.inner.server_builder(pid, builder)
     }
 }

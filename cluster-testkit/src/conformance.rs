@@ -5,9 +5,11 @@
 //! [`Setup`] (node count, seed, options). The suite then runs:
 //!
 //! * **scenarios** — property-based: random [`Scenario`]s (sends, crashes, restarts,
-//!   partitions, cuts, heals, loss, settles — only the faults the backend supports), each
-//!   judged by the [`oracle`] on C1–C8; a failure shrinks to the smallest
-//!   failing scenario and prints it with the seed and the command that replays it;
+//!   partitions, cuts, heals, loss, hostile bytes, settles — only what the backend
+//!   supports), each judged by the [`oracle`] on C1–C9; a failure shrinks to the smallest
+//!   failing scenario and prints it with the seed and the command that replays it.
+//!   Simulated scenarios run with small receive queues ([`SCENARIO_PEER_QUEUE`]), so that
+//!   random bursts overflow them and the oracle judges backpressure too (C6);
 //! * **directed cases** — routing basics, restart, partition, backpressure and isolation
 //!   with full inboxes (C6), and hostile bytes (C9).
 //!
@@ -43,7 +45,7 @@ use proptest::test_runner::{
 };
 
 use crate::history::{Record, to_json_lines};
-use crate::oracle::{self, Verdict, Violation};
+use crate::oracle::{self, Invariant, Verdict, Violation};
 use crate::scenario::{Op, Scenario, run_scenario, scenario};
 use crate::seed::{SEED_VAR, cases_or, seed_or_random};
 use crate::sim::{SimCluster, SimError};
@@ -87,6 +89,9 @@ pub struct SuiteOptions {
     pub max_shrink_iters: u32,
     /// Where the history of a failing scenario is written (default: the temp directory).
     pub history_dir: Option<PathBuf>,
+    /// Judge scenarios by this clause only (default: all of them). Shows which check
+    /// catches a mutant: shrinking then keeps a violation of that clause.
+    pub invariant: Option<Invariant>,
 }
 
 impl SuiteOptions {
@@ -101,6 +106,7 @@ impl SuiteOptions {
             max_ops: 40,
             max_shrink_iters: 1024,
             history_dir: None,
+            invariant: None,
         }
     }
 
@@ -162,6 +168,8 @@ impl fmt::Display for Failure {
             }
         }
         if let Some(p) = &self.history_file {
+            // The shrunk run drawn, as text and as an HTML page written beside the history.
+            write!(f, "{}", crate::diagram::report(p))?;
             writeln!(f, "history (JSON lines): {}", p.display())?;
         }
         write!(
@@ -186,6 +194,10 @@ pub struct Report {
     pub directed: Vec<&'static str>,
 }
 
+/// `peer_queue` of simulated scenario runs: small, so that random scenarios fill queues and
+/// the oracle judges what overflows them (C6). Real sockets keep the default.
+pub const SCENARIO_PEER_QUEUE: usize = 2;
+
 /// A current-thread runtime. Simulations run with tokio's clock paused (they wait on
 /// conditions, never on time), so even the history's timestamps replay exactly.
 fn runtime(paused: bool) -> Result<tokio::runtime::Runtime, SimError> {
@@ -208,6 +220,18 @@ fn setup(nodes: usize, seed: u64) -> Setup {
     }
 }
 
+/// The setup of one scenario run: simulations get small queues (see
+/// [`SCENARIO_PEER_QUEUE`]) and a small `max_message_size` (oversized hostile bytes stay
+/// cheap); real sockets the defaults.
+fn scenario_setup(nodes: usize, seed: u64, exact: bool) -> Setup {
+    let mut setup = setup(nodes, seed);
+    if exact {
+        setup.options.peer_queue = SCENARIO_PEER_QUEUE;
+        setup.options.max_message_size = 4096;
+    }
+    setup
+}
+
 /// Runs one scenario on a fresh cluster from `factory` and judges it (e.g. to replay a
 /// printed scenario, or in a regression test).
 pub fn check_scenario(
@@ -225,7 +249,7 @@ fn scenario_on(
 ) -> Result<(Verdict, Vec<Record>), SimError> {
     let rt = runtime(paused)?;
     rt.block_on(async {
-        let backend = factory(&setup(scenario.nodes, scenario.seed))?;
+        let backend = factory(&scenario_setup(scenario.nodes, scenario.seed, paused))?;
         let history = run_scenario(backend, scenario).await?;
         Ok((oracle::check(&history), history))
     })
@@ -288,9 +312,16 @@ pub fn check_scenarios(
     let strategy = scenario(options.nodes.clone(), options.max_ops, caps);
     let exact = caps.timing == Timing::Exact;
     let judged = std::cell::Cell::new((0usize, 0usize, 0usize));
+    let judge = |mut verdict: Verdict| {
+        if let Some(only) = options.invariant {
+            verdict.violations.retain(|v| v.invariant == only);
+        }
+        verdict
+    };
     let result = runner(options).run(&strategy, |sc| {
         let (verdict, _) =
             scenario_on(factory, &sc, exact).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let verdict = judge(verdict);
         if verdict.is_ok() {
             let (a, b, c) = verdict.expectations();
             let (x, y, z) = judged.get();
@@ -313,7 +344,7 @@ pub fn check_scenarios(
         if let Some(sc) = &scenario {
             match scenario_on(factory, sc, exact) {
                 Ok((verdict, history)) => {
-                    failure.violations = verdict.violations;
+                    failure.violations = judge(verdict).violations;
                     failure.history_file = write_history(options, &name, &history);
                 }
                 Err(e) => failure.error = Some(e.to_string()),

@@ -1,7 +1,9 @@
 //! The recorded history of a run: every fault, send, routing decision, arrival and delivery,
 //! in one total order, exportable as JSON lines.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cluster_core::{DropCounts, DropReason, Incarnation, MsgId, Pid, Stats};
@@ -169,6 +171,26 @@ pub enum Event {
         /// How many bytes.
         len: usize,
     },
+    /// Hostile bytes were put on the port of `to`, as by a stranger on the network (a
+    /// scenario's `Hostile` op; contract C9).
+    Injected {
+        /// The receiving node.
+        to: Pid,
+        /// Its incarnation.
+        at_incarnation: Incarnation,
+        /// What the bytes are.
+        bytes: crate::scenario::HostileBytes,
+        /// How many bytes.
+        len: usize,
+        /// `None` if the network took them, else why it refused them (a full queue).
+        refused: Option<DropReason>,
+    },
+    /// Simulation: each node's receive queue holds at most `frames` frames accepted for it
+    /// and not yet taken by its server; one more is refused as `backpressure` (contract C6).
+    QueueBound {
+        /// `peer_queue` for each of the node's peers, as in `cluster_mem::MemNetwork`.
+        frames: u64,
+    },
     /// The harness waited until the network was quiet.
     Settled {
         /// Frames still in flight (0 in simulation).
@@ -201,6 +223,17 @@ pub enum Event {
         /// The text.
         text: String,
     },
+    /// A node's logic reported a violation (`NodeContext::fail`) or panicked: the run fails.
+    NodeFailed {
+        /// The node.
+        pid: Pid,
+        /// Its incarnation.
+        incarnation: Incarnation,
+        /// `true` for a panic, `false` for a reported violation.
+        panicked: bool,
+        /// What it said.
+        message: String,
+    },
 }
 
 impl Event {
@@ -216,16 +249,111 @@ impl Event {
     }
 }
 
+/// The name of one message: who sent it, as which incarnation, and its place among the
+/// messages that incarnation handed to the network (from 1; the copies of a broadcast share
+/// it). Written `pid.incarnation#seq`, e.g. `2.1#7`.
+///
+/// Message ids are the user's to choose (they may repeat, e.g. always 0); names do not, so
+/// a record can always be traced to the message it is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MsgRef {
+    /// The sender.
+    pub from: Pid,
+    /// The sender's incarnation.
+    pub incarnation: Incarnation,
+    /// The message's place among those this incarnation sent, from 1.
+    pub seq: u64,
+}
+
+impl fmt::Display for MsgRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}#{}", self.from, self.incarnation, self.seq)
+    }
+}
+
+impl FromStr for MsgRef {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("message name {s:?} is not pid.incarnation#seq");
+        let (who, seq) = s.split_once('#').ok_or_else(bad)?;
+        let (from, incarnation) = who.split_once('.').ok_or_else(bad)?;
+        Ok(MsgRef {
+            from: from.parse().map_err(|_| bad())?,
+            incarnation: incarnation.parse().map_err(|_| bad())?,
+            seq: seq.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+// As its `pid.incarnation#seq` text: the JSON lines stay readable.
+impl Serialize for MsgRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MsgRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// An [`Event`] with its place in the total order and its time since the run began.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// Position in the history, from 0.
     pub seq: u64,
-    /// Microseconds since the run began (wall clock, or tokio's paused clock).
+    /// Microseconds since the run began, on tokio's clock: simulated time when the clock is
+    /// paused (as simulated runs have it), else real time.
     pub at_us: u64,
     /// What happened.
     #[serde(flatten)]
     pub event: Event,
+    /// The message the record is about, when the harness could tell (simulated runs name
+    /// every frame a node sends and receives; see [`MsgRef`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msg: Option<MsgRef>,
+    /// A one-line summary of the message's payload, if a summary function was given
+    /// (`SimBuilder::summary`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+}
+
+impl Record {
+    /// A record about no message in particular.
+    pub fn new(seq: u64, at_us: u64, event: Event) -> Self {
+        Self {
+            seq,
+            at_us,
+            event,
+            msg: None,
+            summary: None,
+        }
+    }
+}
+
+/// What the harness knows of the message in a frame that is about to be recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct MsgTag {
+    pub(crate) msg: Option<MsgRef>,
+    pub(crate) summary: Option<String>,
+}
+
+/// Which record a [`MsgTag`] waits for: the frame header it must match, so that a tag can
+/// never name the wrong record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TagFor {
+    /// The `Routed` record of a copy `from → to`.
+    Routed { from: Pid, to: Pid, msg_id: MsgId },
+    /// The `Arrived` record of a frame at `at`.
+    Arrived {
+        at: Pid,
+        from: Pid,
+        incarnation: Incarnation,
+        msg_id: MsgId,
+    },
 }
 
 /// A shared, append-only history. Cheap to clone; clones append to the same log.
@@ -238,6 +366,75 @@ struct Log {
     start: tokio::time::Instant,
     records: Vec<Record>,
     enabled: bool,
+    /// Set once the run is over: later events (a stopping node's last arrivals, whose order
+    /// the harness does not control) are not recorded, so that a history replays exactly.
+    closed: bool,
+    /// Per node, the tag for the next `Routed` or `Arrived` record of that node.
+    pending: BTreeMap<Pid, (TagFor, MsgTag)>,
+    /// Per node, the header and tag of its last arrival: a `Dropped` record that follows
+    /// is about the same frame.
+    last_arrival: BTreeMap<Pid, ((Pid, Incarnation, MsgId), MsgTag)>,
+    /// `(at, from, msg_id)` → the tag of the latest arrival with that header, for the
+    /// `Delivered` record the harness writes when it takes the message from the inbox.
+    arrived: BTreeMap<(Pid, Pid, MsgId), MsgTag>,
+}
+
+impl Log {
+    /// The tag an event carries, from what the harness told about its frame.
+    fn tag_of(&mut self, event: &Event) -> Option<MsgTag> {
+        match *event {
+            Event::Routed {
+                from, to, msg_id, ..
+            } => {
+                let (wanted, tag) = self.pending.remove(&from)?;
+                (wanted == TagFor::Routed { from, to, msg_id }).then_some(tag)
+            }
+            Event::Arrived {
+                at,
+                from: Some(from),
+                incarnation: Some(incarnation),
+                msg_id: Some(msg_id),
+                ..
+            } => {
+                let (wanted, tag) = self.pending.remove(&at)?;
+                let header = (from, incarnation, msg_id);
+                if wanted
+                    != (TagFor::Arrived {
+                        at,
+                        from,
+                        incarnation,
+                        msg_id,
+                    })
+                {
+                    self.last_arrival.remove(&at);
+                    return None;
+                }
+                self.last_arrival.insert(at, (header, tag.clone()));
+                self.arrived.insert((at, from, msg_id), tag.clone());
+                Some(tag)
+            }
+            Event::Arrived { at, .. } => {
+                // Bytes that are not a frame: nothing to name, and no older tag may stick.
+                self.pending.remove(&at);
+                self.last_arrival.remove(&at);
+                None
+            }
+            Event::Dropped {
+                at,
+                from: Some(from),
+                incarnation: Some(incarnation),
+                msg_id: Some(msg_id),
+                ..
+            } => {
+                let (header, tag) = self.last_arrival.get(&at)?;
+                (*header == (from, incarnation, msg_id)).then(|| tag.clone())
+            }
+            Event::Delivered {
+                at, from, msg_id, ..
+            } => self.arrived.get(&(at, from, msg_id)).cloned(),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Debug for History {
@@ -262,6 +459,10 @@ impl History {
                 start: tokio::time::Instant::now(),
                 records: Vec::new(),
                 enabled: true,
+                closed: false,
+                pending: BTreeMap::new(),
+                last_arrival: BTreeMap::new(),
+                arrived: BTreeMap::new(),
             })),
         }
     }
@@ -279,18 +480,46 @@ impl History {
 
     /// Whether this history records.
     pub fn is_enabled(&self) -> bool {
-        self.log().enabled
+        let log = self.log();
+        log.enabled && !log.closed
+    }
+
+    /// Stops recording for good: what happens after the run is over is not part of it.
+    pub(crate) fn close(&self) {
+        self.log().closed = true;
     }
 
     /// Appends `event` and returns its sequence number.
     pub fn push(&self, event: Event) -> u64 {
+        self.push_tagged(event, None)
+    }
+
+    /// Appends `event`, naming the message it is about with `tag` if given, else with what
+    /// the harness told of its frame ([`History::tag_next`]).
+    pub(crate) fn push_tagged(&self, event: Event, tag: Option<MsgTag>) -> u64 {
         let mut log = self.log();
         let seq = log.records.len() as u64;
-        if log.enabled {
+        if log.enabled && !log.closed {
             let at_us = u64::try_from(log.start.elapsed().as_micros()).unwrap_or(u64::MAX);
-            log.records.push(Record { seq, at_us, event });
+            let tag = tag.or_else(|| log.tag_of(&event));
+            let mut record = Record::new(seq, at_us, event);
+            if let Some(tag) = tag {
+                record.msg = tag.msg;
+                record.summary = tag.summary;
+            }
+            log.records.push(record);
         }
         seq
+    }
+
+    /// Names the frame whose record `node`'s probe is about to write (the copy it routes,
+    /// or the frame that arrived at it): the tag is attached to that record if its header
+    /// matches `wanted`, and dropped otherwise.
+    pub(crate) fn tag_next(&self, node: Pid, wanted: TagFor, tag: MsgTag) {
+        let mut log = self.log();
+        if log.enabled && !log.closed {
+            log.pending.insert(node, (wanted, tag));
+        }
     }
 
     /// A copy of every record so far.
@@ -343,6 +572,78 @@ pub fn from_json_lines(text: &str) -> Result<Vec<Record>, serde_json::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_names_read_back_and_stay_off_records_without_one() {
+        let name = MsgRef {
+            from: 2,
+            incarnation: 1,
+            seq: 7,
+        };
+        assert_eq!(name.to_string(), "2.1#7");
+        assert_eq!("2.1#7".parse::<MsgRef>(), Ok(name));
+        assert!("2.1".parse::<MsgRef>().is_err());
+        let h = History::new();
+        h.push(Event::Heal);
+        h.tag_next(
+            2,
+            TagFor::Routed {
+                from: 2,
+                to: 3,
+                msg_id: 0,
+            },
+            MsgTag {
+                msg: Some(name),
+                summary: Some("Vote { term: 3 }".into()),
+            },
+        );
+        h.push(Event::Routed {
+            from: 2,
+            incarnation: 1,
+            to: 3,
+            msg_id: 0,
+            refused: None,
+        });
+        let text = h.to_json_lines();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(!lines[0].contains("msg"), "{text}");
+        assert!(
+            lines[1].ends_with(r#""msg":"2.1#7","summary":"Vote { term: 3 }"}"#),
+            "{text}"
+        );
+        assert_eq!(from_json_lines(&text).unwrap(), h.records());
+    }
+
+    /// A tag names only the record it was meant for.
+    #[test]
+    fn a_tag_for_another_copy_is_not_attached() {
+        let h = History::new();
+        let tag = MsgTag {
+            msg: Some(MsgRef {
+                from: 1,
+                incarnation: 1,
+                seq: 1,
+            }),
+            summary: None,
+        };
+        h.tag_next(
+            1,
+            TagFor::Routed {
+                from: 1,
+                to: 2,
+                msg_id: 5,
+            },
+            tag,
+        );
+        h.push(Event::Routed {
+            from: 1,
+            incarnation: 1,
+            to: 3,
+            msg_id: 5,
+            refused: None,
+        });
+        assert_eq!(h.records()[0].msg, None);
+    }
 
     #[test]
     fn json_lines_round_trip() {

@@ -1,10 +1,58 @@
-//! Deliberately broken transports, to prove that every check of the oracle can fail.
+//! Deliberately broken transports and routers, to prove that every check of the oracle can
+//! fail.
 //!
-//! A [`MutantBackend`] is a [`MemCluster`] whose transports misbehave in one way
-//! ([`Mutation`]): they duplicate, reorder, corrupt, misroute or silently lose frames,
-//! deliver what should have been dropped (after a restart, across a partition), hold frames
-//! behind an unreachable peer, or forget their incarnation on restart. Each is caught by the
-//! conformance suite; the test kit's own tests show which invariant catches which.
+//! A [`MutantBackend`] is a [`MemCluster`] broken in one way ([`Mutation`]). Most mutations
+//! break the transports: they duplicate, reorder, corrupt, misroute, invent or silently lose
+//! frames, deliver what had to be dropped (after a restart, across a partition, after a fault
+//! hit it in flight), hold frames behind an unreachable peer, queue without bound, give the
+//! wrong reason for a drop, die on hostile bytes, or forget their incarnation on restart.
+//! The others break the server's own router, through the test-only
+//! `ServerBuilder::router_fault` of `cluster-core` (feature `fault-injection`, which this
+//! crate turns on): a broadcast to its sender, no self-delivery, an uncounted `unknown_peer`,
+//! stale frames accepted, hostile bytes uncounted.
+//!
+//! # Which check catches which mutant
+//!
+//! Each row is a test in `tests/testkit/mutants.rs` that finds the mutant by random search
+//! (the scenario generator of [`scenario`](crate::scenario), judged by that clause's oracle
+//! function only), shrinks it to at most 8 ops, shows the function flagging the shrunk
+//! scenario on the mutant, and the healthy transport passing the same scenario. Each test
+//! fails if its oracle function is made to report nothing.
+//!
+//! | clause | mutant ([`Mutation`]) | broken | oracle function | test |
+//! |---|---|---|---|---|
+//! | C1 routing | `Misroute` | transport | [`check_c1_routing`] | `c1_finds_misroute` |
+//! | C1 routing | `BroadcastToSender` | router | [`check_c1_routing`] | `c1_finds_broadcast_to_sender` |
+//! | C1 routing | `NoSelfDelivery` | router | [`check_c1_routing`] | `c1_finds_no_self_delivery` |
+//! | C1 routing | `UncountedUnknownPeer` | router | [`check_c1_routing`] | `c1_finds_uncounted_unknown_peer` |
+//! | C2 integrity | `Duplicate` | transport | [`check_c2_integrity`] | `c2_finds_duplicate` |
+//! | C2 integrity | `Corrupt` | transport | [`check_c2_integrity`] | `c2_finds_corrupt` |
+//! | C2 integrity | `Phantom` | transport | [`check_c2_integrity`] | `c2_finds_phantom` |
+//! | C3 FIFO | `Reorder` | transport | [`check_c3_fifo`] | `c3_finds_reorder` |
+//! | C4 drop on unreachable | `DeliverAfterRestart` | transport | [`check_c4_drop_on_unreachable`] | `c4_finds_deliver_after_restart` |
+//! | C4 drop on unreachable | `CrossPartition` | transport | [`check_c4_drop_on_unreachable`] | `c4_finds_cross_partition` |
+//! | C4 in-flight discard | `KeepInFlight` | transport | [`check_c4_drop_on_unreachable`] | `c4_finds_keep_in_flight` |
+//! | C4 stale incarnation | `StaleIncarnation` | transport + router | [`check_c4_drop_on_unreachable`] | `c4_finds_stale_incarnation` |
+//! | C5 delivery | `LoseHealthy` | transport | [`check_c5_delivery`] | `c5_finds_lose_healthy` |
+//! | C6 isolation | `StallBehindUnreachable` | transport | [`check_c6_isolation`] | `c6_finds_stall_behind_unreachable` |
+//! | C6 bounded queues | `Unbounded` | transport | [`check_c6_isolation`] | `c6_finds_unbounded` |
+//! | C7 nothing silent | `LoseHealthy` | transport | [`check_c7_accounting`] | `c7_finds_silent_loss` |
+//! | C7 right reason | `WrongReason` | transport | [`check_c7_accounting`] | `c7_finds_wrong_reason` |
+//! | C8 restart | `ForgetIncarnation` | transport | [`check_c8_restart`] | `c8_finds_forget_incarnation` |
+//! | C9 hostile input | `HostileCrash` | transport | [`check_c9_hostile_input`] | `c9_finds_hostile_crash` |
+//! | C9 hostile input | `HostileUncounted` | router | [`check_c9_hostile_input`] | `c9_finds_hostile_uncounted` |
+//!
+//! (C10, membership you can trust, comes with the wire format v2 and is not checked yet.)
+//!
+//! [`check_c1_routing`]: crate::oracle::check_c1_routing
+//! [`check_c2_integrity`]: crate::oracle::check_c2_integrity
+//! [`check_c3_fifo`]: crate::oracle::check_c3_fifo
+//! [`check_c4_drop_on_unreachable`]: crate::oracle::check_c4_drop_on_unreachable
+//! [`check_c5_delivery`]: crate::oracle::check_c5_delivery
+//! [`check_c6_isolation`]: crate::oracle::check_c6_isolation
+//! [`check_c7_accounting`]: crate::oracle::check_c7_accounting
+//! [`check_c8_restart`]: crate::oracle::check_c8_restart
+//! [`check_c9_hostile_input`]: crate::oracle::check_c9_hostile_input
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -12,13 +60,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use cluster_core::wire::Frame;
+use cluster_core::wire::{self, Frame};
 use cluster_core::{
-    Config, DropCounts, DropReason, PeerSet, Pid, Transport, TransportError, TransportEvent,
+    Config, DropCounts, DropReason, Incarnation, PeerSet, Pid, RouterFault, ServerBuilder,
+    Transport, TransportError, TransportEvent,
 };
+use cluster_mem::MemNetwork;
 use futures::FutureExt;
 use tokio::sync::{mpsc, watch};
 
+use crate::oracle::Invariant;
 use crate::under_test::{Capabilities, ClusterUnderTest, MemCluster, Started};
 
 /// One way to break the contract.
@@ -44,11 +95,39 @@ pub enum Mutation {
     StallBehindUnreachable,
     /// Restarts a node as incarnation 0, as a node that lost its catalog would (breaks C8).
     ForgetIncarnation,
+    /// Frames in flight when their sender crashes, or when a cut or partition hits their
+    /// link, are delivered anyway instead of discarded (breaks C4: in-flight discard).
+    KeepInFlight,
+    /// Frames in flight when their sender crashes reach the receiver late, right after the
+    /// first frame of the sender's next incarnation (as queued frames can on real sockets),
+    /// and the router accepts them although a newer incarnation was seen (breaks C4).
+    StaleIncarnation,
+    /// Refusals give the wrong reason: `partitioned` for an unreachable peer and
+    /// `unreachable` for a cut link (breaks C7).
+    WrongReason,
+    /// A frame for a full queue is queued anyway, without bound, instead of being refused
+    /// as `backpressure` (breaks C6).
+    Unbounded,
+    /// Hands up, after every other frame, a copy of it under a message id nobody sent
+    /// (breaks C2: phantom).
+    Phantom,
+    /// Bytes on its port that are not a frame bring the node down, uncounted (breaks C9).
+    HostileCrash,
+    /// The router drops bytes that are not a known peer's frame without counting them
+    /// (breaks C9).
+    HostileUncounted,
+    /// The router also delivers a broadcast to its sender (breaks C1).
+    BroadcastToSender,
+    /// The router sends a message for the node itself out through the transport, which it
+    /// then drops as a forgery (breaks C1).
+    NoSelfDelivery,
+    /// The router drops a send to an unknown pid without counting it (breaks C1).
+    UncountedUnknownPeer,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 9] = [
+    pub const ALL: [Mutation; 19] = [
         Mutation::Duplicate,
         Mutation::Reorder,
         Mutation::Corrupt,
@@ -58,6 +137,16 @@ impl Mutation {
         Mutation::CrossPartition,
         Mutation::StallBehindUnreachable,
         Mutation::ForgetIncarnation,
+        Mutation::KeepInFlight,
+        Mutation::StaleIncarnation,
+        Mutation::WrongReason,
+        Mutation::Unbounded,
+        Mutation::Phantom,
+        Mutation::HostileCrash,
+        Mutation::HostileUncounted,
+        Mutation::BroadcastToSender,
+        Mutation::NoSelfDelivery,
+        Mutation::UncountedUnknownPeer,
     ];
 
     /// A kebab-case name.
@@ -72,12 +161,64 @@ impl Mutation {
             Mutation::CrossPartition => "cross-partition",
             Mutation::StallBehindUnreachable => "stall-behind-unreachable",
             Mutation::ForgetIncarnation => "forget-incarnation",
+            Mutation::KeepInFlight => "keep-in-flight",
+            Mutation::StaleIncarnation => "stale-incarnation",
+            Mutation::WrongReason => "wrong-reason",
+            Mutation::Unbounded => "unbounded",
+            Mutation::Phantom => "phantom",
+            Mutation::HostileCrash => "hostile-crash",
+            Mutation::HostileUncounted => "hostile-uncounted",
+            Mutation::BroadcastToSender => "broadcast-to-sender",
+            Mutation::NoSelfDelivery => "no-self-delivery",
+            Mutation::UncountedUnknownPeer => "uncounted-unknown-peer",
         }
+    }
+
+    /// The clause it breaks first (some break more: `LoseHealthy` is silent, so C7 too).
+    pub fn breaks(self) -> Invariant {
+        match self {
+            Mutation::Misroute
+            | Mutation::BroadcastToSender
+            | Mutation::NoSelfDelivery
+            | Mutation::UncountedUnknownPeer => Invariant::C1Routing,
+            Mutation::Duplicate | Mutation::Corrupt | Mutation::Phantom => Invariant::C2Integrity,
+            Mutation::Reorder => Invariant::C3Fifo,
+            Mutation::DeliverAfterRestart
+            | Mutation::CrossPartition
+            | Mutation::KeepInFlight
+            | Mutation::StaleIncarnation => Invariant::C4DropOnUnreachable,
+            Mutation::LoseHealthy => Invariant::C5Delivery,
+            Mutation::StallBehindUnreachable | Mutation::Unbounded => Invariant::C6Isolation,
+            Mutation::WrongReason => Invariant::C7Accounting,
+            Mutation::ForgetIncarnation => Invariant::C8Restart,
+            Mutation::HostileCrash | Mutation::HostileUncounted => Invariant::C9HostileInput,
+        }
+    }
+
+    /// The router fault it needs, if it breaks the router.
+    fn router_fault(self) -> Option<RouterFault> {
+        match self {
+            Mutation::StaleIncarnation => Some(RouterFault::AcceptStale),
+            Mutation::HostileUncounted => Some(RouterFault::UncountedHostile),
+            Mutation::BroadcastToSender => Some(RouterFault::BroadcastToSender),
+            Mutation::NoSelfDelivery => Some(RouterFault::NoSelfDelivery),
+            Mutation::UncountedUnknownPeer => Some(RouterFault::UncountedUnknownPeer),
+            _ => None,
+        }
+    }
+
+    /// Whether its transports track the frames they have in flight.
+    fn tracks_flight(self) -> bool {
+        matches!(self, Mutation::KeepInFlight | Mutation::StaleIncarnation)
     }
 }
 
+/// A frame held by a mutant: from, to, and the bytes.
+type HeldFrame = (Pid, Pid, Bytes);
+
 /// State shared by a mutant cluster's transports: a back door into each node's current
-/// transport (how a mutant delivers what the network refused), and frames held back.
+/// transport (how a mutant delivers what the network refused or discarded), and frames held
+/// back.
 #[derive(Default)]
 struct Shared {
     backdoor: BTreeMap<Pid, mpsc::UnboundedSender<Bytes>>,
@@ -85,6 +226,31 @@ struct Shared {
     kept: BTreeMap<Pid, Vec<Bytes>>,
     /// Per sender: the peer it is stalled behind, and the frames held meanwhile.
     stalled: BTreeMap<Pid, (Pid, VecDeque<(Pid, Bytes)>)>,
+    /// Frames the network accepted and that have not arrived (KeepInFlight,
+    /// StaleIncarnation).
+    flying: Vec<HeldFrame>,
+    /// Frames of crashed senders, with the incarnation that sent them, waiting for that
+    /// sender's next incarnation to reach their destination (StaleIncarnation).
+    stale: Vec<(Incarnation, HeldFrame)>,
+}
+
+impl Shared {
+    /// Takes the frames in flight on the links `doomed` selects out of `flying`.
+    fn take_flying(&mut self, doomed: impl Fn(Pid, Pid) -> bool) -> Vec<HeldFrame> {
+        let (taken, kept) = std::mem::take(&mut self.flying)
+            .into_iter()
+            .partition(|(from, to, _)| doomed(*from, *to));
+        self.flying = kept;
+        taken
+    }
+
+    fn through_backdoor(&self, frames: Vec<HeldFrame>) {
+        for (_, to, frame) in frames {
+            if let Some(door) = self.backdoor.get(&to) {
+                let _ = door.send(frame);
+            }
+        }
+    }
 }
 
 type SharedRef = Arc<Mutex<Shared>>;
@@ -93,7 +259,7 @@ fn lock(shared: &SharedRef) -> MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A [`MemCluster`] whose transports are broken by one [`Mutation`].
+/// A [`MemCluster`] whose transports or routers are broken by one [`Mutation`].
 pub struct MutantBackend {
     inner: MemCluster,
     mutation: Mutation,
@@ -128,10 +294,12 @@ impl MutantBackend {
                 inner: started.transport,
                 mutation: self.mutation,
                 shared: Arc::clone(&self.shared),
+                net: self.inner.network().clone(),
                 backdoor,
                 pids,
                 count: 0,
-                held: None,
+                arrivals: 0,
+                pending: VecDeque::new(),
             }),
             incarnation: if self.mutation == Mutation::ForgetIncarnation {
                 0
@@ -148,6 +316,7 @@ impl MutantBackend {
             backdoor,
             kept,
             stalled,
+            ..
         } = &mut *shared;
         let net = self.inner.network();
         for (to, frames) in kept.iter_mut() {
@@ -171,6 +340,19 @@ impl MutantBackend {
             false
         });
     }
+
+    /// A fault hits the links `doomed` selects: the network discards their frames in flight;
+    /// `KeepInFlight` delivers them anyway (through the back door, at the next settle).
+    fn links_fail(&self, doomed: impl Fn(Pid, Pid) -> bool) {
+        if !self.mutation.tracks_flight() {
+            return;
+        }
+        let mut shared = lock(&self.shared);
+        let hit = shared.take_flying(doomed);
+        if self.mutation == Mutation::KeepInFlight {
+            shared.through_backdoor(hit);
+        }
+    }
 }
 
 #[async_trait]
@@ -193,6 +375,23 @@ impl ClusterUnderTest for MutantBackend {
     }
 
     async fn crash(&mut self, pid: Pid) {
+        if self.mutation.tracks_flight() {
+            let mut shared = lock(&self.shared);
+            // What was on its way to the crashed node is lost with it, also for a mutant.
+            shared.take_flying(|_, to| to == pid);
+            shared.stale.retain(|(_, (_, to, _))| *to != pid);
+            let orphans = shared.take_flying(|from, _| from == pid);
+            match self.mutation {
+                Mutation::KeepInFlight => shared.through_backdoor(orphans),
+                _ => {
+                    for (from, to, frame) in orphans {
+                        let incarnation =
+                            Frame::decode(frame.clone()).map_or(0, |f| f.header.incarnation);
+                        shared.stale.push((incarnation, (from, to, frame)));
+                    }
+                }
+            }
+        }
         lock(&self.shared).backdoor.remove(&pid);
         self.inner.crash(pid).await;
     }
@@ -205,10 +404,14 @@ impl ClusterUnderTest for MutantBackend {
     }
 
     fn partition(&mut self, a: &[Pid], b: &[Pid]) {
+        self.links_fail(|x, y| {
+            x != y && ((a.contains(&x) && b.contains(&y)) || (b.contains(&x) && a.contains(&y)))
+        });
         self.inner.partition(a, b);
     }
 
     fn cut(&mut self, from: Pid, to: Pid) {
+        self.links_fail(|x, y| x == from && y == to && x != y);
         self.inner.cut(from, to);
     }
 
@@ -228,6 +431,17 @@ impl ClusterUnderTest for MutantBackend {
     fn discarded(&self) -> DropCounts {
         self.inner.discarded()
     }
+
+    fn inject(&mut self, to: Pid, bytes: Bytes) -> Option<Result<(), DropReason>> {
+        self.inner.inject(to, bytes)
+    }
+
+    fn server_builder(&self, _pid: Pid, builder: ServerBuilder) -> ServerBuilder {
+        match self.mutation.router_fault() {
+            Some(fault) => builder.router_fault(fault),
+            None => builder,
+        }
+    }
 }
 
 struct MutantTransport {
@@ -235,18 +449,38 @@ struct MutantTransport {
     inner: Box<dyn Transport>,
     mutation: Mutation,
     shared: SharedRef,
+    /// The network (HostileCrash takes its own node down through it).
+    net: MemNetwork,
     backdoor: mpsc::UnboundedReceiver<Bytes>,
     pids: Vec<Pid>,
+    /// Frames sent.
     count: u64,
-    /// Reorder: a frame taken early, to hand up after the next one.
-    held: Option<TransportEvent>,
+    /// Frames received from the network.
+    arrivals: u64,
+    /// Events to hand up before any other: a reordered, late or invented frame.
+    pending: VecDeque<TransportEvent>,
 }
 
-fn sender_of(event: &TransportEvent) -> Option<Pid> {
+fn header_of(event: &TransportEvent) -> Option<wire::Header> {
     match event {
-        TransportEvent::Frame(b) => Frame::decode(b.clone()).ok().map(|f| f.header.sender),
+        TransportEvent::Frame(b) => Frame::decode(b.clone()).ok().map(|f| f.header),
         TransportEvent::Dropped { .. } => None,
     }
+}
+
+/// A message-id bit no sender sets (it would take 2^31 ids from one incarnation).
+const PHANTOM_BIT: i64 = 1 << 31;
+
+/// `frame` under another message id, which nobody sent.
+fn phantom_of(frame: &Bytes) -> Option<Bytes> {
+    let header = Frame::decode(frame.clone()).ok()?.header;
+    let mut bytes = BytesMut::from(&frame[..]);
+    // The message id is the header's last field (see `cluster_core::wire`).
+    let id_at = wire::HEADER_LEN.checked_sub(8)?;
+    bytes
+        .get_mut(id_at..wire::HEADER_LEN)?
+        .copy_from_slice(&(header.msg_id | PHANTOM_BIT).to_le_bytes());
+    Some(bytes.freeze())
 }
 
 impl MutantTransport {
@@ -263,6 +497,56 @@ impl MutantTransport {
             }
             _ => to,
         }
+    }
+
+    /// What the mutation does with one frame taken from the network: `None` if the node
+    /// went down on it.
+    fn arrived(&mut self, bytes: Bytes) -> Option<TransportEvent> {
+        self.arrivals += 1;
+        match self.mutation {
+            Mutation::KeepInFlight | Mutation::StaleIncarnation => {
+                let mut shared = lock(&self.shared);
+                let me = self.pid;
+                if let Some(i) = shared
+                    .flying
+                    .iter()
+                    .position(|(_, to, f)| *to == me && *f == bytes)
+                {
+                    shared.flying.swap_remove(i);
+                }
+            }
+            Mutation::HostileCrash if Frame::decode(bytes.clone()).is_err() => {
+                self.net.crash(self.pid);
+                return None;
+            }
+            Mutation::Phantom if !self.arrivals.is_multiple_of(2) => {
+                if let Some(phantom) = phantom_of(&bytes) {
+                    self.pending.push_back(TransportEvent::Frame(phantom));
+                }
+            }
+            _ => {}
+        }
+        Some(TransportEvent::Frame(bytes))
+    }
+
+    /// StaleIncarnation: once a newer incarnation of a sender reaches this node, its older
+    /// incarnation's frames follow.
+    fn release_stale(&mut self, event: &TransportEvent) {
+        let Some(header) = header_of(event) else {
+            return;
+        };
+        let mut shared = lock(&self.shared);
+        let me = self.pid;
+        let (late, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut shared.stale)
+            .into_iter()
+            .partition(|(incarnation, (from, to, _))| {
+                *to == me && *from == header.sender && *incarnation < header.incarnation
+            });
+        shared.stale = keep;
+        self.pending.extend(
+            late.into_iter()
+                .map(|(_, (_, _, frame))| TransportEvent::Frame(frame)),
+        );
     }
 }
 
@@ -322,33 +606,61 @@ impl Transport for MutantTransport {
                 }
                 result
             }
+            Mutation::KeepInFlight | Mutation::StaleIncarnation => {
+                let result = self.inner.send(to, frame.clone());
+                if result.is_ok() {
+                    lock(&self.shared).flying.push((self.pid, to, frame));
+                }
+                result
+            }
+            Mutation::WrongReason => match self.inner.send(to, frame) {
+                Err(DropReason::Unreachable) => Err(DropReason::Partitioned),
+                Err(DropReason::Partitioned) => Err(DropReason::Unreachable),
+                other => other,
+            },
+            Mutation::Unbounded => match self.inner.send(to, frame.clone()) {
+                Err(DropReason::Backpressure) => {
+                    if let Some(door) = lock(&self.shared).backdoor.get(&to) {
+                        let _ = door.send(frame);
+                    }
+                    Ok(())
+                }
+                other => other,
+            },
             _ => self.inner.send(to, frame),
         }
     }
 
     async fn recv(&mut self) -> Option<TransportEvent> {
-        if let Some(event) = self.held.take() {
+        if let Some(event) = self.pending.pop_front() {
             return Some(event);
         }
         let event = tokio::select! {
             biased;
             Some(bytes) = self.backdoor.recv() => Some(TransportEvent::Frame(bytes)),
-            event = self.inner.recv() => event,
+            event = self.inner.recv() => match event {
+                Some(TransportEvent::Frame(bytes)) => self.arrived(bytes),
+                other => other,
+            },
         };
-        if self.mutation == Mutation::Reorder
-            && let Some(first) = &event
-        {
-            // Swap with the next frame if it is already queued and from the same sender.
-            // The inner `recv` is cancel-safe, so polling it once loses nothing.
-            if let Some(Some(second)) = self.inner.recv().now_or_never() {
-                if sender_of(first).is_some() && sender_of(first) == sender_of(&second) {
-                    self.held = event;
-                    return Some(second);
+        let first = event?;
+        match self.mutation {
+            Mutation::StaleIncarnation => self.release_stale(&first),
+            Mutation::Reorder => {
+                // Swap with the next frame if it is already queued and from the same sender.
+                // The inner `recv` is cancel-safe, so polling it once loses nothing.
+                if let Some(Some(second)) = self.inner.recv().now_or_never() {
+                    let sender = |e: &TransportEvent| header_of(e).map(|h| h.sender);
+                    if sender(&first).is_some() && sender(&first) == sender(&second) {
+                        self.pending.push_back(first);
+                        return Some(second);
+                    }
+                    self.pending.push_back(second);
                 }
-                self.held = Some(second);
             }
+            _ => {}
         }
-        event
+        Some(first)
     }
 
     fn connected(&self) -> watch::Receiver<PeerSet> {

@@ -1,11 +1,16 @@
 //! The oracle: from a finished [`History`](crate::History), decides for every message copy
 //! whether it must be delivered, must be dropped, or may go either way, and checks the
-//! contract C1–C8 (stated in `cluster-core`'s crate docs), one invariant per function.
+//! contract C1–C9 (stated in `cluster-core`'s crate docs), one invariant per function.
 //!
 //! Exact runs (simulation) have no "may" except on lossy links: arrivals are held until the
 //! harness settles, so a copy routed on a healthy link must be delivered unless a fault on
-//! its link comes before the next settle, in which case it must be dropped. Windowed runs
-//! (real sockets) say "may" for a copy routed within the window of a fault on its link.
+//! its link comes before the next settle, in which case it must be dropped. Exact runs also
+//! know each node's receive-queue bound ([`Event::QueueBound`]): the oracle counts the
+//! frames queued for every node, so a copy routed to a full queue must be refused as
+//! `backpressure`, and one accepted beyond the bound breaks C6. Hostile bytes put on a
+//! node's port ([`Event::Injected`]) must be dropped under the reason their kind calls for
+//! (C9). Windowed runs (real sockets) say "may" for a copy routed within the window of a
+//! fault on its link.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -13,6 +18,7 @@ use std::fmt;
 use cluster_core::{BROADCAST, DropReason, Incarnation, MsgId, Pid};
 
 use crate::history::{Event, Record};
+use crate::scenario::{FORGED_MSG_ID, HostileBytes};
 
 /// The clauses of the contract that the oracle checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -35,11 +41,14 @@ pub enum Invariant {
     C7Accounting,
     /// C8: restart — incarnations increase; a restarted node's messages flow.
     C8Restart,
+    /// C9: hostile input — bytes that are not a peer's frame are dropped and counted under
+    /// the right reason, nothing is delivered from them, and the node keeps serving.
+    C9HostileInput,
 }
 
 impl Invariant {
     /// Every invariant, in order.
-    pub const ALL: [Invariant; 8] = [
+    pub const ALL: [Invariant; 9] = [
         Invariant::C1Routing,
         Invariant::C2Integrity,
         Invariant::C3Fifo,
@@ -48,9 +57,10 @@ impl Invariant {
         Invariant::C6Isolation,
         Invariant::C7Accounting,
         Invariant::C8Restart,
+        Invariant::C9HostileInput,
     ];
 
-    /// The short code, `C1` … `C8`.
+    /// The short code, `C1` … `C9`.
     pub fn code(self) -> &'static str {
         match self {
             Invariant::C1Routing => "C1",
@@ -61,6 +71,7 @@ impl Invariant {
             Invariant::C6Isolation => "C6",
             Invariant::C7Accounting => "C7",
             Invariant::C8Restart => "C8",
+            Invariant::C9HostileInput => "C9",
         }
     }
 }
@@ -76,6 +87,7 @@ impl fmt::Display for Invariant {
             Invariant::C6Isolation => "isolation",
             Invariant::C7Accounting => "nothing silent",
             Invariant::C8Restart => "restart",
+            Invariant::C9HostileInput => "hostile input",
         };
         write!(f, "{} {name}", self.code())
     }
@@ -130,6 +142,12 @@ pub struct MessageCopy {
     pub msg_id: MsgId,
     /// What the transport said at send.
     pub refused: Option<DropReason>,
+    /// Frames already queued for the destination when routed (exact runs that know the
+    /// queue bound; `None` otherwise).
+    pub queued: Option<u64>,
+    /// The destination's receive queue was at its bound when routed: the copy must be
+    /// refused as `backpressure`.
+    pub queue_full: bool,
     /// The link's state when routed.
     pub link: LinkView,
     /// The oracle's decision.
@@ -152,6 +170,26 @@ struct SentMessage {
     incarnation: Incarnation,
     to: Pid,
     payload: serde_json::Value,
+}
+
+/// Hostile bytes put on a node's port.
+#[derive(Debug, Clone)]
+struct Injection {
+    seq: u64,
+    to: Pid,
+    at_incarnation: Incarnation,
+    bytes: HostileBytes,
+}
+
+/// A frame the receiving server dropped on arrival.
+#[derive(Debug, Clone)]
+struct ArrivalDrop {
+    seq: u64,
+    at: Pid,
+    at_incarnation: Incarnation,
+    from: Option<Pid>,
+    msg_id: Option<MsgId>,
+    reason: DropReason,
 }
 
 #[derive(Debug, Clone)]
@@ -232,6 +270,57 @@ impl NetState {
     }
 }
 
+/// The frames queued for each node in an exact run, as the simulated network holds them: in
+/// when a copy is accepted or hostile bytes are injected; out when one arrives, is discarded
+/// by a fault, or the node crashes or (re)starts with an empty queue. Frames the harness hands
+/// straight to a server (`raw`) never queue, and arrive before any that do.
+#[derive(Debug, Default)]
+struct QueueModel {
+    queued: HashMap<Pid, u64>,
+    raw_pending: HashMap<Pid, u64>,
+}
+
+impl QueueModel {
+    fn len(&self, pid: Pid) -> u64 {
+        self.queued.get(&pid).copied().unwrap_or(0)
+    }
+
+    fn take_one(counts: &mut HashMap<Pid, u64>, pid: Pid) -> bool {
+        match counts.get_mut(&pid) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn apply(&mut self, event: &Event) {
+        match event {
+            Event::Start { pid, .. } | Event::Crash { pid } => {
+                self.queued.remove(pid);
+                self.raw_pending.remove(pid);
+            }
+            Event::Routed {
+                to, refused: None, ..
+            }
+            | Event::Injected {
+                to, refused: None, ..
+            } => *self.queued.entry(*to).or_default() += 1,
+            Event::Raw { to, .. } => *self.raw_pending.entry(*to).or_default() += 1,
+            Event::Arrived { at, .. } => {
+                // A raw frame, if one is pending, else a queued one.
+                let _ = Self::take_one(&mut self.raw_pending, *at)
+                    || Self::take_one(&mut self.queued, *at);
+            }
+            Event::Discarded { to, .. } => {
+                Self::take_one(&mut self.queued, *to);
+            }
+            _ => {}
+        }
+    }
+}
+
 /// A fault that discards frames in flight on a link (crash of either end, cut, partition).
 fn discards(event: &Event, from: Pid, to: Pid) -> bool {
     match event {
@@ -270,8 +359,17 @@ pub struct Analysis {
     stats: Vec<StatsRow>,
     net_discarded: Option<u64>,
     crashed: bool,
-    /// Raw frames injected by the harness (they are dropped, but nobody sent them).
+    /// `seq` and pid of every crash.
+    crashes: Vec<(u64, Pid)>,
+    /// Raw frames injected by the harness (they are dropped, but nobody sent them), hostile
+    /// bytes included.
     raw: u64,
+    /// Each node's receive-queue bound (exact runs).
+    queue_bound: Option<u64>,
+    /// Hostile bytes the network took.
+    injections: Vec<Injection>,
+    /// Frames dropped on arrival.
+    arrival_drops: Vec<ArrivalDrop>,
     /// Per `(from, to, msg_id)`: frames discarded by the simulated network, and frames the
     /// receiver's server dropped on arrival.
     ended_dropped: HashMap<(Pid, Pid, MsgId), u32>,
@@ -352,6 +450,7 @@ pub fn check(records: &[Record]) -> Verdict {
     violations.extend(check_c6_isolation(&a));
     violations.extend(check_c7_accounting(&a));
     violations.extend(check_c8_restart(&a));
+    violations.extend(check_c9_hostile_input(&a));
     Verdict {
         copies: a.copies,
         violations,
@@ -374,11 +473,19 @@ impl Analysis {
             stats: Vec::new(),
             net_discarded: None,
             crashed: false,
+            crashes: Vec::new(),
             raw: 0,
+            queue_bound: None,
+            injections: Vec::new(),
+            arrival_drops: Vec::new(),
             ended_dropped: HashMap::new(),
         };
         let mut state = NetState::default();
+        let mut queues = QueueModel::default();
         for r in records {
+            if a.window_us.is_none() && a.queue_bound.is_some() {
+                queues.apply(&r.event);
+            }
             match &r.event {
                 Event::Begin {
                     pids, window_us, ..
@@ -390,17 +497,50 @@ impl Analysis {
                     }
                 }
                 Event::Start { pid, incarnation } => a.starts.push((r.seq, *pid, *incarnation)),
-                Event::Crash { .. } => a.crashed = true,
+                Event::Crash { pid } => {
+                    a.crashed = true;
+                    a.crashes.push((r.seq, *pid));
+                }
                 Event::Raw { .. } => a.raw += 1,
+                Event::QueueBound { frames } => a.queue_bound = Some(*frames),
+                Event::Injected {
+                    to,
+                    at_incarnation,
+                    bytes,
+                    refused: None,
+                    ..
+                } => {
+                    a.raw += 1;
+                    a.injections.push(Injection {
+                        seq: r.seq,
+                        to: *to,
+                        at_incarnation: *at_incarnation,
+                        bytes: *bytes,
+                    });
+                }
                 Event::Discarded {
                     from, to, msg_id, ..
                 } => *a.ended_dropped.entry((*from, *to, *msg_id)).or_default() += 1,
                 Event::Dropped {
                     at,
-                    from: Some(from),
-                    msg_id: Some(msg_id),
+                    at_incarnation,
+                    from,
+                    msg_id,
+                    reason,
                     ..
-                } => *a.ended_dropped.entry((*from, *at, *msg_id)).or_default() += 1,
+                } => {
+                    if let (Some(from), Some(msg_id)) = (from, msg_id) {
+                        *a.ended_dropped.entry((*from, *at, *msg_id)).or_default() += 1;
+                    }
+                    a.arrival_drops.push(ArrivalDrop {
+                        seq: r.seq,
+                        at: *at,
+                        at_incarnation: *at_incarnation,
+                        from: *from,
+                        msg_id: *msg_id,
+                        reason: *reason,
+                    });
+                }
                 Event::Send {
                     from,
                     incarnation,
@@ -429,6 +569,11 @@ impl Analysis {
                 } => {
                     a.routed.entry((*from, *msg_id)).or_default().push(r.seq);
                     let view = state.view(*from, *incarnation, *to);
+                    // The model has counted this copy already: what was there before it.
+                    let queued = a
+                        .queue_bound
+                        .filter(|_| a.window_us.is_none())
+                        .map(|_| queues.len(*to).saturating_sub(u64::from(refused.is_none())));
                     a.copies.push(MessageCopy {
                         routed_seq: r.seq,
                         from: *from,
@@ -437,6 +582,10 @@ impl Analysis {
                         to_incarnation: view.to_incarnation,
                         msg_id: *msg_id,
                         refused: *refused,
+                        queued,
+                        queue_full: queued
+                            .zip(a.queue_bound)
+                            .is_some_and(|(queued, bound)| queued >= bound),
                         link: view,
                         expect: Expect::Either,
                         because: "",
@@ -517,6 +666,8 @@ impl Analysis {
                 (Expect::Drop, "the link loses everything")
             } else if view.loss > 0.0 {
                 (Expect::Either, "the link is lossy")
+            } else if copy.queue_full {
+                (Expect::Drop, "the destination's receive queue was full")
             } else {
                 (Expect::Deliver, "the link was healthy")
             };
@@ -768,7 +919,8 @@ pub fn check_c3_fifo(a: &Analysis) -> Vec<Violation> {
 pub fn check_c4_drop_on_unreachable(a: &Analysis) -> Vec<Violation> {
     let mut out = Vec::new();
     let inv = Invariant::C4DropOnUnreachable;
-    for c in &a.copies {
+    // A copy accepted into a full queue is C6's: here, what was unreachable.
+    for c in a.copies.iter().filter(|c| !c.queue_full) {
         if c.expect == Expect::Drop
             && let Some(seq) = c.delivered_seq
         {
@@ -842,10 +994,30 @@ pub fn check_c5_delivery(a: &Analysis) -> Vec<Violation> {
 }
 
 /// C6: no copy to a healthy peer is held back past the next settle (e.g. behind an
-/// unreachable one), and every settle became quiet (no stall, no deadlock).
+/// unreachable one), every settle became quiet (no stall, no deadlock), and no queue grows
+/// past its bound (exact runs): a copy for a full receive queue is refused, not accepted.
 pub fn check_c6_isolation(a: &Analysis) -> Vec<Violation> {
     let mut out = Vec::new();
     let inv = Invariant::C6Isolation;
+    for c in a
+        .copies
+        .iter()
+        .filter(|c| c.queue_full && c.refused.is_none())
+    {
+        out.push(v(
+            inv,
+            Some(c.routed_seq),
+            format!(
+                "message {} from {} to {} was accepted with {} frames already queued for {}, \
+                 its bound: overflow must be a counted backpressure drop, not a longer queue",
+                c.msg_id,
+                c.from,
+                c.to,
+                c.queued.unwrap_or(0),
+                c.to
+            ),
+        ));
+    }
     for (seq, quiet) in &a.settles {
         if !quiet {
             out.push(v(
@@ -960,6 +1132,8 @@ pub fn check_c7_accounting(a: &Analysis) -> Vec<Violation> {
             DropReason::Unreachable => !l.sender_current || l.to_incarnation.is_none(),
             DropReason::Partitioned => l.blocked,
             DropReason::Injected => l.loss > 0.0,
+            // Exact runs know the queue: backpressure only when it is full.
+            DropReason::Backpressure => c.queued.is_none() || c.queue_full,
             DropReason::UnknownPeer | DropReason::StaleIncarnation | DropReason::UnknownSender => {
                 false
             }
@@ -1022,6 +1196,98 @@ pub fn check_c8_restart(a: &Analysis) -> Vec<Violation> {
     out
 }
 
+/// C9: hostile bytes put on a node's port (exact runs) are dropped and counted under the
+/// reason their kind calls for, unless a crash of the node discards them first; nothing is
+/// delivered from a forged header; and the node keeps serving: of the copies that had to be
+/// delivered to it afterwards, not every one went missing.
+pub fn check_c9_hostile_input(a: &Analysis) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let inv = Invariant::C9HostileInput;
+    if a.injections.is_empty() {
+        return out;
+    }
+    let hostile = |d: &ArrivalDrop| {
+        d.from.is_none_or(|f| !a.pids.contains(&f)) || d.msg_id == Some(FORGED_MSG_ID)
+    };
+    let mut matched = vec![false; a.arrival_drops.len()];
+    for inj in &a.injections {
+        // Arrivals wait for the next settle; without one, the bytes are not judged.
+        let Some(settle) = a.settles.iter().map(|(s, _)| *s).find(|s| *s > inj.seq) else {
+            continue;
+        };
+        let lost_in_crash = a
+            .crashes
+            .iter()
+            .any(|(seq, pid)| *pid == inj.to && *seq > inj.seq && *seq < settle);
+        if lost_in_crash {
+            continue;
+        }
+        let reason = inj.bytes.reason();
+        let candidates = |wanted: Option<DropReason>| {
+            a.arrival_drops.iter().enumerate().find(|(i, d)| {
+                !matched[*i]
+                    && d.seq > inj.seq
+                    && d.at == inj.to
+                    && d.at_incarnation == inj.at_incarnation
+                    && wanted.is_none_or(|r| d.reason == r)
+                    && hostile(d)
+            })
+        };
+        if let Some((i, _)) = candidates(Some(reason)) {
+            matched[i] = true;
+        } else {
+            let instead = match candidates(None) {
+                Some((_, d)) => format!(" (a drop as {} instead)", d.reason),
+                None => " (nothing was counted for them)".to_string(),
+            };
+            out.push(v(
+                inv,
+                Some(inj.seq),
+                format!(
+                    "hostile bytes ({}) put on the port of {} (incarnation {}) were not dropped \
+                     and counted as {reason}{instead}",
+                    inj.bytes, inj.to, inj.at_incarnation
+                ),
+            ));
+        }
+        let due: Vec<&MessageCopy> = a
+            .copies
+            .iter()
+            .filter(|c| {
+                c.to == inj.to
+                    && c.to_incarnation == Some(inj.at_incarnation)
+                    && c.routed_seq > inj.seq
+                    && c.expect == Expect::Deliver
+            })
+            .collect();
+        if !due.is_empty() && due.iter().all(|c| c.delivered_seq.is_none()) {
+            out.push(v(
+                inv,
+                Some(inj.seq),
+                format!(
+                    "{} stopped serving after the hostile bytes ({}) at #{}: none of the {} \
+                     messages due to it afterwards was delivered",
+                    inj.to,
+                    inj.bytes,
+                    inj.seq,
+                    due.len()
+                ),
+            ));
+        }
+    }
+    for d in a.deliveries.iter().filter(|d| d.msg_id == FORGED_MSG_ID) {
+        out.push(v(
+            inv,
+            Some(d.seq),
+            format!(
+                "{} delivered a message from hostile bytes (a forged header claiming {})",
+                d.at, d.from
+            ),
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1032,11 +1298,7 @@ mod tests {
         events
             .into_iter()
             .enumerate()
-            .map(|(i, (ms, event))| Record {
-                seq: i as u64,
-                at_us: ms * 1000,
-                event,
-            })
+            .map(|(i, (ms, event))| Record::new(i as u64, ms * 1000, event))
             .collect()
     }
 
@@ -1185,6 +1447,126 @@ mod tests {
             .collect();
         // Messages 3 (to 3) and 4 (to the restarted 2) were due and never delivered.
         assert_eq!(lost, [11, 14]);
+    }
+
+    /// A copy for a full queue must be refused as backpressure, one accepted there breaks
+    /// C6, and a backpressure refusal with room in the queue is the wrong reason (C7).
+    #[test]
+    fn exact_runs_count_every_queue_against_its_bound() {
+        let arrived = |at: Pid, from: Pid, msg_id: MsgId| Event::Arrived {
+            at,
+            at_incarnation: 0,
+            from: Some(from),
+            incarnation: Some(0),
+            msg_id: Some(msg_id),
+        };
+        let full = Some(DropReason::Backpressure);
+        let h = history(vec![
+            (0, begin(None)),
+            (0, Event::QueueBound { frames: 2 }),
+            (0, start(1, 0)),
+            (0, start(2, 0)),
+            (0, start(3, 0)),
+            (0, send(1, 2, 1)),
+            (0, routed(1, 2, 1, None)),
+            (0, send(1, 2, 2)),
+            (0, routed(1, 2, 2, None)),
+            (0, send(1, 2, 3)),
+            (0, routed(1, 2, 3, full)),
+            (0, send(3, 2, 4)),
+            (0, routed(3, 2, 4, None)),
+            (0, send(1, 3, 5)),
+            (0, routed(1, 3, 5, full)),
+            (0, arrived(2, 1, 1)),
+            (0, delivered(2, 1, 1)),
+            (0, send(3, 2, 6)),
+            (0, routed(3, 2, 6, full)),
+            (0, settled()),
+        ]);
+        let a = Analysis::new(&h);
+        let queued: Vec<(MsgId, Option<u64>, bool)> = a
+            .copies
+            .iter()
+            .map(|c| (c.msg_id, c.queued, c.queue_full))
+            .collect();
+        assert_eq!(
+            queued,
+            [
+                (1, Some(0), false),
+                (2, Some(1), false),
+                (3, Some(2), true),
+                (4, Some(2), true),
+                (5, Some(0), false),
+                (6, Some(2), true),
+            ]
+        );
+        assert_eq!(
+            expectations(&h),
+            [
+                (1, Expect::Deliver),
+                (2, Expect::Deliver),
+                (3, Expect::Drop),
+                (4, Expect::Drop),
+                (5, Expect::Deliver),
+                (6, Expect::Drop),
+            ]
+        );
+        let c6: Vec<Option<u64>> = check_c6_isolation(&a).iter().map(|v| v.seq).collect();
+        assert_eq!(c6, [Some(12)], "message 4 was accepted into a full queue");
+        let c7 = check_c7_accounting(&a);
+        assert_eq!(c7.len(), 1, "{c7:?}");
+        assert!(c7[0].message.contains("refused as backpressure"), "{c7:?}");
+        assert_eq!(c7[0].seq, Some(14));
+    }
+
+    /// Hostile bytes must be dropped under the reason of their kind, unless a crash takes
+    /// them first, and nothing may be delivered from a forged header.
+    #[test]
+    fn hostile_bytes_are_dropped_under_their_reason() {
+        let injected = |to: Pid, bytes: HostileBytes| Event::Injected {
+            to,
+            at_incarnation: 0,
+            bytes,
+            len: 9,
+            refused: None,
+        };
+        let dropped = |at: Pid, from: Option<Pid>, reason: DropReason| Event::Dropped {
+            at,
+            at_incarnation: 0,
+            from,
+            incarnation: from.map(|_| 0),
+            msg_id: from.map(|_| FORGED_MSG_ID),
+            reason,
+        };
+        let h = history(vec![
+            (0, begin(None)),
+            (0, start(1, 0)),
+            (0, start(2, 0)),
+            (0, start(3, 0)),
+            (0, injected(2, HostileBytes::Garbage)),
+            (0, injected(3, HostileBytes::UnknownSender)),
+            (0, injected(1, HostileBytes::Oversized)),
+            (0, Event::Crash { pid: 1 }),
+            (0, dropped(2, None, DropReason::Malformed)),
+            (0, dropped(3, Some(4), DropReason::Malformed)),
+            (
+                0,
+                Event::Delivered {
+                    at: 2,
+                    at_incarnation: 0,
+                    from: 1,
+                    msg_id: FORGED_MSG_ID,
+                    payload: serde_json::Value::Null,
+                },
+            ),
+            (0, settled()),
+        ]);
+        let found = check_c9_hostile_input(&Analysis::new(&h));
+        let seqs: Vec<Option<u64>> = found.iter().map(|v| v.seq).collect();
+        // The unknown sender counted as malformed; the delivery from a forged header. The
+        // oversized bytes went down with node 1.
+        assert_eq!(seqs, [Some(5), Some(10)], "{found:?}");
+        assert!(found[0].message.contains("a drop as malformed instead"));
     }
 
     #[test]

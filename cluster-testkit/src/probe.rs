@@ -18,24 +18,40 @@ use tokio::sync::{mpsc, watch};
 use crate::history::{Event, History};
 
 /// Opens and closes the arrival gate of every probe of a cluster.
-#[derive(Clone, Debug)]
+///
+/// One watch channel per probe, set in the order the probes subscribed, and only when the
+/// gate changes: a watch channel wakes its many waiters in an order tokio draws at random
+/// (it spreads them over shards), and the order probes wake in is the order nodes take
+/// their arrivals in — which must be a function of the seed.
+#[derive(Debug)]
 pub(crate) struct Gate {
-    open: watch::Sender<bool>,
+    open: std::sync::Mutex<(bool, Vec<watch::Sender<bool>>)>,
 }
 
 impl Gate {
     pub(crate) fn new(open: bool) -> Self {
         Self {
-            open: watch::Sender::new(open),
+            open: std::sync::Mutex::new((open, Vec::new())),
         }
     }
 
     pub(crate) fn set(&self, open: bool) {
-        self.open.send_replace(open);
+        let mut gate = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if gate.0 == open {
+            return;
+        }
+        gate.0 = open;
+        gate.1.retain(|probe| !probe.is_closed());
+        for probe in &gate.1 {
+            probe.send_replace(open);
+        }
     }
 
     fn subscribe(&self) -> watch::Receiver<bool> {
-        self.open.subscribe()
+        let mut gate = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let (probe, rx) = watch::channel(gate.0);
+        gate.1.push(probe);
+        rx
     }
 }
 

@@ -4,9 +4,11 @@
 use std::fmt;
 use std::ops::RangeInclusive;
 
-use cluster_core::{BROADCAST, Pid};
+use bytes::{BufMut, Bytes, BytesMut};
+use cluster_core::{BROADCAST, Config, DropReason, Incarnation, MsgId, Pid, wire};
 use proptest::prelude::*;
 use proptest::strategy::{BoxedStrategy, Union};
+use serde::{Deserialize, Serialize};
 
 use crate::history::Record;
 use crate::sim::{SimCluster, SimError};
@@ -49,6 +51,123 @@ pub enum Op {
     SetLoss(Pid, Pid, f64),
     /// Let the network deliver everything in flight and go quiet.
     Settle,
+    /// Hostile bytes arrive on `to`'s port from outside the cluster (contract C9). Skipped
+    /// if `to` is down, and on backends that cannot put bytes on a port
+    /// ([`Capabilities::inject`]).
+    Hostile {
+        /// The receiving node.
+        to: Pid,
+        /// What arrives.
+        bytes: HostileBytes,
+    },
+}
+
+/// The message id in every forged header: no node draws a negative id
+/// ([`MsgIds`](cluster_core::MsgIds)), so a delivery with it came from hostile bytes.
+pub const FORGED_MSG_ID: MsgId = -1;
+
+/// Hostile bytes that a scenario puts on a node's port (contract C9), each with the reason
+/// the node must count it under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostileBytes {
+    /// Bytes that are not a frame at all (`malformed`).
+    Garbage,
+    /// A frame cut short inside its header (`malformed`).
+    Truncated,
+    /// A frame of a known peer, one byte over `max_message_size` (`too_large`).
+    Oversized,
+    /// A well-formed frame whose header claims a sender outside the config
+    /// (`unknown_sender`).
+    UnknownSender,
+    /// A frame whose header claims a known peer (as a newer incarnation than any, so never
+    /// stale) but whose payload does not decode (`malformed`).
+    BadPayload,
+}
+
+impl HostileBytes {
+    /// Every kind.
+    pub const ALL: [HostileBytes; 5] = [
+        HostileBytes::Garbage,
+        HostileBytes::Truncated,
+        HostileBytes::Oversized,
+        HostileBytes::UnknownSender,
+        HostileBytes::BadPayload,
+    ];
+
+    /// The snake-case name, as in the history.
+    pub fn name(self) -> &'static str {
+        match self {
+            HostileBytes::Garbage => "garbage",
+            HostileBytes::Truncated => "truncated",
+            HostileBytes::Oversized => "oversized",
+            HostileBytes::UnknownSender => "unknown_sender",
+            HostileBytes::BadPayload => "bad_payload",
+        }
+    }
+
+    /// The reason the receiving node must count these bytes under.
+    pub fn reason(self) -> DropReason {
+        match self {
+            HostileBytes::Garbage | HostileBytes::Truncated | HostileBytes::BadPayload => {
+                DropReason::Malformed
+            }
+            HostileBytes::Oversized => DropReason::TooLarge,
+            HostileBytes::UnknownSender => DropReason::UnknownSender,
+        }
+    }
+
+    /// The bytes, for node `to` of `config`. Forged headers carry [`FORGED_MSG_ID`] and
+    /// claim the first pid other than `to` (in a cluster of one, where there is none, a
+    /// bad payload comes with a header cut short instead: malformed all the same).
+    pub fn bytes(self, to: Pid, config: &Config) -> Bytes {
+        let peer = config.pids().find(|p| *p != to);
+        let outsider = config.pids().max().unwrap_or(0).saturating_add(1);
+        let header = |sender: Pid, incarnation: Incarnation| {
+            let header = wire::Header {
+                sender,
+                incarnation,
+                msg_id: FORGED_MSG_ID,
+            };
+            // Encoding `()` cannot fail; were it to, empty bytes are malformed too.
+            wire::encode(&header, &())
+                .map(|frame| frame.slice(..wire::HEADER_LEN.min(frame.len())))
+                .unwrap_or_default()
+        };
+        let cut = |frame: Bytes| frame.slice(..frame.len() / 2);
+        match (self, peer) {
+            (HostileBytes::Garbage, _) => Bytes::from_static(b"\x00 not a frame"),
+            (HostileBytes::Truncated, _) | (HostileBytes::BadPayload, None) => {
+                cut(header(peer.unwrap_or(to), 0))
+            }
+            (HostileBytes::Oversized, _) => {
+                let mut frame = BytesMut::from(&header(peer.unwrap_or(to), 0)[..]);
+                let size = config.options().max_message_size.saturating_add(1);
+                frame.resize(size.max(frame.len()), 0);
+                frame.freeze()
+            }
+            (HostileBytes::UnknownSender, _) => {
+                let header = wire::Header {
+                    sender: outsider,
+                    incarnation: 0,
+                    msg_id: FORGED_MSG_ID,
+                };
+                wire::encode(&header, &()).unwrap_or_default()
+            }
+            (HostileBytes::BadPayload, Some(peer)) => {
+                let mut frame = BytesMut::from(&header(peer, Incarnation::MAX)[..]);
+                // 0xC1 is the one byte MessagePack never uses.
+                frame.put_u8(0xC1);
+                frame.freeze()
+            }
+        }
+    }
+}
+
+impl fmt::Display for HostileBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl fmt::Display for Op {
@@ -78,6 +197,7 @@ impl fmt::Display for Op {
             Op::Heal => write!(f, "heal"),
             Op::SetLoss(a, b, p) => write!(f, "set_loss {a} → {b} p={p}"),
             Op::Settle => write!(f, "settle"),
+            Op::Hostile { to, bytes } => write!(f, "hostile bytes → {to}: {bytes}"),
         }
     }
 }
@@ -147,6 +267,9 @@ impl Op {
             Op::Heal => "Op::Heal".into(),
             Op::SetLoss(a, b, p) => format!("Op::SetLoss({a}, {b}, {p:?})"),
             Op::Settle => "Op::Settle".into(),
+            Op::Hostile { to, bytes } => {
+                format!("Op::Hostile {{ to: {to}, bytes: HostileBytes::{bytes:?} }}")
+            }
         }
     }
 }
@@ -224,6 +347,15 @@ pub fn op(n: usize, caps: Capabilities) -> BoxedStrategy<Op> {
                 .boxed(),
         ));
     }
+    if caps.inject {
+        let bytes = proptest::sample::select(HostileBytes::ALL.to_vec());
+        choices.push((
+            1,
+            (pid_in(n), bytes)
+                .prop_map(|(to, bytes)| Op::Hostile { to, bytes })
+                .boxed(),
+        ));
+    }
     Union::new_weighted(choices).boxed()
 }
 
@@ -282,6 +414,7 @@ impl Op {
             Op::Partition(a, b) => Op::Partition(group(a), group(b)),
             Op::Cut(a, b) => Op::Cut(pid(a), pid(b)),
             Op::SetLoss(a, b, p) => Op::SetLoss(pid(a), pid(b), p),
+            Op::Hostile { to, bytes } => Op::Hostile { to: pid(to), bytes },
             other => other,
         }
     }
@@ -325,6 +458,14 @@ async fn apply(sim: &mut SimCluster<Vec<u8>>, caps: Capabilities, op: &Op) -> Re
         Op::SetLoss(a, b, p) if caps.loss => sim.set_loss(*a, *b, *p)?,
         Op::Settle => {
             sim.settle().await;
+        }
+        Op::Hostile { to, bytes } if caps.inject && sim.is_up(*to) => {
+            match sim.inject_hostile(*to, *bytes) {
+                // A backend that claims the capability but cannot (a wrapper that does not
+                // pass it on) skips the op, as for any unsupported op.
+                Ok(()) | Err(SimError::Unsupported { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         _ => {}
     }

@@ -1,8 +1,9 @@
 //! [`SimCluster`]: every node of a config running a [`Server`] in one process, with fault
 //! operations, a seed, and a recorded [`History`].
 
+use std::any::Any;
 use std::collections::{BTreeMap, VecDeque};
-use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -10,14 +11,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use cluster_core::{
     Config, DropReason, Envelope, Incarnation, Message, MsgId, Pid, Server, ServerError,
-    ServerMonitor, TransportError,
+    ServerMonitor, Transport, TransportError,
 };
+use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::history::{Event, History, Record, reason_counts};
+use crate::history::{Event, History, MsgTag, Record, reason_counts};
+use crate::names::{Namer, Names, Summarize};
+use crate::node::{Failures, NodeContext, NodeFailure, NodeLogic, panic_message};
 use crate::probe::{Gate, Probe, ProbeShared};
-use crate::seed::{SeedGuard, seed_or_random};
+use crate::scenario::HostileBytes;
+use crate::seed::{SeedGuard, replay_hint, seed_or_random};
+use crate::sequencer::{OutboxBusy, OutboxFirst};
 use crate::under_test::{Capabilities, ClusterUnderTest, MemCluster, Timing, window_of};
 
 /// Why a simulation step failed.
@@ -53,29 +59,27 @@ pub enum SimError {
     /// The node's outbox is full (see [`SimCluster::enqueue`]).
     #[error("the outbox of node {0} is full")]
     OutboxFull(Pid),
+    /// The summary function given to [`SimBuilder::summary`] takes another message type.
+    #[error("the summary function takes {summarizes}, but the cluster carries {carries}")]
+    SummaryType {
+        /// What the summary function takes.
+        summarizes: &'static str,
+        /// The cluster's message type.
+        carries: &'static str,
+    },
 }
 
-/// The node logic a [`SimCluster`] runs with [`SimCluster::spawn_nodes`]: called with a
-/// node's server and a per-incarnation seed, each time the node starts or restarts.
-pub trait NodeLogic<M>: Send + Sync + 'static {
-    /// The future that runs the node until it returns or is crashed (dropped).
-    type Future: Future<Output = ()> + Send + 'static;
-    /// Starts the node.
-    fn start(&self, server: Server<M>, seed: u64) -> Self::Future;
+type Spawner<M> = Arc<dyn Fn(Server<M>, NodeContext) -> JoinHandle<()> + Send + Sync>;
+
+/// A typed summary function, and the name of its type for the error if it does not fit.
+#[derive(Clone)]
+struct SummaryFn {
+    /// A [`TypedSummary`] for the `M` it was given with.
+    typed: Arc<dyn Any + Send + Sync>,
+    summarizes: &'static str,
 }
 
-impl<M, F, Fut> NodeLogic<M> for F
-where
-    F: Fn(Server<M>, u64) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    type Future = Fut;
-    fn start(&self, server: Server<M>, seed: u64) -> Fut {
-        self(server, seed)
-    }
-}
-
-type Spawner<M> = std::sync::Arc<dyn Fn(Server<M>, u64) -> JoinHandle<()> + Send + Sync>;
+type TypedSummary<M> = Arc<dyn Fn(&M) -> String + Send + Sync>;
 
 struct Node<M> {
     incarnation: Incarnation,
@@ -88,14 +92,29 @@ struct Node<M> {
     inbox_paused: bool,
 }
 
-/// Builds a [`SimCluster`].
-#[derive(Debug)]
+/// Builds a [`SimCluster`]. Cheap to clone: [`faults::explore`](crate::faults::explore)
+/// builds a fresh cluster from it for every replay.
+#[derive(Clone)]
 pub struct SimBuilder {
     config: Option<Config>,
     nodes: usize,
     seed: Option<u64>,
     record: bool,
     catalogs: bool,
+    summary: Option<SummaryFn>,
+}
+
+impl std::fmt::Debug for SimBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimBuilder")
+            .field("config", &self.config)
+            .field("nodes", &self.nodes)
+            .field("seed", &self.seed)
+            .field("record", &self.record)
+            .field("catalogs", &self.catalogs)
+            .field("summary", &self.summary.as_ref().map(|s| s.summarizes))
+            .finish()
+    }
 }
 
 impl Default for SimBuilder {
@@ -106,6 +125,7 @@ impl Default for SimBuilder {
             seed: None,
             record: true,
             catalogs: false,
+            summary: None,
         }
     }
 }
@@ -135,6 +155,47 @@ impl SimBuilder {
         self
     }
 
+    /// A one-line summary of a message, written beside each record about it (sends,
+    /// copies routed, arrivals, drops, deliveries) and on the arrows of the diagram, e.g.
+    /// `|m: &Msg| format!("{m:?}")`. Line breaks become spaces. `M` must be the cluster's
+    /// message type ([`SimError::SummaryType`] otherwise).
+    pub fn summary<M: Message>(
+        mut self,
+        summary: impl Fn(&M) -> String + Send + Sync + 'static,
+    ) -> Self {
+        let typed: TypedSummary<M> = Arc::new(summary);
+        self.summary = Some(SummaryFn {
+            typed: Arc::new(typed),
+            summarizes: std::any::type_name::<M>(),
+        });
+        self
+    }
+
+    /// Fixes the seed now: the one set, else [`CLUSTER_SEED`](crate::SEED_VAR), else a
+    /// random one, so that every cluster built from clones of this builder has it.
+    pub fn fixed_seed(mut self) -> Self {
+        self.seed = Some(self.seed.unwrap_or_else(seed_or_random));
+        self
+    }
+
+    /// The seed set with [`seed`](Self::seed) or [`fixed_seed`](Self::fixed_seed), if any.
+    pub fn seed_value(&self) -> Option<u64> {
+        self.seed
+    }
+
+    fn typed_summary<M: Message>(&self) -> Result<Option<TypedSummary<M>>, SimError> {
+        let Some(summary) = &self.summary else {
+            return Ok(None);
+        };
+        match summary.typed.downcast_ref::<TypedSummary<M>>() {
+            Some(typed) => Ok(Some(Arc::clone(typed))),
+            None => Err(SimError::SummaryType {
+                summarizes: summary.summarizes,
+                carries: std::any::type_name::<M>(),
+            }),
+        }
+    }
+
     /// Gives every node a real sled peer catalog in a temporary directory that outlives
     /// crashes, from which each (re)start takes its incarnation, as a real node does
     /// (default `false`: incarnations come from the simulated network).
@@ -156,6 +217,7 @@ impl SimBuilder {
     /// Must be called inside a tokio runtime (a current-thread one for exact replays).
     pub async fn build<M: Message>(self) -> Result<SimCluster<M>, SimError> {
         let (config, seed) = self.resolve()?;
+        let summary = self.typed_summary::<M>()?;
         let backend = MemCluster::new(&config, seed);
         #[cfg(feature = "catalog")]
         if self.catalogs {
@@ -164,9 +226,9 @@ impl SimBuilder {
                     "cannot create the catalogs' temporary directory: {e}"
                 )))
             })?;
-            return SimCluster::start(Box::new(with), seed, self.record).await;
+            return SimCluster::start(Box::new(with), seed, self.record, summary).await;
         }
-        SimCluster::start(Box::new(backend), seed, self.record).await
+        SimCluster::start(Box::new(backend), seed, self.record, summary).await
     }
 
     /// Starts every node on `backend` (a transport under test, or a mutant).
@@ -175,7 +237,8 @@ impl SimBuilder {
         backend: Box<dyn ClusterUnderTest>,
     ) -> Result<SimCluster<M>, SimError> {
         let seed = self.seed.unwrap_or_else(seed_or_random);
-        SimCluster::start(backend, seed, self.record).await
+        let summary = self.typed_summary::<M>()?;
+        SimCluster::start(backend, seed, self.record, summary).await
     }
 }
 
@@ -188,6 +251,16 @@ impl SimBuilder {
 ///
 /// If the thread panics while the cluster lives (a failed test), the seed is printed with
 /// the command that replays the run.
+///
+/// **Replaying exactly.** On a current-thread runtime of its own with tokio's clock paused
+/// ([`faults::runtime`](crate::faults::runtime), or
+/// `#[tokio::test(flavor = "current_thread", start_paused = true)]`), a run is a function
+/// of its seed: the same seed gives the same history, byte for byte — every record, on
+/// every node, in the same order, with the same simulated times and counters — in this
+/// process or another. Node logic keeps that as long as it takes its randomness from
+/// [`NodeContext::rng`] and writes `biased;` in its own `select!`s. (A node whose logic
+/// stops its own server while frames wait for it is the exception: which of them the
+/// server still takes is tokio's choice.)
 ///
 /// ```
 /// use cluster_core::BROADCAST;
@@ -218,6 +291,13 @@ pub struct SimCluster<M> {
     free_running: bool,
     probes: ProbeShared,
     drained: u64,
+    failures: Failures,
+    /// Whether the caller took the node failure (else `shutdown` or drop panics with it).
+    failure_taken: bool,
+    names: Arc<Names>,
+    summary: Option<TypedSummary<M>>,
+    /// Whether the servers' tasks run on this thread (then `OutboxFirst` orders their work).
+    current_thread: bool,
     _guard: SeedGuard,
 }
 
@@ -249,6 +329,7 @@ impl<M: Message> SimCluster<M> {
         backend: Box<dyn ClusterUnderTest>,
         seed: u64,
         record: bool,
+        summary: Option<TypedSummary<M>>,
     ) -> Result<Self, SimError> {
         let config = backend.config().clone();
         let caps = backend.capabilities();
@@ -265,6 +346,14 @@ impl<M: Message> SimCluster<M> {
             window_us: window_of(caps.timing)
                 .map(|w| u64::try_from(w.as_micros()).unwrap_or(u64::MAX)),
         });
+        if caps.timing == Timing::Exact {
+            // As `MemNetwork` bounds a node's receive queue: for the oracle's C6 check.
+            let peers = pids.len().saturating_sub(1).max(1);
+            let frames = config.options().peer_queue.saturating_mul(peers).max(1);
+            history.push(Event::QueueBound {
+                frames: u64::try_from(frames).unwrap_or(u64::MAX),
+            });
+        }
         let mut sim = SimCluster {
             backend,
             config,
@@ -279,13 +368,19 @@ impl<M: Message> SimCluster<M> {
             free_running: caps.timing != Timing::Exact,
             probes: ProbeShared::default(),
             drained: 0,
+            failures: Failures::default(),
+            failure_taken: false,
+            names: Arc::new(Names::default()),
+            summary,
+            current_thread: tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread),
             _guard: SeedGuard { seed },
         };
         let mut started = Vec::new();
         for pid in pids {
             let s = sim.backend.start(pid).await?;
             started.push((pid, s.incarnation));
-            sim.launch(pid, s)?;
+            sim.launch(pid, s, false)?;
         }
         sim.wait_connected().await?;
         for (pid, incarnation) in started {
@@ -325,22 +420,76 @@ impl<M: Message> SimCluster<M> {
         }
     }
 
+    /// A summary of a frame's payload, for the names of a node's frames.
+    fn frame_summary(&self) -> Option<Summarize> {
+        let summary = self.summary.clone()?;
+        Some(Arc::new(move |frame: &[u8]| {
+            let msg: M = cluster_core::wire::decode_payload(frame).ok()?;
+            Some(one_line(&summary(&msg)))
+        }))
+    }
+
+    /// What the history says of a message the harness holds: its summary, if any.
+    fn msg_tag(summary: Option<&TypedSummary<M>>, msg: &M) -> Option<MsgTag> {
+        summary.map(|s| MsgTag {
+            msg: None,
+            summary: Some(one_line(&s(msg))),
+        })
+    }
+
     /// Starts `pid`'s server over `started` (the caller records the `Start` event).
-    fn launch(&mut self, pid: Pid, started: crate::under_test::Started) -> Result<(), SimError> {
+    ///
+    /// Between the server and the backend's transport: [`OutboxFirst`] (one order of work,
+    /// on a current-thread runtime), the recording [`Probe`], and, when recording, the
+    /// [`Namer`] (names for the frames).
+    fn launch(
+        &mut self,
+        pid: Pid,
+        started: crate::under_test::Started,
+        restarted: bool,
+    ) -> Result<(), SimError> {
         let incarnation = started.incarnation;
         let slot = Arc::new(OnceLock::new());
+        let transport: Box<dyn Transport> = if self.history.is_enabled() {
+            Box::new(Namer::new(
+                pid,
+                incarnation,
+                started.transport,
+                self.history.clone(),
+                // Only an in-memory network hands over the very bytes that were sent.
+                (self.caps.timing == Timing::Exact).then(|| Arc::clone(&self.names)),
+                self.frame_summary(),
+            ))
+        } else {
+            started.transport
+        };
         let (probe, raw) = Probe::new(
             pid,
             incarnation,
-            started.transport,
+            transport,
             self.history.clone(),
             &self.gate,
             &self.probes,
             Arc::clone(&slot),
         );
-        let server: Server<M> = Server::<M>::builder(pid, self.config.clone())
-            .incarnation(incarnation)
-            .build(probe)?;
+        let builder = Server::<M>::builder(pid, self.config.clone()).incarnation(incarnation);
+        let builder = self.backend.server_builder(pid, builder);
+        let server: Server<M> = if self.current_thread {
+            let outbox_busy: OutboxBusy = Arc::new(OnceLock::new());
+            let first = OutboxFirst::new(Box::new(probe), Arc::clone(&outbox_busy));
+            let server = builder.build(first)?;
+            // Weak: the server stops when its users drop their outboxes; this must not keep
+            // it open.
+            let outbox = server.outbox().downgrade();
+            let _ = outbox_busy.set(Box::new(move || {
+                outbox
+                    .upgrade()
+                    .is_none_or(|o| o.capacity() < o.max_capacity())
+            }));
+            server
+        } else {
+            builder.build(probe)?
+        };
         let monitor = server.monitor();
         let _ = slot.set(monitor.clone());
         let node = self.nodes.entry(pid).or_insert_with(|| Node {
@@ -359,8 +508,15 @@ impl<M: Message> SimCluster<M> {
         node.raw = Some(raw);
         match &self.spawner {
             Some(spawn) => {
-                let node_seed = crate::seed_mix(self.seed, pid, incarnation);
-                node.task = Some(spawn(server, node_seed));
+                let ctx = NodeContext::new(
+                    pid,
+                    incarnation,
+                    restarted,
+                    crate::seed_mix(self.seed, pid, incarnation),
+                    self.history.clone(),
+                    self.failures.clone(),
+                );
+                node.task = Some(spawn(server, ctx));
             }
             None => node.server = Some(server),
         }
@@ -397,7 +553,8 @@ impl<M: Message> SimCluster<M> {
         self.nodes.get(&pid).is_some_and(|n| n.up)
     }
 
-    /// The incarnation `pid` runs (or last ran) as.
+    /// The incarnation `pid` runs (or last ran) as: on the in-memory network, 1 at first
+    /// and one more per restart, as a fresh peer catalog gives them.
     pub fn incarnation(&self, pid: Pid) -> Option<Incarnation> {
         self.nodes.get(&pid).map(|n| n.incarnation)
     }
@@ -488,6 +645,7 @@ impl<M: Message> SimCluster<M> {
         let server = node.server.as_ref().ok_or(SimError::NoServer(from))?;
         let msg_id = server.next_msg_id();
         let payload = history.is_enabled().then(|| payload_json(&msg));
+        let tag = Self::msg_tag(self.summary.as_ref(), &msg);
         let outbox = server.outbox();
         outbox
             .try_send(Envelope::new(to, msg_id, msg))
@@ -498,13 +656,16 @@ impl<M: Message> SimCluster<M> {
         // Recorded after the hand-over but before anything can route it: nothing runs
         // until the harness yields.
         if let Some(payload) = payload {
-            history.push(Event::Send {
-                from,
-                incarnation: node.incarnation,
-                to,
-                msg_id,
-                payload,
-            });
+            history.push_tagged(
+                Event::Send {
+                    from,
+                    incarnation: node.incarnation,
+                    to,
+                    msg_id,
+                    payload,
+                },
+                tag,
+            );
         }
         Ok((msg_id, outbox))
     }
@@ -519,6 +680,28 @@ impl<M: Message> SimCluster<M> {
         });
         raw.send(bytes).map_err(|_| SimError::NoServer(to))?;
         self.probes.raw_pending.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Puts hostile bytes of `kind` on `to`'s port through the backend's network, where they
+    /// queue (and are lost in a crash) like any arrival, and records the injection
+    /// ([`Event::Injected`]). Fails with [`SimError::Unsupported`] if the backend cannot.
+    pub fn inject_hostile(&mut self, to: Pid, kind: HostileBytes) -> Result<(), SimError> {
+        let node = self.nodes.get(&to).ok_or(SimError::UnknownPid(to))?;
+        let at_incarnation = node.incarnation;
+        let bytes = kind.bytes(to, &self.config);
+        let len = bytes.len();
+        let Some(result) = self.backend.inject(to, bytes) else {
+            return Err(self.unsupported("inject"));
+        };
+        // Nothing can take the bytes before the harness yields: recorded before any arrival.
+        self.history.push(Event::Injected {
+            to,
+            at_incarnation,
+            bytes: kind,
+            len,
+            refused: result.err(),
+        });
         Ok(())
     }
 
@@ -552,6 +735,7 @@ impl<M: Message> SimCluster<M> {
         node.raw = None;
         if let Some(task) = node.task.take() {
             task.abort();
+            // Cancelled, or finished before: a panic was caught in the task and reported.
             let _ = task.await;
         }
         if let Some(mut server) = node.server.take() {
@@ -563,13 +747,18 @@ impl<M: Message> SimCluster<M> {
             let inc = node.incarnation;
             while let Ok(env) = server.inbox().try_recv() {
                 if self.history.is_enabled() {
-                    self.history.push(Event::Delivered {
-                        at: pid,
-                        at_incarnation: inc,
-                        from: env.pid,
-                        msg_id: env.msg_id,
-                        payload: payload_json(&env.msg),
-                    });
+                    // A message to itself crossed no network: no arrival names it.
+                    let summary = self.summary.as_ref().filter(|_| env.pid == pid);
+                    self.history.push_tagged(
+                        Event::Delivered {
+                            at: pid,
+                            at_incarnation: inc,
+                            from: env.pid,
+                            msg_id: env.msg_id,
+                            payload: payload_json(&env.msg),
+                        },
+                        Self::msg_tag(summary, &env.msg),
+                    );
                 }
                 self.drained += 1;
                 node.received.push_back(env);
@@ -586,7 +775,7 @@ impl<M: Message> SimCluster<M> {
         self.crash(pid).await?;
         let started = self.backend.restart(pid).await?;
         let incarnation = started.incarnation;
-        self.launch(pid, started)?;
+        self.launch(pid, started, true)?;
         self.wait_connected().await?;
         self.history.push(Event::Start { pid, incarnation });
         Ok(incarnation)
@@ -662,6 +851,7 @@ impl<M: Message> SimCluster<M> {
 
     /// Takes every inbox's messages into the nodes' received lists, recording each.
     fn drain_inboxes(&mut self) {
+        let summary = self.summary.as_ref();
         for (&pid, node) in &mut self.nodes {
             if node.inbox_paused {
                 continue;
@@ -671,13 +861,18 @@ impl<M: Message> SimCluster<M> {
             };
             while let Ok(env) = server.inbox().try_recv() {
                 if self.history.is_enabled() {
-                    self.history.push(Event::Delivered {
-                        at: pid,
-                        at_incarnation: node.incarnation,
-                        from: env.pid,
-                        msg_id: env.msg_id,
-                        payload: payload_json(&env.msg),
-                    });
+                    // A message to itself crossed no network: no arrival names it.
+                    let own = summary.filter(|_| env.pid == pid);
+                    self.history.push_tagged(
+                        Event::Delivered {
+                            at: pid,
+                            at_incarnation: node.incarnation,
+                            from: env.pid,
+                            msg_id: env.msg_id,
+                            payload: payload_json(&env.msg),
+                        },
+                        Self::msg_tag(own, &env.msg),
+                    );
                 }
                 node.received.push_back(env);
                 self.drained += 1;
@@ -773,7 +968,13 @@ impl<M: Message> SimCluster<M> {
             if now != last {
                 last = now;
                 still_since = tokio::time::Instant::now();
-            } else if now.outboxes_empty && still_since.elapsed() >= quiet {
+            } else if now.outboxes_empty
+                // Nothing the backend accepted is still on its way (a real transport that
+                // counts it, e.g. `ZmqCluster`): settled on that condition, not on a
+                // quiet time alone, which a loaded machine can outlast.
+                && now.in_flight == 0
+                && still_since.elapsed() >= quiet
+            {
                 return true;
             }
         }
@@ -800,17 +1001,36 @@ impl<M: Message> SimCluster<M> {
         self.history.records()
     }
 
-    /// Hands every up node's server to `logic`, in a task per node, and does so again for
-    /// each node restarted later. A crash drops (aborts) the node's task. The harness no
-    /// longer reads those inboxes: your logic does.
+    /// Hands every up node's server to `logic`, in a task per node, with its
+    /// [`NodeContext`], and does so again for each node restarted later. A crash drops
+    /// (aborts) the node's task. The harness no longer reads those inboxes: your logic does.
+    ///
+    /// A panic in a node's logic fails the run, as [`NodeContext::fail`] does: it is
+    /// recorded, [`node_failure`](Self::node_failure) returns it,
+    /// [`faults::run`](crate::faults::run) reports it at once, and if nobody
+    /// [took](Self::take_node_failure) it, [`shutdown`](Self::shutdown) (or dropping the
+    /// cluster) panics with it and the seed.
     pub fn spawn_nodes<L: NodeLogic<M>>(&mut self, logic: L) {
-        let logic = std::sync::Arc::new(logic);
-        let spawner: Spawner<M> =
-            std::sync::Arc::new(move |server, seed| tokio::spawn(logic.start(server, seed)));
+        let logic = Arc::new(logic);
+        let spawner: Spawner<M> = Arc::new(move |server, ctx: NodeContext| {
+            let run = logic.start(server, ctx.clone());
+            tokio::spawn(async move {
+                if let Err(panic) = AssertUnwindSafe(run).catch_unwind().await {
+                    ctx.report_panic(panic_message(&*panic));
+                }
+            })
+        });
         for (&pid, node) in &mut self.nodes {
             if let Some(server) = node.server.take() {
-                let node_seed = crate::seed_mix(self.seed, pid, node.incarnation);
-                node.task = Some(spawner(server, node_seed));
+                let ctx = NodeContext::new(
+                    pid,
+                    node.incarnation,
+                    false,
+                    crate::seed_mix(self.seed, pid, node.incarnation),
+                    self.history.clone(),
+                    self.failures.clone(),
+                );
+                node.task = Some(spawner(server, ctx));
             }
         }
         self.spawner = Some(spawner);
@@ -819,8 +1039,37 @@ impl<M: Message> SimCluster<M> {
         self.gate.set(true);
     }
 
-    /// Stops every node (node logic included) and returns the history.
+    /// The first failure of node logic in this run (a violation it reported with
+    /// [`NodeContext::fail`], or a panic), if any.
+    pub fn node_failure(&self) -> Option<NodeFailure> {
+        self.failures.first()
+    }
+
+    /// Takes the first failure of node logic as handled: [`shutdown`](Self::shutdown) and
+    /// dropping the cluster then no longer panic with it.
+    pub fn take_node_failure(&mut self) -> Option<NodeFailure> {
+        let failure = self.failures.first();
+        self.failure_taken |= failure.is_some();
+        failure
+    }
+
+    /// Waits until node logic fails, and returns the failure (never returns if none does):
+    /// `select!` on it beside your own waiting, to stop at the moment a node fails.
+    pub async fn node_failed(&self) -> NodeFailure {
+        self.failures.wait().await
+    }
+
+    /// Stops every node (node logic included) and returns the history. The history ends
+    /// here: what the nodes do while they stop is not part of the run.
+    ///
+    /// # Panics
+    ///
+    /// If node logic failed and nobody [took](Self::take_node_failure) the failure: a test
+    /// must not pass over it.
     pub async fn shutdown(mut self) -> Vec<Record> {
+        let records = self.history.records();
+        self.history.close();
+        let untaken = self.untaken_failure();
         for node in self.nodes.values_mut() {
             if let Some(task) = node.task.take() {
                 task.abort();
@@ -830,7 +1079,30 @@ impl<M: Message> SimCluster<M> {
                 server.shutdown().await;
             }
         }
-        self.history.records()
+        if let Some(failure) = untaken {
+            panic!("{failure}\ncluster-testkit: {}", replay_hint(self.seed));
+        }
+        records
+    }
+}
+
+impl<M> SimCluster<M> {
+    /// The run's node failure if nobody took it (and the thread is not already panicking),
+    /// marked as taken: it is reported once, and what fails after the run is not the run's.
+    fn untaken_failure(&mut self) -> Option<NodeFailure> {
+        let taken = std::mem::replace(&mut self.failure_taken, true);
+        if taken || std::thread::panicking() {
+            return None;
+        }
+        self.failures.first()
+    }
+}
+
+impl<M> Drop for SimCluster<M> {
+    fn drop(&mut self) {
+        if let Some(failure) = self.untaken_failure() {
+            panic!("{failure}\ncluster-testkit: {}", replay_hint(self.seed));
+        }
     }
 }
 
@@ -843,6 +1115,11 @@ struct Progress {
     /// (sent, delivered + dropped) over every incarnation, when watched.
     counters: (u64, u64),
     discarded: u64,
+}
+
+/// `text` on one line: a summary must not break the history's or the diagram's lines.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn payload_json<M: serde::Serialize>(msg: &M) -> serde_json::Value {

@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cluster_core::{Config, DropCounts, Incarnation, Pid, Transport, TransportError};
+use bytes::Bytes;
+use cluster_core::{
+    Config, DropCounts, DropReason, Incarnation, Pid, ServerBuilder, Transport, TransportError,
+};
 use cluster_mem::MemNetwork;
 
 /// How precisely the oracle may judge a backend's deliveries.
@@ -30,6 +33,8 @@ pub struct Capabilities {
     pub cut: bool,
     /// `SetLoss`.
     pub loss: bool,
+    /// `Hostile`: bytes put on a node's port ([`ClusterUnderTest::inject`]).
+    pub inject: bool,
     /// How the oracle judges timing.
     pub timing: Timing,
 }
@@ -41,6 +46,7 @@ impl Capabilities {
         partition: true,
         cut: true,
         loss: true,
+        inject: true,
         timing: Timing::Exact,
     };
 
@@ -51,6 +57,7 @@ impl Capabilities {
             partition: false,
             cut: false,
             loss: false,
+            inject: false,
             timing: Timing::Window(window),
         }
     }
@@ -110,6 +117,16 @@ pub trait ClusterUnderTest: Send + 'static {
     /// Frames the backend accepted and later discarded that no server counted.
     fn discarded(&self) -> DropCounts {
         DropCounts::default()
+    }
+    /// Puts `bytes` on `to`'s port, as if a stranger had sent them (contract C9): `Ok` if
+    /// the network took them, else why it refused. `None`: this backend cannot.
+    fn inject(&mut self, _to: Pid, _bytes: Bytes) -> Option<Result<(), DropReason>> {
+        None
+    }
+    /// Adjusts the builder of each node's server before it starts (the router mutants of
+    /// [`mutants`](crate::mutants) break the router through it).
+    fn server_builder(&self, _pid: Pid, builder: ServerBuilder) -> ServerBuilder {
+        builder
     }
 }
 
@@ -206,6 +223,10 @@ impl ClusterUnderTest for MemCluster {
 
     fn discarded(&self) -> DropCounts {
         self.net.stats().discarded
+    }
+
+    fn inject(&mut self, to: Pid, bytes: Bytes) -> Option<Result<(), DropReason>> {
+        Some(self.net.inject(to, bytes))
     }
 }
 

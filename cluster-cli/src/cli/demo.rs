@@ -472,11 +472,10 @@ async fn run_phases(config: &Config, args: &DemoArgs, dir: &Path) -> anyhow::Res
             .command(&format!("burst {victim} {m} welcome-back"))
             .await?;
     }
-    let last = demo
-        .wait_until("the restarted node got the new messages", |pid, s| {
-            pid != victim || count(s, &["delivered"]) >= k * m
-        })
-        .await?;
+    demo.wait_until("the restarted node got the new messages", |pid, s| {
+        pid != victim || count(s, &["delivered"]) >= k * m
+    })
+    .await?;
     // A fresh look at every node once the last message has arrived: the table then shows
     // every counter settled (a node polled before the victim may still have been routing).
     let last = demo.wait_until("final stats", |_, _| true).await?;

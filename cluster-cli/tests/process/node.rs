@@ -20,6 +20,7 @@ pub(crate) struct TestConfig {
 impl TestConfig {
     pub(crate) fn new(options: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        // Outside the kernel's ephemeral range: no other socket is handed these meanwhile.
         let peers: Vec<String> = net::free_ports(3)
             .unwrap()
             .iter()
@@ -36,9 +37,31 @@ impl TestConfig {
     }
 }
 
-/// Starts node `pid` in this process, the way `cluster node` does (catalog, incarnation).
-pub(crate) async fn start(backend: Backend, pid: Pid, config: &Path) -> Server<String> {
-    cluster::new_with(backend, pid, config).await.unwrap()
+/// Nodes 2 and 3 as `cluster node` children and node 1 in this process, on a fresh
+/// [`TestConfig`] with `options`. If a port was taken between the draw and a node's bind
+/// (another test drew the same one), everything starts over on fresh ports.
+pub(crate) async fn start_three(
+    backend: Backend,
+    options: &str,
+) -> (TestConfig, Server<String>, Node, Node) {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let config = TestConfig::new(options);
+        let started = async {
+            let b = Node::try_spawn(backend, &config.path, 2).await?;
+            let c = Node::try_spawn(backend, &config.path, 3).await?;
+            let a = cluster::new_with(backend, 1, &config.path)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((a, b, c))
+        };
+        match started.await {
+            Ok((a, b, c)) => return (config, a, b, c),
+            Err(e) if e.contains("cannot listen on") && attempt < net::BIND_ATTEMPTS => {}
+            Err(e) => panic!("starting nodes 1 to 3: {e}"),
+        }
+    }
 }
 
 /// Waits until `cond` holds, within [`DEADLINE`]; fails the test otherwise.
@@ -72,6 +95,15 @@ pub(crate) struct Node {
 impl Node {
     /// Starts node `pid` and waits until it is ready (bound, catalog opened).
     pub(crate) async fn spawn(backend: Backend, config: &Path, pid: Pid) -> Self {
+        Self::try_spawn(backend, config, pid).await.unwrap()
+    }
+
+    /// Like [`spawn`](Self::spawn); the error quotes the child's output (e.g. a port in use).
+    pub(crate) async fn try_spawn(
+        backend: Backend,
+        config: &Path,
+        pid: Pid,
+    ) -> Result<Self, String> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_cluster"));
         command
             .args(["node", "--json", "--backend", backend.as_str()])
@@ -81,16 +113,16 @@ impl Node {
         let ready = process
             .wait_line("its ready event", |l| event(l)["event"] == "ready")
             .await
-            .unwrap();
+            .map_err(|e| e.to_string())?;
         let ready = event(&ready);
         assert_eq!(ready["pid"], pid, "{ready}");
         assert_eq!(ready["backend"], backend.as_str(), "{ready}");
         let incarnation = ready["incarnation"].as_u64().unwrap();
-        Self {
+        Ok(Self {
             pid,
             incarnation,
             process,
-        }
+        })
     }
 
     /// Every event printed so far.

@@ -27,7 +27,7 @@ async fn sim<M: Message>(n: usize, options: Options) -> (SimCluster<M>, MemNetwo
     (sim, net)
 }
 
-/// Settles, and checks the whole history with the oracle (C1–C8, C7 copy by copy).
+/// Settles, and checks the whole history with the oracle (C1–C9, C7 copy by copy).
 async fn check<M: Message>(sim: &mut SimCluster<M>) {
     let history = sim.finish().await;
     let verdict = oracle::check(&history);

@@ -1,29 +1,122 @@
-//! Fixtures for tests on real sockets and real processes, written once: free loopback ports,
-//! quick options, configs on loopback, waiting on a condition with a generous deadline, and
+//! Fixtures for tests on real sockets and real processes, written once: loopback ports that
+//! no other socket is handed meanwhile, quick options, configs on loopback (bound with a
+//! retry when a port was taken anyway), waiting on a condition with a generous deadline, a
+//! shaping TCP relay ([`Relay`]: latency, jitter, bandwidth, silent cuts and stalls), and
 //! child processes driven line by line that die with the test ([`Process`]).
 //! The test suites of `cluster-zmq`, `cluster-catalog` and the `cluster` command use these.
+//!
+//! # Ports
+//!
+//! A config names every node's port before any node binds it, so ports are chosen first
+//! and bound later. Choosing by binding port 0 and releasing it races: the kernel hands the
+//! same ephemeral port to the next `bind(0)` or outgoing connection of any process (the
+//! peers' own connections included) until the node binds it. So ports are drawn at random
+//! *below* the kernel's ephemeral range, where the kernel never hands one out by itself, and
+//! each is checked (bound) before it is returned; [`ReservedPorts`] keeps them bound until
+//! the node that owns one is about to bind it; [`bind_local`] binds a whole cluster and, if
+//! a port was taken anyway (by another test drawing the same number), starts over with
+//! fresh ports.
 
 mod process;
+mod relay;
 
+use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 pub use process::{Finished, Process, ProcessError};
+pub use relay::{Mode, Relay, RelayStats, Shape};
 
-use cluster_core::{Config, ConfigError, Envelope, Inbox, Options, Pid, ServerMonitor};
+use cluster_core::{
+    Config, ConfigError, Envelope, Inbox, Options, Pid, ServerMonitor, TransportError,
+};
+use rand::Rng;
 
 /// How long a test waits for a condition on real sockets before it fails. Generous: loaded
 /// CI machines are slow, and tests wait on conditions, never on this.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
-/// `n` distinct free TCP ports on 127.0.0.1, found by binding port 0 (all held at once, so
-/// that they differ) and then released for the caller to bind.
+/// Lowest port handed out: well above the well-known and usual service ports.
+const LOWEST_PORT: u16 = 10_000;
+
+/// The kernel's ephemeral port range (`/proc/sys/net/ipv4/ip_local_port_range` on Linux;
+/// elsewhere, or if unreadable, the union of Linux's and IANA's defaults).
+fn ephemeral_range() -> (u16, u16) {
+    let read = || -> Option<(u16, u16)> {
+        let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+        let mut it = text.split_whitespace().map(|w| w.parse::<u16>().ok());
+        Some((it.next()??, it.next()??))
+    };
+    read().unwrap_or((32_768, 65_535))
+}
+
+/// Ports on 127.0.0.1, held (bound, not listening for anyone) until released: see the
+/// module docs. Dropping it releases those still held.
+#[derive(Debug)]
+pub struct ReservedPorts {
+    held: Vec<(u16, Option<TcpListener>)>,
+}
+
+impl ReservedPorts {
+    /// `n` distinct free ports outside the ephemeral range, each held by a bound socket.
+    pub fn new(n: usize) -> std::io::Result<Self> {
+        let (low, high) = ephemeral_range();
+        let mut held: Vec<(u16, Option<TcpListener>)> = Vec::with_capacity(n);
+        // Below the ephemeral range if it leaves room, else above it, else (a kernel that
+        // hands out nearly every port) port 0.
+        let range = if low > LOWEST_PORT + 1_000 {
+            Some(LOWEST_PORT..low)
+        } else if high < 64_000 {
+            Some(high + 1..u16::MAX)
+        } else {
+            None
+        };
+        let mut rng = rand::rng();
+        let mut tries = 0;
+        while held.len() < n {
+            tries += 1;
+            let port = match &range {
+                Some(r) if tries <= 100 * (n + 10) => rng.random_range(r.clone()),
+                _ => 0,
+            };
+            let listener = match TcpListener::bind(("127.0.0.1", port)) {
+                Ok(l) => l,
+                // Taken: draw another.
+                Err(_) if port != 0 => continue,
+                Err(e) => return Err(e),
+            };
+            let port = listener.local_addr()?.port();
+            held.push((port, Some(listener)));
+        }
+        Ok(Self { held })
+    }
+
+    /// The ports, in the order they were drawn.
+    pub fn ports(&self) -> Vec<u16> {
+        self.held.iter().map(|(p, _)| *p).collect()
+    }
+
+    /// Lets go of `port`, for its node to bind it right away. `false` if it was not held.
+    pub fn release(&mut self, port: u16) -> bool {
+        self.held
+            .iter_mut()
+            .find(|(p, _)| *p == port)
+            .and_then(|(_, l)| l.take())
+            .is_some()
+    }
+
+    /// Lets go of every port.
+    pub fn release_all(&mut self) {
+        for (_, l) in &mut self.held {
+            l.take();
+        }
+    }
+}
+
+/// `n` distinct free TCP ports on 127.0.0.1, outside the kernel's ephemeral range (see the
+/// module docs), released for the caller to bind. Prefer [`bind_local`] (retries) or
+/// [`ReservedPorts`] (held until used).
 pub fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
-    let held = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    held.iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect()
+    Ok(ReservedPorts::new(n)?.ports())
 }
 
 /// Options for tests on real sockets: heartbeats every 100 ms and a 600 ms timeout, so that
@@ -37,17 +130,70 @@ pub fn fast_options() -> Options {
     }
 }
 
-/// Pids `1..=n` on free loopback ports, with `options`.
-pub fn local_config(n: usize, options: Options) -> Result<Config, LocalConfigError> {
-    let ports = free_ports(n)?;
+/// Pids `1..=ports.len()` on the given loopback ports, with `options`.
+pub fn config_on(ports: &[u16], options: Options) -> Result<Config, ConfigError> {
     let peers = ports
         .iter()
         .zip(1..)
         .map(|(port, pid): (&u16, Pid)| (pid, format!("127.0.0.1:{port}")));
-    Ok(Config::from_peers(peers, options)?)
+    Config::from_peers(peers, options)
 }
 
-/// [`local_config`] could not find ports or build the config.
+/// Pids `1..=n` on free loopback ports, with `options`. The ports are not held: bind them
+/// soon, or use [`bind_local`].
+pub fn local_config(n: usize, options: Options) -> Result<Config, LocalConfigError> {
+    Ok(config_on(&free_ports(n)?, options)?)
+}
+
+/// How many sets of ports [`bind_local`] tries.
+pub const BIND_ATTEMPTS: usize = 10;
+
+/// Pids `1..=n` on free loopback ports with `options`, and whatever `bind` builds on that
+/// config: it binds the nodes that start now and returns them. If it fails with
+/// [`TransportError::Bind`] (a port was taken between the draw and the bind), everything
+/// it bound is dropped and it is called again on a config with fresh ports, up to
+/// [`BIND_ATTEMPTS`] times. Nodes bound later (a restart) bind their port again: outside
+/// the ephemeral range nobody else is handed it meanwhile.
+///
+/// ```
+/// use cluster_testkit::net;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), net::LocalConfigError> {
+/// let (config, listeners) = net::bind_local(2, net::fast_options(), async |config| {
+///     let bind = |pid| {
+///         let address = config.peer(pid).map(|p| p.address.clone()).unwrap_or_default();
+///         std::net::TcpListener::bind(&address).map_err(|e| {
+///             cluster_core::TransportError::Bind { address, reason: e.to_string() }
+///         })
+///     };
+///     Ok((bind(1)?, bind(2)?))
+/// })
+/// .await?;
+/// assert_eq!(config.pids().count(), 2);
+/// # drop(listeners);
+/// # Ok(()) }
+/// ```
+pub async fn bind_local<T>(
+    n: usize,
+    options: Options,
+    mut bind: impl AsyncFnMut(&Config) -> Result<T, TransportError>,
+) -> Result<(Config, T), LocalConfigError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut ports = ReservedPorts::new(n)?;
+        let config = config_on(&ports.ports(), options.clone())?;
+        ports.release_all();
+        match bind(&config).await {
+            Ok(bound) => return Ok((config, bound)),
+            Err(TransportError::Bind { .. }) if attempt < BIND_ATTEMPTS => {}
+            Err(e) => return Err(LocalConfigError::Bind(e)),
+        }
+    }
+}
+
+/// [`local_config`] or [`bind_local`] could not find ports, build the config, or bind.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalConfigError {
     /// No free port could be bound on 127.0.0.1.
@@ -56,6 +202,10 @@ pub enum LocalConfigError {
     /// The config was refused (the options are out of range).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// Binding failed for another reason than a port in use, or every attempt found one
+    /// taken.
+    #[error(transparent)]
+    Bind(TransportError),
 }
 
 /// A condition did not hold within its deadline.
@@ -173,18 +323,69 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ports_differ_and_configs_use_them() {
+    fn ports_differ_lie_outside_the_ephemeral_range_and_configs_use_them() {
         let ports = free_ports(8).unwrap();
         let mut unique = ports.clone();
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), 8);
+        let (low, high) = ephemeral_range();
+        assert!(
+            ports.iter().all(|p| !(low..=high).contains(p)),
+            "{ports:?} within the ephemeral range {low}-{high}"
+        );
         let config = local_config(3, fast_options()).unwrap();
         assert_eq!(config.pids().collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(
             config.options().heartbeat_timeout,
             Duration::from_millis(600)
         );
+    }
+
+    #[test]
+    fn reserved_ports_stay_taken_until_released() {
+        let mut reserved = ReservedPorts::new(2).unwrap();
+        let [a, b] = reserved.ports()[..] else {
+            panic!("two ports")
+        };
+        assert!(TcpListener::bind(("127.0.0.1", a)).is_err(), "not held");
+        assert!(reserved.release(a));
+        assert!(!reserved.release(a), "released twice");
+        let rebound = TcpListener::bind(("127.0.0.1", a));
+        assert!(rebound.is_ok(), "{rebound:?}");
+        assert!(TcpListener::bind(("127.0.0.1", b)).is_err());
+        drop(reserved);
+        assert!(TcpListener::bind(("127.0.0.1", b)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn bind_local_starts_over_with_fresh_ports_when_one_was_taken() {
+        let mut configs: Vec<Config> = Vec::new();
+        let (config, n) = bind_local(2, fast_options(), async |config| {
+            configs.push(config.clone());
+            if configs.len() < 3 {
+                return Err(TransportError::Bind {
+                    address: "127.0.0.1:1".into(),
+                    reason: "Address already in use".into(),
+                });
+            }
+            Ok(configs.len())
+        })
+        .await
+        .unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(&config, configs.last().unwrap());
+        assert_ne!(configs[0], configs[1], "the same ports were tried again");
+        // Other errors are not retried.
+        let mut calls = 0;
+        let e = bind_local(2, fast_options(), async |_| -> Result<(), _> {
+            calls += 1;
+            Err(TransportError::Other("broken".into()))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(calls, 1);
+        assert!(e.to_string().contains("broken"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The test kit's own tests: mutants are caught, replays are exact, the simulator works.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod diagram;
 mod faults;
+mod hostile;
 mod mutants;
 mod replay;
 mod sim;

@@ -1,7 +1,11 @@
 //! The simulator as a user sees it.
 
-use cluster_core::{BROADCAST, DropReason};
-use cluster_testkit::{Event, SimCluster, from_json_lines, oracle};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use cluster_core::{BROADCAST, DropReason, Transport};
+use cluster_mem::MemNetwork;
+use cluster_testkit::{Event, MsgRef, SimCluster, from_json_lines, oracle};
 
 #[tokio::test(flavor = "current_thread")]
 async fn faults_drop_and_restarts_rejoin() {
@@ -14,8 +18,8 @@ async fn faults_drop_and_restarts_rejoin() {
     assert_eq!(sim.seed(), 11);
     sim.crash(3).await.unwrap();
     sim.send(1, 3, "to a dead node".into()).await.unwrap();
-    assert_eq!(sim.restart(3).await.unwrap(), 1);
-    assert_eq!(sim.incarnation(3), Some(1));
+    assert_eq!(sim.restart(3).await.unwrap(), 2);
+    assert_eq!(sim.incarnation(3), Some(2));
     sim.cut(1, 2).unwrap();
     sim.send(1, BROADCAST, "only 3 hears".into()).await.unwrap();
     sim.heal().unwrap();
@@ -147,4 +151,201 @@ async fn every_drop_is_recorded_with_its_reason() {
     ));
     let c7 = oracle::check_c7_accounting(&oracle::Analysis::new(&history));
     assert!(c7.is_empty(), "{c7:?}");
+}
+
+/// Incarnations mean the same in simulation as on a real node: a fresh catalog's first
+/// start is incarnation 1, each restart one more; the in-memory network agrees, and so does
+/// its transport's `Transport::incarnation`.
+#[tokio::test(flavor = "current_thread")]
+async fn incarnations_are_those_of_a_real_node_with_or_without_catalogs() {
+    let mut plain: SimCluster<u8> = SimCluster::<u8>::builder()
+        .nodes(2)
+        .seed(1)
+        .build()
+        .await
+        .unwrap();
+    let mut catalogs: SimCluster<u8> = SimCluster::<u8>::builder()
+        .nodes(2)
+        .seed(1)
+        .catalogs(true)
+        .build()
+        .await
+        .unwrap();
+    for sim in [&mut plain, &mut catalogs] {
+        assert_eq!(sim.incarnation(1), Some(1));
+        assert_eq!(sim.restart(1).await.unwrap(), 2);
+        assert_eq!(sim.restart(1).await.unwrap(), 3);
+        assert_eq!(sim.incarnation(2), Some(1));
+    }
+    let config = cluster_core::Config::local(2, 7000).unwrap();
+    let net = MemNetwork::new(&config, 1);
+    assert_eq!(net.transport(1).unwrap().incarnation(), Some(1));
+    assert_eq!(net.restart(1), Some(2));
+    assert_eq!(net.transport(1).unwrap().incarnation(), Some(2));
+}
+
+/// Node logic that broadcasts its value with message id 0 every time, and keeps the
+/// largest it hears: ids that say nothing, so only names tell the messages apart.
+async fn same_id_every_time(
+    mut server: cluster_core::Server<u64>,
+    ctx: cluster_testkit::NodeContext,
+) {
+    let mut value = u64::from(ctx.pid().unsigned_abs());
+    for _ in 0..5 {
+        let _ = server
+            .outbox()
+            .try_send(cluster_core::Envelope::new(BROADCAST, 0, value));
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        while let Ok(env) = server.inbox().try_recv() {
+            value = value.max(env.msg);
+        }
+    }
+    std::future::pending::<()>().await;
+}
+
+/// The history names each message (sender, incarnation, sequence) wherever it goes, with
+/// the user's one-line summary of its payload; an arrival carries the name its sender gave.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn every_message_is_named_and_summarized_where_it_goes() {
+    let mut sim = SimCluster::<u64>::builder()
+        .nodes(3)
+        .seed(9)
+        .summary(|v: &u64| format!("value\n{v}"))
+        .build()
+        .await
+        .unwrap();
+    sim.spawn_nodes(same_id_every_time);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let history = sim.finish().await;
+    sim.shutdown().await;
+    let mut routed: BTreeMap<MsgRef, (BTreeSet<i32>, String)> = BTreeMap::new();
+    let mut arrivals = 0;
+    for r in &history {
+        match &r.event {
+            Event::Routed {
+                from,
+                incarnation,
+                to,
+                msg_id,
+                ..
+            } => {
+                let name = r.msg.unwrap_or_else(|| panic!("unnamed: {r:?}"));
+                assert_eq!(
+                    (name.from, name.incarnation, *msg_id),
+                    (*from, *incarnation, 0)
+                );
+                let summary = r.summary.clone().unwrap_or_default();
+                assert!(summary.starts_with("value "), "one line: {summary:?}");
+                routed
+                    .entry(name)
+                    .or_insert_with(|| (BTreeSet::new(), summary))
+                    .0
+                    .insert(*to);
+            }
+            Event::Arrived { at, .. } => {
+                let name = r.msg.unwrap_or_else(|| panic!("unnamed: {r:?}"));
+                let (to, summary) = routed
+                    .get(&name)
+                    .unwrap_or_else(|| panic!("{name} arrived at {at} before it was sent"));
+                assert!(to.contains(at), "{name} arrived at {at}, sent to {to:?}");
+                assert_eq!(r.summary.as_ref(), Some(summary));
+                arrivals += 1;
+            }
+            _ => {}
+        }
+    }
+    // Each broadcast is one message with two copies, numbered 1, 2, … per sender.
+    for pid in 1..=3 {
+        let seqs: Vec<u64> = routed
+            .keys()
+            .filter(|n| n.from == pid)
+            .map(|n| n.seq)
+            .collect();
+        assert_eq!(seqs, (1..=5).collect::<Vec<_>>(), "node {pid}");
+    }
+    assert!(routed.values().all(|(to, _)| to.len() == 2));
+    assert_eq!(arrivals, 3 * 5 * 2);
+}
+
+/// In scenario runs too: the send and the delivery of a message name it.
+#[tokio::test(flavor = "current_thread")]
+async fn harness_sends_and_deliveries_are_named_too() {
+    let mut sim = SimCluster::<String>::builder()
+        .nodes(2)
+        .seed(4)
+        .summary(|s: &String| s.to_uppercase())
+        .build()
+        .await
+        .unwrap();
+    sim.send(1, 2, String::from("hello")).await.unwrap();
+    sim.send(1, 1, String::from("to myself")).await.unwrap();
+    let history = sim.finish().await;
+    let find = |f: &dyn Fn(&Event) -> bool| {
+        history
+            .iter()
+            .find(|r| f(&r.event))
+            .unwrap_or_else(|| panic!("not in {history:#?}"))
+    };
+    let send = find(&|e| matches!(e, Event::Send { to: 2, .. }));
+    assert_eq!(send.summary.as_deref(), Some("HELLO"));
+    let delivered = find(&|e| matches!(e, Event::Delivered { at: 2, .. }));
+    assert_eq!(
+        delivered.msg.map(|m| m.to_string()).as_deref(),
+        Some("1.1#1")
+    );
+    assert_eq!(delivered.summary.as_deref(), Some("HELLO"));
+    let to_itself = find(&|e| matches!(e, Event::Delivered { at: 1, .. }));
+    assert_eq!(to_itself.summary.as_deref(), Some("TO MYSELF"));
+}
+
+/// Node logic with a panic in it, and one that reports: the first failure is kept and
+/// recorded in the history, with the node's incarnation.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn node_failures_are_recorded_and_kept() {
+    let mut sim = SimCluster::<u8>::builder()
+        .nodes(3)
+        .seed(2)
+        .build()
+        .await
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    sim.spawn_nodes({
+        let seen = Arc::clone(&seen);
+        move |server: cluster_core::Server<u8>, ctx: cluster_testkit::NodeContext| {
+            let seen = Arc::clone(&seen);
+            async move {
+                let _server = server;
+                tokio::time::sleep(std::time::Duration::from_millis(u64::from(
+                    ctx.pid().unsigned_abs(),
+                )))
+                .await;
+                seen.lock().unwrap().push(ctx.pid());
+                match ctx.pid() {
+                    1 => ctx.fail("first"),
+                    2 => panic!("second"),
+                    _ => {}
+                }
+                std::future::pending::<()>().await;
+            }
+        }
+    });
+    let first = sim.node_failed().await;
+    assert_eq!(
+        first.to_string(),
+        "node 1 (incarnation 1) reported a violation: first"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    assert_eq!(*seen.lock().unwrap(), [1, 2, 3]);
+    assert_eq!(sim.take_node_failure(), Some(first));
+    let failed: Vec<(i32, bool)> = sim
+        .history()
+        .records()
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::NodeFailed { pid, panicked, .. } => Some((*pid, *panicked)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, [(1, false), (2, true)]);
+    sim.shutdown().await;
 }

@@ -3,11 +3,12 @@
 use std::time::Duration;
 
 use cluster_core::{BROADCAST, DropReason, Envelope, TransportError};
-use cluster_testkit::net::DEADLINE;
+use cluster_testkit::net::{self, DEADLINE};
 use cluster_zmq::Backend;
 
 use crate::nodes::{
-    drain_until_marker, local_config, next, start, start_as, wait_connected, wait_until,
+    drain_until_marker, local_config, next, start, start_as, start_on_fresh_ports, wait_connected,
+    wait_until,
 };
 
 on_every_backend!(
@@ -20,10 +21,8 @@ on_every_backend!(
 );
 
 async fn routing_broadcast_self_and_unknown(backend: Backend) {
-    let config = local_config(3);
-    let mut a = start(backend, 1, &config).await;
-    let mut b = start(backend, 2, &config).await;
-    let mut c = start(backend, 3, &config).await;
+    let (_, nodes) = start_on_fresh_ports(backend, 3, net::fast_options(), &[1, 2, 3]).await;
+    let [mut a, mut b, mut c] = <[_; 3]>::try_from(nodes).ok().unwrap();
     for s in [&a, &b, &c] {
         s.wait_for_peers(DEADLINE).await.unwrap();
     }
@@ -61,9 +60,8 @@ async fn routing_broadcast_self_and_unknown(backend: Backend) {
 
 async fn fifo_per_pair_and_every_message_accounted(backend: Backend) {
     const N: usize = 20_000;
-    let config = local_config(2);
-    let a = start(backend, 1, &config).await;
-    let mut b = start(backend, 2, &config).await;
+    let (_, nodes) = start_on_fresh_ports(backend, 2, net::fast_options(), &[1, 2]).await;
+    let [a, mut b] = <[_; 2]>::try_from(nodes).ok().unwrap();
     a.wait_for_peers(DEADLINE).await.unwrap();
     let out = a.outbox();
     let sender = tokio::spawn(async move {
@@ -101,6 +99,16 @@ async fn fifo_per_pair_and_every_message_accounted(backend: Backend) {
         "out of order or duplicated"
     );
     assert_eq!(accounted(got.len(), &a, &b), N as u64, "phantoms");
+    // The bound on silent loss on a healthy link is zero, on both backends: every copy
+    // node 1 sent to node 2 was delivered or dropped with a reason, exactly.
+    let (sa, sb) = (a.stats().peers[&2], b.stats().peers[&1]);
+    assert_eq!(sa.sent, N as u64);
+    assert_eq!(
+        sa.sent,
+        sb.delivered + sa.dropped_to.total() + sb.dropped_from.total(),
+        "silently lost on a healthy link: sent {sa:?}, received {sb:?}"
+    );
+    assert_eq!(sb.delivered, got.len() as u64);
     // On an idle loopback with default queues every message gets through.
     assert!(!got.is_empty());
     a.shutdown().await;
@@ -108,8 +116,8 @@ async fn fifo_per_pair_and_every_message_accounted(backend: Backend) {
 }
 
 async fn a_message_to_a_down_peer_is_dropped_and_never_delivered_later(backend: Backend) {
-    let config = local_config(2);
-    let a = start(backend, 1, &config).await;
+    let (config, nodes) = start_on_fresh_ports(backend, 2, net::fast_options(), &[1]).await;
+    let [a] = <[_; 1]>::try_from(nodes).ok().unwrap();
     let out = a.outbox();
     for i in 0..100 {
         out.send(Envelope::new(2, i, format!("early-{i}")))
@@ -135,9 +143,8 @@ async fn a_message_to_a_down_peer_is_dropped_and_never_delivered_later(backend: 
 }
 
 async fn a_restarted_peer_is_reconnected_and_gets_only_what_was_sent_after(backend: Backend) {
-    let config = local_config(2);
-    let a = start(backend, 1, &config).await;
-    let mut b = start(backend, 2, &config).await;
+    let (config, nodes) = start_on_fresh_ports(backend, 2, net::fast_options(), &[1, 2]).await;
+    let [a, mut b] = <[_; 2]>::try_from(nodes).ok().unwrap();
     a.wait_for_peers(DEADLINE).await.unwrap();
     assert!(drain_until_marker(&a, &mut b, "marker-1").await.is_empty());
 
@@ -175,9 +182,8 @@ async fn a_restarted_peer_is_reconnected_and_gets_only_what_was_sent_after(backe
 async fn a_dead_peer_never_blocks_the_others(backend: Backend) {
     const N: i64 = 5_000;
     // Node 3 is configured but never started.
-    let config = local_config(3);
-    let a = start(backend, 1, &config).await;
-    let mut b = start(backend, 2, &config).await;
+    let (_, nodes) = start_on_fresh_ports(backend, 3, net::fast_options(), &[1, 2]).await;
+    let [a, mut b] = <[_; 2]>::try_from(nodes).ok().unwrap();
     wait_connected(&a, &[2]).await;
     let out = a.outbox();
     let sender = tokio::spawn(async move {

@@ -10,7 +10,7 @@ use cluster_core::{DropReason, Options, Server};
 use cluster_testkit::net::{self, DEADLINE};
 use cluster_zmq::Backend;
 
-use crate::nodes::{config_on, drain_until_marker, start_as, wait_until};
+use crate::nodes::{drain_until_marker, try_start_as, wait_until};
 
 on_every_backend!(garbage_truncated_oversized_and_forged_input_is_counted_and_harmless);
 
@@ -145,9 +145,12 @@ async fn garbage_truncated_oversized_and_forged_input_is_counted_and_harmless(ba
         max_message_size: MAX,
         ..net::fast_options()
     };
-    let config = config_on(&net::free_ports(2).unwrap(), options);
-    let a = start_as(backend, 1, &config, 3).await;
-    let transport = cluster_zmq::bind_with(backend, 2, &config).await.unwrap();
+    let (config, (a, transport)) = net::bind_local(2, options, async |config| {
+        let a = try_start_as(backend, 1, config, 3).await?;
+        Ok((a, cluster_zmq::bind_with(backend, 2, config).await?))
+    })
+    .await
+    .unwrap();
     let link = transport.link_stats();
     let mut b = Server::<String>::with_transport(2, config.clone(), transport).unwrap();
     a.wait_for_peers(DEADLINE).await.unwrap();

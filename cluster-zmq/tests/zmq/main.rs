@@ -1,6 +1,7 @@
 //! The ZeroMQ transport over real sockets on loopback, on every backend compiled in
 //! (`cargo test -p cluster-zmq --features zeromq` runs both): the contract scenarios
-//! (`cluster-core`'s crate docs), hostile input, and silent partitions.
+//! (`cluster-core`'s crate docs), hostile input, silent partitions and stalls, and a slow
+//! wide-area link.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 /// One `#[tokio::test]` per backend compiled in, in a module `on_<backend>`, each
@@ -32,3 +33,4 @@ mod contract;
 mod hostile;
 mod nodes;
 mod partition;
+mod wan;

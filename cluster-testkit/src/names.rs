@@ -1,0 +1,215 @@
+//! Names for the messages of a simulated run: [`Namer`] sits between a node's recording
+//! probe and its transport, and tells the history which message each frame carries
+//! ([`MsgRef`]: sender, incarnation, sequence) and, given a summary function, what it says.
+//!
+//! The sender numbers the messages it hands to its transport; the copies of a broadcast are
+//! one message, encoded once, so they are the same bytes. The receiver learns the name from
+//! the frame itself: in one process the bytes a node receives are the very bytes its peer
+//! sent (the in-memory network moves them, it does not copy them), so a table keyed by
+//! their address gives the name back. A backend that copies frames (real sockets, a mutant
+//! that corrupts them) leaves arrivals unnamed, with their summary still decoded; on real
+//! sockets the table is not kept at all (nothing would ever be found in it).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cluster_core::wire::Header;
+use cluster_core::{DropReason, Incarnation, PeerSet, Pid, Transport, TransportEvent};
+use tokio::sync::watch;
+
+use crate::history::{History, MsgRef, MsgTag, TagFor};
+
+/// A one-line summary of a frame's payload, if it decodes as the cluster's message type.
+pub(crate) type Summarize = Arc<dyn Fn(&[u8]) -> Option<String> + Send + Sync>;
+
+/// Frames accepted by a transport and not yet arrived, by the address of their bytes.
+#[derive(Default)]
+pub(crate) struct Names {
+    in_flight: Mutex<BTreeMap<usize, InFlight>>,
+}
+
+struct InFlight {
+    /// Held so that the address cannot be reused by another frame while this one is named.
+    bytes: Bytes,
+    tag: MsgTag,
+    copies: u32,
+}
+
+impl Names {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<usize, InFlight>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn accepted(&self, frame: &Bytes, tag: &MsgTag) {
+        let mut in_flight = self.lock();
+        let entry = in_flight
+            .entry(frame.as_ptr() as usize)
+            .or_insert_with(|| InFlight {
+                bytes: frame.clone(),
+                tag: tag.clone(),
+                copies: 0,
+            });
+        entry.copies += 1;
+    }
+
+    fn arrived(&self, frame: &Bytes) -> Option<MsgTag> {
+        let mut in_flight = self.lock();
+        let key = frame.as_ptr() as usize;
+        let entry = in_flight.get_mut(&key)?;
+        if entry.bytes.len() != frame.len() {
+            return None;
+        }
+        let tag = entry.tag.clone();
+        entry.copies = entry.copies.saturating_sub(1);
+        if entry.copies == 0 {
+            in_flight.remove(&key);
+        }
+        Some(tag)
+    }
+}
+
+/// Whether two frames are the same bytes (not merely equal ones).
+fn same_frame(a: &Bytes, b: &Bytes) -> bool {
+    a.as_ptr() == b.as_ptr() && a.len() == b.len()
+}
+
+/// Names the frames of one node incarnation: see the module docs.
+pub(crate) struct Namer {
+    pid: Pid,
+    incarnation: Incarnation,
+    inner: Box<dyn Transport>,
+    history: History,
+    /// Frames in flight by address, when the backend moves frames without copying them.
+    names: Option<Arc<Names>>,
+    summarize: Option<Summarize>,
+    /// Messages sent so far.
+    sent: u64,
+    /// The last frame sent and its tag: further copies of it are the same message.
+    last: Option<(Bytes, MsgTag)>,
+}
+
+impl Namer {
+    pub(crate) fn new(
+        pid: Pid,
+        incarnation: Incarnation,
+        inner: Box<dyn Transport>,
+        history: History,
+        names: Option<Arc<Names>>,
+        summarize: Option<Summarize>,
+    ) -> Self {
+        Self {
+            pid,
+            incarnation,
+            inner,
+            history,
+            names,
+            summarize,
+            sent: 0,
+            last: None,
+        }
+    }
+
+    fn summary(&self, frame: &[u8]) -> Option<String> {
+        self.summarize.as_ref().and_then(|s| s(frame))
+    }
+
+    fn tag_sent(&mut self, frame: &Bytes) -> MsgTag {
+        if let Some((last, tag)) = &self.last
+            && same_frame(last, frame)
+        {
+            return tag.clone();
+        }
+        self.sent += 1;
+        let tag = MsgTag {
+            msg: Some(MsgRef {
+                from: self.pid,
+                incarnation: self.incarnation,
+                seq: self.sent,
+            }),
+            summary: self.summary(frame),
+        };
+        self.last = Some((frame.clone(), tag.clone()));
+        tag
+    }
+
+    fn name_arrival(&self, event: &Option<TransportEvent>) {
+        let Some(TransportEvent::Frame(frame)) = event else {
+            return;
+        };
+        if !self.history.is_enabled() {
+            return;
+        }
+        let Ok(header) = Header::parse(frame) else {
+            return;
+        };
+        let known = self.names.as_ref().and_then(|names| names.arrived(frame));
+        let tag = known.unwrap_or_else(|| MsgTag {
+            msg: None,
+            summary: self.summary(frame),
+        });
+        self.history.tag_next(
+            self.pid,
+            TagFor::Arrived {
+                at: self.pid,
+                from: header.sender,
+                incarnation: header.incarnation,
+                msg_id: header.msg_id,
+            },
+            tag,
+        );
+    }
+}
+
+#[async_trait]
+impl Transport for Namer {
+    fn send(&mut self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
+        if !self.history.is_enabled() {
+            return self.inner.send(to, frame);
+        }
+        let header = Header::parse(&frame).ok();
+        let tag = self.tag_sent(&frame);
+        let result = self.inner.send(to, frame.clone());
+        if let Some(names) = self.names.as_ref().filter(|_| result.is_ok()) {
+            names.accepted(&frame, &tag);
+        }
+        if let Some(h) = header {
+            let wanted = TagFor::Routed {
+                from: h.sender,
+                to,
+                msg_id: h.msg_id,
+            };
+            self.history.tag_next(h.sender, wanted, tag);
+        }
+        result
+    }
+
+    async fn recv(&mut self) -> Option<TransportEvent> {
+        let event = self.inner.recv().await;
+        self.name_arrival(&event);
+        event
+    }
+
+    fn try_recv(&mut self) -> Option<TransportEvent> {
+        let event = self.inner.try_recv();
+        self.name_arrival(&event);
+        event
+    }
+
+    // `send_many` and `try_recv_many`: the defaults, frame by frame, so that each is named.
+    // (The probe above calls these only when the history is off, which `send` also checks.)
+
+    fn connected(&self) -> watch::Receiver<PeerSet> {
+        self.inner.connected()
+    }
+
+    async fn shutdown(&mut self, linger: Duration) {
+        self.inner.shutdown(linger).await;
+    }
+
+    fn incarnation(&self) -> Option<Incarnation> {
+        self.inner.incarnation()
+    }
+}

@@ -1,0 +1,104 @@
+//! One order of work for a simulated node's server, so that a run is a function of its seed.
+//!
+//! The server's task waits on its outbox and on its transport in one `tokio::select!`,
+//! which picks among ready branches at random; tokio seeds that choice per runtime, from
+//! the OS, and only a `tokio_unstable` build can fix the seed. When both are ready — node
+//! logic sent something while a frame arrived — routing and delivery would come in a
+//! different order from one run of a seed to the next (and so would everything that
+//! follows). [`OutboxFirst`] sits between the server and its transport and reports no
+//! arrival while the outbox holds something: the outbox is then the only ready branch, and
+//! the choice is no longer random. Used on current-thread runtimes only, where it is the
+//! whole story: one thread, tasks in the order they were woken, a paused clock.
+
+use std::future::poll_fn;
+use std::sync::{Arc, OnceLock};
+use std::task::Poll;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cluster_core::{DropReason, Incarnation, PeerSet, Pid, Transport, TransportEvent};
+use tokio::sync::watch;
+
+/// Whether a server's outbox holds something (or is closed, which its task also handles
+/// before anything else). Set once the server exists.
+pub(crate) type OutboxBusy = Arc<OnceLock<Box<dyn Fn() -> bool + Send + Sync>>>;
+
+/// How many times in a row an arrival waits for the outbox. A sender that reserved room in
+/// the outbox and has not used it yet looks the same as a message waiting there; it must
+/// not keep arrivals out for ever (nor spin while the paused clock waits for idleness).
+const MAX_DEFERRALS: u32 = 64;
+
+/// A transport that hands up arrivals only when its server's outbox is empty.
+pub(crate) struct OutboxFirst {
+    inner: Box<dyn Transport>,
+    outbox_busy: OutboxBusy,
+    deferrals: u32,
+}
+
+impl OutboxFirst {
+    pub(crate) fn new(inner: Box<dyn Transport>, outbox_busy: OutboxBusy) -> Self {
+        Self {
+            inner,
+            outbox_busy,
+            deferrals: 0,
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for OutboxFirst {
+    fn send(&mut self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
+        self.inner.send(to, frame)
+    }
+
+    async fn recv(&mut self) -> Option<TransportEvent> {
+        let Self {
+            inner,
+            outbox_busy,
+            deferrals,
+        } = self;
+        let mut next = inner.recv();
+        poll_fn(|cx| {
+            let busy = outbox_busy.get().is_some_and(|busy| busy());
+            if busy && *deferrals < MAX_DEFERRALS {
+                // The outbox branch is ready in this same `select!` and wins; if it is not
+                // (a reservation, or tokio's budget ran out), the task is polled again.
+                *deferrals += 1;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            *deferrals = 0;
+            next.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    fn try_recv(&mut self) -> Option<TransportEvent> {
+        self.inner.try_recv()
+    }
+
+    fn send_many(
+        &mut self,
+        frames: &mut Vec<(Pid, Bytes)>,
+        refused: &mut dyn FnMut(Pid, DropReason),
+    ) {
+        self.inner.send_many(frames, refused);
+    }
+
+    fn try_recv_many(&mut self, events: &mut Vec<TransportEvent>, max: usize) -> usize {
+        self.inner.try_recv_many(events, max)
+    }
+
+    fn connected(&self) -> watch::Receiver<PeerSet> {
+        self.inner.connected()
+    }
+
+    async fn shutdown(&mut self, linger: Duration) {
+        self.inner.shutdown(linger).await;
+    }
+
+    fn incarnation(&self) -> Option<Incarnation> {
+        self.inner.incarnation()
+    }
+}
