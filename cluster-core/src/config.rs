@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::envelope::Pid;
+use crate::key::ClusterKey;
 
 /// The largest pid a config may hold. Message ids pack the pid into 16 bits (see
 /// [`crate::Server::next_msg_id`]), which keeps ids unique across the cluster.
@@ -80,6 +81,12 @@ pub struct Options {
     /// `.cluster/catalog-<pid>` beside the config file. Nodes sharing a machine need
     /// distinct directories, so a set value should contain `{pid}`.
     pub catalog_dir: Option<PathBuf>,
+    /// `"key_file"`: the file holding the cluster key, 64 hexadecimal digits (relative
+    /// paths are taken from the config file's directory). See [`Config::cluster_key`].
+    pub key_file: Option<PathBuf>,
+    /// `"key_env"`: the name of the environment variable holding the cluster key, 64
+    /// hexadecimal digits. At most one of `key_file` and `key_env`.
+    pub key_env: Option<String>,
 }
 
 impl Default for Options {
@@ -93,6 +100,8 @@ impl Default for Options {
             heartbeat_interval: Duration::from_millis(500),
             heartbeat_timeout: Duration::from_millis(2000),
             catalog_dir: None,
+            key_file: None,
+            key_env: None,
         }
     }
 }
@@ -103,6 +112,8 @@ pub struct Config {
     peers: Vec<PeerConfig>,
     options: Options,
     origin: String,
+    /// The cluster key, read from `key_file` or `key_env` when the config was loaded.
+    key: Option<ClusterKey>,
 }
 
 /// What is wrong with a config; see [`ConfigError`].
@@ -150,6 +161,8 @@ pub enum ConfigProblem {
     NoPeers,
     /// The pid a server was started with is not in the config.
     OwnPidAbsent(Pid),
+    /// The cluster key (`key_file` or `key_env`) is missing, unreadable or malformed.
+    BadKey(String),
 }
 
 impl fmt::Display for ConfigProblem {
@@ -176,6 +189,7 @@ impl fmt::Display for ConfigProblem {
             ),
             Self::NoPeers => write!(f, "the peer list is empty"),
             Self::OwnPidAbsent(p) => write!(f, "pid {p} is not one of the configured peers"),
+            Self::BadKey(problem) => write!(f, "cluster key: {problem}"),
         }
     }
 }
@@ -235,11 +249,41 @@ impl Config {
             pid: None,
             problem: ConfigProblem::Unreadable(e.to_string()),
         })?;
-        Self::parse(&text, &origin)
+        Self::parse_in(&text, &origin, path.parent())
     }
 
-    /// Parses and validates config text (either format). `origin` names it in errors.
+    /// Parses and validates config text (either format). `origin` names it in errors; a
+    /// relative `key_file` is taken from the current directory.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        Self::parse_in(text, origin, None)
+    }
+
+    /// Parses like [`Config::parse`], taking a relative `key_file` from `dir`, and reads
+    /// the cluster key.
+    fn parse_in(text: &str, origin: &str, dir: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut config = Self::parse_text(text, origin)?;
+        let ctx = Ctx { origin };
+        let bad_key = |problem: String| ctx.err(None, None, ConfigProblem::BadKey(problem));
+        config.key = match (&config.options.key_file, &config.options.key_env) {
+            (Some(_), Some(_)) => {
+                return Err(bad_key(
+                    "both \"key_file\" and \"key_env\" are set: choose one".into(),
+                ));
+            }
+            (Some(file), None) => {
+                let path = match dir {
+                    Some(dir) if file.is_relative() => dir.join(file),
+                    _ => file.clone(),
+                };
+                Some(ClusterKey::from_file(&path).map_err(bad_key)?)
+            }
+            (None, Some(var)) => Some(ClusterKey::from_env(var).map_err(bad_key)?),
+            (None, None) => None,
+        };
+        Ok(config)
+    }
+
+    fn parse_text(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let ctx = Ctx { origin };
         let mut values = Vec::new();
         for v in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
@@ -341,6 +385,7 @@ impl Config {
             peers,
             options,
             origin: ctx.origin.to_owned(),
+            key: None,
         })
     }
 
@@ -370,6 +415,20 @@ impl Config {
     /// The options.
     pub fn options(&self) -> &Options {
         &self.options
+    }
+
+    /// The cluster key, if the config names one (`key_file` or `key_env`, read when the
+    /// config was parsed) or one was set with [`Config::with_cluster_key`]. With a key,
+    /// every frame is authenticated (see `cluster_core::wire`); every node of the cluster
+    /// needs the same key.
+    pub fn cluster_key(&self) -> Option<&ClusterKey> {
+        self.key.as_ref()
+    }
+
+    /// This config with `key` as its cluster key (`None`: unkeyed).
+    pub fn with_cluster_key(mut self, key: Option<ClusterKey>) -> Self {
+        self.key = key;
+        self
     }
 
     /// Replaces the options, after checking them.
@@ -520,6 +579,19 @@ fn parse_canonical(
             "linger_ms" => options.linger = as_millis()?,
             "heartbeat_interval_ms" => options.heartbeat_interval = as_millis()?,
             "heartbeat_timeout_ms" => options.heartbeat_timeout = as_millis()?,
+            "key_file" => {
+                let s = value
+                    .as_str()
+                    .ok_or_else(|| bad("expected a path string"))?;
+                options.key_file = Some(PathBuf::from(s));
+            }
+            "key_env" => {
+                let s = value
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| bad("expected the name of an environment variable"))?;
+                options.key_env = Some(s.to_owned());
+            }
             "catalog_dir" => {
                 let s = value
                     .as_str()

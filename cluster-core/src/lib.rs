@@ -34,14 +34,35 @@
 //! * **C7 nothing silent** — every message ends as exactly one of: delivered, or dropped
 //!   with a [`DropReason`] (`unknown_peer`, `unreachable`, `backpressure`, `partitioned` and
 //!   `injected` in simulation, `malformed`, `unknown_sender`, `stale_incarnation`,
-//!   `too_large`), visible in [`Server::stats`] as totals and per peer. In simulation,
-//!   sent = delivered + dropped exactly.
+//!   `too_large`, `unsupported_version`, `replayed`, `unauthenticated`), visible in
+//!   [`Server::stats`] as totals and per peer. In simulation, sent = delivered + dropped
+//!   exactly.
+//! * **C7 on real sockets** — frames a transport accepted but that never arrived are
+//!   counted too. Every frame carries a sequence number per (sender incarnation →
+//!   receiver), taken only when the transport accepts the frame (a refused frame gives its
+//!   number back), so a gap the receiver sees is a loss after acceptance: it counts it in
+//!   [`PeerStats::lost_in_transit`] (not a drop reason, and in no `dropped` total: where the
+//!   sender could tell, it counted the loss itself). The sender's `unconfirmed` count of
+//!   what a peer never acknowledged before it went down, and with it sent = delivered +
+//!   dropped + unconfirmed per pair, is not built yet (see issue 11, item 2).
 //! * **C8 restart** — a node restarted with the same pid rejoins without restarting anyone
 //!   else; its incarnation increases (from its peer catalog, or the transport, or the clock:
 //!   see [`ServerBuilder::incarnation`]); messages sent to it once it is back are delivered.
 //! * **C9 hostile input** — any bytes arriving on a node's port (garbage, truncated,
 //!   oversized, forged header) are dropped and counted; the node keeps serving. Config and
 //!   catalog errors are clear messages naming the file, the entry and the problem.
+//! * **C10 membership you can trust** — with a cluster key ([`Config::cluster_key`]), every
+//!   frame carries a keyed-BLAKE3 tag over its header and payload; a frame that is forged,
+//!   altered, from another cluster, unkeyed (or keyed at an unkeyed node) is dropped as
+//!   `unauthenticated`, and one whose sequence number is not above the highest seen from
+//!   that incarnation of its sender as `replayed`. Such a frame changes nothing: the tag and
+//!   the replay guard are checked before a frame may move a peer's incarnation, its
+//!   sequence state, or its counters (which the catalog reads). Without a key nothing is
+//!   authenticated — anyone who can reach a node's port can send it frames in any peer's
+//!   name — but no single frame can lock a peer out for good: the newest incarnation heard
+//!   from a peer stops counting once nothing was accepted from it for `heartbeat_timeout`,
+//!   which also lets a node that lost its catalog (and restarts at a lower incarnation) be
+//!   heard again after that time. Byte bounds and connection caps are the transports' part.
 //!
 //! What the library does with an envelope's `msg_id`: it carries it from sender to
 //! receiver and never reads it. [`Server::next_msg_id`] and [`MsgIds`] draw ids unique
@@ -58,7 +79,8 @@
 //! )?;
 //! assert_eq!(config.pids().collect::<Vec<_>>(), [1, 2]);
 //!
-//! let header = wire::Header { sender: 1, incarnation: 3, msg_id: 42 };
+//! // From node 1 (incarnation 3) to node 2, message id 42.
+//! let header = wire::Header::new(1, 2, 3, 42);
 //! let frame = wire::Frame::decode(wire::encode(&header, "hello")?)?;
 //! assert_eq!(frame.header, header);
 //! assert_eq!(frame.message::<String>()?, "hello");
@@ -70,6 +92,7 @@
 
 mod config;
 mod envelope;
+mod key;
 mod report;
 mod router;
 mod server;
@@ -81,6 +104,7 @@ pub use config::{
     Config, ConfigError, ConfigProblem, MAX_MESSAGE_SIZE, MAX_PID, MAX_QUEUE, Options, PeerConfig,
 };
 pub use envelope::{BROADCAST, Envelope, MsgId, Pid};
+pub use key::{ClusterKey, KEY_LEN};
 #[cfg(feature = "fault-injection")]
 #[doc(hidden)]
 pub use router::RouterFault;

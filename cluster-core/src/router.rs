@@ -3,14 +3,17 @@
 //! shares these semantics line for line.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::time::Instant;
 
 use crate::envelope::{BROADCAST, Envelope, Pid};
+use crate::key::ClusterKey;
 use crate::stats::{DropReason, StatsCells};
-use crate::wire::{self, Header, Incarnation};
+use crate::wire::{self, Destination, Header, Incarnation, Seq, WireError};
 
 /// Test-only: one deliberate bug in the [`Router`], so that the test kit's mutants can show
 /// the contract oracle catching a broken router, not only a broken transport. Exists only
@@ -50,16 +53,36 @@ macro_rules! faulty {
     };
 }
 
+/// What a router last accepted from one peer.
+#[derive(Debug, Clone, Copy)]
+struct Heard {
+    incarnation: Incarnation,
+    seq: Seq,
+    at: Instant,
+}
+
 pub(crate) struct Router {
     pid: Pid,
     incarnation: Incarnation,
     /// Every configured pid, ascending (self included).
     all: Vec<Pid>,
     max_message_size: usize,
-    /// Newest incarnation seen from each pid in `all`.
-    newest: Vec<Option<Incarnation>>,
+    /// Per pid in `all`: the sequence number of the next frame to it that the transport
+    /// accepts. A refused frame gives its number back, so that a gap the receiver sees is
+    /// a frame lost after the transport took it.
+    next_seq: Vec<Seq>,
+    /// Per pid in `all`: the newest incarnation heard from it, the highest sequence number
+    /// heard from that incarnation, and when its last frame was accepted.
+    heard: Vec<Option<Heard>>,
+    /// Unkeyed only: silence after which a peer's newest incarnation stops counting (the
+    /// `heartbeat_timeout`), so that no single frame can lock a peer out for good. See
+    /// [`Router::incoming`].
+    forget_after: Duration,
     stats: Arc<StatsCells>,
     encoder: wire::Encoder,
+    /// The cluster key: with it every frame sent is tagged and every frame received must
+    /// carry a tag that checks; without it, a keyed frame is refused.
+    key: Option<ClusterKey>,
     #[cfg(feature = "fault-injection")]
     fault: Option<RouterFault>,
 }
@@ -71,16 +94,22 @@ impl Router {
         all: Vec<Pid>,
         max_message_size: usize,
         stats: Arc<StatsCells>,
+        key: Option<ClusterKey>,
+        forget_after: Duration,
     ) -> Self {
-        let newest = vec![None; all.len()];
+        let heard = vec![None; all.len()];
+        let next_seq = vec![1; all.len()];
         Self {
             pid,
             incarnation,
             all,
             max_message_size,
-            newest,
+            next_seq,
+            heard,
+            forget_after,
             stats,
             encoder: wire::Encoder::new(),
+            key,
             #[cfg(feature = "fault-injection")]
             fault: None,
         }
@@ -93,9 +122,11 @@ impl Router {
         self
     }
 
-    /// Routes one outgoing envelope: encodes it once, hands a copy of the frame to `send`
-    /// for each remote destination, and returns the envelope if it is for this node itself.
-    /// Every copy is counted as sent and, if refused, as dropped with the reason.
+    /// Routes one outgoing envelope: serializes the message once, frames it for each
+    /// remote destination (each copy names its receiver and carries that receiver's next
+    /// sequence number), hands each frame to `send`, and returns the envelope if it is for
+    /// this node itself. Every copy is counted as sent and, if refused, as dropped with the
+    /// reason; a refused copy gives its sequence number back.
     pub(crate) fn outgoing<M: Serialize>(
         &mut self,
         env: Envelope<M>,
@@ -106,10 +137,10 @@ impl Router {
             self.stats.sent(to);
             return Some(Envelope::new(self.pid, env.msg_id, env.msg));
         }
-        let targets: &[Pid] = if to == BROADCAST {
-            &self.all
-        } else if self.all.binary_search(&to).is_ok() {
-            std::slice::from_ref(&to)
+        let (first, last, destination) = if to == BROADCAST {
+            (0, self.all.len(), Destination::Broadcast)
+        } else if let Ok(i) = self.all.binary_search(&to) {
+            (i, i + 1, Destination::Peer)
         } else {
             if faulty!(self, UncountedUnknownPeer) {
                 return None;
@@ -118,47 +149,49 @@ impl Router {
             self.stats.dropped_to(to, DropReason::UnknownPeer, 1);
             return None;
         };
-        let header = Header {
-            sender: self.pid,
-            incarnation: self.incarnation,
-            msg_id: env.msg_id,
-        };
-        let frame = match self.encoder.encode(&header, &env.msg) {
-            Ok(f) if f.len() <= self.max_message_size => Ok(f),
-            Ok(_) => Err(DropReason::TooLarge),
+        let keyed = self.key.is_some();
+        let serialized = match self.encoder.serialize(&env.msg) {
+            Ok(()) if self.encoder.frame_len(keyed) <= self.max_message_size => Ok(()),
+            Ok(()) => Err(DropReason::TooLarge),
             Err(e) => {
                 tracing::warn!(pid = self.pid, msg_id = env.msg_id, "dropping message: {e}");
                 Err(DropReason::Malformed)
             }
         };
-        if to != BROADCAST {
-            self.stats.sent(to);
-            if let Err(reason) = frame.and_then(|f| send(to, f)) {
-                self.stats.dropped_to(to, reason, 1);
+        for index in first..last {
+            let Some(&peer) = self.all.get(index) else {
+                continue;
+            };
+            if peer == self.pid && destination == Destination::Broadcast {
+                continue;
             }
-            return None;
-        }
-        let mut frame = Some(frame);
-        let mut remaining = targets.iter().filter(|p| **p != self.pid).count();
-        for &peer in targets.iter().filter(|p| **p != self.pid) {
             self.stats.sent(peer);
-            remaining -= 1;
-            // The last destination takes the frame itself; the others share it (refcount).
-            let copy = if remaining == 0 {
-                frame.take()
-            } else {
-                frame.clone()
-            };
-            let result = match copy {
-                Some(Ok(f)) => send(peer, f),
-                Some(Err(reason)) => Err(reason),
-                None => Err(DropReason::Malformed),
-            };
-            if let Err(reason) = result {
+            if let Err(reason) = serialized {
                 self.stats.dropped_to(peer, reason, 1);
+                continue;
+            }
+            let Some(next) = self.next_seq.get_mut(index) else {
+                continue;
+            };
+            let header = Header {
+                sender: self.pid,
+                to: peer,
+                destination,
+                incarnation: self.incarnation,
+                seq: *next,
+                msg_id: env.msg_id,
+                keyed,
+            };
+            let key = self.key.as_ref();
+            let frame = self.encoder.frame(&header, |covered| {
+                key.map_or([0; wire::TAG_LEN], |k| k.tag(covered))
+            });
+            match send(peer, frame) {
+                Ok(()) => *next += 1,
+                Err(reason) => self.stats.dropped_to(peer, reason, 1),
             }
         }
-        if faulty!(self, BroadcastToSender) {
+        if to == BROADCAST && faulty!(self, BroadcastToSender) {
             self.stats.sent(self.pid);
             return Some(Envelope::new(self.pid, env.msg_id, env.msg));
         }
@@ -172,8 +205,24 @@ impl Router {
         }
     }
 
-    /// Checks one incoming frame. Returns the envelope to deliver, or counts the drop.
-    pub(crate) fn incoming<M: DeserializeOwned>(&mut self, bytes: Bytes) -> Option<Envelope<M>> {
+    /// Checks one incoming frame, arrived at `now`. Returns the envelope to deliver, or
+    /// counts the drop.
+    ///
+    /// The checks run from the cheapest to the one that moves state, and only a frame that
+    /// passed all of them moves a peer's incarnation or sequence state.
+    ///
+    /// Without a key, the newest incarnation (and highest sequence number) heard from a
+    /// peer stops counting once nothing was accepted from it for `forget_after`: a frame
+    /// forged with a high incarnation then silences the real peer for that long at most,
+    /// and a peer that lost its catalog (and restarts at a lower incarnation) is heard
+    /// again once its old incarnation has been silent that long. With a key the rule is
+    /// off: it would let a captured frame of an old incarnation be replayed after a
+    /// silence, and forged incarnations cannot get in anyway.
+    pub(crate) fn incoming<M: DeserializeOwned>(
+        &mut self,
+        bytes: Bytes,
+        now: Instant,
+    ) -> Option<Envelope<M>> {
         if bytes.len() > self.max_message_size {
             self.drop_hostile(DropReason::TooLarge);
             return None;
@@ -182,7 +231,10 @@ impl Router {
             Ok(h) => h,
             Err(e) => {
                 tracing::debug!(pid = self.pid, "dropping malformed frame: {e}");
-                self.drop_hostile(DropReason::Malformed);
+                self.drop_hostile(match e {
+                    WireError::UnsupportedVersion(_) => DropReason::UnsupportedVersion,
+                    _ => DropReason::Malformed,
+                });
                 return None;
             }
         };
@@ -195,8 +247,41 @@ impl Router {
             self.drop_hostile(DropReason::UnknownSender);
             return None;
         }
-        let newest = self.newest.get(index).copied().flatten();
-        if newest.is_some_and(|n| h.incarnation < n) && !faulty!(self, AcceptStale) {
+        if h.to != self.pid || h.destination == Destination::Group {
+            // A copy for another node (its sequence numbers are that node's), or a group
+            // send, which this build does not deliver.
+            tracing::debug!(pid = self.pid, to = h.to, kind = ?h.destination, "dropping misdirected frame");
+            self.drop_hostile(DropReason::Malformed);
+            return None;
+        }
+        // Before anything that moves state: only an authenticated frame may move a peer's
+        // incarnation or sequence state (or reach the catalog, which learns incarnations
+        // from the stats). An unkeyed node cannot check a keyed frame's tag, so it cannot
+        // trust it either.
+        let authentic = match (&self.key, h.keyed) {
+            (None, keyed) => !keyed,
+            (Some(key), true) => {
+                wire::split_tag(&bytes).is_some_and(|(covered, tag)| key.verify(covered, tag))
+            }
+            (Some(_), false) => false,
+        };
+        if !authentic {
+            tracing::debug!(
+                pid = self.pid,
+                from = h.sender,
+                "dropping unauthenticated frame"
+            );
+            self.drop_hostile(DropReason::Unauthenticated);
+            return None;
+        }
+        let mut heard = self.heard.get(index).copied().flatten();
+        if self.key.is_none()
+            && heard.is_some_and(|p| now.saturating_duration_since(p.at) >= self.forget_after)
+        {
+            // Forgotten (see above): this frame starts the count afresh.
+            heard = None;
+        }
+        if heard.is_some_and(|p| h.incarnation < p.incarnation) && !faulty!(self, AcceptStale) {
             self.stats
                 .dropped_from(Some(h.sender), DropReason::StaleIncarnation);
             return None;
@@ -210,13 +295,37 @@ impl Router {
                 return None;
             }
         };
-        // Only a frame that decodes may move the newest incarnation: otherwise one garbage
-        // frame with a forged high incarnation would silence the real peer.
-        if newest.is_none_or(|n| h.incarnation > n) {
-            if let Some(slot) = self.newest.get_mut(index) {
-                *slot = Some(h.incarnation);
+        let now_heard = Heard {
+            incarnation: h.incarnation,
+            seq: h.seq,
+            at: now,
+        };
+        match heard {
+            Some(p) if p.incarnation == h.incarnation => {
+                if h.seq <= p.seq {
+                    self.stats
+                        .dropped_from(Some(h.sender), DropReason::Replayed);
+                    return None;
+                }
+                let gap = h.seq - p.seq - 1;
+                if gap > 0 {
+                    self.stats.lost_in_transit(h.sender, gap);
+                }
+                if let Some(slot) = self.heard.get_mut(index) {
+                    *slot = Some(now_heard);
+                }
             }
-            self.stats.seen_incarnation(h.sender, h.incarnation);
+            // Only a frame that decodes may move the newest incarnation: otherwise one
+            // garbage frame with a forged high incarnation would silence the real peer.
+            // The first frame of a new incarnation starts its count: what came before it
+            // may have been sent before this node started.
+            Some(p) if h.incarnation < p.incarnation => {}
+            _ => {
+                if let Some(slot) = self.heard.get_mut(index) {
+                    *slot = Some(now_heard);
+                }
+                self.stats.seen_incarnation(h.sender, h.incarnation);
+            }
         }
         Some(Envelope::new(h.sender, h.msg_id, msg))
     }
@@ -231,32 +340,325 @@ mod tests {
     use super::*;
     use crate::stats::Stats;
 
+    /// A `forget_after` no test reaches, but the one about it.
+    const LONG: Duration = Duration::from_secs(3600);
+
     fn router(pid: Pid) -> Router {
         let all = vec![1, 2, 3, 4];
-        Router::new(pid, 5, all.clone(), 1024, Arc::new(StatsCells::new(all)))
+        Router::new(
+            pid,
+            5,
+            all.clone(),
+            1024,
+            Arc::new(StatsCells::new(all)),
+            None,
+            LONG,
+        )
     }
 
     fn snapshot(r: &Router) -> Stats {
         r.stats().snapshot()
     }
 
+    /// A message that counts how often it is serialized.
+    struct Counted<'a>(&'a std::cell::Cell<usize>);
+
+    impl Serialize for Counted<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            self.0.set(self.0.get() + 1);
+            s.serialize_str("hi")
+        }
+    }
+
     #[test]
-    fn broadcast_encodes_once_and_skips_the_sender() {
+    fn broadcast_serializes_once_and_skips_the_sender() {
         let mut r = router(2);
         let mut sent = Vec::new();
-        let local = r.outgoing(Envelope::new(BROADCAST, 9, "hi".to_string()), |to, f| {
+        let count = std::cell::Cell::new(0);
+        let local = r.outgoing(Envelope::new(BROADCAST, 9, Counted(&count)), |to, f| {
             sent.push((to, f));
             Ok(())
         });
         assert!(local.is_none());
         assert_eq!(
+            count.get(),
+            1,
+            "the message is serialized once for all copies"
+        );
+        assert_eq!(
             sent.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
             vec![1, 3, 4]
         );
-        // One encoding shared by every copy: the frames point at the same bytes.
-        let ptr = sent[0].1.as_ptr();
-        assert!(sent.iter().all(|(_, f)| f.as_ptr() == ptr));
+        // Each copy names its receiver; the payload is the same bytes in each.
+        for (to, f) in &sent {
+            let frame = wire::Frame::decode(f.clone()).unwrap();
+            assert_eq!(frame.header.to, *to);
+            assert_eq!(frame.header.destination, Destination::Broadcast);
+            assert_eq!(frame.header.seq, 1);
+            assert_eq!(frame.message::<String>().unwrap(), "hi");
+        }
         assert_eq!(snapshot(&r).sent, 3);
+    }
+
+    /// Sequence numbers count the frames each receiver's transport accepted: a refused
+    /// frame gives its number back, so a receiver's gap is a loss after acceptance.
+    #[test]
+    fn sequence_numbers_are_per_receiver_and_refusals_give_theirs_back() {
+        let mut r = router(2);
+        let mut seqs = Vec::new();
+        let mut refuse = false;
+        for (to, refused) in [
+            (1, false),
+            (1, true),
+            (1, false),
+            (3, false),
+            (BROADCAST, false),
+        ] {
+            refuse = refused;
+            r.outgoing(Envelope::new(to, 1, ()), |peer, f| {
+                if refuse {
+                    return Err(DropReason::Backpressure);
+                }
+                seqs.push((peer, wire::Frame::decode(f).unwrap().header.seq));
+                Ok(())
+            });
+        }
+        assert!(!refuse);
+        assert_eq!(seqs, [(1, 1), (1, 2), (3, 1), (1, 3), (3, 2), (4, 1)]);
+    }
+
+    fn frame_from(sender: Pid, incarnation: Incarnation, seq: Seq, to: Pid) -> Bytes {
+        let h = Header {
+            seq,
+            ..Header::new(sender, to, incarnation, seq as i64)
+        };
+        wire::encode(&h, "m").unwrap()
+    }
+
+    /// The replay guard: a frame not above the highest sequence number seen from the same
+    /// incarnation is dropped as `replayed`; a gap is counted as lost in transit, not as a
+    /// drop; a new incarnation starts the count afresh.
+    #[test]
+    fn replays_are_dropped_and_gaps_counted_as_lost_in_transit() {
+        let mut r = router(1);
+        let deliver = |r: &mut Router, f: Bytes| r.incoming::<String>(f, Instant::now()).is_some();
+        assert!(
+            deliver(&mut r, frame_from(3, 5, 4, 1)),
+            "the first frame starts the count"
+        );
+        assert!(!deliver(&mut r, frame_from(3, 5, 4, 1)), "a duplicate");
+        assert!(deliver(&mut r, frame_from(3, 5, 5, 1)));
+        assert!(
+            deliver(&mut r, frame_from(3, 5, 8, 1)),
+            "after a gap of two"
+        );
+        assert!(
+            !deliver(&mut r, frame_from(3, 5, 6, 1)),
+            "too late: replayed"
+        );
+        assert!(deliver(&mut r, frame_from(3, 6, 1, 1)), "a new incarnation");
+        assert!(
+            !deliver(&mut r, frame_from(3, 5, 9, 1)),
+            "the old one is stale"
+        );
+        assert!(
+            deliver(&mut r, frame_from(4, 1, 1, 1)),
+            "other senders are apart"
+        );
+        // A copy for another node is refused: its numbers are that node's.
+        assert!(!deliver(&mut r, frame_from(3, 6, 2, 2)));
+        assert!(deliver(&mut r, frame_from(3, 6, 2, 1)));
+        let s = snapshot(&r);
+        assert_eq!(s.peers[&3].dropped_from.get(DropReason::Replayed), 2);
+        assert_eq!(
+            s.peers[&3].dropped_from.get(DropReason::StaleIncarnation),
+            1
+        );
+        assert_eq!(s.dropped_incoming.get(DropReason::Malformed), 1);
+        assert_eq!((s.peers[&3].lost_in_transit, s.lost_in_transit), (2, 2));
+        assert_eq!(
+            s.dropped_incoming.total(),
+            4,
+            "lost_in_transit is not a drop"
+        );
+        assert_eq!(s.peers[&3].incarnation, Some(6));
+    }
+
+    fn keyed_router(pid: Pid, incarnation: Incarnation, key: u8) -> Router {
+        let all = vec![1, 2, 3, 4];
+        let stats = Arc::new(StatsCells::new(all.clone()));
+        let key = Some(ClusterKey::from_bytes([key; crate::key::KEY_LEN]));
+        Router::new(pid, incarnation, all, 1024, stats, key, LONG)
+    }
+
+    fn sent_by(r: &mut Router, to: Pid, msg: &str) -> Bytes {
+        let mut out = None;
+        r.outgoing(Envelope::new(to, 1, msg.to_string()), |_, f| {
+            out = Some(f);
+            Ok(())
+        });
+        out.unwrap()
+    }
+
+    /// C10 with a key: forged, altered, other-cluster, unkeyed and replayed frames are
+    /// dropped and counted, and none of them moves the sender's incarnation.
+    #[test]
+    fn with_a_key_only_authentic_frames_count() {
+        let mut r = keyed_router(1, 5, 7);
+        let mut real = keyed_router(3, 2, 7);
+        let mut other_cluster = keyed_router(3, 9, 8);
+        let good = sent_by(&mut real, 1, "real");
+        let mut altered = good.to_vec();
+        let last_payload_byte = altered.len() - wire::TAG_LEN - 1;
+        altered[last_payload_byte] ^= 1;
+        let mut forged_incarnation = good.to_vec();
+        forged_incarnation[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+        let unkeyed = wire::encode(&Header::new(3, 1, u32::MAX, 0), "forged").unwrap();
+        let foreign = sent_by(&mut other_cluster, 1, "elsewhere");
+        for bad in [
+            Bytes::from(altered),
+            Bytes::from(forged_incarnation),
+            unkeyed,
+            foreign,
+        ] {
+            assert!(r.incoming::<String>(bad, Instant::now()).is_none());
+        }
+        assert_eq!(snapshot(&r).peers[&3].incarnation, None, "nothing moved");
+        let env: Envelope<String> = r.incoming(good.clone(), Instant::now()).unwrap();
+        assert_eq!(env.msg, "real");
+        assert!(
+            r.incoming::<String>(good, Instant::now()).is_none(),
+            "a captured frame replayed"
+        );
+        let s = snapshot(&r);
+        assert_eq!(s.dropped_incoming.get(DropReason::Unauthenticated), 4);
+        assert_eq!(s.dropped_incoming.get(DropReason::Replayed), 1);
+        assert_eq!(s.peers[&3].incarnation, Some(2));
+        // And a keyed frame at an unkeyed node.
+        let mut unkeyed_node = router(1);
+        let keyed = sent_by(&mut real, 1, "x");
+        assert!(
+            unkeyed_node
+                .incoming::<String>(keyed, Instant::now())
+                .is_none()
+        );
+        let d = snapshot(&unkeyed_node).dropped_incoming;
+        assert_eq!(d.get(DropReason::Unauthenticated), 1);
+    }
+
+    /// Without a key, one forged frame with a high incarnation silences the real peer for
+    /// `forget_after` at most; the same rule lets a peer that lost its catalog (back at a
+    /// lower incarnation, its sequence numbers from 1 again) be heard once its old
+    /// incarnation has been silent that long. With a key the rule is off.
+    #[test]
+    fn without_a_key_no_single_frame_locks_a_peer_out_for_good() {
+        let quiet = Duration::from_secs(2);
+        let all = vec![1, 2, 3];
+        let mut r = Router::new(
+            1,
+            1,
+            all.clone(),
+            1024,
+            Arc::new(StatsCells::new(all)),
+            None,
+            quiet,
+        );
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert!(
+            r.incoming::<String>(frame_from(3, 5, 1, 1), at(0))
+                .is_some()
+        );
+        // A forgery: a decodable frame claiming a far newer incarnation of node 3.
+        assert!(
+            r.incoming::<String>(frame_from(3, u32::MAX, 1, 1), at(100))
+                .is_some()
+        );
+        assert!(
+            r.incoming::<String>(frame_from(3, 5, 2, 1), at(1000))
+                .is_none(),
+            "stale"
+        );
+        assert!(
+            r.incoming::<String>(frame_from(3, 5, 3, 1), at(2100))
+                .is_some(),
+            "heard again"
+        );
+        assert!(
+            r.incoming::<String>(frame_from(3, 5, 4, 1), at(2200))
+                .is_some()
+        );
+        // Node 3 loses its catalog and restarts at incarnation 1, numbering from 1 again.
+        assert!(
+            r.incoming::<String>(frame_from(3, 1, 1, 1), at(3000))
+                .is_none(),
+            "stale"
+        );
+        assert!(
+            r.incoming::<String>(frame_from(3, 1, 2, 1), at(4300))
+                .is_some(),
+            "heard again"
+        );
+        assert!(
+            r.incoming::<String>(frame_from(3, 1, 2, 1), at(4400))
+                .is_none(),
+            "replayed"
+        );
+        let s = snapshot(&r);
+        assert_eq!(
+            s.peers[&3].dropped_from.get(DropReason::StaleIncarnation),
+            2
+        );
+        assert_eq!(s.peers[&3].dropped_from.get(DropReason::Replayed), 1);
+        // With a key, a captured frame of the old incarnation stays refused however long.
+        let mut keyed = keyed_router(1, 1, 7);
+        let mut old = keyed_router(3, 5, 7);
+        let mut new = keyed_router(3, 6, 7);
+        let captured = sent_by(&mut old, 1, "old");
+        assert!(
+            keyed
+                .incoming::<String>(sent_by(&mut new, 1, "new"), at(0))
+                .is_some()
+        );
+        assert!(keyed.incoming::<String>(captured, at(3_600_000)).is_none());
+    }
+
+    /// A version-1 frame is refused under its own reason; a keyed frame at an unkeyed node
+    /// is unauthenticated; a group send is not delivered.
+    #[test]
+    fn old_versions_keyed_frames_and_group_sends_are_refused() {
+        let mut r = router(1);
+        let mut v1 = vec![wire::MAGIC, 1];
+        v1.extend_from_slice(&3i32.to_le_bytes());
+        v1.extend_from_slice(&7u32.to_le_bytes());
+        v1.extend_from_slice(&9i64.to_le_bytes());
+        v1.extend_from_slice(b"\xa1m");
+        assert!(
+            r.incoming::<String>(Bytes::from(v1), Instant::now())
+                .is_none()
+        );
+        let mut keyed = frame_from(3, 1, 1, 1).to_vec();
+        keyed[2] = 1;
+        keyed.extend_from_slice(&[0; wire::TAG_LEN]);
+        assert!(
+            r.incoming::<String>(Bytes::from(keyed), Instant::now())
+                .is_none()
+        );
+        let mut group = frame_from(3, 1, 1, 1).to_vec();
+        group[3] = 2;
+        assert!(
+            r.incoming::<String>(Bytes::from(group), Instant::now())
+                .is_none()
+        );
+        let s = snapshot(&r);
+        assert_eq!(s.dropped_incoming.get(DropReason::UnsupportedVersion), 1);
+        assert_eq!(s.dropped_incoming.get(DropReason::Unauthenticated), 1);
+        assert_eq!(s.dropped_incoming.get(DropReason::Malformed), 1);
+        assert_eq!(s.peers[&3].incarnation, None, "none of them moved anything");
+        assert!(
+            r.incoming::<String>(frame_from(3, 1, 1, 1), Instant::now())
+                .is_some()
+        );
     }
 
     #[test]
@@ -294,10 +696,16 @@ mod tests {
         r.outgoing(Envelope::new(9, 1, 1u8), |_, _| panic!("no network"));
         assert_eq!(snapshot(&r).sent, 0);
         let mut r = router(2).with_fault(Some(RouterFault::UncountedHostile));
-        assert!(r.incoming::<u8>(Bytes::from_static(b"garbage")).is_none());
+        assert!(
+            r.incoming::<u8>(Bytes::from_static(b"garbage"), Instant::now())
+                .is_none()
+        );
         assert_eq!(snapshot(&r).dropped_incoming.total(), 0);
         let mut r = router(2).with_fault(None);
-        assert!(r.incoming::<u8>(Bytes::from_static(b"garbage")).is_none());
+        assert!(
+            r.incoming::<u8>(Bytes::from_static(b"garbage"), Instant::now())
+                .is_none()
+        );
         assert_eq!(snapshot(&r).dropped_incoming.total(), 1);
     }
 
@@ -319,7 +727,7 @@ mod tests {
             Ok(())
         });
         let mut r = router(1);
-        let env: Envelope<String> = r.incoming(frames[0].clone()).unwrap();
+        let env: Envelope<String> = r.incoming(frames[0].clone(), Instant::now()).unwrap();
         assert_eq!(env, Envelope::new(3, 11, "a".to_string()));
 
         let mut newer = Router::new(
@@ -328,50 +736,56 @@ mod tests {
             vec![1, 2, 3, 4],
             1024,
             Arc::new(StatsCells::new(vec![])),
+            None,
+            LONG,
         );
         newer.outgoing(Envelope::new(1, 12, "b".to_string()), |_, f| {
             frames.push(f);
             Ok(())
         });
-        assert!(r.incoming::<String>(frames[1].clone()).is_some());
-        // The old incarnation is now stale.
-        assert!(r.incoming::<String>(frames[0].clone()).is_none());
-        // Unknown sender, own pid, garbage, wrong type, oversized.
-        let forged = |sender| {
-            wire::encode(
-                &Header {
-                    sender,
-                    incarnation: 0,
-                    msg_id: 0,
-                },
-                "x",
-            )
-            .unwrap()
-        };
-        assert!(r.incoming::<String>(forged(77)).is_none());
-        assert!(r.incoming::<String>(forged(1)).is_none());
         assert!(
-            r.incoming::<String>(Bytes::from_static(b"garbage"))
+            r.incoming::<String>(frames[1].clone(), Instant::now())
+                .is_some()
+        );
+        // The old incarnation is now stale.
+        assert!(
+            r.incoming::<String>(frames[0].clone(), Instant::now())
                 .is_none()
         );
-        assert!(r.incoming::<u64>(forged(2)).is_none());
+        // Unknown sender, own pid, garbage, wrong type, oversized.
+        let forged = |sender| wire::encode(&Header::new(sender, 1, 0, 0), "x").unwrap();
+        assert!(r.incoming::<String>(forged(77), Instant::now()).is_none());
+        assert!(r.incoming::<String>(forged(1), Instant::now()).is_none());
         assert!(
-            r.incoming::<String>(Bytes::from(vec![0xC1; 5000]))
+            r.incoming::<String>(Bytes::from_static(b"garbage"), Instant::now())
+                .is_none()
+        );
+        assert!(r.incoming::<u64>(forged(2), Instant::now()).is_none());
+        assert!(
+            r.incoming::<String>(Bytes::from(vec![0xC1; 5000]), Instant::now())
                 .is_none()
         );
         // A forged high incarnation whose payload does not decode changes nothing.
-        let garbage_header = wire::encode(
-            &Header {
-                sender: 3,
-                incarnation: u32::MAX,
-                msg_id: 0,
-            },
-            &(),
-        )
-        .unwrap()
-        .slice(..wire::HEADER_LEN);
-        assert!(r.incoming::<String>(garbage_header).is_none());
-        assert!(r.incoming::<String>(frames[1].clone()).is_some());
+        let garbage_header = wire::encode(&Header::new(3, 1, u32::MAX, 0), &())
+            .unwrap()
+            .slice(..wire::HEADER_LEN);
+        assert!(
+            r.incoming::<String>(garbage_header, Instant::now())
+                .is_none()
+        );
+        newer.outgoing(Envelope::new(1, 13, "c".to_string()), |_, f| {
+            frames.push(f);
+            Ok(())
+        });
+        assert!(
+            r.incoming::<String>(frames[2].clone(), Instant::now())
+                .is_some()
+        );
+        // Delivered once, never twice.
+        assert!(
+            r.incoming::<String>(frames[2].clone(), Instant::now())
+                .is_none()
+        );
         let s = snapshot(&r);
         assert_eq!(
             s.delivered, 0,
@@ -382,6 +796,7 @@ mod tests {
         assert_eq!(d.get(DropReason::UnknownSender), 2);
         assert_eq!(d.get(DropReason::Malformed), 3);
         assert_eq!(d.get(DropReason::TooLarge), 1);
+        assert_eq!(d.get(DropReason::Replayed), 1);
         assert_eq!(
             s.peers[&3].dropped_from.get(DropReason::StaleIncarnation),
             1

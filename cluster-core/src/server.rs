@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -172,6 +171,8 @@ impl ServerBuilder {
             all,
             opts.max_message_size,
             Arc::clone(&stats),
+            config.cluster_key().cloned(),
+            opts.heartbeat_timeout,
         );
         #[cfg(feature = "fault-injection")]
         let router = router.with_fault(router_fault);
@@ -192,7 +193,6 @@ impl ServerBuilder {
             outbox: outbox_rx,
             inbox: inbox_tx,
             linger: opts.linger,
-            frames: Vec::new(),
             events: Vec::new(),
             arrived: Vec::new(),
         };
@@ -601,8 +601,6 @@ struct Driver<M, T> {
     outbox: mpsc::Receiver<Envelope<M>>,
     inbox: mpsc::Sender<Envelope<M>>,
     linger: Duration,
-    /// Frames routed from the current outbox batch, handed to the transport at its end.
-    frames: Vec<(Pid, Bytes)>,
     /// Events taken from the transport in one go.
     events: Vec<TransportEvent>,
     /// Envelopes decoded from `events`, to be delivered together.
@@ -626,7 +624,6 @@ impl<M: Message, T: Transport> Driver<M, T> {
                     for env in batch.drain(..) {
                         self.route(env);
                     }
-                    self.send_frames();
                 }
                 event = self.transport.recv(), if transport_open => match event {
                     Some(event) => {
@@ -643,29 +640,22 @@ impl<M: Message, T: Transport> Driver<M, T> {
         while let Ok(env) = self.outbox.try_recv() {
             self.route(env);
         }
-        self.send_frames();
         self.transport.shutdown(self.linger).await;
     }
 
-    /// Routes one envelope; its frames wait in `frames` for [`Driver::send_frames`], which
-    /// runs before the task next waits, so no frame is held across a wake-up.
+    /// Routes one envelope, handing each frame to the transport at once: the router must
+    /// learn whether the transport accepted a frame before it numbers the next one to the
+    /// same peer (a refused frame gives its sequence number back, so that the receiver's
+    /// gaps are losses after acceptance), which a batch reporting refusals by peer only
+    /// ([`Transport::send_many`]) cannot tell it.
     fn route(&mut self, env: Envelope<M>) {
-        let frames = &mut self.frames;
-        if let Some(local) = self.router.outgoing(env, |to, frame| {
-            frames.push((to, frame));
-            Ok(())
-        }) {
+        let transport = &mut self.transport;
+        if let Some(local) = self
+            .router
+            .outgoing(env, |to, frame| transport.send(to, frame))
+        {
             self.deliver(local);
         }
-    }
-
-    /// Hands the routed frames to the transport in one batch; refusals are counted as drops.
-    fn send_frames(&mut self) {
-        let stats = self.router.stats();
-        self.transport
-            .send_many(&mut self.frames, &mut |to, reason| {
-                stats.dropped_to(to, reason, 1)
-            });
     }
 
     /// Handles the events that are ready now, up to a batch, after a wake-up.
@@ -674,9 +664,11 @@ impl<M: Message, T: Transport> Driver<M, T> {
         let mut arrived = std::mem::take(&mut self.arrived);
         let room = BATCH.saturating_sub(events.len());
         self.transport.try_recv_many(&mut events, room);
+        // tokio's clock, so that a simulation with a paused clock stays deterministic.
+        let now = tokio::time::Instant::now();
         for event in events.drain(..) {
             match event {
-                TransportEvent::Frame(bytes) => arrived.extend(self.router.incoming(bytes)),
+                TransportEvent::Frame(bytes) => arrived.extend(self.router.incoming(bytes, now)),
                 TransportEvent::Dropped {
                     peer,
                     reason,
@@ -697,10 +689,11 @@ impl<M: Message, T: Transport> Driver<M, T> {
         }
         if let Ok(permits) = self.inbox.try_reserve_many(envs.len()) {
             let stats = self.router.stats();
+            // Counted before it is handed over, so that a reader who sees the envelope also
+            // sees it counted.
             for (permit, env) in permits.zip(envs.drain(..)) {
-                let from = env.pid;
+                stats.delivered(env.pid);
                 permit.send(env);
-                stats.delivered(from);
             }
             return;
         }
@@ -711,15 +704,19 @@ impl<M: Message, T: Transport> Driver<M, T> {
 
     fn deliver(&mut self, env: Envelope<M>) {
         let from = env.pid;
-        match self.inbox.try_send(env) {
-            Ok(()) => self.router.stats().delivered(from),
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        match self.inbox.try_reserve() {
+            Ok(permit) => {
+                // Counted first, as in `deliver_all`.
+                self.router.stats().delivered(from);
+                permit.send(env);
+            }
+            Err(mpsc::error::TrySendError::Full(())) => {
                 self.router
                     .stats()
                     .dropped_from(Some(from), DropReason::Backpressure);
             }
             // The inbox was closed, or the server dropped: nobody will read this message.
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(mpsc::error::TrySendError::Closed(())) => {
                 self.router
                     .stats()
                     .dropped_from(Some(from), DropReason::Unreachable);
@@ -731,6 +728,8 @@ impl<M: Message, T: Transport> Driver<M, T> {
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
+
+    use bytes::Bytes;
 
     use super::*;
 

@@ -34,11 +34,19 @@ pub enum DropReason {
     StaleIncarnation,
     /// The frame exceeds `max_message_size`.
     TooLarge,
+    /// The frame is of another format version (a version-1 frame, from an older build).
+    UnsupportedVersion,
+    /// The frame's sequence number is not above the highest already seen from the same
+    /// incarnation of its sender: a duplicate or a replay.
+    Replayed,
+    /// The frame's tag does not check with this node's cluster key (forged, altered, from
+    /// another cluster, unkeyed at a keyed node, or keyed at an unkeyed node).
+    Unauthenticated,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 12] = [
         Self::UnknownPeer,
         Self::Unreachable,
         Self::Backpressure,
@@ -48,6 +56,9 @@ impl DropReason {
         Self::UnknownSender,
         Self::StaleIncarnation,
         Self::TooLarge,
+        Self::UnsupportedVersion,
+        Self::Replayed,
+        Self::Unauthenticated,
     ];
 
     /// The snake_case name used in stats output.
@@ -62,6 +73,9 @@ impl DropReason {
             Self::UnknownSender => "unknown_sender",
             Self::StaleIncarnation => "stale_incarnation",
             Self::TooLarge => "too_large",
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::Replayed => "replayed",
+            Self::Unauthenticated => "unauthenticated",
         }
     }
 
@@ -143,6 +157,11 @@ pub struct PeerStats {
     pub dropped_from: DropCounts,
     /// The newest incarnation of the peer seen in a frame, if any.
     pub incarnation: Option<crate::wire::Incarnation>,
+    /// Frames from the peer that its transport accepted but that never arrived here: the
+    /// gaps in the sequence numbers of each of its incarnations. Not a drop reason and not
+    /// in any `dropped` total: where the sender could tell (in simulation, always), it
+    /// counted the loss itself, so adding it here would count it twice.
+    pub lost_in_transit: u64,
 }
 
 /// A snapshot of a server's counters.
@@ -162,6 +181,8 @@ pub struct Stats {
     pub dropped_incoming: DropCounts,
     /// Per configured pid (this node's own pid included, for sends to self).
     pub peers: BTreeMap<Pid, PeerStats>,
+    /// Sum of the peers' [`PeerStats::lost_in_transit`].
+    pub lost_in_transit: u64,
 }
 
 impl Stats {
@@ -220,6 +241,7 @@ struct PeerCells {
     dropped_from: Cells,
     /// 0: none seen; otherwise incarnation + 1.
     incarnation: AtomicU64,
+    lost_in_transit: Counter,
 }
 
 /// Live counters, written by the server's task only and read by `stats()`.
@@ -290,6 +312,13 @@ impl StatsCells {
         }
     }
 
+    /// `n` frames from `from` were lost after its transport accepted them (a sequence gap).
+    pub(crate) fn lost_in_transit(&self, from: Pid, n: u64) {
+        if let Some(p) = self.peer(from) {
+            p.lost_in_transit.add(n);
+        }
+    }
+
     pub(crate) fn seen_incarnation(&self, from: Pid, incarnation: crate::wire::Incarnation) {
         if let Some(p) = self.peer(from) {
             p.incarnation
@@ -300,6 +329,7 @@ impl StatsCells {
     pub(crate) fn snapshot(&self) -> Stats {
         let mut sent = self.sent_unknown.get();
         let mut delivered = 0;
+        let mut lost_in_transit = 0;
         let peers = self
             .pids
             .iter()
@@ -315,8 +345,10 @@ impl StatsCells {
                         .load(Ordering::Relaxed)
                         .checked_sub(1)
                         .and_then(|i| u32::try_from(i).ok()),
+                    lost_in_transit: p.lost_in_transit.get(),
                 };
                 sent += peer.sent;
+                lost_in_transit += peer.lost_in_transit;
                 delivered += peer.delivered;
                 (*pid, peer)
             })
@@ -327,6 +359,7 @@ impl StatsCells {
             dropped_outgoing: self.dropped_outgoing.snapshot(),
             dropped_incoming: self.dropped_incoming.snapshot(),
             peers,
+            lost_in_transit,
         }
     }
 }

@@ -1,14 +1,33 @@
-//! The wire format: one versioned frame per message.
+//! The wire format, version 2: one versioned frame per message.
 //!
 //! ```text
 //! offset  size  field
 //! 0       1     magic 0xC1
-//! 1       1     format version (1)
-//! 2       4     sender pid, i32 little-endian, >= 0
-//! 6       4     sender incarnation, u32 little-endian
-//! 10      8     msg id, i64 little-endian
-//! 18      ...   payload: the message, MessagePack (rmp-serde, compact struct encoding)
+//! 1       1     format version (2); a version-1 frame is refused (`unsupported_version`)
+//! 2       1     flags: bit 0 = keyed (a 32-byte tag follows the payload); other bits 0
+//! 3       1     destination kind: 0 peer, 1 broadcast, 2 group (reserved for multicast)
+//! 4       4     sender pid, i32 little-endian, >= 0
+//! 8       4     receiver pid, i32 little-endian, >= 0 (every copy names its receiver)
+//! 12      4     sender incarnation, u32 little-endian
+//! 16      8     sequence number, u64 little-endian, per (sender incarnation -> receiver)
+//! 24      8     msg id, i64 little-endian
+//! 32      ...   payload: the message, MessagePack (rmp-serde, compact struct encoding)
+//! end-32  32    keyed frames only: the tag over every byte before it
 //! ```
+//!
+//! The tag is keyed BLAKE3 (`blake3::keyed_hash`) under the 32-byte cluster key
+//! ([`crate::ClusterKey`]), over the header and the payload; a receiver with a key checks it
+//! (in constant time) right after the header's own checks (a configured sender, this node
+//! as receiver) and before anything that could move state; one without a key refuses keyed
+//! frames. Flag bit 1 is reserved for authenticated encryption, not built yet: a
+//! frame with it set is refused (`malformed`).
+//!
+//! The sequence number starts at 1 for each receiver when a node starts (a new
+//! incarnation) and grows by one for each frame the transport *accepted* for that receiver:
+//! the receiver drops a frame whose number is not above the highest it has seen from the
+//! same incarnation (`replayed`) and counts the numbers it skipped (`lost_in_transit`).
+//! The receiver pid is in every copy, a broadcast's too, so a frame captured on its way to
+//! one node cannot be replayed to another.
 //!
 //! Decoding is total: any byte string gives a [`Frame`] or a [`WireError`], never a panic.
 //! The header is checked by [`Frame::decode`]; the payload is decoded to the message type
@@ -23,22 +42,70 @@ use crate::envelope::{MsgId, Pid};
 /// First byte of every frame.
 pub const MAGIC: u8 = 0xC1;
 /// The format version this build writes and reads.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Bytes before the payload.
-pub const HEADER_LEN: usize = 18;
+pub const HEADER_LEN: usize = 32;
+/// Bytes of the tag at the end of a keyed frame.
+pub const TAG_LEN: usize = 32;
+/// The flag bit of a keyed frame (a tag follows the payload).
+const FLAG_KEYED: u8 = 1;
 
 /// A node's incarnation: incremented, durably, each time the node starts.
 pub type Incarnation = u32;
 
+/// A frame's sequence number, per (sender incarnation → receiver); the first is 1.
+pub type Seq = u64;
+
+/// What kind of send a frame is a copy of. Every copy names its receiver in
+/// [`Header::to`]; the kind says how the sender addressed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Destination {
+    /// A send to one peer.
+    #[default]
+    Peer,
+    /// One copy of a broadcast.
+    Broadcast,
+    /// Reserved for multicast to a group: this build reads it but delivers none.
+    Group,
+}
+
+impl Destination {
+    fn to_byte(self) -> u8 {
+        match self {
+            Self::Peer => 0,
+            Self::Broadcast => 1,
+            Self::Group => 2,
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(Self::Peer),
+            1 => Some(Self::Broadcast),
+            2 => Some(Self::Group),
+            _ => None,
+        }
+    }
+}
+
 /// The fixed part of a frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Header {
     /// Who sent the frame.
     pub sender: Pid,
+    /// Who the frame is for.
+    pub to: Pid,
+    /// How the sender addressed it.
+    pub destination: Destination,
     /// The sender's incarnation when it sent the frame.
     pub incarnation: Incarnation,
+    /// The sequence number of this frame from this incarnation of the sender to `to`.
+    pub seq: Seq,
     /// The message id from the envelope.
     pub msg_id: MsgId,
+    /// Whether a [`TAG_LEN`]-byte tag follows the payload.
+    pub keyed: bool,
 }
 
 /// A decoded frame: a checked header and the still-encoded payload.
@@ -53,8 +120,8 @@ pub struct Frame {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum WireError {
-    /// Fewer bytes than a header.
-    #[error("frame of {0} bytes is shorter than the {HEADER_LEN}-byte header")]
+    /// Fewer bytes than a header (and its tag, for a keyed frame).
+    #[error("frame of {0} bytes is shorter than its header and tag")]
     Truncated(usize),
     /// The first byte is not [`MAGIC`].
     #[error("bad magic byte 0x{0:02x} (expected 0x{MAGIC:02x})")]
@@ -62,9 +129,18 @@ pub enum WireError {
     /// A format version this build does not read.
     #[error("unsupported format version {0} (this build reads {VERSION})")]
     UnsupportedVersion(u8),
+    /// Unknown flag bits are set.
+    #[error("unknown flags 0x{0:02x}")]
+    BadFlags(u8),
+    /// An unknown destination kind.
+    #[error("unknown destination kind {0}")]
+    BadDestination(u8),
     /// The sender pid is negative.
     #[error("invalid sender pid {0}")]
     BadSender(Pid),
+    /// The receiver pid is negative.
+    #[error("invalid receiver pid {0}")]
+    BadReceiver(Pid),
     /// The payload is not a valid encoding of the message type.
     #[error("payload does not decode: {0}")]
     Payload(String),
@@ -74,39 +150,45 @@ pub enum WireError {
 }
 
 impl Header {
+    /// A header for a frame from `sender` to `to`, sequence number 1, unkeyed.
+    pub fn new(sender: Pid, to: Pid, incarnation: Incarnation, msg_id: MsgId) -> Self {
+        Self {
+            sender,
+            to,
+            destination: Destination::Peer,
+            incarnation,
+            seq: 1,
+            msg_id,
+            keyed: false,
+        }
+    }
+
     fn put(&self, buf: &mut impl BufMut) {
         buf.put_u8(MAGIC);
         buf.put_u8(VERSION);
+        buf.put_u8(if self.keyed { FLAG_KEYED } else { 0 });
+        buf.put_u8(self.destination.to_byte());
         buf.put_i32_le(self.sender);
+        buf.put_i32_le(self.to);
         buf.put_u32_le(self.incarnation);
+        buf.put_u64_le(self.seq);
         buf.put_i64_le(self.msg_id);
+    }
+
+    /// The header's bytes, as they start a frame.
+    pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        self.put(&mut &mut out[..]);
+        out
     }
 }
 
-/// Encodes a message and its header into one frame.
+/// Encodes a message and its header into one (unkeyed) frame.
 pub fn encode<M: Serialize + ?Sized>(header: &Header, msg: &M) -> Result<Bytes, WireError> {
     let mut buf = BytesMut::with_capacity(HEADER_LEN + 64).writer();
     header.put(buf.get_mut());
     rmp_serde::encode::write(&mut buf, msg).map_err(|e| WireError::Encode(e.to_string()))?;
     Ok(buf.into_inner().freeze())
-}
-
-/// Encodes like [`encode`], through a reusable scratch buffer, so the frame is allocated
-/// once at its exact size.
-pub fn encode_with<M: Serialize + ?Sized>(
-    scratch: &mut Vec<u8>,
-    header: &Header,
-    msg: &M,
-) -> Result<Bytes, WireError> {
-    scratch.clear();
-    header.put(scratch);
-    rmp_serde::encode::write(scratch, msg).map_err(|e| WireError::Encode(e.to_string()))?;
-    let frame = Bytes::copy_from_slice(scratch);
-    // Don't let one huge message pin a huge buffer.
-    if scratch.capacity() > 1 << 16 {
-        *scratch = Vec::new();
-    }
-    Ok(frame)
 }
 
 /// Frames up to this size are cut from a shared slab; larger ones get their own allocation.
@@ -118,13 +200,17 @@ const SLAB_LEN: usize = 4 * 1024;
 /// used in turn and reused in place once every frame cut from them was dropped, so that a
 /// steady stream of small messages allocates no memory for its frames.
 ///
+/// A message is serialized once ([`Encoder::serialize`]) and framed any number of times
+/// ([`Encoder::frame`]), once per destination: the headers differ (receiver, sequence
+/// number), the payload bytes are copied.
+///
 /// A small frame keeps its slab (4 KiB) alive until it is dropped, so one frame held for a
 /// long time pins at most one slab; an encoder holds at most four. Frames larger than
 /// 512 bytes are allocated at their exact size.
 #[derive(Debug, Default)]
 pub struct Encoder {
-    /// The message is encoded here first: writing to a `Vec` is the cheapest `io::Write`.
-    scratch: Vec<u8>,
+    /// The serialized payload of the message being framed.
+    payload: Vec<u8>,
     /// Slabs used in turn, so that by the time one is used again the frames cut from it
     /// have usually been dropped and it is reused in place rather than reallocated.
     slabs: [BytesMut; SLABS],
@@ -141,40 +227,80 @@ impl Encoder {
         Self::default()
     }
 
-    /// Encodes a message and its header into one frame.
+    /// Serializes `msg` as the payload of the next frames.
+    pub fn serialize<M: Serialize + ?Sized>(&mut self, msg: &M) -> Result<(), WireError> {
+        // Don't let one huge message pin a huge buffer.
+        if self.payload.capacity() > 1 << 16 {
+            self.payload = Vec::new();
+        }
+        self.payload.clear();
+        rmp_serde::encode::write(&mut self.payload, msg)
+            .map_err(|e| WireError::Encode(e.to_string()))
+    }
+
+    /// The length of a frame of the serialized payload, tag included if `keyed`.
+    pub fn frame_len(&self, keyed: bool) -> usize {
+        HEADER_LEN + self.payload.len() + if keyed { TAG_LEN } else { 0 }
+    }
+
+    /// One frame: `header` and the payload last [serialized](Encoder::serialize), then,
+    /// if `header.keyed`, the tag `sign` computes over every byte before it.
+    pub fn frame(&mut self, header: &Header, sign: impl FnOnce(&[u8]) -> [u8; TAG_LEN]) -> Bytes {
+        let len = self.frame_len(header.keyed);
+        let mut buf = if len > SLAB_FRAME_MAX {
+            // A large frame: an exact allocation of its own.
+            BytesMut::with_capacity(len)
+        } else {
+            // `current` is always below `SLABS`.
+            if self.slabs[self.current].capacity() < len {
+                self.current = (self.current + 1) % SLABS;
+                // Reuses the slab in place if every frame cut from it was dropped already.
+                self.slabs[self.current].reserve(SLAB_LEN);
+            }
+            std::mem::take(&mut self.slabs[self.current])
+        };
+        // A slab in use is empty: every frame cut from it was split off.
+        header.put(&mut buf);
+        buf.extend_from_slice(&self.payload);
+        if header.keyed {
+            let tag = sign(&buf);
+            buf.extend_from_slice(&tag);
+        }
+        let frame = buf.split().freeze();
+        if len <= SLAB_FRAME_MAX {
+            self.slabs[self.current] = buf;
+        }
+        frame
+    }
+
+    /// Encodes a message and its header into one unkeyed frame.
     pub fn encode<M: Serialize + ?Sized>(
         &mut self,
         header: &Header,
         msg: &M,
     ) -> Result<Bytes, WireError> {
-        let scratch = &mut self.scratch;
-        scratch.clear();
-        header.put(scratch);
-        rmp_serde::encode::write(scratch, msg).map_err(|e| WireError::Encode(e.to_string()))?;
-        if scratch.len() > SLAB_FRAME_MAX {
-            // A large frame: an exact allocation of its own.
-            let frame = Bytes::copy_from_slice(scratch);
-            // Don't let one huge message pin a huge buffer.
-            if scratch.capacity() > 1 << 16 {
-                *scratch = Vec::new();
-            }
-            return Ok(frame);
-        }
-        // `current` is always below `SLABS`.
-        if self.slabs[self.current].capacity() < scratch.len() {
-            self.current = (self.current + 1) % SLABS;
-            // Reuses the slab in place if every frame cut from it was dropped already.
-            self.slabs[self.current].reserve(SLAB_LEN);
-        }
-        let slab = &mut self.slabs[self.current];
-        slab.extend_from_slice(scratch);
-        Ok(slab.split().freeze())
+        self.serialize(msg)?;
+        let header = Header {
+            keyed: false,
+            ..*header
+        };
+        Ok(self.frame(&header, |_| [0; TAG_LEN]))
     }
 }
 
 impl Header {
-    /// Parses and checks the header at the start of `bytes`. Total: never panics.
+    /// Parses and checks the header at the start of `bytes` (and that a keyed frame is
+    /// long enough for its tag). Total: never panics.
     pub fn parse(bytes: &[u8]) -> Result<Self, WireError> {
+        // The version first, so that a short frame of another version says so.
+        match bytes {
+            [] => return Err(WireError::Truncated(0)),
+            [magic, ..] if *magic != MAGIC => return Err(WireError::BadMagic(*magic)),
+            [_, version, ..] if *version != VERSION => {
+                return Err(WireError::UnsupportedVersion(*version));
+            }
+            _ => {}
+        }
         let Some(head) = bytes.get(..HEADER_LEN) else {
             return Err(WireError::Truncated(bytes.len()));
         };
@@ -185,33 +311,61 @@ impl Header {
             }
             out
         };
-        let [magic, version, ..] = field(0);
-        if magic != MAGIC {
-            return Err(WireError::BadMagic(magic));
+        let [_, _, flags, kind, ..] = field(0);
+        if flags & !FLAG_KEYED != 0 {
+            return Err(WireError::BadFlags(flags));
         }
-        if version != VERSION {
-            return Err(WireError::UnsupportedVersion(version));
-        }
-        let [a, b, c, d, ..] = field(2);
+        let keyed = flags & FLAG_KEYED != 0;
+        let destination = Destination::from_byte(kind).ok_or(WireError::BadDestination(kind))?;
+        let [a, b, c, d, e, f, g, h] = field(4);
         let sender = i32::from_le_bytes([a, b, c, d]);
-        let [a, b, c, d, ..] = field(6);
+        let to = i32::from_le_bytes([e, f, g, h]);
+        let [a, b, c, d, ..] = field(12);
         let incarnation = u32::from_le_bytes([a, b, c, d]);
-        let msg_id = i64::from_le_bytes(field(10));
+        let seq = u64::from_le_bytes(field(16));
+        let msg_id = i64::from_le_bytes(field(24));
         if sender < 0 {
             return Err(WireError::BadSender(sender));
         }
+        if to < 0 {
+            return Err(WireError::BadReceiver(to));
+        }
+        if keyed && bytes.len() < HEADER_LEN + TAG_LEN {
+            return Err(WireError::Truncated(bytes.len()));
+        }
         Ok(Self {
             sender,
+            to,
+            destination,
             incarnation,
+            seq,
             msg_id,
+            keyed,
         })
     }
 }
 
+/// The payload of a frame whose header was already checked (the tag of a keyed frame
+/// excluded).
+fn payload_of(frame: &[u8]) -> &[u8] {
+    let keyed = frame.get(2).is_some_and(|f| f & FLAG_KEYED != 0);
+    let end = if keyed {
+        frame.len().saturating_sub(TAG_LEN)
+    } else {
+        frame.len()
+    };
+    frame.get(HEADER_LEN..end).unwrap_or_default()
+}
+
+/// The tag of a keyed frame and the bytes it covers, or `None` if the frame is too short.
+pub fn split_tag(frame: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = frame.len().checked_sub(TAG_LEN)?;
+    (at >= HEADER_LEN).then(|| frame.split_at(at))
+}
+
 /// Decodes the payload of a frame whose header was already checked. Total: never panics.
 pub fn decode_payload<M: DeserializeOwned>(frame: &[u8]) -> Result<M, WireError> {
-    let payload = frame.get(HEADER_LEN..).unwrap_or_default();
-    rmp_serde::from_slice(payload).map_err(|e| WireError::Payload(e.to_string()))
+    rmp_serde::from_slice(payload_of(frame)).map_err(|e| WireError::Payload(e.to_string()))
 }
 
 impl Frame {
@@ -221,12 +375,12 @@ impl Frame {
         Ok(Self { header, bytes })
     }
 
-    /// The payload bytes (MessagePack of the message).
+    /// The payload bytes (MessagePack of the message), without the tag.
     pub fn payload(&self) -> &[u8] {
-        self.bytes.get(HEADER_LEN..).unwrap_or_default()
+        payload_of(&self.bytes)
     }
 
-    /// The whole frame, header included.
+    /// The whole frame, header (and tag) included.
     pub fn bytes(&self) -> &Bytes {
         &self.bytes
     }
@@ -252,37 +406,69 @@ mod tests {
         votes: Vec<(i32, bool)>,
     }
 
+    fn h(sender: Pid, incarnation: Incarnation, msg_id: MsgId) -> Header {
+        Header::new(sender, 1, incarnation, msg_id)
+    }
+
     #[test]
     fn header_layout_is_as_documented() {
         let h = Header {
             sender: 3,
+            to: 4,
+            destination: Destination::Broadcast,
             incarnation: 7,
+            seq: 0x0102_0304_0506_0708,
             msg_id: -2,
+            keyed: false,
         };
         let f = encode(&h, &()).unwrap();
         assert_eq!(f.len(), HEADER_LEN + 1);
-        assert_eq!(&f[..2], &[MAGIC, VERSION]);
-        assert_eq!(&f[2..6], &3i32.to_le_bytes());
-        assert_eq!(&f[6..10], &7u32.to_le_bytes());
-        assert_eq!(&f[10..18], &(-2i64).to_le_bytes());
+        assert_eq!(&f[..4], &[MAGIC, VERSION, 0, 1]);
+        assert_eq!(&f[4..8], &3i32.to_le_bytes());
+        assert_eq!(&f[8..12], &4i32.to_le_bytes());
+        assert_eq!(&f[12..16], &7u32.to_le_bytes());
+        assert_eq!(&f[16..24], &0x0102_0304_0506_0708u64.to_le_bytes());
+        assert_eq!(&f[24..32], &(-2i64).to_le_bytes());
+        assert_eq!(&f[..HEADER_LEN], &h.to_bytes());
+    }
+
+    #[test]
+    fn keyed_frames_carry_a_tag_after_the_payload() {
+        let h = Header {
+            keyed: true,
+            ..h(1, 2, 3)
+        };
+        let mut encoder = Encoder::new();
+        encoder.serialize("abc").unwrap();
+        let f = encoder.frame(&h, |covered| {
+            assert_eq!(covered.len(), HEADER_LEN + 4);
+            [7; TAG_LEN]
+        });
+        assert_eq!(f[2], 1, "the keyed flag");
+        let frame = Frame::decode(f.clone()).unwrap();
+        assert_eq!(frame.header, h);
+        assert_eq!(frame.message::<String>().unwrap(), "abc");
+        let (covered, tag) = split_tag(&f).unwrap();
+        assert_eq!((covered.len(), tag), (HEADER_LEN + 4, &[7u8; TAG_LEN][..]));
+        // A keyed header without room for its tag is truncated.
+        let short = f.slice(..HEADER_LEN + TAG_LEN - 1);
+        assert_eq!(
+            Frame::decode(short),
+            Err(WireError::Truncated(HEADER_LEN + TAG_LEN - 1))
+        );
     }
 
     #[test]
     fn typed_errors() {
         assert_eq!(
-            Frame::decode(Bytes::from_static(b"abc")),
+            Frame::decode(Bytes::from_static(b"")),
+            Err(WireError::Truncated(0))
+        );
+        assert_eq!(
+            Frame::decode(Bytes::from_static(b"\xC1\x02c")),
             Err(WireError::Truncated(3))
         );
-        let mut f = encode(
-            &Header {
-                sender: 1,
-                incarnation: 0,
-                msg_id: 0,
-            },
-            &1u8,
-        )
-        .unwrap()
-        .to_vec();
+        let mut f = encode(&h(1, 0, 0), &1u8).unwrap().to_vec();
         f[0] = 0;
         assert_eq!(Frame::decode(f.clone().into()), Err(WireError::BadMagic(0)));
         f[0] = MAGIC;
@@ -292,28 +478,51 @@ mod tests {
             Err(WireError::UnsupportedVersion(9))
         );
         f[1] = VERSION;
-        f[2..6].copy_from_slice(&(-5i32).to_le_bytes());
+        f[2] = 0x80;
+        assert_eq!(
+            Frame::decode(f.clone().into()),
+            Err(WireError::BadFlags(0x80))
+        );
+        f[2] = 0;
+        f[3] = 3;
+        assert_eq!(
+            Frame::decode(f.clone().into()),
+            Err(WireError::BadDestination(3))
+        );
+        f[3] = 0;
+        f[8..12].copy_from_slice(&(-1i32).to_le_bytes());
+        assert_eq!(
+            Frame::decode(f.clone().into()),
+            Err(WireError::BadReceiver(-1))
+        );
+        f[4..8].copy_from_slice(&(-5i32).to_le_bytes());
         assert_eq!(Frame::decode(f.into()), Err(WireError::BadSender(-5)));
-        let f = encode(
-            &Header {
-                sender: 1,
-                incarnation: 0,
-                msg_id: 0,
-            },
-            "text",
-        )
-        .unwrap();
-        let frame = Frame::decode(f).unwrap();
+        let frame = Frame::decode(encode(&h(1, 0, 0), "text").unwrap()).unwrap();
         assert!(matches!(frame.message::<u64>(), Err(WireError::Payload(_))));
+    }
+
+    /// A version-1 frame (the layout before sequence numbers) is refused by its version,
+    /// however short it is.
+    #[test]
+    fn version_one_frames_are_refused_as_such() {
+        let mut v1 = vec![MAGIC, 1];
+        v1.extend_from_slice(&3i32.to_le_bytes());
+        v1.extend_from_slice(&7u32.to_le_bytes());
+        v1.extend_from_slice(&9i64.to_le_bytes());
+        v1.push(0xc0);
+        assert_eq!(
+            Frame::decode(v1.into()),
+            Err(WireError::UnsupportedVersion(1))
+        );
+        assert_eq!(
+            Frame::decode(Bytes::from_static(&[MAGIC, 1])),
+            Err(WireError::UnsupportedVersion(1))
+        );
     }
 
     #[test]
     fn encoder_cuts_small_frames_from_one_slab_and_gives_large_ones_their_own() {
-        let h = Header {
-            sender: 2,
-            incarnation: 1,
-            msg_id: 9,
-        };
+        let h = h(2, 1, 9);
         let mut encoder = Encoder::new();
         let a = encoder.encode(&h, "a").unwrap();
         let b = encoder.encode(&h, "bb").unwrap();
@@ -359,8 +568,12 @@ mod tests {
         }
 
         #[test]
-        fn arbitrary_prefixes_of_valid_frames_never_panic(m in msg(), cut in 0usize..400) {
-            let f = encode(&Header { sender: 1, incarnation: 1, msg_id: 1 }, &m).unwrap();
+        fn arbitrary_prefixes_of_valid_frames_never_panic(
+            m in msg(), cut in 0usize..400, keyed: bool,
+        ) {
+            let mut encoder = Encoder::new();
+            encoder.serialize(&m).unwrap();
+            let f = encoder.frame(&Header { keyed, ..h(1, 1, 1) }, |_| [9; TAG_LEN]);
             let cut = cut.min(f.len());
             if let Ok(frame) = Frame::decode(f.slice(..cut)) {
                 let _ = frame.message::<Msg>();
@@ -368,11 +581,32 @@ mod tests {
         }
 
         #[test]
-        fn envelopes_round_trip(m in msg(), sender in 0i32..=0xFFFF, incarnation: u32, msg_id: i64) {
-            let h = Header { sender, incarnation, msg_id };
-            let frame = Frame::decode(encode(&h, &m).unwrap()).unwrap();
+        fn envelopes_round_trip(
+            m in msg(), sender in 0i32..=0xFFFF, to in 0i32..=0xFFFF, incarnation: u32,
+            seq: u64, msg_id: i64, kind in 0u8..3, keyed: bool,
+        ) {
+            let destination = Destination::from_byte(kind).unwrap();
+            let h = Header { sender, to, destination, incarnation, seq, msg_id, keyed };
+            let mut encoder = Encoder::new();
+            encoder.serialize(&m).unwrap();
+            let frame = Frame::decode(encoder.frame(&h, |_| [5; TAG_LEN])).unwrap();
             prop_assert_eq!(frame.header, h);
             prop_assert_eq!(frame.message::<Msg>().unwrap(), m);
+        }
+
+        /// Any bytes after a valid header: a frame with that header or an error, and a
+        /// header that parses writes back to the same bytes.
+        #[test]
+        fn parsed_headers_write_back_the_same_bytes(
+            bytes in proptest::collection::vec(any::<u8>(), 0..80),
+        ) {
+            let mut bytes = bytes;
+            if let Some(b) = bytes.get_mut(..2) {
+                b.copy_from_slice(&[MAGIC, VERSION]);
+            }
+            if let Ok(h) = Header::parse(&bytes) {
+                prop_assert_eq!(&bytes[..HEADER_LEN], &h.to_bytes()[..]);
+            }
         }
     }
 }

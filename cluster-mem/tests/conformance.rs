@@ -21,6 +21,23 @@ fn mem_transport_keeps_the_contract() {
     assert!(must_deliver > 0 && must_drop > 0, "{:?}", report.judged);
 }
 
+/// The same with a cluster key: every frame is tagged and checked (contract C10), and the
+/// contract holds as without one. The directed hostile-input case checks that a frame
+/// without a tag is counted `unauthenticated`, which proves the key is in force.
+#[test]
+fn mem_transport_with_a_cluster_key_keeps_the_contract() {
+    let keyed = |setup: &Setup| -> Result<Box<dyn ClusterUnderTest>, SimError> {
+        let config = setup
+            .config()
+            .map_err(cluster_core::ServerError::from)?
+            .with_cluster_key(Some(cluster_core::ClusterKey::from_bytes([7; 32])));
+        Ok(Box::new(MemCluster::new(&config, setup.seed)))
+    };
+    let report = conformance::check(keyed, SuiteOptions::new(64));
+    let (must_deliver, must_drop, _) = report.judged;
+    assert!(must_deliver > 0 && must_drop > 0, "{:?}", report.judged);
+}
+
 /// The same with every node's incarnation kept in a real sled catalog on disk, reopened at
 /// each restart (contract C8). Fewer scenarios: each start opens a database.
 #[test]

@@ -543,6 +543,13 @@ pub fn check_hostile_input(factory: &dyn Factory) -> Result<(), Box<Failure>> {
     })
     .map_err(|e| directed_failure("?", CASE, 5, e.to_string()))?;
     let name = backend.name();
+    // With a cluster key, a whole frame that carries no tag is unauthenticated, not
+    // malformed: the tag is checked before the payload.
+    let unsigned = if backend.config().cluster_key().is_some() {
+        DropReason::Unauthenticated
+    } else {
+        DropReason::Malformed
+    };
     let fail = |e: String| directed_failure(&name, CASE, 5, e);
     rt.block_on(async {
         let mut sim = SimCluster::<String>::builder()
@@ -551,15 +558,8 @@ pub fn check_hostile_input(factory: &dyn Factory) -> Result<(), Box<Failure>> {
             .await
             .map_err(|e| fail(e.to_string()))?;
         let forged = |sender: Pid| {
-            wire::encode(
-                &wire::Header {
-                    sender,
-                    incarnation: 0,
-                    msg_id: 1,
-                },
-                "forged",
-            )
-            .map_err(|e| fail(e.to_string()))
+            wire::encode(&wire::Header::new(sender, 1, 0, 1), "forged")
+                .map_err(|e| fail(e.to_string()))
         };
         let valid = forged(2)?;
         let hostile: Vec<(Bytes, DropReason)> = vec![
@@ -572,7 +572,7 @@ pub fn check_hostile_input(factory: &dyn Factory) -> Result<(), Box<Failure>> {
             (Bytes::from(vec![wire::MAGIC; 4096]), DropReason::TooLarge),
             (forged(77)?, DropReason::UnknownSender),
             (forged(1)?, DropReason::UnknownSender),
-            (valid.slice(..valid.len() - 1), DropReason::Malformed),
+            (valid.slice(..valid.len() - 1), unsigned),
         ];
         for (bytes, _) in &hostile {
             sim.inject_raw(1, bytes.clone())
@@ -597,6 +597,7 @@ pub fn check_hostile_input(factory: &dyn Factory) -> Result<(), Box<Failure>> {
             DropReason::Malformed,
             DropReason::TooLarge,
             DropReason::UnknownSender,
+            DropReason::Unauthenticated,
         ] {
             let expected = hostile.iter().filter(|(_, r)| *r == reason).count() as u64;
             let counted = stats.dropped_incoming.get(reason);

@@ -3,7 +3,10 @@
 //! ([`MsgRef`]: sender, incarnation, sequence) and, given a summary function, what it says.
 //!
 //! The sender numbers the messages it hands to its transport; the copies of a broadcast are
-//! one message, encoded once, so they are the same bytes. The receiver learns the name from
+//! one message: each copy has its own header (receiver, sequence number) but the same
+//! payload, and the router hands them over one after the other in ascending receiver
+//! order, so a broadcast copy to a higher pid than the last one, with the same message id
+//! and payload, is another copy of the same message. The receiver learns the name from
 //! the frame itself: in one process the bytes a node receives are the very bytes its peer
 //! sent (the in-memory network moves them, it does not copy them), so a table keyed by
 //! their address gives the name back. A backend that copies frames (real sockets, a mutant
@@ -16,7 +19,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use cluster_core::wire::Header;
+use cluster_core::wire::{Destination, Frame, Header};
 use cluster_core::{DropReason, Incarnation, PeerSet, Pid, Transport, TransportEvent};
 use tokio::sync::watch;
 
@@ -71,9 +74,18 @@ impl Names {
     }
 }
 
-/// Whether two frames are the same bytes (not merely equal ones).
-fn same_frame(a: &Bytes, b: &Bytes) -> bool {
-    a.as_ptr() == b.as_ptr() && a.len() == b.len()
+/// Whether `b` is the next copy of the broadcast whose previous copy was `a` (see the
+/// module docs).
+fn next_copy(a: &Bytes, b: &Bytes) -> bool {
+    let (Ok(ha), Ok(hb)) = (Frame::decode(a.clone()), Frame::decode(b.clone())) else {
+        return false;
+    };
+    let (x, y) = (ha.header, hb.header);
+    x.destination == Destination::Broadcast
+        && y.destination == Destination::Broadcast
+        && (x.sender, x.incarnation, x.msg_id) == (y.sender, y.incarnation, y.msg_id)
+        && y.to > x.to
+        && ha.payload() == hb.payload()
 }
 
 /// Names the frames of one node incarnation: see the module docs.
@@ -118,9 +130,11 @@ impl Namer {
 
     fn tag_sent(&mut self, frame: &Bytes) -> MsgTag {
         if let Some((last, tag)) = &self.last
-            && same_frame(last, frame)
+            && next_copy(last, frame)
         {
-            return tag.clone();
+            let tag = tag.clone();
+            self.last = Some((frame.clone(), tag.clone()));
+            return tag;
         }
         self.sent += 1;
         let tag = MsgTag {

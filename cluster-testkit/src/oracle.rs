@@ -1045,7 +1045,10 @@ pub fn check_c6_isolation(a: &Analysis) -> Vec<Violation> {
 }
 
 /// C7: sent = delivered + dropped exactly (all incarnations' counters plus the network's
-/// discards; raw injected frames count as sent); each node's `delivered` matches what its
+/// discards; raw injected frames count as sent; a frame the receiving router drops as
+/// `replayed` counts as a drop, so a network that duplicates frames shows as a surplus of
+/// drops; `lost_in_transit` is not a drop — in simulation the sender or the network
+/// counted each such loss already); each node's `delivered` matches what its
 /// inbox gave; in simulation each copy ends exactly one way (refused, discarded, dropped
 /// on arrival, or delivered); and each refusal's reason fits the network's state.
 pub fn check_c7_accounting(a: &Analysis) -> Vec<Violation> {
@@ -1134,9 +1137,13 @@ pub fn check_c7_accounting(a: &Analysis) -> Vec<Violation> {
             DropReason::Injected => l.loss > 0.0,
             // Exact runs know the queue: backpressure only when it is full.
             DropReason::Backpressure => c.queued.is_none() || c.queue_full,
-            DropReason::UnknownPeer | DropReason::StaleIncarnation | DropReason::UnknownSender => {
-                false
-            }
+            // Reasons of the receiving router: never a transport's refusal.
+            DropReason::UnknownPeer
+            | DropReason::StaleIncarnation
+            | DropReason::UnknownSender
+            | DropReason::Replayed
+            | DropReason::Unauthenticated
+            | DropReason::UnsupportedVersion => false,
             _ => true,
         };
         if !fits {

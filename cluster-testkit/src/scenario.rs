@@ -5,7 +5,7 @@ use std::fmt;
 use std::ops::RangeInclusive;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use cluster_core::{BROADCAST, Config, DropReason, Incarnation, MsgId, Pid, wire};
+use cluster_core::{BROADCAST, ClusterKey, Config, DropReason, Incarnation, MsgId, Pid, wire};
 use proptest::prelude::*;
 use proptest::strategy::{BoxedStrategy, Union};
 use serde::{Deserialize, Serialize};
@@ -81,18 +81,30 @@ pub enum HostileBytes {
     /// (`unknown_sender`).
     UnknownSender,
     /// A frame whose header claims a known peer (as a newer incarnation than any, so never
-    /// stale) but whose payload does not decode (`malformed`).
+    /// stale) but whose payload does not decode (`malformed`); at a keyed node, signed
+    /// with the cluster key, as a member holding the key could.
     BadPayload,
+    /// A well-formed frame of wire format version 1, from an older build
+    /// (`unsupported_version`).
+    VersionOne,
+    /// A well-formed frame of a known peer, tagged under a key other than the cluster's:
+    /// another cluster's frame, or a forger's (`unauthenticated`, keyed or not: a node
+    /// without a key cannot check a tag, so it trusts no keyed frame). Needs a peer to
+    /// claim: in a cluster of one it claims the node itself and is counted
+    /// `unknown_sender` instead (scenarios have two nodes or more by default).
+    WrongKey,
 }
 
 impl HostileBytes {
     /// Every kind.
-    pub const ALL: [HostileBytes; 5] = [
+    pub const ALL: [HostileBytes; 7] = [
         HostileBytes::Garbage,
         HostileBytes::Truncated,
         HostileBytes::Oversized,
         HostileBytes::UnknownSender,
         HostileBytes::BadPayload,
+        HostileBytes::VersionOne,
+        HostileBytes::WrongKey,
     ];
 
     /// The snake-case name, as in the history.
@@ -103,6 +115,8 @@ impl HostileBytes {
             HostileBytes::Oversized => "oversized",
             HostileBytes::UnknownSender => "unknown_sender",
             HostileBytes::BadPayload => "bad_payload",
+            HostileBytes::VersionOne => "version_one",
+            HostileBytes::WrongKey => "wrong_key",
         }
     }
 
@@ -114,6 +128,8 @@ impl HostileBytes {
             }
             HostileBytes::Oversized => DropReason::TooLarge,
             HostileBytes::UnknownSender => DropReason::UnknownSender,
+            HostileBytes::VersionOne => DropReason::UnsupportedVersion,
+            HostileBytes::WrongKey => DropReason::Unauthenticated,
         }
     }
 
@@ -124,11 +140,7 @@ impl HostileBytes {
         let peer = config.pids().find(|p| *p != to);
         let outsider = config.pids().max().unwrap_or(0).saturating_add(1);
         let header = |sender: Pid, incarnation: Incarnation| {
-            let header = wire::Header {
-                sender,
-                incarnation,
-                msg_id: FORGED_MSG_ID,
-            };
+            let header = wire::Header::new(sender, to, incarnation, FORGED_MSG_ID);
             // Encoding `()` cannot fail; were it to, empty bytes are malformed too.
             wire::encode(&header, &())
                 .map(|frame| frame.slice(..wire::HEADER_LEN.min(frame.len())))
@@ -147,17 +159,49 @@ impl HostileBytes {
                 frame.freeze()
             }
             (HostileBytes::UnknownSender, _) => {
-                let header = wire::Header {
-                    sender: outsider,
-                    incarnation: 0,
-                    msg_id: FORGED_MSG_ID,
-                };
+                let header = wire::Header::new(outsider, to, 0, FORGED_MSG_ID);
                 wire::encode(&header, &()).unwrap_or_default()
+            }
+            (HostileBytes::WrongKey, _) => {
+                let mut wrong = [0xEE; cluster_core::KEY_LEN];
+                if config.cluster_key() == Some(&ClusterKey::from_bytes(wrong)) {
+                    wrong = [0xDD; cluster_core::KEY_LEN];
+                }
+                let header = wire::Header {
+                    keyed: true,
+                    ..wire::Header::new(peer.unwrap_or(to), to, 1, FORGED_MSG_ID)
+                };
+                let mut encoder = wire::Encoder::new();
+                // Encoding `()` cannot fail; were it to, the empty payload is malformed,
+                // and the missing tag makes it unauthenticated all the same.
+                let _ = encoder.serialize(&());
+                encoder.frame(&header, |covered| {
+                    ClusterKey::from_bytes(wrong).tag(covered)
+                })
+            }
+            (HostileBytes::VersionOne, _) => {
+                // The version-1 layout: magic, version, sender, incarnation, msg id, payload.
+                let mut frame = BytesMut::new();
+                frame.put_u8(wire::MAGIC);
+                frame.put_u8(1);
+                frame.put_i32_le(peer.unwrap_or(to));
+                frame.put_u32_le(Incarnation::MAX);
+                frame.put_i64_le(FORGED_MSG_ID);
+                // MessagePack nil: a payload that decodes as `()`.
+                frame.put_u8(0xC0);
+                frame.freeze()
             }
             (HostileBytes::BadPayload, Some(peer)) => {
                 let mut frame = BytesMut::from(&header(peer, Incarnation::MAX)[..]);
                 // 0xC1 is the one byte MessagePack never uses.
                 frame.put_u8(0xC1);
+                if let Some(key) = config.cluster_key() {
+                    // At a keyed node, signed as a member would: the payload, not the tag,
+                    // is what this case is about.
+                    frame[2] = 1;
+                    let tag = key.tag(&frame);
+                    frame.extend_from_slice(&tag);
+                }
                 frame.freeze()
             }
         }

@@ -377,9 +377,13 @@ pub enum ZmqMutant {
     /// Reports every fourth frame on each link as sent and never sends it: silent loss on
     /// a healthy link. Breaks C5 (and C7: the totals no longer add up).
     LoseSilently,
-    /// Swaps each pair of frames on a link (holds one, sends it after the next). Breaks C3.
+    /// Swaps each pair of frames on a link (holds one, sends it after the next). Broke C3;
+    /// since the wire format v2 the receiving router drops the overtaken frame as
+    /// `replayed` (its sequence number is below one already seen), so order holds and the
+    /// loss breaks C5.
     Reorder,
-    /// Sends every frame twice. Breaks C2.
+    /// Sends every frame twice. Broke C2; the receiving router now drops the copy as
+    /// `replayed`, so nothing is delivered twice, and the surplus drop breaks C7.
     Duplicate,
 }
 
@@ -407,8 +411,8 @@ impl ZmqMutant {
         match self {
             ZmqMutant::DeliverLate => Invariant::C4DropOnUnreachable,
             ZmqMutant::LoseSilently => Invariant::C5Delivery,
-            ZmqMutant::Reorder => Invariant::C3Fifo,
-            ZmqMutant::Duplicate => Invariant::C2Integrity,
+            ZmqMutant::Reorder => Invariant::C5Delivery,
+            ZmqMutant::Duplicate => Invariant::C7Accounting,
         }
     }
 

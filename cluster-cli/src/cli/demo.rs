@@ -24,6 +24,11 @@ pub(crate) struct DemoArgs {
     /// Messages per node in each phase.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     messages: u64,
+    /// Run the nodes with a fresh random cluster key: every frame carries a MAC (keyed
+    /// BLAKE3), and frames without a valid one are dropped (`unauthenticated`). A key in
+    /// the config itself (`key_file`, `key_env`) is used without this flag too.
+    #[arg(long)]
+    key: bool,
 }
 
 /// How long any one phase may take before the demo gives up.
@@ -125,6 +130,8 @@ struct Demo {
     start: Instant,
     config_path: PathBuf,
     nodes: BTreeMap<Pid, Node>,
+    /// Whether the nodes' config has a cluster key (each node must say it runs with it).
+    keyed: bool,
 }
 
 impl Demo {
@@ -143,6 +150,17 @@ impl Demo {
         let mut node = Node::spawn(pid, &self.config_path).await?;
         let ready = node.expect("ready").await?;
         let incarnation = ready["incarnation"].as_u64().unwrap_or_default();
+        if ready["keyed"].as_bool() != Some(self.keyed) {
+            bail!(
+                "node {pid} runs {}, but the demo's config {} a cluster key",
+                if self.keyed {
+                    "without a key"
+                } else {
+                    "with a key"
+                },
+                if self.keyed { "has" } else { "has no" }
+            );
+        }
         self.say(format!(
             "  node {pid} up: os pid {}, incarnation {incarnation}, {}",
             node.os_pid(),
@@ -271,11 +289,17 @@ fn count(v: &Value, path: &[&str]) -> u64 {
     path.iter().fold(v, |v, key| &v[*key]).as_u64().unwrap_or(0)
 }
 
-/// The config the demo's nodes run with: the user's peers and options, with each node's
-/// catalog in the demo's own directory.
-fn demo_config(config: &Config, dir: &Path) -> Value {
+/// The config the demo's nodes run with: the user's peers and options (and cluster key, if
+/// any), with each node's catalog in the demo's own directory; with `fresh_key`, a new random
+/// key written there.
+fn demo_config(
+    config: &Config,
+    config_path: &Path,
+    dir: &Path,
+    fresh_key: bool,
+) -> anyhow::Result<Value> {
     let o = config.options();
-    json!({
+    let mut v = json!({
         "peers": config.peers().iter().map(|p| json!({"pid": p.pid, "address": p.address})).collect::<Vec<_>>(),
         "inbox_capacity": o.inbox_capacity,
         "outbox_capacity": o.outbox_capacity,
@@ -285,7 +309,30 @@ fn demo_config(config: &Config, dir: &Path) -> Value {
         "heartbeat_interval_ms": o.heartbeat_interval.as_millis() as u64,
         "heartbeat_timeout_ms": o.heartbeat_timeout.as_millis() as u64,
         "catalog_dir": dir.join("catalog-{pid}").display().to_string(),
-    })
+    });
+    if fresh_key {
+        let path = dir.join("cluster.key");
+        std::fs::write(&path, random_key_hex()?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        v["key_file"] = json!(path.display().to_string());
+    } else if let Some(file) = &o.key_file {
+        // Relative to the user's config file, as the nodes' config lives elsewhere.
+        let base = config_path.parent().unwrap_or(Path::new("."));
+        v["key_file"] = json!(base.join(file).display().to_string());
+    } else if let Some(var) = &o.key_env {
+        v["key_env"] = json!(var);
+    }
+    Ok(v)
+}
+
+/// 32 random bytes from the OS, as the 64 hex digits a key file holds.
+fn random_key_hex() -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading 32 random bytes from /dev/urandom for the cluster key")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 pub(crate) fn run(args: DemoArgs) -> Result<(), Failure> {
@@ -322,7 +369,9 @@ async fn demo(config: &Config, args: &DemoArgs) -> anyhow::Result<()> {
 
 async fn run_phases(config: &Config, args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
     let config_path = dir.join("config.json");
-    std::fs::write(&config_path, demo_config(config, dir).to_string())
+    let node_config = demo_config(config, &args.config, dir, args.key)?;
+    let keyed = node_config.get("key_file").is_some() || node_config.get("key_env").is_some();
+    std::fs::write(&config_path, node_config.to_string())
         .with_context(|| format!("writing {}", config_path.display()))?;
     let pids: Vec<Pid> = config.pids().collect();
     let n = pids.len() as u64;
@@ -333,6 +382,7 @@ async fn run_phases(config: &Config, args: &DemoArgs, dir: &Path) -> anyhow::Res
         start: Instant::now(),
         config_path,
         nodes: BTreeMap::new(),
+        keyed,
     };
 
     demo.say(format!(
@@ -347,6 +397,9 @@ async fn run_phases(config: &Config, args: &DemoArgs, dir: &Path) -> anyhow::Res
         demo.wait_connected(pid).await?;
     }
     demo.say("all nodes connected to all peers");
+    if keyed {
+        demo.say("every frame carries a MAC under the cluster key (keyed BLAKE3)");
+    }
 
     demo.say(format!("broadcast: every node broadcasts {m} messages"));
     for &pid in &pids {
@@ -518,6 +571,8 @@ fn print_table(last: &BTreeMap<Pid, Value>, victim: Pid) {
         "malformed",
         "stale_incarnation",
         "too_large",
+        "replayed",
+        "unauthenticated",
     ];
     println!(
         "{:>5} {:>5} {:>9} {:>9}  dropped: {}",

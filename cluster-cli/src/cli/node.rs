@@ -221,6 +221,7 @@ async fn node(args: NodeArgs) -> Result<(), Failure> {
             "incarnation": incarnation,
             "address": address,
             "backend": args.backend.as_str(),
+            "keyed": server.config().cluster_key().is_some(),
         }),
     );
 

@@ -39,16 +39,33 @@ const DEADLINE: Duration = Duration::from_secs(120);
 
 #[test]
 fn the_demo_runs_end_to_end() {
+    demo_runs_end_to_end(false);
+}
+
+#[test]
+fn the_demo_runs_end_to_end_with_a_cluster_key() {
+    demo_runs_end_to_end(true);
+}
+
+fn demo_runs_end_to_end(key: bool) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 4);
     let mut cmd = cluster();
     cmd.args(["demo", "--messages", "50", "--config"]).arg(&cfg);
+    if key {
+        cmd.arg("--key");
+    }
     let Output {
         status,
         stdout,
         stderr,
     } = run(cmd, "", DEADLINE);
     assert!(status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert_eq!(
+        stdout.contains("every frame carries a MAC under the cluster key"),
+        key,
+        "{stdout}"
+    );
     for expected in [
         "all nodes connected to all peers",
         "every node delivered 150 (3 peers × 50)",
@@ -117,6 +134,8 @@ fn the_demo_runs_end_to_end() {
             "malformed",
             "stale_incarnation",
             "too_large",
+            "replayed",
+            "unauthenticated",
         ] {
             assert_eq!(col(other), 0, "column {other} of {row:?} in:\n{stdout}");
         }

@@ -6,6 +6,7 @@
 
 mod contract;
 mod go_scenarios;
+mod trust;
 
 use cluster_core::{Config, Message, Options, ServerMonitor};
 use cluster_mem::MemNetwork;

@@ -17,16 +17,13 @@ on_every_backend!(garbage_truncated_oversized_and_forged_input_is_counted_and_ha
 const MAX: usize = 4096;
 
 fn forged(sender: i32, incarnation: u32) -> Bytes {
-    let h = Header {
-        sender,
-        incarnation,
-        msg_id: 666,
-    };
+    // The node under attack is pid 2.
+    let h = Header::new(sender, 2, incarnation, 666);
     wire::encode(&h, "forged").unwrap()
 }
 
 /// The hostile frames, each a separate ZeroMQ message, and what the node must count.
-fn hostile_frames() -> (Vec<Vec<Bytes>>, [(DropReason, u64); 4]) {
+fn hostile_frames() -> (Vec<Vec<Bytes>>, [(DropReason, u64); 5]) {
     let valid_header_bad_payload = {
         let mut f = forged(1, 3).to_vec();
         f.truncate(wire::HEADER_LEN);
@@ -65,7 +62,9 @@ fn hostile_frames() -> (Vec<Vec<Bytes>>, [(DropReason, u64); 4]) {
         vec![Bytes::from_static(&[0xC2, 0x07])],
     ];
     let expected = [
-        (DropReason::Malformed, 9),
+        // The frames of version 1 and 99 are refused by their version.
+        (DropReason::Malformed, 7),
+        (DropReason::UnsupportedVersion, 2),
         (DropReason::UnknownSender, 2),
         (DropReason::StaleIncarnation, 1),
         (DropReason::TooLarge, 1),
