@@ -44,7 +44,7 @@
 //!   [`PeerStats::lost_in_transit`] (not a drop reason, and in no `dropped` total: where the
 //!   sender could tell, it counted the loss itself). The sender's `unconfirmed` count of
 //!   what a peer never acknowledged before it went down, and with it sent = delivered +
-//!   dropped + unconfirmed per pair, is not built yet (see issue 11, item 2).
+//!   dropped + unconfirmed per pair, is not built yet.
 //! * **C8 restart** — a node restarted with the same pid rejoins without restarting anyone
 //!   else; its incarnation increases (from its peer catalog, or the transport, or the clock:
 //!   see [`ServerBuilder::incarnation`]); messages sent to it once it is back are delivered.

@@ -99,8 +99,14 @@
 //! * `zeromq` backend: the crate reserves the length a frame header announces before reading
 //!   it; a hostile peer announcing a giant frame can make the process allocate that much.
 //!   The libzmq backend caps it (`ZMQ_MAXMSGSIZE`).
-//! * A forged frame claiming a known sender and a higher incarnation is believed (frames are
-//!   not authenticated): it makes that sender's real, older incarnation stale.
+//! * Without a cluster key, frames are not authenticated: a forged frame claiming a known
+//!   sender and a higher incarnation is believed, and makes that sender's real incarnation
+//!   stale until nothing has come from the forged one for `heartbeat_timeout` (the rule in
+//!   `cluster-core`'s crate docs, C10). With a key, such a frame is dropped as
+//!   `unauthenticated` and changes nothing.
+//! * Inbound connections are not capped, and an idle one is never closed; on the `zeromq`
+//!   backend an acknowledgement to a client that never reads can stall the receive task.
+//!   Queues are bounded in frames (`peer_queue`), not in bytes.
 //!
 //! # Benchmark
 //!

@@ -318,7 +318,9 @@ fn demo_config(
     } else if let Some(file) = &o.key_file {
         // Relative to the user's config file, as the nodes' config lives elsewhere.
         let base = config_path.parent().unwrap_or(Path::new("."));
-        v["key_file"] = json!(base.join(file).display().to_string());
+        let path = std::path::absolute(base.join(file))
+            .with_context(|| format!("locating the key file {}", file.display()))?;
+        v["key_file"] = json!(path.display().to_string());
     } else if let Some(var) = &o.key_env {
         v["key_env"] = json!(var);
     }

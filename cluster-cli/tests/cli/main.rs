@@ -47,6 +47,40 @@ fn the_demo_runs_end_to_end_with_a_cluster_key() {
     demo_runs_end_to_end(true);
 }
 
+/// The user's own key, named in their config relative to it, with the config named by a
+/// relative path: the demo's nodes (whose config lives elsewhere) must find the key and say
+/// they run with it.
+#[test]
+fn the_demo_uses_the_key_file_of_the_users_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 3);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replacen('{', r#"{"key_file":"keys/cluster.key","#, 1),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("keys")).unwrap();
+    std::fs::write(dir.path().join("keys/cluster.key"), "ab".repeat(32)).unwrap();
+    // A relative config path: the demo's nodes run elsewhere, with their own config.
+    let mut cmd = cluster();
+    cmd.current_dir(dir.path())
+        .args(["demo", "--messages", "20", "--config", "config.json"]);
+    let out = run(cmd, "", DEADLINE);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stdout
+            .contains("every frame carries a MAC under the cluster key"),
+        "{}",
+        out.stdout
+    );
+}
+
 fn demo_runs_end_to_end(key: bool) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 4);
