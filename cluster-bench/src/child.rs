@@ -10,7 +10,7 @@ use cluster_zmq::Backend;
 use crate::error::failed;
 use crate::measure::{bench_config, node, within};
 use crate::received::Received;
-use crate::{BenchError, PHASE_DEADLINE, RuntimeFlavor, bare};
+use crate::{BenchError, PHASE_DEADLINE, RuntimeFlavor, Security, bare};
 
 /// What one child process is asked to do: its words are
 /// `<backend> <runtime> <role> <arguments>…`.
@@ -18,6 +18,7 @@ use crate::{BenchError, PHASE_DEADLINE, RuntimeFlavor, bare};
 pub(crate) struct Job {
     pub(crate) backend: Backend,
     pub(crate) runtime: RuntimeFlavor,
+    pub(crate) security: Security,
     pub(crate) role: Role,
 }
 
@@ -51,6 +52,7 @@ impl Job {
         let mut words = vec![
             self.backend.as_str().to_owned(),
             self.runtime.as_str().to_owned(),
+            self.security.as_str().to_owned(),
         ];
         match &self.role {
             Role::BarePull { endpoint, messages } => {
@@ -92,17 +94,18 @@ impl Job {
         let words: Vec<&str> = words.iter().map(AsRef::as_ref).collect();
         let unknown = || {
             BenchError::Child(format!(
-                "unknown role {:?}: expected <backend> <runtime> bare-pull|bare-rep|cluster-recv|cluster-echo <arguments>…",
+                "unknown role {:?}: expected <backend> <runtime> <security> bare-pull|bare-rep|cluster-recv|cluster-echo <arguments>…",
                 words.join(" ")
             ))
         };
-        let [backend, runtime, role @ ..] = words.as_slice() else {
+        let [backend, runtime, security, role @ ..] = words.as_slice() else {
             return Err(unknown());
         };
         let backend: Backend = backend
             .parse()
             .map_err(|e: cluster_zmq::UnknownBackend| BenchError::Child(e.to_string()))?;
         let runtime: RuntimeFlavor = runtime.parse()?;
+        let security: Security = security.parse()?;
         let addresses = |addrs: &[&str]| addrs.iter().map(|a| (*a).to_owned()).collect();
         let role = match role {
             ["bare-pull", endpoint, n] => Role::BarePull {
@@ -128,6 +131,7 @@ impl Job {
         Ok(Self {
             backend,
             runtime,
+            security,
             role,
         })
     }
@@ -150,6 +154,7 @@ pub fn run_child(words: &[impl AsRef<str>]) -> Result<(), BenchError> {
 
 async fn play(job: Job) -> Result<(), BenchError> {
     let backend = job.backend;
+    let security = job.security;
     match job.role {
         Role::BarePull { endpoint, messages } => bare::pull(backend, &endpoint, messages).await,
         Role::BareRep { endpoint, requests } => bare::rep(backend, &endpoint, requests).await,
@@ -157,12 +162,12 @@ async fn play(job: Job) -> Result<(), BenchError> {
             pid,
             peer_queue,
             addresses,
-        } => cluster_recv(backend, pid, peer_queue, &addresses).await,
+        } => cluster_recv(backend, security, pid, peer_queue, &addresses).await,
         Role::ClusterEcho {
             pid,
             peer_queue,
             addresses,
-        } => cluster_echo(backend, pid, peer_queue, &addresses).await,
+        } => cluster_echo(backend, security, pid, peer_queue, &addresses).await,
     }
 }
 
@@ -175,11 +180,12 @@ pub(crate) fn number<T: FromStr>(s: &str) -> Result<T, BenchError> {
 /// Node `pid`, counting what node 1 sends until the end marker (msg id -1).
 async fn cluster_recv(
     backend: Backend,
+    security: Security,
     pid: Pid,
     peer_queue: usize,
     addrs: &[String],
 ) -> Result<(), BenchError> {
-    let config = bench_config(addrs, peer_queue)?;
+    let config = bench_config(addrs, peer_queue, security)?;
     let mut server = node(backend, pid, &config).await?;
     server
         .wait_for_peers(PHASE_DEADLINE)
@@ -214,11 +220,12 @@ async fn cluster_recv(
 /// Node `pid`, echoing every message to node 1 until the end marker.
 async fn cluster_echo(
     backend: Backend,
+    security: Security,
     pid: Pid,
     peer_queue: usize,
     addrs: &[String],
 ) -> Result<(), BenchError> {
-    let config = bench_config(addrs, peer_queue)?;
+    let config = bench_config(addrs, peer_queue, security)?;
     let mut server = node(backend, pid, &config).await?;
     server
         .wait_for_peers(PHASE_DEADLINE)
@@ -271,6 +278,7 @@ mod tests {
         .map(|role| Job {
             backend: Backend::default(),
             runtime: RuntimeFlavor::MultiThread,
+            security: Security::Mac,
             role,
         });
         for job in jobs {

@@ -76,7 +76,7 @@ pub use child::run_child;
 pub use cluster_zmq::Backend;
 pub use error::BenchError;
 pub use measure::{run, run_with_progress};
-pub use options::{BenchOptions, ChildCommand, MAX_BROADCAST_PEERS, RuntimeFlavor};
+pub use options::{BenchOptions, ChildCommand, MAX_BROADCAST_PEERS, RuntimeFlavor, Security};
 pub use report::{BenchReport, BroadcastFigures, Figures, Progress};
 
 use std::time::Duration;

@@ -11,7 +11,7 @@ use crate::process::{ChildProcess, expect_all, finish_all, spawn_all, while_aliv
 use crate::received::Received;
 use crate::{
     BenchError, BenchOptions, BenchReport, BroadcastFigures, ChildCommand, Figures, PHASE_DEADLINE,
-    Progress, bare,
+    Progress, Security, bare,
 };
 
 /// Messages between two looks at the backpressure counter, in the throughput run.
@@ -185,12 +185,17 @@ fn payload_text(payload: usize) -> String {
 pub(crate) fn bench_config<A: AsRef<str>>(
     addresses: &[A],
     peer_queue: usize,
+    security: Security,
 ) -> Result<Config, BenchError> {
     let options = Options {
         peer_queue,
         ..Options::default()
     };
-    Config::from_peers((1..).zip(addresses.iter().map(AsRef::as_ref)), options).map_err(failed)
+    Ok(
+        Config::from_peers((1..).zip(addresses.iter().map(AsRef::as_ref)), options)
+            .map_err(failed)?
+            .with_cluster_key(security.key()),
+    )
 }
 
 /// Node `pid` of `config` over the transport of `backend`.
@@ -221,6 +226,7 @@ impl Bench<'_> {
         Job {
             backend: self.o.backend,
             runtime: self.o.runtime,
+            security: self.o.security,
             role,
         }
     }
@@ -290,7 +296,7 @@ impl Bench<'_> {
     async fn cluster_stream(&self, receivers: usize, to: Pid) -> Result<Vec<Received>, BenchError> {
         let o = self.o;
         let addrs = addresses(receivers + 1)?;
-        let config = bench_config(&addrs, o.peer_queue)?;
+        let config = bench_config(&addrs, o.peer_queue, o.security)?;
         let mut children = spawn_all(
             self.child,
             (2..=receivers + 1)
@@ -391,7 +397,7 @@ impl Bench<'_> {
     async fn cluster_round_trips(&self) -> Result<(Duration, Duration), BenchError> {
         let o = self.o;
         let addrs = addresses(2)?;
-        let config = bench_config(&addrs, o.peer_queue)?;
+        let config = bench_config(&addrs, o.peer_queue, o.security)?;
         let mut child = self.spawn(Role::ClusterEcho {
             pid: 2,
             peer_queue: o.peer_queue,

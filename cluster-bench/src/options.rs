@@ -34,6 +34,9 @@ pub struct BenchOptions {
     /// The tokio runtime of the child processes. [`crate::run`] runs on its caller's
     /// runtime, which should be of the same flavor for a fair comparison.
     pub runtime: RuntimeFlavor,
+    /// Whether the cluster's frames carry a MAC under a cluster key (the bare library's
+    /// never do): measures what authentication costs.
+    pub security: Security,
 }
 
 impl Default for BenchOptions {
@@ -47,6 +50,7 @@ impl Default for BenchOptions {
             backend: Backend::default(),
             broadcast_peers: 0,
             runtime: RuntimeFlavor::default(),
+            security: Security::default(),
         }
     }
 }
@@ -161,5 +165,54 @@ impl ChildCommand {
             program: program.into(),
             args_prefix: args_prefix.into_iter().map(Into::into).collect(),
         }
+    }
+}
+
+/// What protects the cluster's frames in a benchmark ([`BenchOptions::security`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Security {
+    /// No cluster key: frames carry no tag.
+    #[default]
+    None,
+    /// A cluster key: every frame carries a keyed-BLAKE3 MAC, checked on arrival.
+    Mac,
+}
+
+impl Security {
+    /// `"none"` or `"mac"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Mac => "mac",
+        }
+    }
+
+    /// The cluster key of a benchmark's nodes: a fixed one, since what is measured is the
+    /// cost of the MAC, not the secrecy of the key.
+    pub(crate) fn key(self) -> Option<cluster_core::ClusterKey> {
+        match self {
+            Self::None => None,
+            Self::Mac => Some(cluster_core::ClusterKey::from_bytes([0x5A; 32])),
+        }
+    }
+}
+
+impl fmt::Display for Security {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Security {
+    type Err = BenchError;
+
+    /// `none` or `mac`.
+    fn from_str(s: &str) -> Result<Self, BenchError> {
+        [Self::None, Self::Mac]
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| {
+                BenchError::Options(format!("unknown security {s:?}: expected none or mac"))
+            })
     }
 }

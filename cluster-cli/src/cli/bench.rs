@@ -8,6 +8,7 @@ use anyhow::anyhow;
 use clap::Args;
 use cluster_bench::{
     self as bench, Backend, BenchOptions, BenchReport, ChildCommand, Progress, RuntimeFlavor,
+    Security,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
@@ -37,6 +38,10 @@ pub(crate) struct BenchArgs {
     /// The nodes' per-peer queue bound (the libzmq high-water marks).
     #[arg(long, default_value_t = 16_384, value_parser = clap::value_parser!(u64).range(1..=(cluster::MAX_QUEUE as u64)))]
     peer_queue: u64,
+    /// Run the cluster with a cluster key: every frame carries a keyed-BLAKE3 MAC, checked
+    /// on arrival (the bare library's frames carry none), to measure what it costs.
+    #[arg(long)]
+    mac: bool,
     /// Print the figures as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -76,6 +81,11 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), Failure> {
         backend,
         broadcast_peers: as_usize(args.broadcast)?,
         runtime: flavor,
+        security: if args.mac {
+            Security::Mac
+        } else {
+            Security::None
+        },
     };
     let exe = std::env::current_exe().map_err(|e| {
         anyhow!("cannot find this executable to start the benchmark processes: {e}")
@@ -189,10 +199,15 @@ fn table(r: &BenchReport) -> String {
         String::new(),
     ]);
     format!(
-        "cluster bench: backend {}, {}-byte payloads, {} messages, {} round trips, processes on loopback, median of {} rounds\n\
+        "cluster bench: backend {}, frames {}, {}-byte payloads, {} messages, {} round trips, processes on loopback, median of {} rounds\n\
          {}\n\
          delivered in the P2P run: bare {}, cluster {} of {} (the cluster drops and counts what a full queue refuses)",
         o.backend,
+        if o.security == Security::Mac {
+            "with a MAC"
+        } else {
+            "without a MAC"
+        },
         o.payload,
         o.messages,
         o.round_trips,
@@ -224,6 +239,7 @@ fn report_json(r: &BenchReport) -> serde_json::Value {
             "peer_queue": o.peer_queue,
             "broadcast_peers": o.broadcast_peers,
             "runtime": o.runtime.as_str(),
+            "security": o.security.as_str(),
         },
         "bare": side(&r.bare),
         "cluster": side(&r.cluster),
