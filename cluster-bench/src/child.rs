@@ -294,11 +294,12 @@ mod tests {
         for (words, expected) in [
             (vec![], "unknown role"),
             (vec![b], "unknown role"),
-            (vec!["nanomsg", rt, "bare-rep", "e", "1"], "nanomsg"),
-            (vec![b, "threads", "bare-rep", "e", "1"], "threads"),
-            (vec![b, rt, "bare-rep", "e"], "unknown role"),
-            (vec![b, rt, "bare-rep", "e", "x"], "\"x\""),
-            (vec![b, rt, "fly", "1"], "fly"),
+            (vec!["nanomsg", rt, "none", "bare-rep", "e", "1"], "nanomsg"),
+            (vec![b, "threads", "none", "bare-rep", "e", "1"], "threads"),
+            (vec![b, rt, "rot13", "bare-rep", "e", "1"], "rot13"),
+            (vec![b, rt, "none", "bare-rep", "e"], "unknown role"),
+            (vec![b, rt, "mac", "bare-rep", "e", "x"], "\"x\""),
+            (vec![b, rt, "none", "fly", "1"], "fly"),
         ] {
             let error = Job::parse(&words).err().map(|e| e.to_string());
             assert!(
