@@ -69,6 +69,12 @@ impl std::fmt::Debug for ZmqCluster {
 }
 
 impl ZmqCluster {
+    /// These nodes with `key` as their cluster key: every frame carries a MAC.
+    pub fn with_cluster_key(mut self, key: Option<cluster_core::ClusterKey>) -> Self {
+        self.config = self.config.with_cluster_key(key);
+        self
+    }
+
     /// `setup.nodes` nodes on free loopback ports. The setup's options are used, with the
     /// heartbeat settings of [`net::fast_options`] unless the setup changed them.
     pub fn new(setup: &Setup, backend: Backend) -> Result<Self, SimError> {

@@ -45,6 +45,32 @@ fn zeromq_transport_keeps_the_contract() {
     assert!(report.judged.0 > 0, "{:?}", report.judged);
 }
 
+/// With a cluster key: every frame carries a MAC (keyed BLAKE3) and is checked on arrival;
+/// the suite's directed hostile case then expects its forgeries counted `unauthenticated`.
+/// Fewer scenarios: the unkeyed runs above cover the transport itself.
+fn keyed_transport_keeps_the_contract(backend: Backend) {
+    let keyed = move |setup: &Setup| -> Result<Box<dyn ClusterUnderTest>, SimError> {
+        let key = cluster_core::ClusterKey::from_bytes([0x3C; 32]);
+        Ok(Box::new(
+            ZmqCluster::new(setup, backend)?.with_cluster_key(Some(key)),
+        ))
+    };
+    let mut options = options();
+    options.cases = options.cases.min(8);
+    let report = conformance::check(keyed, options);
+    assert!(report.judged.0 > 0, "{:?}", report.judged);
+}
+
+#[test]
+fn libzmq_transport_with_a_cluster_key_keeps_the_contract() {
+    keyed_transport_keeps_the_contract(Backend::Libzmq);
+}
+
+#[test]
+fn zeromq_transport_with_a_cluster_key_keeps_the_contract() {
+    keyed_transport_keeps_the_contract(Backend::Zeromq);
+}
+
 /// Each mutant's scenario: the healthy transport passes it, the mutant is caught on the
 /// clause it breaks, by the windowed rules (the history says it is a real-socket run).
 fn mutants_are_caught(backend: Backend) {
