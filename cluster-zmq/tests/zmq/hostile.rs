@@ -12,7 +12,10 @@ use cluster_zmq::Backend;
 
 use crate::nodes::{drain_until_marker, try_start_as, wait_until};
 
-on_every_backend!(garbage_truncated_oversized_and_forged_input_is_counted_and_harmless);
+on_every_backend!(
+    garbage_truncated_oversized_and_forged_input_is_counted_and_harmless,
+    keyed_nodes_drop_wrong_keys_unkeyed_frames_and_replays,
+);
 
 const MAX: usize = 4096;
 
@@ -191,6 +194,67 @@ async fn garbage_truncated_oversized_and_forged_input_is_counted_and_harmless(ba
         })
         .await;
     }
+    assert!(drain_until_marker(&a, &mut b, "marker-2").await.is_empty());
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Nodes under a cluster key, on real sockets: a frame tagged under another key, a frame
+/// with no tag, and a frame that repeats a sequence number node 1 already used (as a
+/// captured frame sent again would) are each dropped and counted, change nothing, and the
+/// real peers keep exchanging messages.
+async fn keyed_nodes_drop_wrong_keys_unkeyed_frames_and_replays(backend: Backend) {
+    let key = cluster_core::ClusterKey::from_bytes([0x61; 32]);
+    let other = cluster_core::ClusterKey::from_bytes([0x62; 32]);
+    let options = Options {
+        max_message_size: MAX,
+        ..net::fast_options()
+    };
+    let (config, (a, transport)) = net::bind_local(2, options, async |config| {
+        let config = config.clone().with_cluster_key(Some(key.clone()));
+        let a = try_start_as(backend, 1, &config, 3).await?;
+        Ok((a, cluster_zmq::bind_with(backend, 2, &config).await?))
+    })
+    .await
+    .unwrap();
+    let config = config.with_cluster_key(Some(key.clone()));
+    let mut b = Server::<String>::with_transport(2, config.clone(), transport).unwrap();
+    a.wait_for_peers(DEADLINE).await.unwrap();
+    assert!(drain_until_marker(&a, &mut b, "marker-0").await.is_empty());
+
+    // Node 1 has sent node 2 at least one frame: sequence number 1 is used.
+    let signed = |under: &cluster_core::ClusterKey, seq: u64, incarnation: u32| {
+        let mut h = Header::new(1, 2, incarnation, 4242);
+        h.seq = seq;
+        h.keyed = true;
+        let mut e = wire::Encoder::new();
+        e.serialize("hostile").unwrap();
+        e.frame(&h, |covered| under.tag(covered))
+    };
+    let frames = vec![
+        vec![signed(&other, 1_000, 3)],
+        vec![signed(&other, 1_000, 99)],
+        vec![forged(1, 3)],
+        vec![signed(&key, 1, 3)],
+    ];
+    let expected = [(DropReason::Unauthenticated, 3), (DropReason::Replayed, 1)];
+    let address = config.peer(2).unwrap().address.clone();
+    let keep = send_raw_zmq(backend, format!("tcp://{address}"), frames).await;
+    let seen = drain_until_marker(&a, &mut b, "marker-1").await;
+    assert!(seen.is_empty(), "hostile frames delivered: {seen:?}");
+    wait_until("every hostile frame to be counted", || {
+        let d = b.stats().dropped_incoming;
+        expected.iter().all(|(r, n)| d.get(*r) >= *n)
+    })
+    .await;
+    drop(keep);
+    let s = b.stats();
+    for (reason, n) in expected {
+        assert_eq!(s.dropped_incoming.get(reason), n, "{reason}");
+    }
+    // No forged incarnation moved anything; only node 1's markers were delivered.
+    assert_eq!(s.peers[&1].incarnation, Some(3));
+    assert_eq!(s.delivered, s.peers[&1].delivered);
     assert!(drain_until_marker(&a, &mut b, "marker-2").await.is_empty());
     a.shutdown().await;
     b.shutdown().await;
