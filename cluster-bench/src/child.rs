@@ -4,7 +4,7 @@
 use std::str::FromStr;
 use std::time::Instant;
 
-use cluster_core::{Envelope, Pid};
+use cluster_core::{Envelope, Pid, Server};
 use cluster_zmq::Backend;
 
 use crate::error::failed;
@@ -177,6 +177,24 @@ pub(crate) fn number<T: FromStr>(s: &str) -> Result<T, BenchError> {
         .map_err(|_| BenchError::Child(format!("not a number: {s:?}")))
 }
 
+/// Node `pid` of the nodes at `addrs`, connected to every peer, once it has said `ready`.
+async fn ready_node(
+    backend: Backend,
+    security: Security,
+    pid: Pid,
+    peer_queue: usize,
+    addrs: &[String],
+) -> Result<Server<String>, BenchError> {
+    let config = bench_config(addrs, peer_queue, security)?;
+    let server = node(backend, pid, &config).await?;
+    server
+        .wait_for_peers(PHASE_DEADLINE)
+        .await
+        .map_err(failed)?;
+    println!("ready");
+    Ok(server)
+}
+
 /// Node `pid`, counting what node 1 sends until the end marker (msg id -1).
 async fn cluster_recv(
     backend: Backend,
@@ -185,13 +203,7 @@ async fn cluster_recv(
     peer_queue: usize,
     addrs: &[String],
 ) -> Result<(), BenchError> {
-    let config = bench_config(addrs, peer_queue, security)?;
-    let mut server = node(backend, pid, &config).await?;
-    server
-        .wait_for_peers(PHASE_DEADLINE)
-        .await
-        .map_err(failed)?;
-    println!("ready");
+    let mut server = ready_node(backend, security, pid, peer_queue, addrs).await?;
     let mut count = 0u64;
     let mut first = None;
     let mut last = Instant::now();
@@ -225,13 +237,7 @@ async fn cluster_echo(
     peer_queue: usize,
     addrs: &[String],
 ) -> Result<(), BenchError> {
-    let config = bench_config(addrs, peer_queue, security)?;
-    let mut server = node(backend, pid, &config).await?;
-    server
-        .wait_for_peers(PHASE_DEADLINE)
-        .await
-        .map_err(failed)?;
-    println!("ready");
+    let mut server = ready_node(backend, security, pid, peer_queue, addrs).await?;
     let out = server.outbox();
     let echo = async {
         while let Some(env) = server.inbox().recv().await {

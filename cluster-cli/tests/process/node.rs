@@ -6,7 +6,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cluster::zmq::Backend;
-use cluster::{Envelope, Pid, Server};
+use cluster::{Pid, Server};
+pub(crate) use cluster_testkit::net::expect::{
+    connected as wait_connected, next, until as wait_until,
+};
 use cluster_testkit::net::{self, DEADLINE, Process};
 use serde_json::Value;
 
@@ -62,26 +65,6 @@ pub(crate) async fn start_three(
             Err(e) => panic!("starting nodes 1 to 3: {e}"),
         }
     }
-}
-
-/// Waits until `cond` holds, within [`DEADLINE`]; fails the test otherwise.
-pub(crate) async fn wait_until(what: &str, cond: impl FnMut() -> bool) {
-    net::wait_until(what, DEADLINE, cond).await.unwrap();
-}
-
-/// Waits until `server` sees every peer in `peers` connected.
-pub(crate) async fn wait_connected(server: &Server<String>, peers: &[Pid]) {
-    net::wait_connected(&server.monitor(), peers, DEADLINE)
-        .await
-        .unwrap();
-}
-
-/// Receives the next envelope within the deadline.
-pub(crate) async fn next(server: &mut Server<String>) -> Envelope<String> {
-    let pid = server.pid();
-    net::recv_within(pid, server.inbox(), DEADLINE)
-        .await
-        .unwrap()
 }
 
 /// `cluster node --json` in a child process, killed (SIGKILL) if the test ends first.

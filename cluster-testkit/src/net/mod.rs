@@ -318,6 +318,46 @@ pub async fn recv_within<M>(
     }
 }
 
+/// Assertions for tests: the waits above with [`DEADLINE`], failing the test (a panic
+/// naming what was awaited) when it passes.
+pub mod expect {
+    use cluster_core::{Envelope, Pid, Server};
+
+    use super::DEADLINE;
+
+    /// Waits until `cond` holds.
+    ///
+    /// # Panics
+    /// When [`DEADLINE`] passes first.
+    pub async fn until(what: &str, cond: impl FnMut() -> bool) {
+        if let Err(e) = super::wait_until(what, DEADLINE, cond).await {
+            panic!("{e}");
+        }
+    }
+
+    /// Waits until `server` has a live connection to every pid in `peers`.
+    ///
+    /// # Panics
+    /// When [`DEADLINE`] passes first.
+    pub async fn connected<M>(server: &Server<M>, peers: &[Pid]) {
+        if let Err(e) = super::wait_connected(&server.monitor(), peers, DEADLINE).await {
+            panic!("{e}");
+        }
+    }
+
+    /// The next envelope in `server`'s inbox.
+    ///
+    /// # Panics
+    /// When [`DEADLINE`] passes first, or the inbox closes.
+    pub async fn next<M>(server: &mut Server<M>) -> Envelope<M> {
+        let pid = server.pid();
+        match super::recv_within(pid, server.inbox(), DEADLINE).await {
+            Ok(env) => env,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

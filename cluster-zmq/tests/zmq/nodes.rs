@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use cluster_core::{Config, Envelope, Options, Pid, Server, TransportError};
+pub(crate) use cluster_testkit::net::expect::{
+    connected as wait_connected, next, until as wait_until,
+};
 use cluster_testkit::net::{self, DEADLINE, Relay, Shape};
 use cluster_zmq::{Backend, LinkStats};
 
@@ -32,11 +35,6 @@ pub(crate) async fn start_on_fresh_ports(
     })
     .await
     .unwrap()
-}
-
-/// Waits until `cond` holds, within [`DEADLINE`]; fails the test otherwise.
-pub(crate) async fn wait_until(what: &str, cond: impl FnMut() -> bool) {
-    net::wait_until(what, DEADLINE, cond).await.unwrap();
 }
 
 pub(crate) async fn start(backend: Backend, pid: Pid, config: &Config) -> Server<String> {
@@ -79,21 +77,6 @@ pub(crate) async fn try_start_linked(
         .build(transport)
         .unwrap();
     Ok((server, link))
-}
-
-/// Waits until `server` sees every peer in `peers` connected.
-pub(crate) async fn wait_connected(server: &Server<String>, peers: &[Pid]) {
-    net::wait_connected(&server.monitor(), peers, DEADLINE)
-        .await
-        .unwrap();
-}
-
-/// Receives the next envelope within the deadline.
-pub(crate) async fn next(server: &mut Server<String>) -> Envelope<String> {
-    let pid = server.pid();
-    net::recv_within(pid, server.inbox(), DEADLINE)
-        .await
-        .unwrap()
 }
 
 /// Sends marker messages from `from` to `to` until one is received, and returns
