@@ -32,6 +32,10 @@ pub const MAX_QUEUE: usize = 1 << 24;
 pub const MAX_MESSAGE_SIZE: usize = 1 << 30;
 
 /// The longest linger or heartbeat setting (one hour; libzmq takes milliseconds as `i32`).
+/// Largest byte bound a queue may be given (`peer_queue_bytes`, `inbox_bytes`,
+/// `connection_buffer_bytes`): 64 GiB.
+pub const MAX_QUEUE_BYTES: usize = 1 << 36;
+
 const MAX_TIMING: Duration = Duration::from_secs(3600);
 
 /// One peer of the cluster.
@@ -87,6 +91,25 @@ pub struct Options {
     /// `"key_env"`: the name of the environment variable holding the cluster key, 64
     /// hexadecimal digits. At most one of `key_file` and `key_env`.
     pub key_env: Option<String>,
+    /// `"encrypt"`: with a cluster key, encrypt every frame's payload as well as
+    /// authenticating it (XChaCha20-Poly1305 instead of a keyed-BLAKE3 tag). Needs a key.
+    pub encrypt: bool,
+    /// `"peer_queue_bytes"`: bytes of frames to one peer that the transport accepted and
+    /// the peer has not yet acknowledged; a frame that would exceed it is dropped
+    /// (`backpressure`). At least `max_message_size`.
+    pub peer_queue_bytes: usize,
+    /// `"inbox_bytes"`: payload bytes the inbox holds before arriving messages are dropped
+    /// (`backpressure`), beside `inbox_capacity`. At least `max_message_size`.
+    pub inbox_bytes: usize,
+    /// `"connection_buffer_bytes"`: bytes one inbound connection may have buffered in the
+    /// transport before it stops reading from it. At least `max_message_size`.
+    pub connection_buffer_bytes: usize,
+    /// `"max_inbound_connections"`: inbound connections a node keeps open at once; more
+    /// are closed at once and counted. `None`: four times the cluster size.
+    pub max_inbound_connections: Option<usize>,
+    /// `"idle_connection_timeout_ms"`: an inbound connection that has delivered no valid
+    /// frame for this long is closed and counted (real networks only).
+    pub idle_connection_timeout: Duration,
 }
 
 impl Default for Options {
@@ -102,7 +125,23 @@ impl Default for Options {
             catalog_dir: None,
             key_file: None,
             key_env: None,
+            encrypt: false,
+            peer_queue_bytes: 64 << 20,
+            inbox_bytes: 64 << 20,
+            connection_buffer_bytes: 32 << 20,
+            max_inbound_connections: None,
+            idle_connection_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+impl Options {
+    /// The inbound connection cap: [`Options::max_inbound_connections`], else four times
+    /// the cluster size `nodes`.
+    pub fn inbound_connection_cap(&self, nodes: usize) -> usize {
+        self.max_inbound_connections
+            .unwrap_or_else(|| nodes.saturating_mul(4))
+            .max(1)
     }
 }
 
@@ -280,6 +319,11 @@ impl Config {
             (None, Some(var)) => Some(ClusterKey::from_env(var).map_err(bad_key)?),
             (None, None) => None,
         };
+        if config.options.encrypt && config.key.is_none() {
+            return Err(bad_key(
+                "\"encrypt\" is set but no key is: set \"key_file\" or \"key_env\"".into(),
+            ));
+        }
         Ok(config)
     }
 
@@ -489,8 +533,31 @@ impl Options {
                 ),
             });
         }
+        let bytes = [
+            ("peer_queue_bytes", self.peer_queue_bytes),
+            ("inbox_bytes", self.inbox_bytes),
+            ("connection_buffer_bytes", self.connection_buffer_bytes),
+        ];
+        for (field, v) in bytes {
+            if v < self.max_message_size || v > MAX_QUEUE_BYTES {
+                return Err(ConfigProblem::BadValue {
+                    field: field.into(),
+                    problem: format!(
+                        "must be at least max_message_size ({}) and at most {MAX_QUEUE_BYTES}",
+                        self.max_message_size
+                    ),
+                });
+            }
+        }
+        if self.max_inbound_connections == Some(0) {
+            return Err(ConfigProblem::BadValue {
+                field: "max_inbound_connections".into(),
+                problem: "must be at least 1".into(),
+            });
+        }
         let timings = [
             ("linger_ms", self.linger),
+            ("idle_connection_timeout_ms", self.idle_connection_timeout),
             ("heartbeat_interval_ms", self.heartbeat_interval),
             ("heartbeat_timeout_ms", self.heartbeat_timeout),
         ];
@@ -579,6 +646,16 @@ fn parse_canonical(
             "linger_ms" => options.linger = as_millis()?,
             "heartbeat_interval_ms" => options.heartbeat_interval = as_millis()?,
             "heartbeat_timeout_ms" => options.heartbeat_timeout = as_millis()?,
+            "peer_queue_bytes" => options.peer_queue_bytes = as_usize()?,
+            "inbox_bytes" => options.inbox_bytes = as_usize()?,
+            "connection_buffer_bytes" => options.connection_buffer_bytes = as_usize()?,
+            "max_inbound_connections" => options.max_inbound_connections = Some(as_usize()?),
+            "idle_connection_timeout_ms" => options.idle_connection_timeout = as_millis()?,
+            "encrypt" => {
+                options.encrypt = value
+                    .as_bool()
+                    .ok_or_else(|| bad("expected true or false"))?;
+            }
             "key_file" => {
                 let s = value
                     .as_str()

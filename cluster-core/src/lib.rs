@@ -101,7 +101,8 @@ mod transport;
 pub mod wire;
 
 pub use config::{
-    Config, ConfigError, ConfigProblem, MAX_MESSAGE_SIZE, MAX_PID, MAX_QUEUE, Options, PeerConfig,
+    Config, ConfigError, ConfigProblem, MAX_MESSAGE_SIZE, MAX_PID, MAX_QUEUE, MAX_QUEUE_BYTES,
+    Options, PeerConfig,
 };
 pub use envelope::{BROADCAST, Envelope, MsgId, Pid};
 pub use key::{ClusterKey, KEY_LEN};
