@@ -2,6 +2,7 @@
 //! The server's task drives it; it holds no socket, clock or runtime, so every transport
 //! shares these semantics line for line.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,8 +58,63 @@ macro_rules! faulty {
 #[derive(Debug, Clone, Copy)]
 struct Heard {
     incarnation: Incarnation,
+    /// The first sequence number accepted from this incarnation.
+    first: Seq,
     seq: Seq,
     at: Instant,
+}
+
+/// Receiving side of acknowledgements, per peer: what this node owes it.
+#[derive(Debug, Clone, Copy, Default)]
+struct AckDue {
+    /// The highest sequence number already acknowledged (of the incarnation in `heard`).
+    acked: Seq,
+    /// Frames and bytes accepted since the last acknowledgement.
+    frames: usize,
+    bytes: usize,
+}
+
+/// Sending side of acknowledgements, per peer: frames its transport accepted that the
+/// peer has not acknowledged, oldest first.
+#[derive(Debug, Default)]
+struct Unacked {
+    /// (sequence number, frame length) of each unacknowledged frame.
+    frames: VecDeque<(Seq, u32)>,
+    /// Sum of their lengths.
+    bytes: usize,
+    /// The peer incarnation whose acknowledgements were last applied.
+    incarnation: Option<Incarnation>,
+}
+
+impl Unacked {
+    /// Forgets the frames up to `seq` (acknowledged, or resolved otherwise).
+    fn ack_up_to(&mut self, seq: Seq) {
+        while let Some(&(s, len)) = self.frames.front() {
+            if s > seq {
+                break;
+            }
+            self.frames.pop_front();
+            self.bytes = self.bytes.saturating_sub(len as usize);
+        }
+    }
+
+    /// Forgets every frame; returns how many there were.
+    fn write_off(&mut self) -> u64 {
+        let n = self.frames.len() as u64;
+        self.frames.clear();
+        self.bytes = 0;
+        n
+    }
+}
+
+/// The bounds and timings of acknowledgements (a transport that may lose accepted frames,
+/// see [`crate::Transport::may_lose_accepted`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AckOptions {
+    /// Unacknowledged frames to one peer, at most (`peer_queue`).
+    pub(crate) window_frames: usize,
+    /// Unacknowledged bytes to one peer, at most (`peer_queue_bytes`).
+    pub(crate) window_bytes: usize,
 }
 
 pub(crate) struct Router {
@@ -74,6 +130,18 @@ pub(crate) struct Router {
     /// Per pid in `all`: the newest incarnation heard from it, the highest sequence number
     /// heard from that incarnation, and when its last frame was accepted.
     heard: Vec<Option<Heard>>,
+    /// `Some` when the transport may lose frames it accepted: receivers then acknowledge
+    /// what they got, and what is unacknowledged is bounded and, when its peer goes down,
+    /// counted as `unconfirmed`.
+    acks: Option<AckOptions>,
+    /// Per pid in `all`: what this node still has to acknowledge to it.
+    ack_due: Vec<AckDue>,
+    /// Per pid in `all`: frames to it not yet acknowledged.
+    unacked: Vec<Unacked>,
+    /// Some peer is owed an acknowledgement of a quarter window or more.
+    ack_ready: bool,
+    /// Per pid in `all`: whether it was disconnected at the last [`Router::write_off`].
+    absent: Vec<bool>,
     /// Unkeyed only: silence after which a peer's newest incarnation stops counting (the
     /// `heartbeat_timeout`), so that no single frame can lock a peer out for good. See
     /// [`Router::incoming`].
@@ -99,6 +167,9 @@ impl Router {
     ) -> Self {
         let heard = vec![None; all.len()];
         let next_seq = vec![1; all.len()];
+        let absent = vec![false; all.len()];
+        let ack_due = vec![AckDue::default(); all.len()];
+        let unacked = all.iter().map(|_| Unacked::default()).collect();
         Self {
             pid,
             incarnation,
@@ -106,6 +177,11 @@ impl Router {
             max_message_size,
             next_seq,
             heard,
+            acks: None,
+            ack_due,
+            unacked,
+            ack_ready: false,
+            absent,
             forget_after,
             stats,
             encoder: wire::Encoder::new(),
@@ -113,6 +189,12 @@ impl Router {
             #[cfg(feature = "fault-injection")]
             fault: None,
         }
+    }
+
+    /// This router with acknowledgements on (see [`Router::acks`]).
+    pub(crate) fn with_acks(mut self, acks: Option<AckOptions>) -> Self {
+        self.acks = acks;
+        self
     }
 
     /// Test-only: this router with `fault` (see [`RouterFault`]).
@@ -173,6 +255,16 @@ impl Router {
             let Some(next) = self.next_seq.get_mut(index) else {
                 continue;
             };
+            let len = self.encoder.frame_len(keyed);
+            if let (Some(acks), Some(unacked)) = (self.acks, self.unacked.get(index))
+                && (unacked.frames.len() >= acks.window_frames
+                    || unacked.bytes + len > acks.window_bytes)
+            {
+                // The peer has not acknowledged enough of what it was sent: it is slow, or
+                // frozen, or the frames are lost. Bounded like any queue.
+                self.stats.dropped_to(peer, DropReason::Backpressure, 1);
+                continue;
+            }
             let header = Header {
                 sender: self.pid,
                 to: peer,
@@ -187,7 +279,17 @@ impl Router {
                 key.map_or([0; wire::TAG_LEN], |k| k.tag(covered))
             });
             match send(peer, frame) {
-                Ok(()) => *next += 1,
+                Ok(()) => {
+                    if self.acks.is_some()
+                        && let Some(unacked) = self.unacked.get_mut(index)
+                    {
+                        unacked
+                            .frames
+                            .push_back((*next, u32::try_from(len).unwrap_or(u32::MAX)));
+                        unacked.bytes += len;
+                    }
+                    *next += 1;
+                }
                 Err(reason) => self.stats.dropped_to(peer, reason, 1),
             }
         }
@@ -218,11 +320,21 @@ impl Router {
     /// again once its old incarnation has been silent that long. With a key the rule is
     /// off: it would let a captured frame of an old incarnation be replayed after a
     /// silence, and forged incarnations cannot get in anyway.
+    #[cfg(test)]
     pub(crate) fn incoming<M: DeserializeOwned>(
         &mut self,
         bytes: Bytes,
         now: Instant,
     ) -> Option<Envelope<M>> {
+        self.incoming_sized(bytes, now).map(|(env, _)| env)
+    }
+
+    /// [`Router::incoming`], with the length of the frame the envelope came in.
+    pub(crate) fn incoming_sized<M: DeserializeOwned>(
+        &mut self,
+        bytes: Bytes,
+        now: Instant,
+    ) -> Option<(Envelope<M>, usize)> {
         if bytes.len() > self.max_message_size {
             self.drop_hostile(DropReason::TooLarge);
             return None;
@@ -274,6 +386,10 @@ impl Router {
             self.drop_hostile(DropReason::Unauthenticated);
             return None;
         }
+        if h.destination == Destination::Ack {
+            self.on_ack(index, &h, &bytes);
+            return None;
+        }
         let mut heard = self.heard.get(index).copied().flatten();
         if self.key.is_none()
             && heard.is_some_and(|p| now.saturating_duration_since(p.at) >= self.forget_after)
@@ -297,6 +413,7 @@ impl Router {
         };
         let now_heard = Heard {
             incarnation: h.incarnation,
+            first: h.seq,
             seq: h.seq,
             at: now,
         };
@@ -312,7 +429,10 @@ impl Router {
                     self.stats.lost_in_transit(h.sender, gap);
                 }
                 if let Some(slot) = self.heard.get_mut(index) {
-                    *slot = Some(now_heard);
+                    *slot = Some(Heard {
+                        first: p.first,
+                        ..now_heard
+                    });
                 }
             }
             // Only a frame that decodes may move the newest incarnation: otherwise one
@@ -324,10 +444,166 @@ impl Router {
                 if let Some(slot) = self.heard.get_mut(index) {
                     *slot = Some(now_heard);
                 }
+                if let Some(due) = self.ack_due.get_mut(index) {
+                    *due = AckDue::default();
+                }
                 self.stats.seen_incarnation(h.sender, h.incarnation);
             }
         }
-        Some(Envelope::new(h.sender, h.msg_id, msg))
+        if let (Some(acks), Some(due)) = (self.acks, self.ack_due.get_mut(index)) {
+            due.frames += 1;
+            due.bytes += bytes.len();
+            if due.frames >= (acks.window_frames / 4).max(1) || due.bytes >= acks.window_bytes / 4 {
+                self.ack_ready = true;
+            }
+        }
+        Some((Envelope::new(h.sender, h.msg_id, msg), bytes.len()))
+    }
+
+    /// Applies an acknowledgement from the peer at `index` (header `h`, frame `bytes`,
+    /// already authenticated): frames it covers stop counting against the peer's window;
+    /// frames that an incarnation of the peer newer than the last one to acknowledge did
+    /// not receive, and that nobody acknowledged, are counted as `unconfirmed`.
+    fn on_ack(&mut self, index: usize, h: &Header, bytes: &[u8]) {
+        let Ok((incarnation, first, highest)) =
+            wire::decode_payload::<(Incarnation, Seq, Seq)>(bytes)
+        else {
+            tracing::debug!(
+                pid = self.pid,
+                from = h.sender,
+                "dropping malformed acknowledgement"
+            );
+            self.drop_hostile(DropReason::Malformed);
+            return;
+        };
+        if self.acks.is_none() || incarnation != self.incarnation {
+            // Acknowledges a previous incarnation of this node, or is not expected.
+            return;
+        }
+        let Some(unacked) = self.unacked.get_mut(index) else {
+            return;
+        };
+        match unacked.incarnation {
+            Some(seen) if h.incarnation < seen => return,
+            Some(seen) if h.incarnation == seen => {}
+            _ => {
+                // A peer incarnation new to this node: what it did not receive and nobody
+                // acknowledged went to an older one, or was lost.
+                let before = unacked.frames.len();
+                unacked.ack_up_to(first.saturating_sub(1));
+                let lost = (before - unacked.frames.len()) as u64;
+                if lost > 0 {
+                    self.stats.unconfirmed(h.sender, lost);
+                }
+                unacked.incarnation = Some(h.incarnation);
+            }
+        }
+        unacked.ack_up_to(highest);
+    }
+
+    /// Acknowledges what arrived from each peer, through `send`: to every peer owed
+    /// enough (a quarter of a window) or, with `all`, to every peer owed anything. A
+    /// refused acknowledgement is tried again next time.
+    pub(crate) fn acknowledge(
+        &mut self,
+        all: bool,
+        mut send: impl FnMut(Pid, Bytes) -> Result<(), DropReason>,
+    ) {
+        let Some(acks) = self.acks else {
+            return;
+        };
+        if !all && !std::mem::take(&mut self.ack_ready) {
+            return;
+        }
+        let keyed = self.key.is_some();
+        for index in 0..self.all.len() {
+            let (Some(Some(heard)), Some(due), Some(&peer)) = (
+                self.heard.get(index),
+                self.ack_due.get(index).copied(),
+                self.all.get(index),
+            ) else {
+                continue;
+            };
+            let owed = heard.seq > due.acked;
+            let enough =
+                due.frames >= (acks.window_frames / 4).max(1) || due.bytes >= acks.window_bytes / 4;
+            if !owed || !(all || enough) {
+                continue;
+            }
+            if self
+                .encoder
+                .serialize(&(heard.incarnation, heard.first, heard.seq))
+                .is_err()
+            {
+                continue;
+            }
+            let header = Header {
+                sender: self.pid,
+                to: peer,
+                destination: Destination::Ack,
+                incarnation: self.incarnation,
+                seq: 0,
+                msg_id: 0,
+                keyed,
+            };
+            let key = self.key.as_ref();
+            let frame = self.encoder.frame(&header, |covered| {
+                key.map_or([0; wire::TAG_LEN], |k| k.tag(covered))
+            });
+            let acked = heard.seq;
+            if send(peer, frame).is_ok()
+                && let Some(due) = self.ack_due.get_mut(index)
+            {
+                *due = AckDue {
+                    acked,
+                    frames: 0,
+                    bytes: 0,
+                };
+            }
+        }
+    }
+
+    /// Counts as `unconfirmed` the unacknowledged frames to every peer that is not in
+    /// `connected` and was not at the previous call either: the transport has had no live
+    /// connection to it for a while, so they will not be acknowledged. (The one call of
+    /// grace lets the transport report, as discarded, frames it dropped when it noticed.)
+    /// Called once per heartbeat interval.
+    pub(crate) fn write_off(&mut self, connected: &crate::transport::PeerSet) {
+        for ((pid, unacked), was_absent) in self
+            .all
+            .iter()
+            .zip(self.unacked.iter_mut())
+            .zip(self.absent.iter_mut())
+        {
+            let absent = !connected.contains(pid);
+            if absent && *was_absent && !unacked.frames.is_empty() {
+                let n = unacked.write_off();
+                self.stats.unconfirmed(*pid, n);
+            }
+            *was_absent = absent;
+        }
+    }
+
+    /// The transport discarded `count` frames it had accepted for `peer` (the newest
+    /// ones): counted as dropped with `reason`, and no longer awaited.
+    pub(crate) fn discarded(&mut self, peer: Pid, reason: DropReason, count: u64) {
+        self.stats.dropped_to(peer, reason, count);
+        if let Ok(index) = self.all.binary_search(&peer)
+            && let Some(unacked) = self.unacked.get_mut(index)
+        {
+            for _ in 0..count {
+                let Some((_, len)) = unacked.frames.pop_back() else {
+                    break;
+                };
+                unacked.bytes = unacked.bytes.saturating_sub(len as usize);
+            }
+        }
+    }
+
+    /// Frames to any peer that the transport accepted and that are not yet acknowledged.
+    #[cfg(test)]
+    pub(crate) fn unacked_frames(&self) -> usize {
+        self.unacked.iter().map(|u| u.frames.len()).sum()
     }
 
     pub(crate) fn stats(&self) -> &StatsCells {
@@ -482,6 +758,148 @@ mod tests {
             "lost_in_transit is not a drop"
         );
         assert_eq!(s.peers[&3].incarnation, Some(6));
+    }
+
+    /// A router that acknowledges, with a window of 4 frames and `bytes` bytes.
+    fn acking_router(pid: Pid, incarnation: Incarnation, bytes: usize) -> Router {
+        let all = vec![1, 2, 3, 4];
+        let stats = Arc::new(StatsCells::new(all.clone()));
+        Router::new(pid, incarnation, all, 1024, stats, None, LONG).with_acks(Some(AckOptions {
+            window_frames: 4,
+            window_bytes: bytes,
+        }))
+    }
+
+    /// Sends `n` messages from `from` to `to`, returning the frames the transport took.
+    fn send_n(from: &mut Router, to: Pid, n: usize) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            from.outgoing(Envelope::new(to, 1, "m".to_string()), |_, f| {
+                out.push(f);
+                Ok(())
+            });
+        }
+        out
+    }
+
+    /// What `r` acknowledges now, to whom.
+    fn acks_of(r: &mut Router, all: bool) -> Vec<(Pid, Bytes)> {
+        let mut out = Vec::new();
+        r.acknowledge(all, |to, f| {
+            out.push((to, f));
+            Ok(())
+        });
+        out
+    }
+
+    /// C6 and C7 on real networks: what a peer has not acknowledged is bounded (frames and
+    /// bytes; beyond, `backpressure`), acknowledgements free the window, and what a peer
+    /// never acknowledged before going down is counted `unconfirmed`, once.
+    #[test]
+    fn unacknowledged_frames_are_bounded_and_counted_unconfirmed_when_the_peer_goes() {
+        let mut a = acking_router(1, 5, 1 << 20);
+        let mut b = acking_router(2, 9, 1 << 20);
+        let frames = send_n(&mut a, 2, 6);
+        assert_eq!(frames.len(), 4, "a window of 4 frames");
+        assert_eq!(
+            snapshot(&a).peers[&2]
+                .dropped_to
+                .get(DropReason::Backpressure),
+            2
+        );
+        for f in &frames[..3] {
+            assert!(b.incoming::<String>(f.clone(), Instant::now()).is_some());
+        }
+        // A quarter of a 4-frame window is one frame: an acknowledgement is due.
+        let acks = acks_of(&mut b, false);
+        assert_eq!(acks.len(), 1);
+        let (to, ack) = acks.into_iter().next().unwrap();
+        assert_eq!(to, 1);
+        assert!(a.incoming::<String>(ack, Instant::now()).is_none());
+        assert_eq!(a.unacked_frames(), 1, "frames 1..=3 acknowledged, 4 not");
+        assert!(
+            acks_of(&mut b, true).is_empty(),
+            "nothing new to acknowledge"
+        );
+        assert_eq!(send_n(&mut a, 2, 5).len(), 3, "room for three more");
+        let connected: crate::transport::PeerSet = [1, 3, 4].into();
+        a.write_off(&connected);
+        assert_eq!(snapshot(&a).unconfirmed, 0, "one interval of grace");
+        a.write_off(&connected);
+        let s = snapshot(&a);
+        assert_eq!((s.peers[&2].unconfirmed, s.unconfirmed), (4, 4));
+        a.write_off(&connected);
+        assert_eq!(snapshot(&a).unconfirmed, 4, "counted once");
+        assert_eq!(a.unacked_frames(), 0);
+        // Acknowledgements are not messages: nothing was delivered or dropped for them.
+        let s = snapshot(&a);
+        assert_eq!((s.delivered, s.dropped_incoming.total()), (0, 0));
+    }
+
+    /// The byte bound: frames fit while their bytes do; an acknowledgement frees them.
+    #[test]
+    fn the_window_is_bounded_in_bytes_too() {
+        let frame_len = send_n(&mut acking_router(1, 5, 1 << 20), 2, 1)[0].len();
+        let mut a = acking_router(1, 5, 2 * frame_len + 1);
+        let mut b = acking_router(2, 9, 1 << 20);
+        let frames = send_n(&mut a, 2, 3);
+        assert_eq!(frames.len(), 2);
+        for f in frames {
+            assert!(b.incoming::<String>(f, Instant::now()).is_some());
+        }
+        for (_, ack) in acks_of(&mut b, true) {
+            assert!(a.incoming::<String>(ack, Instant::now()).is_none());
+        }
+        assert_eq!(send_n(&mut a, 2, 1).len(), 1);
+    }
+
+    /// A peer that restarted between two acknowledgements: what its new incarnation did
+    /// not receive (below the first sequence number it acknowledges) is unconfirmed; a
+    /// transport's discards are dropped, not unconfirmed; an acknowledgement of an old
+    /// incarnation of this node changes nothing.
+    #[test]
+    fn a_restarted_peer_s_acknowledgement_confirms_only_what_it_received() {
+        let mut a = acking_router(1, 5, 1 << 20);
+        let frames = send_n(&mut a, 2, 4);
+        // Frames 1 and 2 went to an incarnation that died unacknowledged; the new one
+        // (incarnation 10) received 3 and 4.
+        let mut b = acking_router(2, 10, 1 << 20);
+        for f in &frames[2..] {
+            assert!(b.incoming::<String>(f.clone(), Instant::now()).is_some());
+        }
+        let mut old = acking_router(1, 4, 1 << 20);
+        for (_, ack) in acks_of(&mut b, true) {
+            assert!(
+                old.incoming::<String>(ack.clone(), Instant::now())
+                    .is_none()
+            );
+            assert!(a.incoming::<String>(ack, Instant::now()).is_none());
+        }
+        assert_eq!(snapshot(&old).unconfirmed, 0);
+        assert_eq!(old.unacked_frames(), 0);
+        assert_eq!(snapshot(&a).peers[&2].unconfirmed, 2);
+        assert_eq!(a.unacked_frames(), 0);
+        send_n(&mut a, 3, 3);
+        a.discarded(3, DropReason::Unreachable, 2);
+        assert_eq!(a.unacked_frames(), 1);
+        let s = snapshot(&a);
+        assert_eq!(s.peers[&3].dropped_to.get(DropReason::Unreachable), 2);
+        assert_eq!(s.peers[&3].unconfirmed, 0);
+    }
+
+    /// Without acknowledgements (exact transports), nothing is bounded or counted here.
+    #[test]
+    fn without_acknowledgements_there_is_no_window() {
+        let mut a = router(1);
+        assert_eq!(send_n(&mut a, 2, 100).len(), 100);
+        a.write_off(&crate::transport::PeerSet::new());
+        a.write_off(&crate::transport::PeerSet::new());
+        assert_eq!(snapshot(&a).unconfirmed, 0);
+        let mut b = router(2);
+        for f in send_n(&mut a, 2, 3) {
+            b.incoming::<String>(f, Instant::now());
+        }
+        assert!(acks_of(&mut b, true).is_empty());
     }
 
     fn keyed_router(pid: Pid, incarnation: Incarnation, key: u8) -> Router {

@@ -1,7 +1,7 @@
 //! The node: outbox and inbox channels, driven by one task that owns the transport.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError};
 use crate::envelope::{Envelope, MsgId, Pid};
-use crate::router::Router;
+use crate::router::{AckOptions, Router};
 use crate::stats::{DropReason, Stats, StatsCells};
 use crate::transport::{PeerSet, Transport, TransportError, TransportEvent};
 use crate::wire::Incarnation;
@@ -178,6 +178,12 @@ impl ServerBuilder {
         let router = router.with_fault(router_fault);
         let (outbox_tx, outbox_rx) = mpsc::channel(opts.outbox_capacity);
         let (inbox_tx, inbox_rx) = mpsc::channel(opts.inbox_capacity);
+        let inbox_bytes = Arc::new(AtomicUsize::new(0));
+        let acks = transport.may_lose_accepted().then_some(AckOptions {
+            window_frames: opts.peer_queue,
+            window_bytes: opts.peer_queue_bytes,
+        });
+        let router = router.with_acks(acks);
         let (stop_tx, stop_rx) = oneshot::channel();
         let connected = transport.connected();
         for hook in attach_hooks {
@@ -192,6 +198,9 @@ impl ServerBuilder {
             transport,
             outbox: outbox_rx,
             inbox: inbox_tx,
+            inbox_bytes: Arc::clone(&inbox_bytes),
+            inbox_bytes_max: opts.inbox_bytes,
+            tick: opts.heartbeat_interval,
             linger: opts.linger,
             events: Vec::new(),
             arrived: Vec::new(),
@@ -217,7 +226,10 @@ impl ServerBuilder {
                 task: Some(task),
             },
             outbox: outbox_tx,
-            inbox: inbox_rx,
+            inbox: Inbox {
+                rx: inbox_rx,
+                bytes: inbox_bytes,
+            },
         })
     }
 }
@@ -291,7 +303,7 @@ impl MsgIds {
 pub struct Server<M> {
     handle: ServerHandle,
     outbox: mpsc::Sender<Envelope<M>>,
-    inbox: mpsc::Receiver<Envelope<M>>,
+    inbox: Inbox<M>,
 }
 
 /// The sending half of a node: clone it freely. `send().await` waits only while the outbox
@@ -301,7 +313,81 @@ pub type Outbox<M> = mpsc::Sender<Envelope<M>>;
 
 /// The receiving half of a node: envelopes from peers (and from the node to itself), `pid`
 /// = the sender. `recv` is cancel-safe.
-pub type Inbox<M> = mpsc::Receiver<Envelope<M>>;
+///
+/// Bounded twice: at most `inbox_capacity` envelopes, and at most `inbox_bytes` bytes of the
+/// frames they arrived in (sends to the node itself are not serialized and weigh nothing).
+/// An arriving message that finds either bound reached is dropped as `backpressure`.
+pub struct Inbox<M> {
+    rx: mpsc::Receiver<(Envelope<M>, usize)>,
+    /// Bytes held, shared with the server's task.
+    bytes: Arc<AtomicUsize>,
+}
+
+impl<M> std::fmt::Debug for Inbox<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbox")
+            .field("len", &self.rx.len())
+            .field("bytes", &self.bytes())
+            .finish()
+    }
+}
+
+impl<M> Inbox<M> {
+    /// The next envelope; `None` once the node has stopped and the inbox is empty.
+    /// Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Envelope<M>> {
+        let (env, size) = self.rx.recv().await?;
+        self.bytes.fetch_sub(size, Ordering::Relaxed);
+        Some(env)
+    }
+
+    /// The next envelope if one is there now.
+    pub fn try_recv(&mut self) -> Result<Envelope<M>, mpsc::error::TryRecvError> {
+        let (env, size) = self.rx.try_recv()?;
+        self.bytes.fetch_sub(size, Ordering::Relaxed);
+        Ok(env)
+    }
+
+    /// Waits for the next envelope, blocking the thread: for code outside the runtime.
+    /// Panics if called inside an asynchronous context (as tokio's `blocking_recv`).
+    pub fn blocking_recv(&mut self) -> Option<Envelope<M>> {
+        let (env, size) = self.rx.blocking_recv()?;
+        self.bytes.fetch_sub(size, Ordering::Relaxed);
+        Some(env)
+    }
+
+    /// Appends up to `limit` envelopes to `buffer`, waiting for at least one; returns how
+    /// many (0 once the node has stopped and the inbox is empty). Cancel-safe.
+    pub async fn recv_many(&mut self, buffer: &mut Vec<Envelope<M>>, limit: usize) -> usize {
+        let mut taken = Vec::with_capacity(limit.min(BATCH));
+        let n = self.rx.recv_many(&mut taken, limit).await;
+        let size: usize = taken.iter().map(|(_, size)| size).sum();
+        self.bytes.fetch_sub(size, Ordering::Relaxed);
+        buffer.extend(taken.into_iter().map(|(env, _)| env));
+        n
+    }
+
+    /// Envelopes waiting.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Whether no envelope is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
+    /// Bytes of the frames waiting (see the type's docs).
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Stops taking envelopes: later arrivals are dropped (`unreachable`); what is
+    /// waiting can still be received.
+    pub fn close(&mut self) {
+        self.rx.close();
+    }
+}
 
 impl<M> std::fmt::Debug for Server<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -599,12 +685,18 @@ struct Driver<M, T> {
     router: Router,
     transport: T,
     outbox: mpsc::Receiver<Envelope<M>>,
-    inbox: mpsc::Sender<Envelope<M>>,
+    /// Envelopes with the size they are charged to the inbox's byte bound.
+    inbox: mpsc::Sender<(Envelope<M>, usize)>,
+    /// Bytes in the inbox, shared with its [`Inbox`].
+    inbox_bytes: Arc<AtomicUsize>,
+    inbox_bytes_max: usize,
+    /// How often acknowledgements are flushed and silent peers' frames written off.
+    tick: Duration,
     linger: Duration,
     /// Events taken from the transport in one go.
     events: Vec<TransportEvent>,
-    /// Envelopes decoded from `events`, to be delivered together.
-    arrived: Vec<Envelope<M>>,
+    /// Envelopes decoded from `events` with their frame sizes, to be delivered together.
+    arrived: Vec<(Envelope<M>, usize)>,
 }
 
 /// Envelopes taken from the outbox per wake-up.
@@ -614,9 +706,18 @@ impl<M: Message, T: Transport> Driver<M, T> {
     async fn run(mut self, mut stop: oneshot::Receiver<()>) {
         let mut batch = Vec::with_capacity(BATCH);
         let mut transport_open = true;
+        let connected = self.transport.connected();
+        let mut tick = tokio::time::interval(self.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let confirming = self.transport.may_lose_accepted();
         loop {
             tokio::select! {
                 _ = &mut stop => break,
+                _ = tick.tick(), if confirming => {
+                    let transport = &mut self.transport;
+                    self.router.acknowledge(true, |to, frame| transport.send(to, frame));
+                    self.router.write_off(&connected.borrow());
+                }
                 n = self.outbox.recv_many(&mut batch, BATCH) => {
                     if n == 0 {
                         break;
@@ -668,47 +769,67 @@ impl<M: Message, T: Transport> Driver<M, T> {
         let now = tokio::time::Instant::now();
         for event in events.drain(..) {
             match event {
-                TransportEvent::Frame(bytes) => arrived.extend(self.router.incoming(bytes, now)),
+                TransportEvent::Frame(bytes) => {
+                    arrived.extend(self.router.incoming_sized(bytes, now));
+                }
                 TransportEvent::Dropped {
                     peer,
                     reason,
                     count,
-                } => self.router.stats().dropped_to(peer, reason, count),
+                } => self.router.discarded(peer, reason, count),
             }
         }
         self.deliver_all(&mut arrived);
+        let transport = &mut self.transport;
+        self.router
+            .acknowledge(false, |to, frame| transport.send(to, frame));
         self.events = events;
         self.arrived = arrived;
     }
 
     /// Delivers `envs` in order, taking the inbox's room for all of them at once when it
     /// has enough, and one by one (counting those that find it full) when it has not.
-    fn deliver_all(&mut self, envs: &mut Vec<Envelope<M>>) {
+    fn deliver_all(&mut self, envs: &mut Vec<(Envelope<M>, usize)>) {
         if envs.is_empty() {
             return;
         }
-        if let Ok(permits) = self.inbox.try_reserve_many(envs.len()) {
+        let size: usize = envs.iter().map(|(_, size)| size).sum();
+        let room = self.inbox_bytes.load(Ordering::Relaxed) + size <= self.inbox_bytes_max;
+        if room && let Ok(permits) = self.inbox.try_reserve_many(envs.len()) {
+            self.inbox_bytes.fetch_add(size, Ordering::Relaxed);
             let stats = self.router.stats();
             // Counted before it is handed over, so that a reader who sees the envelope also
             // sees it counted.
-            for (permit, env) in permits.zip(envs.drain(..)) {
+            for (permit, (env, size)) in permits.zip(envs.drain(..)) {
                 stats.delivered(env.pid);
-                permit.send(env);
+                permit.send((env, size));
             }
             return;
         }
-        for env in envs.drain(..) {
-            self.deliver(env);
+        for (env, size) in envs.drain(..) {
+            self.deliver_sized(env, size);
         }
     }
 
+    /// Delivers a message this node sent itself (never serialized: it weighs nothing).
     fn deliver(&mut self, env: Envelope<M>) {
+        self.deliver_sized(env, 0);
+    }
+
+    fn deliver_sized(&mut self, env: Envelope<M>, size: usize) {
         let from = env.pid;
+        if self.inbox_bytes.load(Ordering::Relaxed) + size > self.inbox_bytes_max {
+            self.router
+                .stats()
+                .dropped_from(Some(from), DropReason::Backpressure);
+            return;
+        }
         match self.inbox.try_reserve() {
             Ok(permit) => {
                 // Counted first, as in `deliver_all`.
+                self.inbox_bytes.fetch_add(size, Ordering::Relaxed);
                 self.router.stats().delivered(from);
-                permit.send(env);
+                permit.send((env, size));
             }
             Err(mpsc::error::TrySendError::Full(())) => {
                 self.router

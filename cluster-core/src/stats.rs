@@ -162,6 +162,10 @@ pub struct PeerStats {
     /// in any `dropped` total: where the sender could tell (in simulation, always), it
     /// counted the loss itself, so adding it here would count it twice.
     pub lost_in_transit: u64,
+    /// Messages to the peer that the transport accepted but the peer never acknowledged
+    /// before it went down (or restarted): real networks only (see the crate docs, "C7 on
+    /// real sockets"). Some may have arrived, their acknowledgement lost with the peer.
+    pub unconfirmed: u64,
 }
 
 /// A snapshot of a server's counters.
@@ -183,6 +187,8 @@ pub struct Stats {
     pub peers: BTreeMap<Pid, PeerStats>,
     /// Sum of the peers' [`PeerStats::lost_in_transit`].
     pub lost_in_transit: u64,
+    /// Sum of the peers' [`PeerStats::unconfirmed`].
+    pub unconfirmed: u64,
 }
 
 impl Stats {
@@ -242,6 +248,7 @@ struct PeerCells {
     /// 0: none seen; otherwise incarnation + 1.
     incarnation: AtomicU64,
     lost_in_transit: Counter,
+    unconfirmed: Counter,
 }
 
 /// Live counters, written by the server's task only and read by `stats()`.
@@ -319,6 +326,13 @@ impl StatsCells {
         }
     }
 
+    /// `n` frames to `to` that its transport accepted were never acknowledged.
+    pub(crate) fn unconfirmed(&self, to: Pid, n: u64) {
+        if let Some(p) = self.peer(to) {
+            p.unconfirmed.add(n);
+        }
+    }
+
     pub(crate) fn seen_incarnation(&self, from: Pid, incarnation: crate::wire::Incarnation) {
         if let Some(p) = self.peer(from) {
             p.incarnation
@@ -330,6 +344,7 @@ impl StatsCells {
         let mut sent = self.sent_unknown.get();
         let mut delivered = 0;
         let mut lost_in_transit = 0;
+        let mut unconfirmed = 0;
         let peers = self
             .pids
             .iter()
@@ -346,9 +361,11 @@ impl StatsCells {
                         .checked_sub(1)
                         .and_then(|i| u32::try_from(i).ok()),
                     lost_in_transit: p.lost_in_transit.get(),
+                    unconfirmed: p.unconfirmed.get(),
                 };
                 sent += peer.sent;
                 lost_in_transit += peer.lost_in_transit;
+                unconfirmed += peer.unconfirmed;
                 delivered += peer.delivered;
                 (*pid, peer)
             })
@@ -360,6 +377,7 @@ impl StatsCells {
             dropped_incoming: self.dropped_incoming.snapshot(),
             peers,
             lost_in_transit,
+            unconfirmed,
         }
     }
 }

@@ -132,6 +132,18 @@ pub trait Transport: Send + 'static {
     /// Flushes for at most `linger`, then releases everything.
     async fn shutdown(&mut self, linger: Duration);
 
+    /// Whether frames this transport accepted can be lost without a
+    /// [`TransportEvent::Dropped`] report — as on a real network, where a peer that dies
+    /// takes what was in flight to it along. The default, `false`, promises exact
+    /// accounting (the in-memory transport). When `true`, the server has every receiver
+    /// acknowledge what it got (small control frames, a few per window and one per
+    /// heartbeat interval), bounds what is unacknowledged per peer (`peer_queue` frames,
+    /// `peer_queue_bytes` bytes: beyond, `backpressure`), and counts what a peer never
+    /// acknowledged before it went down as `unconfirmed`.
+    fn may_lose_accepted(&self) -> bool {
+        false
+    }
+
     /// The incarnation of this transport's node, when the transport itself knows it and it
     /// grows across restarts (the in-memory network counts them). `None`, the default, for
     /// transports that do not (ZeroMQ): the server then takes one from the builder (the
@@ -177,5 +189,9 @@ impl Transport for Box<dyn Transport> {
 
     fn incarnation(&self) -> Option<Incarnation> {
         (**self).incarnation()
+    }
+
+    fn may_lose_accepted(&self) -> bool {
+        (**self).may_lose_accepted()
     }
 }

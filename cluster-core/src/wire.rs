@@ -5,7 +5,8 @@
 //! 0       1     magic 0xC1
 //! 1       1     format version (2); a version-1 frame is refused (`unsupported_version`)
 //! 2       1     flags: bit 0 = keyed (a 32-byte tag follows the payload); other bits 0
-//! 3       1     destination kind: 0 peer, 1 broadcast, 2 group (reserved for multicast)
+//! 3       1     destination kind: 0 peer, 1 broadcast, 2 group (reserved for multicast),
+//!               3 acknowledgement (a control frame, see [`Destination::Ack`])
 //! 4       4     sender pid, i32 little-endian, >= 0
 //! 8       4     receiver pid, i32 little-endian, >= 0 (every copy names its receiver)
 //! 12      4     sender incarnation, u32 little-endian
@@ -68,6 +69,11 @@ pub enum Destination {
     Broadcast,
     /// Reserved for multicast to a group: this build reads it but delivers none.
     Group,
+    /// Not a message: an acknowledgement, from the frame's sender, of the frames it
+    /// received from the receiver. Its payload is `(incarnation, first, highest)`: the
+    /// receiver's incarnation whose frames it acknowledges, and the lowest and highest
+    /// sequence numbers received from that incarnation. Its `seq` and `msg_id` are 0.
+    Ack,
 }
 
 impl Destination {
@@ -76,6 +82,7 @@ impl Destination {
             Self::Peer => 0,
             Self::Broadcast => 1,
             Self::Group => 2,
+            Self::Ack => 3,
         }
     }
 
@@ -84,6 +91,7 @@ impl Destination {
             0 => Some(Self::Peer),
             1 => Some(Self::Broadcast),
             2 => Some(Self::Group),
+            3 => Some(Self::Ack),
             _ => None,
         }
     }
@@ -484,10 +492,10 @@ mod tests {
             Err(WireError::BadFlags(0x80))
         );
         f[2] = 0;
-        f[3] = 3;
+        f[3] = 4;
         assert_eq!(
             Frame::decode(f.clone().into()),
-            Err(WireError::BadDestination(3))
+            Err(WireError::BadDestination(4))
         );
         f[3] = 0;
         f[8..12].copy_from_slice(&(-1i32).to_le_bytes());

@@ -219,6 +219,10 @@ impl Transport for Namer {
         self.inner.connected()
     }
 
+    fn may_lose_accepted(&self) -> bool {
+        self.inner.may_lose_accepted()
+    }
+
     async fn shutdown(&mut self, linger: Duration) {
         self.inner.shutdown(linger).await;
     }

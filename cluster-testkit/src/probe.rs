@@ -387,6 +387,10 @@ impl Transport for Probe {
         self.inner.connected()
     }
 
+    fn may_lose_accepted(&self) -> bool {
+        self.inner.may_lose_accepted()
+    }
+
     async fn shutdown(&mut self, linger: Duration) {
         self.resolve();
         self.inner.shutdown(linger).await;

@@ -316,6 +316,10 @@ impl Transport for Tracked {
         self.inner.connected()
     }
 
+    fn may_lose_accepted(&self) -> bool {
+        self.inner.may_lose_accepted()
+    }
+
     async fn shutdown(&mut self, linger: Duration) {
         self.inner.shutdown(linger).await;
     }
@@ -361,6 +365,10 @@ impl Transport for Killable {
 
     fn connected(&self) -> watch::Receiver<PeerSet> {
         self.inner.connected()
+    }
+
+    fn may_lose_accepted(&self) -> bool {
+        self.inner.may_lose_accepted()
     }
 
     async fn shutdown(&mut self, linger: Duration) {
@@ -581,6 +589,10 @@ impl Transport for Faulty {
 
     fn connected(&self) -> watch::Receiver<PeerSet> {
         self.inner.connected()
+    }
+
+    fn may_lose_accepted(&self) -> bool {
+        self.inner.may_lose_accepted()
     }
 
     async fn shutdown(&mut self, linger: Duration) {

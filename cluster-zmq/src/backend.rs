@@ -202,6 +202,12 @@ impl Transport for ZmqTransport {
     async fn shutdown(&mut self, linger: Duration) {
         each_backend!(self, t => t.shutdown(linger).await)
     }
+
+    /// A peer that dies takes what was in flight to it along: the server acknowledges
+    /// and counts `unconfirmed` frames.
+    fn may_lose_accepted(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
