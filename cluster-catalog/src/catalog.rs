@@ -427,15 +427,25 @@ impl PeerCatalog {
     /// is 1), flushes it to disk, and returns it. Call it once per start, before the node
     /// sends anything, so no two starts share an incarnation even if the process is killed.
     pub fn begin_incarnation(&self) -> Result<Incarnation, CatalogError> {
+        self.begin_incarnation_from(0)
+    }
+
+    /// [`PeerCatalog::begin_incarnation`], but never below `floor`: the new incarnation
+    /// is the larger of the stored one plus one and `floor`. With a floor that grows with
+    /// time ([`cluster_core::clock_incarnation`], as [`NodeCatalog::open`](crate::NodeCatalog::open)
+    /// uses), a node whose catalog was lost still restarts newer than any incarnation its
+    /// peers saw, as long as its clock is not set back.
+    pub fn begin_incarnation_from(&self, floor: Incarnation) -> Result<Incarnation, CatalogError> {
         let new = self.update_node(|mut r| {
-            r.incarnation = Some(match r.incarnation {
+            let next = match r.incarnation {
                 None => 1,
                 Some(i) => i
                     .checked_add(1)
                     .ok_or_else(|| CatalogError::IncarnationsExhausted {
                         path: self.path.clone(),
                     })?,
-            });
+            };
+            r.incarnation = Some(next.max(floor));
             Ok(r)
         })?;
         self.flush()?;

@@ -46,20 +46,42 @@ pub struct NodeCatalog {
 
 impl NodeCatalog {
     /// Opens node `pid`'s catalog in [`catalog_dir`]`(pid, config)`, then as
-    /// [`NodeCatalog::with_catalog`].
+    /// [`NodeCatalog::with_catalog_from`] with the clock as the floor
+    /// ([`cluster_core::clock_incarnation`]: seconds since 2025).
+    ///
+    /// Why a floor from the clock: peers drop frames from an incarnation older than the
+    /// newest they saw (contract C4), so a node whose catalog is lost (a container without
+    /// a volume, a deleted `.cluster/`, a config copied elsewhere) would restart at 1 and
+    /// be ignored until its peers restart — with a cluster key, for good. With the floor it
+    /// restarts at the current time in seconds, above any incarnation it had before, unless
+    /// its clock was set back past its previous start, or it restarts within the same
+    /// second it last started (the catalog's own +1 covers restarts that keep the catalog).
     pub fn open(pid: Pid, config: &Config) -> Result<Self, CatalogError> {
         config.check_member(pid)?;
         let catalog = PeerCatalog::open(catalog_dir(pid, config))?;
-        Self::with_catalog(pid, config, catalog)
+        Self::with_catalog_from(pid, config, catalog, cluster_core::clock_incarnation())
     }
 
     /// Makes `catalog` node `pid`'s: checks that no other node owns it, imports `config`
     /// (see [`PeerCatalog::import`]), begins a new incarnation (durably, see
     /// [`PeerCatalog::begin_incarnation`]) and marks this node's own record up.
+    /// Incarnations count 1, 2, 3…, with no floor from the clock (for simulations, which
+    /// replay exactly); [`NodeCatalog::open`] uses one.
     pub fn with_catalog(
         pid: Pid,
         config: &Config,
         catalog: PeerCatalog,
+    ) -> Result<Self, CatalogError> {
+        Self::with_catalog_from(pid, config, catalog, 0)
+    }
+
+    /// [`NodeCatalog::with_catalog`], with a new incarnation of at least `floor` (see
+    /// [`PeerCatalog::begin_incarnation_from`]).
+    pub fn with_catalog_from(
+        pid: Pid,
+        config: &Config,
+        catalog: PeerCatalog,
+        floor: Incarnation,
     ) -> Result<Self, CatalogError> {
         config.check_member(pid)?;
         catalog.claim(pid)?;
@@ -67,7 +89,7 @@ impl NodeCatalog {
         if !report.is_unchanged() {
             tracing::info!(pid, path = %catalog.path().display(), "peer catalog: {report}");
         }
-        let incarnation = catalog.begin_incarnation()?;
+        let incarnation = catalog.begin_incarnation_from(floor)?;
         catalog.update(pid, |r| {
             own_record_update(r, incarnation, PeerStatus::Up, SystemTime::now())
         })?;

@@ -88,7 +88,11 @@ fn show_prints_json_by_path() {
     assert!(out.status.success(), "{}", out.stderr);
     let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(doc["owner"], 2);
-    assert_eq!(doc["incarnation"], 1);
+    // NodeCatalog::open floors the first incarnation by the clock (seconds since 2025).
+    assert!(
+        doc["incarnation"].as_u64().unwrap() > 365 * 24 * 3600,
+        "{doc}"
+    );
     let peers = doc["peers"].as_array().unwrap();
     let pids: Vec<_> = peers.iter().map(|p| p["pid"].as_i64().unwrap()).collect();
     assert_eq!(pids, [1, 2, 3]);

@@ -209,10 +209,23 @@ impl Router {
     /// sequence number), hands each frame to `send`, and returns the envelope if it is for
     /// this node itself. Every copy is counted as sent and, if refused, as dropped with the
     /// reason; a refused copy gives its sequence number back.
+    #[cfg(test)]
     pub(crate) fn outgoing<M: Serialize>(
         &mut self,
         env: Envelope<M>,
+        send: impl FnMut(Pid, Bytes) -> Result<(), DropReason>,
+    ) -> Option<Envelope<M>> {
+        self.outgoing_checked(env, send, |_| true)
+    }
+
+    /// [`Router::outgoing`], asking `connected` about a peer whose window of
+    /// unacknowledged frames is full: a full window to a connected peer is `backpressure`,
+    /// to a peer the transport has no connection to, `unreachable`.
+    pub(crate) fn outgoing_checked<M: Serialize>(
+        &mut self,
+        env: Envelope<M>,
         mut send: impl FnMut(Pid, Bytes) -> Result<(), DropReason>,
+        connected: impl Fn(Pid) -> bool,
     ) -> Option<Envelope<M>> {
         let to = env.pid;
         if to == self.pid && !faulty!(self, NoSelfDelivery) {
@@ -261,8 +274,13 @@ impl Router {
                     || unacked.bytes + len > acks.window_bytes)
             {
                 // The peer has not acknowledged enough of what it was sent: it is slow, or
-                // frozen, or the frames are lost. Bounded like any queue.
-                self.stats.dropped_to(peer, DropReason::Backpressure, 1);
+                // frozen, or gone (then the transport would refuse the frame anyway).
+                let reason = if connected(peer) {
+                    DropReason::Backpressure
+                } else {
+                    DropReason::Unreachable
+                };
+                self.stats.dropped_to(peer, reason, 1);
                 continue;
             }
             let header = Header {
@@ -287,6 +305,7 @@ impl Router {
                             .frames
                             .push_back((*next, u32::try_from(len).unwrap_or(u32::MAX)));
                         unacked.bytes += len;
+                        self.stats.unacknowledged(peer, unacked.frames.len());
                     }
                     *next += 1;
                 }
@@ -499,6 +518,7 @@ impl Router {
             }
         }
         unacked.ack_up_to(highest);
+        self.stats.unacknowledged(h.sender, unacked.frames.len());
     }
 
     /// Acknowledges what arrived from each peer, through `send`: to every peer owed
@@ -579,6 +599,7 @@ impl Router {
             if absent && *was_absent && !unacked.frames.is_empty() {
                 let n = unacked.write_off();
                 self.stats.unconfirmed(*pid, n);
+                self.stats.unacknowledged(*pid, 0);
             }
             *was_absent = absent;
         }
@@ -597,6 +618,7 @@ impl Router {
                 };
                 unacked.bytes = unacked.bytes.saturating_sub(len as usize);
             }
+            self.stats.unacknowledged(peer, unacked.frames.len());
         }
     }
 

@@ -201,6 +201,7 @@ impl ServerBuilder {
             inbox_bytes: Arc::clone(&inbox_bytes),
             inbox_bytes_max: opts.inbox_bytes,
             tick: opts.heartbeat_interval,
+            connected: connected.clone(),
             linger: opts.linger,
             events: Vec::new(),
             arrived: Vec::new(),
@@ -692,6 +693,8 @@ struct Driver<M, T> {
     inbox_bytes_max: usize,
     /// How often acknowledgements are flushed and silent peers' frames written off.
     tick: Duration,
+    /// The transport's connection set.
+    connected: watch::Receiver<PeerSet>,
     linger: Duration,
     /// Events taken from the transport in one go.
     events: Vec<TransportEvent>,
@@ -706,7 +709,6 @@ impl<M: Message, T: Transport> Driver<M, T> {
     async fn run(mut self, mut stop: oneshot::Receiver<()>) {
         let mut batch = Vec::with_capacity(BATCH);
         let mut transport_open = true;
-        let connected = self.transport.connected();
         let mut tick = tokio::time::interval(self.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let confirming = self.transport.may_lose_accepted();
@@ -716,7 +718,7 @@ impl<M: Message, T: Transport> Driver<M, T> {
                 _ = tick.tick(), if confirming => {
                     let transport = &mut self.transport;
                     self.router.acknowledge(true, |to, frame| transport.send(to, frame));
-                    self.router.write_off(&connected.borrow());
+                    self.router.write_off(&self.connected.borrow());
                 }
                 n = self.outbox.recv_many(&mut batch, BATCH) => {
                     if n == 0 {
@@ -751,10 +753,12 @@ impl<M: Message, T: Transport> Driver<M, T> {
     /// ([`Transport::send_many`]) cannot tell it.
     fn route(&mut self, env: Envelope<M>) {
         let transport = &mut self.transport;
-        if let Some(local) = self
-            .router
-            .outgoing(env, |to, frame| transport.send(to, frame))
-        {
+        let connected = &self.connected;
+        if let Some(local) = self.router.outgoing_checked(
+            env,
+            |to, frame| transport.send(to, frame),
+            |peer| connected.borrow().contains(&peer),
+        ) {
             self.deliver(local);
         }
     }

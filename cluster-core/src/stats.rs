@@ -166,6 +166,9 @@ pub struct PeerStats {
     /// before it went down (or restarted): real networks only (see the crate docs, "C7 on
     /// real sockets"). Some may have arrived, their acknowledgement lost with the peer.
     pub unconfirmed: u64,
+    /// A gauge, not a counter: messages to the peer that the transport accepted and the
+    /// peer has not acknowledged yet (real networks only; 0 elsewhere).
+    pub unacknowledged: u64,
 }
 
 /// A snapshot of a server's counters.
@@ -249,6 +252,7 @@ struct PeerCells {
     incarnation: AtomicU64,
     lost_in_transit: Counter,
     unconfirmed: Counter,
+    unacknowledged: AtomicU64,
 }
 
 /// Live counters, written by the server's task only and read by `stats()`.
@@ -333,6 +337,13 @@ impl StatsCells {
         }
     }
 
+    /// Sets the gauge of frames to `to` awaiting acknowledgement.
+    pub(crate) fn unacknowledged(&self, to: Pid, n: usize) {
+        if let Some(p) = self.peer(to) {
+            p.unacknowledged.store(n as u64, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn seen_incarnation(&self, from: Pid, incarnation: crate::wire::Incarnation) {
         if let Some(p) = self.peer(from) {
             p.incarnation
@@ -362,6 +373,7 @@ impl StatsCells {
                         .and_then(|i| u32::try_from(i).ok()),
                     lost_in_transit: p.lost_in_transit.get(),
                     unconfirmed: p.unconfirmed.get(),
+                    unacknowledged: p.unacknowledged.load(Ordering::Relaxed),
                 };
                 sent += peer.sent;
                 lost_in_transit += peer.lost_in_transit;

@@ -31,10 +31,11 @@ mod node;
 pub use node::{new, new_with};
 
 pub use cluster_core::{
-    BROADCAST, Config, ConfigError, ConfigProblem, DropCounts, DropReason, Envelope, Incarnation,
-    MAX_MESSAGE_SIZE, MAX_PID, MAX_QUEUE, Message, MsgId, Options, PeerConfig, PeerSet, PeerStats,
-    Pid, Server, ServerBuilder, ServerError, ServerMonitor, Stats, Transport, TransportError,
-    TransportEvent, WaitTimeout,
+    BROADCAST, ClusterKey, Config, ConfigError, ConfigProblem, DropCounts, DropReason, Envelope,
+    Inbox, Incarnation, MAX_MESSAGE_SIZE, MAX_PID, MAX_QUEUE, MAX_QUEUE_BYTES, Message, MsgId,
+    MsgIds, Options, Outbox, PeerConfig, PeerSet, PeerStats, Pid, Server, ServerBuilder,
+    ServerError, ServerHandle, ServerMonitor, Stats, Transport, TransportError, TransportEvent,
+    WaitTimeout, clock_incarnation,
 };
 
 /// The wire format (see [`cluster_core::wire`]).

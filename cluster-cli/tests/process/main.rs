@@ -30,4 +30,5 @@ macro_rules! on_both_backends {
 
 mod crash;
 mod freeze;
+mod lost_catalog;
 mod node;

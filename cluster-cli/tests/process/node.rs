@@ -30,6 +30,9 @@ impl TestConfig {
             .zip(1..)
             .map(|(port, pid)| format!(r#"{{"pid":{pid},"address":"127.0.0.1:{port}"}}"#))
             .collect();
+        // A cluster key beside the config, for the options that name it
+        // (`"key_file":"cluster.key"`).
+        std::fs::write(dir.path().join("cluster.key"), "5a".repeat(32)).unwrap();
         let path = dir.path().join("config.json");
         std::fs::write(
             &path,
@@ -71,7 +74,7 @@ pub(crate) async fn start_three(
 pub(crate) struct Node {
     pub(crate) pid: Pid,
     /// The incarnation its `ready` event announced.
-    pub(crate) incarnation: u64,
+    pub(crate) incarnation: cluster::Incarnation,
     process: Process,
 }
 
@@ -100,7 +103,7 @@ impl Node {
         let ready = event(&ready);
         assert_eq!(ready["pid"], pid, "{ready}");
         assert_eq!(ready["backend"], backend.as_str(), "{ready}");
-        let incarnation = ready["incarnation"].as_u64().unwrap();
+        let incarnation = u32::try_from(ready["incarnation"].as_u64().unwrap()).unwrap();
         Ok(Self {
             pid,
             incarnation,
