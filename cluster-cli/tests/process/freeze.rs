@@ -75,7 +75,7 @@ async fn a_frozen_peer_never_holds_up_the_others(backend: Backend) {
     wait_connected(&a, &[3]).await;
     c.wait_peers(&[1, 2]).await;
     c.command("1 thawed");
-    let id = MsgIds::new(3, c.incarnation as u32).next();
+    let id = MsgIds::new(3, c.incarnation).next();
     assert_eq!(
         next(&mut a).await,
         Envelope::new(3, id, "thawed".to_string())
