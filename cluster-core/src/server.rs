@@ -179,8 +179,11 @@ impl ServerBuilder {
         let (outbox_tx, outbox_rx) = mpsc::channel(opts.outbox_capacity);
         let (inbox_tx, inbox_rx) = mpsc::channel(opts.inbox_capacity);
         let inbox_bytes = Arc::new(AtomicUsize::new(0));
+        // Unacknowledged frames sit in the sender's transport queue, the receiver's (each
+        // up to `peer_queue`) and the sockets' buffers between them: a window of four
+        // queues keeps a healthy link from waiting on acknowledgements.
         let acks = transport.may_lose_accepted().then_some(AckOptions {
-            window_frames: opts.peer_queue,
+            window_frames: opts.peer_queue.saturating_mul(4),
             window_bytes: opts.peer_queue_bytes,
         });
         let router = router.with_acks(acks);

@@ -657,6 +657,7 @@ impl Layout {
                     delivered,
                     dropped_outgoing,
                     dropped_incoming,
+                    ..
                 } => {
                     footer.push(format!(
                         "{pid} (incarnation {incarnation}): sent {sent}, delivered {delivered}, \
@@ -1240,6 +1241,9 @@ mod tests {
                     delivered: 0,
                     dropped_outgoing: ReasonCounts::new(),
                     dropped_incoming: ReasonCounts::from([(DropReason::Partitioned, 1)]),
+                    lost_in_transit: 0,
+                    unconfirmed: 0,
+                    unacknowledged: 0,
                 },
                 None,
                 None,

@@ -212,6 +212,16 @@ pub enum Event {
         dropped_outgoing: ReasonCounts,
         /// `Stats::dropped_incoming`, by reason.
         dropped_incoming: ReasonCounts,
+        /// `Stats::lost_in_transit` (real networks; omitted when 0).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        lost_in_transit: u64,
+        /// `Stats::unconfirmed` (real networks; omitted when 0).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        unconfirmed: u64,
+        /// Messages still awaiting acknowledgement, the sum of `PeerStats::unacknowledged`
+        /// (real networks; omitted when 0).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        unacknowledged: u64,
     },
     /// Frames the network accepted and later discarded, outside any server's counters.
     NetDiscarded {
@@ -245,8 +255,16 @@ impl Event {
             delivered: s.delivered,
             dropped_outgoing: reason_counts(&s.dropped_outgoing),
             dropped_incoming: reason_counts(&s.dropped_incoming),
+            lost_in_transit: s.lost_in_transit,
+            unconfirmed: s.unconfirmed,
+            unacknowledged: s.peers.values().map(|p| p.unacknowledged).sum(),
         }
     }
+}
+
+/// For serde: leaves zero counts out of the history.
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The name of one message: who sent it, as which incarnation, and its place among the
@@ -668,6 +686,9 @@ mod tests {
             delivered: 1,
             dropped_outgoing: reason_counts(&drops),
             dropped_incoming: ReasonCounts::new(),
+            lost_in_transit: 0,
+            unconfirmed: 0,
+            unacknowledged: 0,
         });
         let text = h.to_json_lines();
         assert!(text.contains(r#""refused":"partitioned""#), "{text}");
