@@ -38,13 +38,26 @@
 //!   [`Server::stats`] as totals and per peer. In simulation, sent = delivered + dropped
 //!   exactly.
 //! * **C7 on real sockets** — frames a transport accepted but that never arrived are
-//!   counted too. Every frame carries a sequence number per (sender incarnation →
-//!   receiver), taken only when the transport accepts the frame (a refused frame gives its
-//!   number back), so a gap the receiver sees is a loss after acceptance: it counts it in
-//!   [`PeerStats::lost_in_transit`] (not a drop reason, and in no `dropped` total: where the
-//!   sender could tell, it counted the loss itself). The sender's `unconfirmed` count of
-//!   what a peer never acknowledged before it went down, and with it sent = delivered +
-//!   dropped + unconfirmed per pair, is not built yet.
+//!   counted too (for transports that say they can lose them,
+//!   [`Transport::may_lose_accepted`]: ZeroMQ). Every frame carries a sequence number per
+//!   (sender incarnation → receiver), taken only when the transport accepts the frame (a
+//!   refused frame gives its number back). The receiver counts the gaps it sees in
+//!   [`PeerStats::lost_in_transit`], and acknowledges what it received (a small control
+//!   frame, authenticated like any other, every quarter window and every
+//!   `heartbeat_interval`). The sender keeps what is not yet acknowledged
+//!   ([`PeerStats::unacknowledged`], bounded: see C6) and counts it as
+//!   [`PeerStats::unconfirmed`] once the peer has been disconnected for a heartbeat
+//!   interval, or once a newer incarnation of the peer acknowledges from a later sequence
+//!   number. So, per ordered pair, sent = delivered + dropped + lost in transit +
+//!   unconfirmed, with two exceptions, both around a fault: a message can be counted
+//!   twice when it arrived but its acknowledgement died with the peer (at most the
+//!   unacknowledged window at that moment; never without a kill or a cut), and frames
+//!   still unacknowledged when you read the counters are in none of the terms yet. Never
+//!   is a message counted nowhere once its peer is known gone.
+//! * **C6 on real sockets, in bytes** — the unacknowledged frames to one peer are at most
+//!   4 × `peer_queue` frames and `peer_queue_bytes` bytes (beyond, `backpressure`, or
+//!   `unreachable` if the peer is disconnected); the inbox holds at most `inbox_capacity`
+//!   envelopes and `inbox_bytes` bytes of frames.
 //! * **C8 restart** — a node restarted with the same pid rejoins without restarting anyone
 //!   else; its incarnation increases (from its peer catalog, or the transport, or the clock:
 //!   see [`ServerBuilder::incarnation`]); messages sent to it once it is back are delivered.
@@ -62,7 +75,9 @@
 //!   name — but no single frame can lock a peer out for good: the newest incarnation heard
 //!   from a peer stops counting once nothing was accepted from it for `heartbeat_timeout`,
 //!   which also lets a node that lost its catalog (and restarts at a lower incarnation) be
-//!   heard again after that time. Byte bounds and connection caps are the transports' part.
+//!   heard again after that time. With or without a key, a node that lost its catalog
+//!   restarts newer than before anyway: `cluster-catalog` floors new incarnations by the
+//!   clock (seconds since 2025). Connection caps are the transports' part.
 //!
 //! What the library does with an envelope's `msg_id`: it carries it from sender to
 //! receiver and never reads it. [`Server::next_msg_id`] and [`MsgIds`] draw ids unique

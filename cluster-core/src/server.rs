@@ -257,8 +257,9 @@ pub fn clock_incarnation() -> Incarnation {
 ///
 /// Layout (bits, high to low): 0, pid (16), incarnation mod 2^15 (15), counter (32). Ids
 /// are unique as long as a node draws fewer than 2^32 ids per incarnation, and two
-/// incarnations of one pid whose ids may meet differ by less than 2^15 (32,768 restarts
-/// with a catalog; about nine hours between starts with a clock incarnation).
+/// incarnations of one pid whose ids may meet differ by less than 2^15: incarnations floored
+/// by the clock (the peer catalog's, or the clock's alone) grow by one a second, so that
+/// is about nine hours between starts, or 32,768 starts within a second.
 ///
 /// The library carries `msg_id` from sender to receiver and never reads it: ids are for
 /// your protocol (matching replies, deduplicating), any value is sent as it is.

@@ -4,6 +4,7 @@
 //! the whole history is judged by the test kit's oracle as well.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod bytes;
 mod contract;
 mod go_scenarios;
 mod trust;
