@@ -20,7 +20,8 @@ pub enum TransportEvent {
     /// A frame arrived. Its bytes are untrusted: the server decodes and checks them.
     Frame(Bytes),
     /// Frames that [`Transport::send`] had accepted for `peer` were discarded later, e.g.
-    /// because a silent partition was detected while they were queued.
+    /// because a silent partition was detected while they were queued. Control frames
+    /// ([`crate::wire::is_control`]) carry no message and are not counted.
     Dropped {
         /// The destination of the discarded frames.
         peer: Pid,

@@ -191,6 +191,14 @@ impl Header {
     }
 }
 
+/// Whether `frame` looks like a control frame (an acknowledgement, [`Destination::Ack`]),
+/// which carries no message. For transports that report discarded frames
+/// ([`crate::TransportEvent::Dropped`] counts messages only): a cheap look at the header,
+/// not a check (the server checks every frame it receives).
+pub fn is_control(frame: &[u8]) -> bool {
+    matches!(frame, [MAGIC, VERSION, _, 3, ..])
+}
+
 /// Encodes a message and its header into one (unkeyed) frame.
 pub fn encode<M: Serialize + ?Sized>(header: &Header, msg: &M) -> Result<Bytes, WireError> {
     let mut buf = BytesMut::with_capacity(HEADER_LEN + 64).writer();

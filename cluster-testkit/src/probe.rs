@@ -223,6 +223,7 @@ impl Probe {
             return;
         }
         match event {
+            TransportEvent::Frame(bytes) if crate::names::is_control(bytes) => {}
             TransportEvent::Frame(bytes) => {
                 let header = Frame::decode(bytes.clone()).ok().map(|f| f.header);
                 if let Some(h) = header {
@@ -256,6 +257,9 @@ impl Probe {
 #[async_trait]
 impl Transport for Probe {
     fn send(&mut self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
+        if crate::names::is_control(&frame) {
+            return self.inner.send(to, frame);
+        }
         let header = if self.history.is_enabled() {
             Frame::decode(frame.clone()).ok().map(|f| f.header)
         } else {

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use cluster_core::wire::Header;
+use cluster_core::wire::{Destination, Header};
 use cluster_core::{
     Config, DropReason, Incarnation, MsgId, Options, PeerSet, Pid, Transport, TransportError,
     TransportEvent,
@@ -279,7 +279,9 @@ impl Tracked {
     fn note(&self, event: &Option<TransportEvent>) {
         match event {
             Some(TransportEvent::Frame(bytes)) => {
-                if let Ok(h) = Header::parse(bytes) {
+                if let Ok(h) = Header::parse(bytes)
+                    && h.destination != Destination::Ack
+                {
                     self.flight.arrived(h.sender, self.pid, h.msg_id);
                 }
             }
@@ -292,7 +294,9 @@ impl Tracked {
 #[async_trait]
 impl Transport for Tracked {
     fn send(&mut self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
-        let header = Header::parse(&frame).ok();
+        let header = Header::parse(&frame)
+            .ok()
+            .filter(|h| h.destination != Destination::Ack);
         let result = self.inner.send(to, frame);
         if let (Ok(()), Some(h)) = (&result, header) {
             self.flight.accepted(self.pid, to, h.msg_id);

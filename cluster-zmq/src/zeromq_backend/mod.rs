@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use cluster_core::{
-    Config, DropReason, Options, PeerSet, Pid, Transport, TransportError, TransportEvent,
+    Config, DropReason, Options, PeerSet, Pid, Transport, TransportError, TransportEvent, wire,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -419,8 +419,9 @@ impl Link {
     /// Drops every queued frame, plus `already` taken ones, and reports them.
     async fn discard(&mut self, already: u64) {
         let mut n = already;
-        while self.rx.try_recv().is_ok() {
-            n += 1;
+        while let Ok(frame) = self.rx.try_recv() {
+            // Acknowledgements carry no message: not counted as dropped messages.
+            n += u64::from(!wire::is_control(&frame));
         }
         if n > 0 {
             let event = TransportEvent::Dropped {
@@ -486,14 +487,16 @@ impl Link {
                     if n == 0 {
                         return Ended::Stopped;
                     }
-                    let mut left = buf.len() as u64;
+                    // Messages (not acknowledgements) of the batch not sent yet.
+                    let mut left = buf.iter().filter(|f| !wire::is_control(f)).count() as u64;
                     for frame in buf.drain(..) {
+                        let message = !wire::is_control(&frame);
                         let r = tokio::time::timeout(heartbeat_timeout, send.send(ZmqMessage::from(frame))).await;
                         if !matches!(r, Ok(Ok(()))) {
                             // This frame and the rest of the batch never left.
                             return Ended::Dead(left);
                         }
-                        left -= 1;
+                        left -= u64::from(message);
                         sent += 1;
                     }
                 }
