@@ -44,6 +44,12 @@ pub(crate) enum Role {
         peer_queue: usize,
         addresses: Vec<String>,
     },
+    /// `rss-sink <message_size> <address>…`: node 2 of the memory benchmark, receiving
+    /// until it is stopped and killed.
+    RssSink {
+        message_size: usize,
+        addresses: Vec<String>,
+    },
 }
 
 impl Job {
@@ -85,6 +91,13 @@ impl Job {
                 ]);
                 words.extend(addresses.iter().cloned());
             }
+            Role::RssSink {
+                message_size,
+                addresses,
+            } => {
+                words.extend(["rss-sink".into(), message_size.to_string()]);
+                words.extend(addresses.iter().cloned());
+            }
         }
         words
     }
@@ -94,7 +107,7 @@ impl Job {
         let words: Vec<&str> = words.iter().map(AsRef::as_ref).collect();
         let unknown = || {
             BenchError::Child(format!(
-                "unknown role {:?}: expected <backend> <runtime> <security> bare-pull|bare-rep|cluster-recv|cluster-echo <arguments>…",
+                "unknown role {:?}: expected <backend> <runtime> <security> bare-pull|bare-rep|cluster-recv|cluster-echo|rss-sink <arguments>…",
                 words.join(" ")
             ))
         };
@@ -124,6 +137,10 @@ impl Job {
             ["cluster-echo", pid, queue, addrs @ ..] => Role::ClusterEcho {
                 pid: number(pid)?,
                 peer_queue: number(queue)?,
+                addresses: addresses(addrs),
+            },
+            ["rss-sink", size, addrs @ ..] => Role::RssSink {
+                message_size: number(size)?,
                 addresses: addresses(addrs),
             },
             _ => return Err(unknown()),
@@ -168,7 +185,35 @@ async fn play(job: Job) -> Result<(), BenchError> {
             peer_queue,
             addresses,
         } => cluster_echo(backend, security, pid, peer_queue, &addresses).await,
+        Role::RssSink {
+            message_size,
+            addresses,
+        } => rss_sink(backend, message_size, &addresses).await,
     }
+}
+
+/// Node 2 of the memory benchmark: says `ready` once connected, then takes whatever
+/// arrives (it is stopped right away, and killed at the end).
+async fn rss_sink(
+    backend: Backend,
+    message_size: usize,
+    addrs: &[String],
+) -> Result<(), BenchError> {
+    let options = crate::RssOptions {
+        message_size,
+        ..crate::RssOptions::default()
+    };
+    let config = crate::rss::rss_config(addrs, &options)?;
+    let mut server = node(backend, 2, &config).await?;
+    server
+        .wait_for_peers(PHASE_DEADLINE)
+        .await
+        .map_err(failed)?;
+    println!("ready");
+    let receive = async { while server.inbox().recv().await.is_some() {} };
+    let _ = tokio::time::timeout(10 * PHASE_DEADLINE, receive).await;
+    server.shutdown().await;
+    Ok(())
 }
 
 /// A number from a child's command line or result line.

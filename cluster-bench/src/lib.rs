@@ -18,6 +18,11 @@
 //!   total deliveries per second, from the first delivery at any receiver to the last at
 //!   any receiver (the receivers' wall clocks are the machine's).
 //!
+//! * **memory** ([`run_rss`], `cluster bench --rss`) — one node streams large messages
+//!   (1 MiB by default) for 30 s to a peer whose process is stopped (`SIGSTOP`); the report
+//!   gives the sender's peak resident set size beside the sum of its configured byte bounds
+//!   (target: peak ≤ 2 × bounds + 100 MiB).
+//!
 //! Rates are measured at the receivers, from the first message to the last. Cluster
 //! throughput counts delivered messages only (the count is reported beside it). A transport
 //! never blocks on a peer, so the sending side does its own flow control, as an application
@@ -71,6 +76,7 @@ mod options;
 mod process;
 mod received;
 mod report;
+mod rss;
 
 pub use child::run_child;
 pub use cluster_zmq::Backend;
@@ -78,6 +84,7 @@ pub use error::BenchError;
 pub use measure::{run, run_with_progress};
 pub use options::{BenchOptions, ChildCommand, MAX_BROADCAST_PEERS, RuntimeFlavor, Security};
 pub use report::{BenchReport, BroadcastFigures, Figures, Progress};
+pub use rss::{RssOptions, RssReport, run_rss};
 
 use std::time::Duration;
 

@@ -170,7 +170,7 @@ fn tcp_endpoints(n: usize) -> Result<Vec<String>, BenchError> {
         .collect())
 }
 
-fn addresses(n: usize) -> Result<Vec<String>, BenchError> {
+pub(crate) fn addresses(n: usize) -> Result<Vec<String>, BenchError> {
     Ok(free_ports(n)?
         .into_iter()
         .map(|p| format!("127.0.0.1:{p}"))

@@ -43,6 +43,11 @@ impl ChildProcess {
         })
     }
 
+    /// The child's process id, while it runs.
+    pub(crate) fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The next line starting with `prefix`, within the phase deadline. Cancel-safe: a
     /// line is only consumed in the poll that returns it (`Lines::next_line`).
     pub(crate) async fn expect(&mut self, prefix: &str) -> Result<String, BenchError> {

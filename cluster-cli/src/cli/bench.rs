@@ -45,6 +45,17 @@ pub(crate) struct BenchArgs {
     /// Print the figures as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Instead of the throughput and latency benchmarks, the memory one: stream
+    /// `--rss-message-size` messages to a stopped (SIGSTOP) peer for `--rss-seconds` and
+    /// report the sender's peak RSS against its configured byte bounds.
+    #[arg(long)]
+    rss: bool,
+    /// Seconds of the memory benchmark.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    rss_seconds: u64,
+    /// Payload bytes per message of the memory benchmark.
+    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..=(1 << 29)))]
+    rss_message_size: u64,
 }
 
 /// The hidden subcommand that runs a child process of `cluster bench`.
@@ -92,6 +103,41 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), Failure> {
     })?;
     let child = ChildCommand::new(exe, [CHILD_SUBCOMMAND]);
     let runtime = flavor.builder().enable_all().build()?;
+    if args.rss {
+        let rss = bench::RssOptions {
+            backend,
+            duration: Duration::from_secs(args.rss_seconds),
+            message_size: as_usize(args.rss_message_size)?,
+            runtime: flavor,
+            ..bench::RssOptions::default()
+        };
+        let report = runtime.block_on(async {
+            tokio::select! {
+                r = bench::run_rss(&child, &rss) => r.map_err(|e| anyhow!(e)),
+                _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted; benchmark processes stopped")),
+            }
+        })?;
+        let text = if args.json {
+            json!({
+                "backend": backend.as_str(),
+                "message_size": rss.message_size,
+                "seconds": args.rss_seconds,
+                "bounds_bytes": rss.bounds(),
+                "target_bytes": rss.target(),
+                "baseline_rss_bytes": report.baseline_rss,
+                "peak_rss_bytes": report.peak_rss,
+                "within_target": report.within_target(),
+                "sent": report.sent,
+                "dropped": report.dropped,
+            })
+            .to_string()
+        } else {
+            report.to_string()
+        };
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{text}").map_err(|e| Failure::from(anyhow!(e)))?;
+        return Ok(());
+    }
     let bar = progress_bar();
     let mut progress = {
         let bar = bar.clone();
