@@ -577,11 +577,12 @@ fn print_table(last: &BTreeMap<Pid, Value>, victim: Pid) {
         "unauthenticated",
     ];
     println!(
-        "{:>5} {:>5} {:>9} {:>9}  dropped: {}",
+        "{:>5} {:>10} {:>9} {:>9} {:>11}  dropped: {}",
         "node",
         "inc",
         "sent",
         "delivered",
+        "unconfirmed",
         reasons.join(" ")
     );
     for (pid, s) in last {
@@ -596,10 +597,11 @@ fn print_table(last: &BTreeMap<Pid, Value>, victim: Pid) {
             .map(|r| format!("{:>w$}", count(s, &["dropped", r]), w = r.len()))
             .collect();
         println!(
-            "{pid:>5} {:>5} {:>9} {:>9}           {}{note}",
+            "{pid:>5} {:>10} {:>9} {:>9} {:>11}           {}{note}",
             count(s, &["incarnation"]),
             count(s, &["sent"]),
             count(s, &["delivered"]),
+            count(s, &["unconfirmed"]),
             drops.join(" ")
         );
     }

@@ -105,6 +105,9 @@ fn stats_json(pid: Pid, incarnation: u32, s: &Stats, connected: &[Pid]) -> Value
                     "dropped_to": drops(&ps.dropped_to),
                     "dropped_from": drops(&ps.dropped_from),
                     "incarnation": ps.incarnation,
+                    "lost_in_transit": ps.lost_in_transit,
+                    "unconfirmed": ps.unconfirmed,
+                    "unacknowledged": ps.unacknowledged,
                 }),
             )
         })
@@ -116,6 +119,8 @@ fn stats_json(pid: Pid, incarnation: u32, s: &Stats, connected: &[Pid]) -> Value
         "sent": s.sent,
         "delivered": s.delivered,
         "dropped": drops(&s.dropped()),
+        "lost_in_transit": s.lost_in_transit,
+        "unconfirmed": s.unconfirmed,
         "peers": peers,
         "connected": connected,
     })
