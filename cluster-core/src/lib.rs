@@ -55,7 +55,7 @@
 //!   still unacknowledged when you read the counters are in none of the terms yet. Never
 //!   is a message counted nowhere once its peer is known gone.
 //! * **C6 on real sockets, in bytes** — the unacknowledged frames to one peer are at most
-//!   4 × `peer_queue` frames and `peer_queue_bytes` bytes (beyond, `backpressure`, or
+//!   16 × `peer_queue` frames and `peer_queue_bytes` bytes (beyond, `backpressure`, or
 //!   `unreachable` if the peer is disconnected); the inbox holds at most `inbox_capacity`
 //!   envelopes and `inbox_bytes` bytes of frames.
 //! * **C8 restart** — a node restarted with the same pid rejoins without restarting anyone

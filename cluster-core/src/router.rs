@@ -78,8 +78,11 @@ struct AckDue {
 /// peer has not acknowledged, oldest first.
 #[derive(Debug, Default)]
 struct Unacked {
-    /// (sequence number, frame length) of each unacknowledged frame.
-    frames: VecDeque<(Seq, u32)>,
+    /// The length of each unacknowledged frame, 4 bytes each; their sequence numbers are
+    /// consecutive from `first` (the transport numbers only what it accepted).
+    frames: VecDeque<u32>,
+    /// The sequence number of `frames[0]`.
+    first: Seq,
     /// Sum of their lengths.
     bytes: usize,
     /// The peer incarnation whose acknowledgements were last applied.
@@ -87,14 +90,35 @@ struct Unacked {
 }
 
 impl Unacked {
+    /// Adds frame `seq` of `len` bytes (the next after the last one added).
+    fn push(&mut self, seq: Seq, len: usize) {
+        if self.frames.is_empty() {
+            self.first = seq;
+        }
+        self.frames
+            .push_back(u32::try_from(len).unwrap_or(u32::MAX));
+        self.bytes += len;
+    }
+
     /// Forgets the frames up to `seq` (acknowledged, or resolved otherwise).
     fn ack_up_to(&mut self, seq: Seq) {
-        while let Some(&(s, len)) = self.frames.front() {
-            if s > seq {
+        while self.first <= seq {
+            let Some(len) = self.frames.pop_front() else {
                 break;
-            }
-            self.frames.pop_front();
+            };
+            self.first += 1;
             self.bytes = self.bytes.saturating_sub(len as usize);
+        }
+    }
+
+    /// Forgets the newest frame (the transport discarded it); `false` if there is none.
+    fn pop_newest(&mut self) -> bool {
+        match self.frames.pop_back() {
+            Some(len) => {
+                self.bytes = self.bytes.saturating_sub(len as usize);
+                true
+            }
+            None => false,
         }
     }
 
@@ -301,10 +325,7 @@ impl Router {
                     if self.acks.is_some()
                         && let Some(unacked) = self.unacked.get_mut(index)
                     {
-                        unacked
-                            .frames
-                            .push_back((*next, u32::try_from(len).unwrap_or(u32::MAX)));
-                        unacked.bytes += len;
+                        unacked.push(*next, len);
                         self.stats.unacknowledged(peer, unacked.frames.len());
                     }
                     *next += 1;
@@ -613,10 +634,9 @@ impl Router {
             && let Some(unacked) = self.unacked.get_mut(index)
         {
             for _ in 0..count {
-                let Some((_, len)) = unacked.frames.pop_back() else {
+                if !unacked.pop_newest() {
                     break;
-                };
-                unacked.bytes = unacked.bytes.saturating_sub(len as usize);
+                }
             }
             self.stats.unacknowledged(peer, unacked.frames.len());
         }

@@ -180,10 +180,13 @@ impl ServerBuilder {
         let (inbox_tx, inbox_rx) = mpsc::channel(opts.inbox_capacity);
         let inbox_bytes = Arc::new(AtomicUsize::new(0));
         // Unacknowledged frames sit in the sender's transport queue, the receiver's (each
-        // up to `peer_queue`) and the sockets' buffers between them: a window of four
-        // queues keeps a healthy link from waiting on acknowledgements.
+        // up to `peer_queue`), the sockets' buffers between them (megabytes: thousands of
+        // small frames), and wait for the receiver's task to run: a window of sixteen
+        // queues keeps a healthy link on a busy machine from dropping for want of
+        // acknowledgements. Its bookkeeping costs 4 bytes a frame (1 MiB a peer by
+        // default); `peer_queue_bytes` bounds the frames themselves.
         let acks = transport.may_lose_accepted().then_some(AckOptions {
-            window_frames: opts.peer_queue.saturating_mul(4),
+            window_frames: opts.peer_queue.saturating_mul(16),
             window_bytes: opts.peer_queue_bytes,
         });
         let router = router.with_acks(acks);
