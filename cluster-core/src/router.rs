@@ -929,6 +929,43 @@ mod tests {
         assert_eq!(s.peers[&3].unconfirmed, 0);
     }
 
+    /// Acknowledgements are checked like any frame: one that does not decode is counted
+    /// as malformed and changes nothing; with a key, a forged one is unauthenticated.
+    #[test]
+    fn bad_and_forged_acknowledgements_change_nothing() {
+        let mut a = acking_router(1, 5, 1 << 20);
+        send_n(&mut a, 2, 3);
+        let header = Header {
+            sender: 2,
+            to: 1,
+            destination: Destination::Ack,
+            incarnation: 9,
+            seq: 0,
+            msg_id: 0,
+            keyed: false,
+        };
+        let garbage = wire::encode(&header, "not an acknowledgement").unwrap();
+        assert!(a.incoming::<String>(garbage, Instant::now()).is_none());
+        let s = snapshot(&a);
+        assert_eq!(s.dropped_incoming.get(DropReason::Malformed), 1);
+        assert_eq!((a.unacked_frames(), s.unconfirmed), (3, 0));
+
+        let mut keyed = keyed_router(1, 5, 7).with_acks(Some(AckOptions {
+            window_frames: 4,
+            window_bytes: 1 << 20,
+        }));
+        sent_by(&mut keyed, 2, "m");
+        let forged = wire::encode(&header, &(5u32, 1u64, 1u64)).unwrap();
+        assert!(keyed.incoming::<String>(forged, Instant::now()).is_none());
+        let s = snapshot(&keyed);
+        assert_eq!(s.dropped_incoming.get(DropReason::Unauthenticated), 1);
+        assert_eq!(
+            keyed.unacked_frames(),
+            1,
+            "a forged acknowledgement confirms nothing"
+        );
+    }
+
     /// Without acknowledgements (exact transports), nothing is bounded or counted here.
     #[test]
     fn without_acknowledgements_there_is_no_window() {
