@@ -882,7 +882,7 @@ mod tests {
     #[test]
     fn the_window_is_bounded_in_bytes_too() {
         let frame_len = send_n(&mut acking_router(1, 5, 1 << 20), 2, 1)[0].len();
-        let mut a = acking_router(1, 5, 2 * frame_len + 1);
+        let mut a = acking_router(1, 5, 2 * frame_len);
         let mut b = acking_router(2, 9, 1 << 20);
         let frames = send_n(&mut a, 2, 3);
         assert_eq!(frames.len(), 2);
@@ -927,6 +927,82 @@ mod tests {
         let s = snapshot(&a);
         assert_eq!(s.peers[&3].dropped_to.get(DropReason::Unreachable), 2);
         assert_eq!(s.peers[&3].unconfirmed, 0);
+    }
+
+    /// Which acknowledgements apply: those of this node's own incarnation, from the newest
+    /// incarnation of the peer; an older one's is ignored, and a peer incarnation's frames
+    /// are counted unconfirmed once only.
+    #[test]
+    fn only_the_newest_peer_incarnation_acknowledges_this_incarnation() {
+        let mut a = acking_router(1, 5, 1 << 20);
+        let ack = |from_incarnation: Incarnation, of: Incarnation, first: Seq, highest: Seq| {
+            let header = Header {
+                sender: 2,
+                to: 1,
+                destination: Destination::Ack,
+                incarnation: from_incarnation,
+                seq: 0,
+                msg_id: 0,
+                keyed: false,
+            };
+            wire::encode(&header, &(of, first, highest)).unwrap()
+        };
+        let apply =
+            |a: &mut Router, f: Bytes| assert!(a.incoming::<String>(f, Instant::now()).is_none());
+        send_n(&mut a, 2, 4);
+        // For another incarnation of this node: ignored.
+        apply(&mut a, ack(9, 4, 1, 4));
+        assert_eq!(a.unacked_frames(), 4);
+        // Peer incarnation 9 received 2 and 3 (1 went to an earlier one): 1 unconfirmed.
+        apply(&mut a, ack(9, 5, 2, 3));
+        assert_eq!((a.unacked_frames(), snapshot(&a).unconfirmed), (1, 1));
+        // Again from 9, its later acknowledgements count nothing more.
+        apply(&mut a, ack(9, 5, 2, 3));
+        assert_eq!((a.unacked_frames(), snapshot(&a).unconfirmed), (1, 1));
+        // An older incarnation of the peer (8) acknowledging frame 4: ignored.
+        apply(&mut a, ack(8, 5, 1, 4));
+        assert_eq!(a.unacked_frames(), 1);
+        apply(&mut a, ack(9, 5, 2, 4));
+        assert_eq!((a.unacked_frames(), snapshot(&a).unconfirmed), (0, 1));
+        assert_eq!(snapshot(&a).peers[&2].unacknowledged, 0);
+    }
+
+    /// When acknowledgements go out: at once once a quarter window (of frames or of bytes)
+    /// is owed, otherwise only at the interval (`all`), and never twice for the same frames.
+    #[test]
+    fn acknowledgements_go_out_per_quarter_window_or_at_the_interval() {
+        let frame_len = send_n(&mut acking_router(1, 5, 1 << 20), 2, 1)[0].len();
+        let acking = |frames, bytes| {
+            let all = vec![1, 2, 3, 4];
+            let stats = Arc::new(StatsCells::new(all.clone()));
+            Router::new(2, 9, all, 1024, stats, None, LONG).with_acks(Some(AckOptions {
+                window_frames: frames,
+                window_bytes: bytes,
+            }))
+        };
+        // A window of 8 frames: due after 2; bytes far off.
+        let mut b = acking(8, 1 << 20);
+        let mut a = acking_router(1, 5, 1 << 20);
+        let frames = send_n(&mut a, 2, 3);
+        b.incoming::<String>(frames[0].clone(), Instant::now());
+        assert!(
+            acks_of(&mut b, false).is_empty(),
+            "one frame is under a quarter"
+        );
+        b.incoming::<String>(frames[1].clone(), Instant::now());
+        assert_eq!(acks_of(&mut b, false).len(), 1, "two frames are a quarter");
+        b.incoming::<String>(frames[2].clone(), Instant::now());
+        assert!(acks_of(&mut b, false).is_empty());
+        assert_eq!(
+            acks_of(&mut b, true).len(),
+            1,
+            "the interval acknowledges the rest"
+        );
+        assert!(acks_of(&mut b, true).is_empty(), "and nothing twice");
+        // A window of 4 frames' bytes: due after one frame's bytes, whatever the count.
+        let mut b = acking(1000, 4 * frame_len);
+        b.incoming::<String>(frames[0].clone(), Instant::now());
+        assert_eq!(acks_of(&mut b, false).len(), 1, "a quarter of the bytes");
     }
 
     /// Acknowledgements are checked like any frame: one that does not decode is counted
