@@ -141,6 +141,14 @@ pub(crate) struct AckOptions {
     pub(crate) window_bytes: usize,
 }
 
+impl AckOptions {
+    /// Whether `due` is enough to acknowledge at once: a quarter window, of frames or of
+    /// bytes (the sender then still has three quarters to send while it travels).
+    fn enough(&self, due: &AckDue) -> bool {
+        due.frames >= (self.window_frames / 4).max(1) || due.bytes >= self.window_bytes / 4
+    }
+}
+
 pub(crate) struct Router {
     pid: Pid,
     incarnation: Incarnation,
@@ -493,7 +501,7 @@ impl Router {
         if let (Some(acks), Some(due)) = (self.acks, self.ack_due.get_mut(index)) {
             due.frames += 1;
             due.bytes += bytes.len();
-            if due.frames >= (acks.window_frames / 4).max(1) || due.bytes >= acks.window_bytes / 4 {
+            if acks.enough(due) {
                 self.ack_ready = true;
             }
         }
@@ -523,21 +531,18 @@ impl Router {
         let Some(unacked) = self.unacked.get_mut(index) else {
             return;
         };
-        match unacked.incarnation {
-            Some(seen) if h.incarnation < seen => return,
-            Some(seen) if h.incarnation == seen => {}
-            _ => {
-                // A peer incarnation new to this node: what it did not receive and nobody
-                // acknowledged went to an older one, or was lost.
-                let before = unacked.frames.len();
-                unacked.ack_up_to(first.saturating_sub(1));
-                let lost = (before - unacked.frames.len()) as u64;
-                if lost > 0 {
-                    self.stats.unconfirmed(h.sender, lost);
-                }
-                unacked.incarnation = Some(h.incarnation);
-            }
+        if unacked.incarnation.is_some_and(|seen| h.incarnation < seen) {
+            // From an incarnation of the peer older than one that acknowledged already.
+            return;
         }
+        // What this incarnation of the peer did not receive (below the first it did) and
+        // nobody acknowledged went to an older one, or was lost. (Nothing more after its
+        // first acknowledgement: its `first` stays the same.)
+        let before = unacked.frames.len();
+        unacked.ack_up_to(first.saturating_sub(1));
+        self.stats
+            .unconfirmed(h.sender, (before - unacked.frames.len()) as u64);
+        unacked.incarnation = Some(h.incarnation);
         unacked.ack_up_to(highest);
         self.stats.unacknowledged(h.sender, unacked.frames.len());
     }
@@ -566,9 +571,7 @@ impl Router {
                 continue;
             };
             let owed = heard.seq > due.acked;
-            let enough =
-                due.frames >= (acks.window_frames / 4).max(1) || due.bytes >= acks.window_bytes / 4;
-            if !owed || !(all || enough) {
+            if !owed || !(all || acks.enough(&due)) {
                 continue;
             }
             if self
