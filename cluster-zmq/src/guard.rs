@@ -18,9 +18,9 @@
 //! What it closes, each counted in [`LinkStats`](crate::LinkStats):
 //!
 //! * **idle**: a connection that showed no activity for `idle_connection_timeout`, since it
-//!   was first seen or since its last activity as the backend reports it ([`Activity`]);
-//!   `idle_closed`. A backend that cannot tell activity per connection reports none, and
-//!   the guard then closes nothing for idleness (see the crate docs for the libzmq case);
+//!   was first seen or since its last activity: as the backend reports it ([`Activity`],
+//!   `zeromq`), or as the kernel saw it (the last data received, through `sock_diag`,
+//!   libzmq); `idle_closed`;
 //! * **over the cap**: when more than `inbound_connection_cap` connections are open, the
 //!   newest ones that never showed activity are closed first, then the newest of the others;
 //!   `refused_over_cap`.
@@ -51,6 +51,17 @@ pub(crate) struct Limits {
     pub(crate) cap: usize,
     /// Longest time without activity; `None`: never closed for idleness.
     pub(crate) idle: Option<Duration>,
+    /// Whether activity is what the kernel saw (the last data received on the connection,
+    /// heartbeats included) rather than what the backend reports in [`Activity`].
+    pub(crate) kernel_activity: bool,
+}
+
+impl Limits {
+    /// The idle timeout actually kept: at least two heartbeat intervals, so that a real
+    /// peer with nothing to send, whose heartbeats are its activity, is never closed.
+    pub(crate) fn idle_timeout(idle: Duration, heartbeat_interval: Duration) -> Duration {
+        idle.max(heartbeat_interval.saturating_mul(2))
+    }
 }
 
 impl Limits {
@@ -244,18 +255,40 @@ impl Sweeper {
         let open = self.open();
         self.first_seen.retain(|peer, _| open.contains_key(peer));
         self.activity.retain(&open);
+        let kernel = if self.limits.kernel_activity && self.limits.idle.is_some() {
+            match diag::last_data_received(self.limits.port) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    tracing::debug!(port = self.limits.port, "sock_diag: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         // (last activity or first sight, whether it ever showed activity, peer, fd)
         let mut conns: Vec<(Instant, bool, SocketAddr, RawFd)> = open
             .iter()
             .map(|(&peer, &fd)| {
                 let seen = *self.first_seen.entry(peer).or_insert(now);
+                if let Some(kernel) = &kernel {
+                    // Every connection has a time of last data (its setup, at first): it
+                    // tells idleness, not which connection showed activity.
+                    let last = kernel.get(&peer).and_then(|ago| now.checked_sub(*ago));
+                    return (last.map_or(seen, |t| t.max(seen)), false, peer, fd);
+                }
                 match self.activity.last(&peer) {
                     Some(t) => (t.max(seen), true, peer, fd),
                     None => (seen, false, peer, fd),
                 }
             })
             .collect();
-        if let Some(idle) = self.limits.idle {
+        let idle = match (self.limits.kernel_activity, &kernel) {
+            // No word from the kernel this time: close nothing for idleness.
+            (true, None) => None,
+            _ => self.limits.idle,
+        };
+        if let Some(idle) = idle {
             conns.retain(|&(last, _, peer, fd)| {
                 if now.saturating_duration_since(last) <= idle {
                     return true;
@@ -283,5 +316,171 @@ impl Sweeper {
                 }
             }
         }
+    }
+}
+
+/// What the kernel knows of the TCP connections on a port, through the `sock_diag`
+/// netlink interface (the one `ss` uses): no descriptor needed, no unsafe code.
+#[cfg(target_os = "linux")]
+mod diag {
+    use std::collections::HashMap;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    use std::time::Duration;
+
+    use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType, netlink};
+
+    const NLMSG_HDR: usize = 16;
+    const NLMSG_ERROR: u16 = 2;
+    const NLMSG_DONE: u16 = 3;
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const NLM_F_REQUEST: u16 = 0x1;
+    const NLM_F_DUMP: u16 = 0x300;
+    const AF_INET: u8 = 2;
+    const AF_INET6: u8 = 10;
+    const IPPROTO_TCP: u8 = 6;
+    /// The attribute carrying `struct tcp_info`.
+    const INET_DIAG_INFO: u16 = 2;
+    /// `struct inet_diag_msg`.
+    const DIAG_MSG_LEN: usize = 72;
+    /// Offset of `tcpi_last_data_recv` (milliseconds) in `struct tcp_info`.
+    const LAST_DATA_RECV: usize = 52;
+    /// TCP states asked for: established and close-wait (the client left, the library
+    /// has not closed yet).
+    const STATES: u32 = (1 << 1) | (1 << 8);
+    /// Reads of one dump, at most (each up to 64 KiB of answers).
+    const MAX_READS: usize = 4096;
+
+    /// How long ago each connection on local port `port` last received data, by peer
+    /// address.
+    pub(super) fn last_data_received(port: u16) -> std::io::Result<HashMap<SocketAddr, Duration>> {
+        let mut out = HashMap::new();
+        for family in [AF_INET, AF_INET6] {
+            dump(family, port, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+        Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+    }
+
+    fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+        Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    }
+
+    fn dump(family: u8, port: u16, out: &mut HashMap<SocketAddr, Duration>) -> std::io::Result<()> {
+        let fd = rustix::net::socket(
+            AddressFamily::NETLINK,
+            SocketType::DGRAM,
+            Some(netlink::SOCK_DIAG),
+        )?;
+        let mut req = Vec::with_capacity(NLMSG_HDR + 56);
+        req.extend_from_slice(&((NLMSG_HDR + 56) as u32).to_ne_bytes());
+        req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+        req.extend_from_slice(&1u32.to_ne_bytes());
+        req.extend_from_slice(&0u32.to_ne_bytes());
+        // struct inet_diag_req_v2: family, protocol, extensions wanted, pad, states, and a
+        // socket id left empty (a dump of every socket of the family).
+        req.extend_from_slice(&[family, IPPROTO_TCP, 1 << (INET_DIAG_INFO - 1), 0]);
+        req.extend_from_slice(&STATES.to_ne_bytes());
+        req.extend_from_slice(&[0u8; 48]);
+        rustix::net::send(&fd, &req, SendFlags::empty())?;
+        let mut buf = vec![0u8; 64 * 1024];
+        for _ in 0..MAX_READS {
+            let (_, n) = rustix::net::recv(&fd, &mut buf[..], RecvFlags::empty())?;
+            let data = buf.get(..n.min(buf.len())).unwrap_or_default();
+            let mut at = 0;
+            while at + NLMSG_HDR <= data.len() {
+                let (Some(len), Some(kind)) = (u32_at(data, at), u16_at(data, at + 4)) else {
+                    break;
+                };
+                let len = len as usize;
+                let Some(msg) = data.get(at + NLMSG_HDR..at + len.max(NLMSG_HDR)) else {
+                    break;
+                };
+                match kind {
+                    NLMSG_DONE => return Ok(()),
+                    NLMSG_ERROR => {
+                        return Err(std::io::Error::other("sock_diag refused the dump"));
+                    }
+                    SOCK_DIAG_BY_FAMILY => {
+                        if let Some((peer, ago)) = parse(msg, port) {
+                            out.insert(peer, ago);
+                        }
+                    }
+                    _ => {}
+                }
+                at += len.max(NLMSG_HDR).next_multiple_of(4);
+            }
+        }
+        Ok(())
+    }
+
+    /// One `inet_diag_msg` and its attributes: the peer and its time since last data, if
+    /// the connection is on local port `port`.
+    fn parse(msg: &[u8], port: u16) -> Option<(SocketAddr, Duration)> {
+        let family = *msg.first()?;
+        let sport = u16::from_be_bytes(msg.get(4..6)?.try_into().ok()?);
+        if sport != port {
+            return None;
+        }
+        let dport = u16::from_be_bytes(msg.get(6..8)?.try_into().ok()?);
+        let ip = match family {
+            AF_INET => {
+                let b: [u8; 4] = msg.get(24..28)?.try_into().ok()?;
+                IpAddr::V4(Ipv4Addr::from(b))
+            }
+            AF_INET6 => {
+                let b: [u8; 16] = msg.get(24..40)?.try_into().ok()?;
+                IpAddr::V6(Ipv6Addr::from(b))
+            }
+            _ => return None,
+        };
+        let mut at = DIAG_MSG_LEN;
+        while at + 4 <= msg.len() {
+            let len = usize::from(u16_at(msg, at)?);
+            let kind = u16_at(msg, at + 2)?;
+            if len < 4 {
+                return None;
+            }
+            if kind == INET_DIAG_INFO {
+                let info = msg.get(at + 4..at + len)?;
+                let ms = u32_at(info, LAST_DATA_RECV)?;
+                return Some((
+                    SocketAddr::new(ip, dport),
+                    Duration::from_millis(u64::from(ms)),
+                ));
+            }
+            at += len.next_multiple_of(4);
+        }
+        None
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
+
+    use super::diag;
+
+    #[test]
+    fn the_kernel_tells_how_long_ago_a_connection_received_data() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (_accepted, peer) = listener.accept().unwrap();
+        client.write_all(b"hello").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let seen = diag::last_data_received(port).unwrap();
+        let ago = seen.get(&peer).copied();
+        assert!(
+            ago.is_some_and(|a| a >= Duration::from_millis(200) && a < Duration::from_secs(5)),
+            "{peer}: {ago:?} in {seen:?}"
+        );
+        // The client's own end is on another local port: not listed.
+        assert!(!seen.contains_key(&listener.local_addr().unwrap()));
     }
 }

@@ -75,12 +75,16 @@
 //! [`Options::inbound_connection_cap`](cluster_core::Options::inbound_connection_cap) and
 //! closes idle ones, by `shutdown(2)` of the connection's socket, from the side: frames
 //! never pass through it (no hop, no copy). Over the cap, the newest connections that never
-//! showed activity are closed first ([`LinkStats::refused_over_cap`]); on `zeromq`, a
-//! connection with no message (heartbeats included) for `idle_connection_timeout` is
-//! closed ([`LinkStats::idle_closed`]). libzmq tells nothing of a connection's activity to
-//! its user, so on libzmq the guard closes nothing for idleness: a client that completed
-//! the handshake and then stays silent keeps its connection until the cap pushes it out
-//! (the cap keeps the oldest, i.e. the real peers, and refuses the newest).
+//! showed activity are closed first ([`LinkStats::refused_over_cap`]; on libzmq, which
+//! reports no activity, the oldest are kept: the real peers, connected first). A
+//! connection that shows no activity for `idle_connection_timeout` (at least two heartbeat
+//! intervals, so that a quiet real peer, whose heartbeats are activity, is never idle) is
+//! closed ([`LinkStats::idle_closed`]). Activity is, on `zeromq`, a message of any kind on
+//! that connection (the backend sees each one); on libzmq, which tells its user nothing
+//! per connection, the last data the kernel received on it (`tcpi_last_data_recv`, read
+//! through the `sock_diag` netlink interface, as `ss` does). Either way a client that
+//! sends well-formed ZeroMQ traffic (heartbeats, or frames the server drops and counts)
+//! is not idle; the cap bounds how many such clients there can be.
 //!
 //! **zeromq** — the pure-Rust crate has no high-water mark, no heartbeats and does not
 //! reconnect a restarted peer reliably, so this backend adds them itself. ROUTER inbound,
@@ -133,10 +137,10 @@
 //!   stale until nothing has come from the forged one for `heartbeat_timeout` (the rule in
 //!   `cluster-core`'s crate docs, C10). With a key, such a frame is dropped as
 //!   `unauthenticated` and changes nothing.
-//! * libzmq: a client that completes the handshake and then stays silent is not closed for
-//!   idleness (see the guard above); the cap bounds how many there can be. Its inbound
-//!   memory is bounded in frames (`peer_queue`), i.e. in bytes only through
-//!   `peer_queue` × `max_message_size`.
+//! * libzmq: inbound memory per connection is bounded in frames (`peer_queue`), i.e. in
+//!   bytes only through `peer_queue` × `max_message_size`.
+//! * When the cap is full of clients that keep sending traffic, a peer that restarts is
+//!   refused (the newest go first) until some of them leave or go idle.
 //! * `zeromq`: the crate queues up to 100,000 messages to one client before a write to it
 //!   waits; acknowledgements are tiny, but a client that never reads holds that much until
 //!   it is closed. `connection_buffer_bytes` is not enforced on this backend.

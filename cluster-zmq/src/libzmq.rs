@@ -236,8 +236,12 @@ impl LibzmqTransport {
             crate::guard::Limits {
                 port: crate::guard::port_of(&endpoints.address),
                 cap: o.inbound_connection_cap(config.peers().len()),
-                // libzmq says nothing of a connection's activity (see the crate docs).
-                idle: None,
+                // libzmq says nothing of a connection's activity: the kernel does.
+                idle: Some(crate::guard::Limits::idle_timeout(
+                    o.idle_connection_timeout,
+                    o.heartbeat_interval,
+                )),
+                kernel_activity: true,
             },
             crate::guard::Activity::default(),
             &stats,

@@ -107,7 +107,11 @@ impl ZeromqTransport {
                 cap: config
                     .options()
                     .inbound_connection_cap(config.peers().len()),
-                idle: Some(config.options().idle_connection_timeout),
+                idle: Some(crate::guard::Limits::idle_timeout(
+                    config.options().idle_connection_timeout,
+                    config.options().heartbeat_interval,
+                )),
+                kernel_activity: false,
             },
             activity.clone(),
             &stats,

@@ -16,9 +16,39 @@ use crate::nodes::{drain_until_marker, try_start_as, wait_until};
 
 on_every_backend!(
     idle_connections_are_capped_closed_and_counted,
+    a_silent_client_after_the_handshake_is_closed_as_idle,
     a_client_that_never_reads_does_not_stop_the_node,
     a_frame_above_the_limit_closes_its_connection,
 );
+
+/// A client that completes the ZMTP handshake and then sends nothing is closed after the
+/// idle timeout and counted, while the real peer, quiet but heartbeating, is not.
+async fn a_silent_client_after_the_handshake_is_closed_as_idle(backend: Backend) {
+    let (a, mut b, link) = pair(backend, options()).await;
+    let mut client = TcpStream::connect(address(&b)).await.unwrap();
+    complete_handshake(&mut client, backend).await;
+    let started = Instant::now();
+    wait_until("the silent client to be closed as idle", || {
+        link.idle_closed() >= 1
+    })
+    .await;
+    // Not before its idle timeout.
+    assert!(started.elapsed() >= options().idle_connection_timeout / 2);
+    // The client sees the end of the connection.
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(
+        DEADLINE,
+        tokio::io::AsyncReadExt::read(&mut client, &mut buf),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(n, Ok(0) | Err(_)), "still open: {n:?}");
+    // The real peer, quiet meanwhile but heartbeating, was not closed.
+    assert_eq!(link.idle_closed(), 1);
+    assert!(drain_until_marker(&a, &mut b, "marker-1").await.is_empty());
+    a.shutdown().await;
+    b.shutdown().await;
+}
 
 /// The flood measurement: timing, so not part of the normal run. Run it in release mode:
 /// `cargo test --release -p cluster-zmq --test zmq -- --ignored --nocapture flood`
