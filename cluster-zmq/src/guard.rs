@@ -80,27 +80,54 @@ impl Limits {
 /// removed by it, so the map holds at most the open connections plus those the backend
 /// added since the last look.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Activity(Arc<Mutex<HashMap<SocketAddr, Instant>>>);
+pub(crate) struct Activity {
+    last: Arc<Mutex<HashMap<SocketAddr, Instant>>>,
+    /// Connections the backend gave up (a client that does not read), to be shut down at
+    /// the next look: the library's own writer may be stuck writing to it and would keep
+    /// the socket open.
+    condemned: Arc<Mutex<Vec<SocketAddr>>>,
+}
 
 impl Activity {
+    /// Asks the guard to shut down the connection from `peer` (already counted by the
+    /// caller). Bounded: at most the cap's worth are kept between two looks.
+    #[cfg_attr(not(feature = "zeromq"), allow(dead_code))]
+    pub(crate) fn condemn(&self, peer: SocketAddr) {
+        if let Ok(mut c) = self.condemned.lock()
+            && c.len() < CONDEMNED_MAX
+        {
+            c.push(peer);
+        }
+    }
+
+    fn take_condemned(&self) -> Vec<SocketAddr> {
+        self.condemned
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default()
+    }
+
     /// Records activity of the connection from `peer` now.
     #[cfg_attr(not(feature = "zeromq"), allow(dead_code))]
     pub(crate) fn touch(&self, peer: SocketAddr) {
-        if let Ok(mut map) = self.0.lock() {
+        if let Ok(mut map) = self.last.lock() {
             map.insert(peer, Instant::now());
         }
     }
 
     fn last(&self, peer: &SocketAddr) -> Option<Instant> {
-        self.0.lock().ok()?.get(peer).copied()
+        self.last.lock().ok()?.get(peer).copied()
     }
 
     fn retain(&self, open: &HashMap<SocketAddr, RawFd>) {
-        if let Ok(mut map) = self.0.lock() {
+        if let Ok(mut map) = self.last.lock() {
             map.retain(|peer, _| open.contains_key(peer));
         }
     }
 }
+
+/// Condemned connections kept between two looks of the guard, at most.
+const CONDEMNED_MAX: usize = 4096;
 
 /// Starts the guard of a transport whose counters are `stats`; a node left unguarded (no
 /// pidfd support) says so in the log.
@@ -252,7 +279,12 @@ impl Sweeper {
     }
 
     fn sweep(&mut self, now: Instant) {
-        let open = self.open();
+        let mut open = self.open();
+        for peer in self.activity.take_condemned() {
+            if let Some(fd) = open.remove(&peer) {
+                self.close(fd, peer);
+            }
+        }
         self.first_seen.retain(|peer, _| open.contains_key(peer));
         self.activity.retain(&open);
         let kernel = if self.limits.kernel_activity && self.limits.idle.is_some() {

@@ -331,6 +331,12 @@ impl Receiver {
                 let address = std::net::SocketAddr::new(ip, port);
                 // A completed handshake is activity.
                 self.activity.touch(address);
+                if self.addresses.len() >= MAX_CONNS {
+                    // Disconnections the monitor did not report (its queue was full): keep
+                    // the connections heard from recently.
+                    let conns = &self.conns;
+                    self.addresses.retain(|id, _| conns.contains_key(id));
+                }
                 if self.addresses.len() < MAX_CONNS {
                     self.addresses.insert(Bytes::from(id), address);
                 }
@@ -351,7 +357,11 @@ impl Receiver {
             self.backend.peer_disconnected(&peer);
         }
         self.conns.remove(id);
-        self.addresses.remove(id);
+        // The crate's writer to it may be stuck in a write that never ends, holding the
+        // socket open: the guard shuts it down.
+        if let Some(address) = self.addresses.remove(id) {
+            self.activity.condemn(address);
+        }
     }
 
     /// One multipart message: the routing id, then frames. Err: the server is gone.

@@ -306,6 +306,23 @@ async fn a_client_that_never_reads_does_not_stop_the_node(backend: Backend) {
             link.slow_readers() >= 1
         })
         .await;
+        // Its socket is shut down: reading what the node had written finds the end.
+        let ended = tokio::time::timeout(DEADLINE, async {
+            let mut buf = vec![0u8; 64 * 1024];
+            // Bounded: the acknowledgements written to it are a few megabytes at most.
+            for _ in 0..100_000 {
+                match tokio::io::AsyncReadExt::read(&mut client, &mut buf).await {
+                    Ok(0) | Err(_) => return true,
+                    Ok(_) => {}
+                }
+            }
+            false
+        })
+        .await;
+        assert!(
+            matches!(ended, Ok(true)),
+            "the client that never reads is still open"
+        );
     }
     let s = b.stats();
     assert!(s.dropped_incoming.get(DropReason::Malformed) > 0);
