@@ -370,6 +370,9 @@ mod diag {
     const AF_INET: u8 = 2;
     const AF_INET6: u8 = 10;
     const IPPROTO_TCP: u8 = 6;
+    /// The request attribute carrying a filter, and its "source port equals" operation.
+    const INET_DIAG_REQ_BYTECODE: u16 = 1;
+    const INET_DIAG_BC_S_EQ: u8 = 11;
     /// The attribute carrying `struct tcp_info`.
     const INET_DIAG_INFO: u16 = 2;
     /// `struct inet_diag_msg`.
@@ -406,8 +409,11 @@ mod diag {
             SocketType::DGRAM,
             Some(netlink::SOCK_DIAG),
         )?;
-        let mut req = Vec::with_capacity(NLMSG_HDR + 56);
-        req.extend_from_slice(&((NLMSG_HDR + 56) as u32).to_ne_bytes());
+        // Header, request, and a filter run by the kernel: only sockets on local `port`
+        // (else a node would read every TCP socket of the machine at each look).
+        let len = NLMSG_HDR + 56 + 12;
+        let mut req = Vec::with_capacity(len);
+        req.extend_from_slice(&(len as u32).to_ne_bytes());
         req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
         req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
         req.extend_from_slice(&1u32.to_ne_bytes());
@@ -417,6 +423,15 @@ mod diag {
         req.extend_from_slice(&[family, IPPROTO_TCP, 1 << (INET_DIAG_INFO - 1), 0]);
         req.extend_from_slice(&STATES.to_ne_bytes());
         req.extend_from_slice(&[0u8; 48]);
+        // rtattr INET_DIAG_REQ_BYTECODE: two `inet_diag_bc_op`s (code, yes, no), as `ss`
+        // builds for `sport = :port`: "local port equal to" (yes: skip both ops, accept;
+        // no: jump past the end, reject), then the port in the second op's `no`.
+        req.extend_from_slice(&12u16.to_ne_bytes());
+        req.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+        req.extend_from_slice(&[INET_DIAG_BC_S_EQ, 8]);
+        req.extend_from_slice(&12u16.to_ne_bytes());
+        req.extend_from_slice(&[0, 0]);
+        req.extend_from_slice(&port.to_ne_bytes());
         rustix::net::send(&fd, &req, SendFlags::empty())?;
         let mut buf = vec![0u8; 64 * 1024];
         for _ in 0..MAX_READS {
