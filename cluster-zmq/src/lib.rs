@@ -103,7 +103,7 @@
 //!   only after its first acknowledgement, i.e. after a full round trip;
 //! * the receiver discards frames arriving on a connection that was silent for longer than
 //!   the heartbeat timeout (its sender has given it up; see [`LinkStats::stale_frames`]).
-//! * an acknowledgement is never waited for: one that cannot be queued within 5 ms (the
+//! * an acknowledgement is never waited for: one that cannot be queued within 20 ms (the
 //!   crate's write queue to that client is full: it does not read) closes that connection
 //!   ([`LinkStats::slow_readers`]), so no client can stall the receive path.
 //! * reads are fair: the crate's ROUTER takes messages from its connections in turn, so

@@ -452,8 +452,11 @@ impl Receiver {
 /// Inbound connections the receiver keeps state for, at most.
 const MAX_CONNS: usize = 4096;
 
-/// Longest wait to queue one acknowledgement (see `Receiver::on_message`).
-const ACK_WAIT: Duration = Duration::from_millis(5);
+/// Longest wait to queue one acknowledgement (see `Receiver::on_message`). The crate
+/// queues up to 100,000 messages to a client before a send waits; a wait this long means
+/// that queue is full, not a moment's contention on the crate's peer map (which would
+/// close a real peer): each stalled client costs the receive path this once, then is closed.
+const ACK_WAIT: Duration = Duration::from_millis(20);
 
 /// How often a connection's activity is passed on to the guard, at most.
 const TOUCH_EVERY: Duration = Duration::from_millis(50);
