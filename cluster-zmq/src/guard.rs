@@ -3,8 +3,9 @@
 //!
 //! Neither library lets its user close one accepted connection, nor cap them. The guard
 //! does it from the side: a thread of its own looks, every [`Limits::period`], at the
-//! process's open descriptors, keeps those that are TCP connections accepted on the node's
-//! port (local port = the node's, a peer address), and shuts down (`shutdown(2)`, both
+//! connections the kernel lists on the node's port (`sock_diag`, filtered to the port by
+//! the kernel: their socket inodes and when each last received data), finds their
+//! descriptors among the process's (`/proc/self/fd`), and shuts down (`shutdown(2)`, both
 //! directions) the ones it must close; the library then sees the connection end and
 //! releases it as it would any closed connection. Frames never pass through the guard: it
 //! costs no copy and no hop.
@@ -25,7 +26,7 @@
 //!   newest ones that never showed activity are closed first, then the newest of the others;
 //!   `refused_over_cap`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 #[cfg(target_os = "linux")]
 use std::net::{Shutdown, TcpStream};
@@ -253,17 +254,30 @@ impl Sweeper {
         Some((stream, peer))
     }
 
-    /// The inbound connections open now, by peer address.
-    fn open(&self) -> HashMap<SocketAddr, RawFd> {
+    /// The inbound connections open now, by peer address. `sockets`: the inodes of the
+    /// sockets on the guarded port, as the kernel listed them, if it did: only those
+    /// descriptors are looked at closely (a process may hold many other sockets).
+    fn open(&self, sockets: Option<&HashSet<u64>>) -> HashMap<SocketAddr, RawFd> {
         let mut open = HashMap::new();
         let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
             return open;
         };
         for entry in dir.flatten() {
-            let is_socket = std::fs::read_link(entry.path())
-                .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
+            // "socket:[inode]"
+            let Some(inode) = std::fs::read_link(entry.path()).ok().and_then(|t| {
+                let t = t.to_string_lossy().into_owned();
+                t.strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .parse::<u64>()
+                    .ok()
+            }) else {
+                continue;
+            };
+            if sockets.is_some_and(|s| !s.contains(&inode)) {
+                continue;
+            }
             let fd = entry.file_name().to_str().and_then(|n| n.parse().ok());
-            if let (true, Some(fd)) = (is_socket, fd)
+            if let Some(fd) = fd
                 && let Some((_, peer)) = self.inbound(fd)
             {
                 open.insert(peer, fd);
@@ -281,7 +295,19 @@ impl Sweeper {
     }
 
     fn sweep(&mut self, now: Instant) {
-        let mut open = self.open();
+        // What the kernel knows of the connections on the port: their sockets' inodes, and
+        // when each last received data.
+        let listed = match diag::connections(self.limits.port) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                tracing::debug!(port = self.limits.port, "sock_diag: {e}");
+                None
+            }
+        };
+        let inodes: Option<HashSet<u64>> = listed
+            .as_ref()
+            .map(|l| l.values().map(|c| c.inode).collect());
+        let mut open = self.open(inodes.as_ref());
         for peer in self.activity.take_condemned() {
             if let Some(fd) = open.remove(&peer) {
                 self.close(fd, peer);
@@ -289,17 +315,7 @@ impl Sweeper {
         }
         self.first_seen.retain(|peer, _| open.contains_key(peer));
         self.activity.retain(&open);
-        let kernel = if self.limits.kernel_activity && self.limits.idle.is_some() {
-            match diag::last_data_received(self.limits.port) {
-                Ok(k) => Some(k),
-                Err(e) => {
-                    tracing::debug!(port = self.limits.port, "sock_diag: {e}");
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        let kernel = listed.filter(|_| self.limits.kernel_activity);
         // (last activity or first sight, whether it ever showed activity, peer, fd)
         let mut conns: Vec<(Instant, bool, SocketAddr, RawFd)> = open
             .iter()
@@ -308,7 +324,7 @@ impl Sweeper {
                 if let Some(kernel) = &kernel {
                     // Every connection has a time of last data (its setup, at first): it
                     // tells idleness, not which connection showed activity.
-                    let last = kernel.get(&peer).and_then(|ago| now.checked_sub(*ago));
+                    let last = kernel.get(&peer).and_then(|c| now.checked_sub(c.ago));
                     return (last.map_or(seen, |t| t.max(seen)), false, peer, fd);
                 }
                 match self.activity.last(&peer) {
@@ -377,8 +393,9 @@ mod diag {
     const INET_DIAG_BC_S_EQ: u8 = 11;
     /// The attribute carrying `struct tcp_info`.
     const INET_DIAG_INFO: u16 = 2;
-    /// `struct inet_diag_msg`.
+    /// `struct inet_diag_msg`, and the offset of its `idiag_inode`.
     const DIAG_MSG_LEN: usize = 72;
+    const DIAG_INODE: usize = 68;
     /// Offset of `tcpi_last_data_recv` (milliseconds) in `struct tcp_info`.
     const LAST_DATA_RECV: usize = 52;
     /// TCP states asked for: established and close-wait (the client left, the library
@@ -387,9 +404,17 @@ mod diag {
     /// Reads of one dump, at most (each up to 64 KiB of answers).
     const MAX_READS: usize = 4096;
 
-    /// How long ago each connection on local port `port` last received data, by peer
-    /// address.
-    pub(super) fn last_data_received(port: u16) -> std::io::Result<HashMap<SocketAddr, Duration>> {
+    /// One connection on the port, as the kernel sees it.
+    #[derive(Debug, Clone, Copy)]
+    pub(super) struct Conn {
+        /// Its socket's inode (what `/proc/self/fd/N` links to).
+        pub(super) inode: u64,
+        /// How long ago it last received data.
+        pub(super) ago: Duration,
+    }
+
+    /// The connections on local port `port`, by peer address.
+    pub(super) fn connections(port: u16) -> std::io::Result<HashMap<SocketAddr, Conn>> {
         let mut out = HashMap::new();
         for family in [AF_INET, AF_INET6] {
             dump(family, port, &mut out)?;
@@ -405,7 +430,7 @@ mod diag {
         Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
     }
 
-    fn dump(family: u8, port: u16, out: &mut HashMap<SocketAddr, Duration>) -> std::io::Result<()> {
+    fn dump(family: u8, port: u16, out: &mut HashMap<SocketAddr, Conn>) -> std::io::Result<()> {
         let fd = rustix::net::socket(
             AddressFamily::NETLINK,
             SocketType::DGRAM,
@@ -454,8 +479,8 @@ mod diag {
                         return Err(std::io::Error::other("sock_diag refused the dump"));
                     }
                     SOCK_DIAG_BY_FAMILY => {
-                        if let Some((peer, ago)) = parse(msg, port) {
-                            out.insert(peer, ago);
+                        if let Some((peer, conn)) = parse(msg, port) {
+                            out.insert(peer, conn);
                         }
                     }
                     _ => {}
@@ -468,7 +493,7 @@ mod diag {
 
     /// One `inet_diag_msg` and its attributes: the peer and its time since last data, if
     /// the connection is on local port `port`.
-    fn parse(msg: &[u8], port: u16) -> Option<(SocketAddr, Duration)> {
+    fn parse(msg: &[u8], port: u16) -> Option<(SocketAddr, Conn)> {
         let family = *msg.first()?;
         let sport = u16::from_be_bytes(msg.get(4..6)?.try_into().ok()?);
         if sport != port {
@@ -496,9 +521,13 @@ mod diag {
             if kind == INET_DIAG_INFO {
                 let info = msg.get(at + 4..at + len)?;
                 let ms = u32_at(info, LAST_DATA_RECV)?;
+                let inode = u32_at(msg, DIAG_INODE)?;
                 return Some((
                     SocketAddr::new(ip, dport),
-                    Duration::from_millis(u64::from(ms)),
+                    Conn {
+                        inode: u64::from(inode),
+                        ago: Duration::from_millis(u64::from(ms)),
+                    },
                 ));
             }
             at += len.next_multiple_of(4);
@@ -511,6 +540,7 @@ mod diag {
 mod tests {
     use std::io::Write;
     use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
     use std::time::Duration;
 
     use super::diag;
@@ -520,15 +550,23 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let (_accepted, peer) = listener.accept().unwrap();
+        let (accepted, peer) = listener.accept().unwrap();
         client.write_all(b"hello").unwrap();
         std::thread::sleep(Duration::from_millis(300));
-        let seen = diag::last_data_received(port).unwrap();
-        let ago = seen.get(&peer).copied();
+        let seen = diag::connections(port).unwrap();
+        let conn = seen.get(&peer).copied();
         assert!(
-            ago.is_some_and(|a| a >= Duration::from_millis(200) && a < Duration::from_secs(5)),
-            "{peer}: {ago:?} in {seen:?}"
+            conn.is_some_and(
+                |c| c.ago >= Duration::from_millis(200) && c.ago < Duration::from_secs(5)
+            ),
+            "{peer}: {conn:?} in {seen:?}"
         );
+        // The inode is the accepted socket's, as /proc/self/fd links to it.
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", accepted.as_raw_fd()))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert_eq!(link, format!("socket:[{}]", conn.unwrap().inode));
         // The client's own end is on another local port: not listed.
         assert!(!seen.contains_key(&listener.local_addr().unwrap()));
     }
