@@ -42,9 +42,20 @@
 //!   (`backpressure`). The monitor learns of a lost connection a moment after libzmq does,
 //!   so a send in that moment is counted `backpressure` where `unreachable` was the cause:
 //!   dropped and counted either way, only the reason may lag.
-//! * `ZMQ_MAXMSGSIZE` = 2 × `max_message_size` on the PULL socket: a frame a little too
-//!   large reaches the server and is counted `too_large`; a hostile giant length prefix makes
-//!   libzmq close that connection without allocating it.
+//! * `ZMQ_MAXMSGSIZE` = `max_message_size` exactly on the PULL socket: a frame above the
+//!   limit, or a hostile giant length prefix, makes libzmq close that connection without
+//!   allocating it ([`LinkStats::inbound_closed`]).
+//! * What one inbound connection may hold in memory: `ZMQ_RCVHWM` = `peer_queue` frames
+//!   (a count: libzmq has no byte mark), each at most `max_message_size`, so at most
+//!   `peer_queue` × `max_message_size` bytes of frames plus libzmq's 8 KiB read batch
+//!   and the kernel's socket buffer. `connection_buffer_bytes` is not enforced on libzmq:
+//!   a mark of `connection_buffer_bytes / max_message_size` frames (32 with the defaults)
+//!   starves a fast sender (libzmq hands room back in half-mark steps), so the count mark
+//!   stays the bound and this product is what is bounded.
+//! * `ZMQ_HANDSHAKE_IVL` = the smaller of `heartbeat_timeout` and `idle_connection_timeout`
+//!   on the PULL socket: a connection that does not complete its ZMTP handshake in time
+//!   (raw TCP, a client gone silent) is closed by libzmq and counted
+//!   ([`LinkStats::rejected_connections`]).
 //!
 //! libzmq sockets are not thread-safe, so each has one owner. The PUSH and PULL sockets
 //! belong to the transport itself, which lives in the server's task: sends are
@@ -58,6 +69,22 @@
 //! before it returns. The transport yields to the runtime every 64 frames it hands over, so
 //! that a flood of frames cannot starve the task reading the inbox on the same thread.
 //! The libzmq backend is Unix-only (it registers `ZMQ_FD` with the reactor).
+//!
+//! **Both** — a connection guard (a thread per transport, Linux only: it uses
+//! `pidfd_getfd(2)`) caps the connections accepted on the node's port at
+//! [`Options::inbound_connection_cap`](cluster_core::Options::inbound_connection_cap) and
+//! closes idle ones, by `shutdown(2)` of the connection's socket, from the side: frames
+//! never pass through it (no hop, no copy). Over the cap, the newest connections that never
+//! showed activity are closed first ([`LinkStats::refused_over_cap`]; on libzmq, which
+//! reports no activity, the oldest are kept: the real peers, connected first). A
+//! connection that shows no activity for `idle_connection_timeout` (at least two heartbeat
+//! intervals, so that a quiet real peer, whose heartbeats are activity, is never idle) is
+//! closed ([`LinkStats::idle_closed`]). Activity is, on `zeromq`, a message of any kind on
+//! that connection (the backend sees each one); on libzmq, which tells its user nothing
+//! per connection, the last data the kernel received on it (`tcpi_last_data_recv`, read
+//! through the `sock_diag` netlink interface, as `ss` does). Either way a client that
+//! sends well-formed ZeroMQ traffic (heartbeats, or frames the server drops and counts)
+//! is not idle; the cap bounds how many such clients there can be.
 //!
 //! **zeromq** — the pure-Rust crate has no high-water mark, no heartbeats and does not
 //! reconnect a restarted peer reliably, so this backend adds them itself. ROUTER inbound,
@@ -76,6 +103,12 @@
 //!   only after its first acknowledgement, i.e. after a full round trip;
 //! * the receiver discards frames arriving on a connection that was silent for longer than
 //!   the heartbeat timeout (its sender has given it up; see [`LinkStats::stale_frames`]).
+//! * an acknowledgement is never waited for: one that cannot be queued within 20 ms (the
+//!   crate's write queue to that client is full: it does not read) closes that connection
+//!   ([`LinkStats::slow_readers`]), so no client can stall the receive path.
+//! * reads are fair: the crate's ROUTER takes messages from its connections in turn, so
+//!   a flood on one connection gets one turn in as many as there are connections (see the
+//!   `flood_cost_*` measurement in the tests).
 //!
 //! Control frames start with `0xC2`, cluster frames with the wire magic `0xC1`; control
 //! frames never reach the server, and anything that is not a well-formed control frame is
@@ -104,9 +137,15 @@
 //!   stale until nothing has come from the forged one for `heartbeat_timeout` (the rule in
 //!   `cluster-core`'s crate docs, C10). With a key, such a frame is dropped as
 //!   `unauthenticated` and changes nothing.
-//! * Inbound connections are not capped, and an idle one is never closed; on the `zeromq`
-//!   backend an acknowledgement to a client that never reads can stall the receive task.
-//!   Queues are bounded in frames (`peer_queue`), not in bytes.
+//! * libzmq: inbound memory per connection is bounded in frames (`peer_queue`), i.e. in
+//!   bytes only through `peer_queue` × `max_message_size`.
+//! * When the cap is full of clients that keep sending traffic, a peer that restarts is
+//!   refused (the newest go first) until some of them leave or go idle.
+//! * `zeromq`: the crate queues up to 100,000 messages to one client before a write to it
+//!   waits; acknowledgements are tiny, but a client that never reads holds that much until
+//!   it is closed. `connection_buffer_bytes` is not enforced on this backend.
+//! * The guard runs on Linux only; elsewhere inbound connections are neither capped nor
+//!   closed for idleness (the node logs a warning).
 //!
 //! # Benchmark
 //!
@@ -135,6 +174,7 @@ compile_error!("cluster-zmq needs a backend: enable the feature `libzmq` or `zer
 mod backend;
 mod endpoints;
 mod fairness;
+mod guard;
 #[cfg(feature = "libzmq")]
 mod libzmq;
 mod link_stats;

@@ -44,6 +44,8 @@ pub struct LibzmqTransport {
     liveness: Arc<Liveness>,
     stats: LinkStats,
     teardown: Option<Teardown>,
+    /// Caps the inbound connections (see `guard`); stops when dropped.
+    _guard: Option<crate::guard::Guard>,
 }
 
 impl std::fmt::Debug for LibzmqTransport {
@@ -120,11 +122,11 @@ fn hwm(o: &Options) -> i32 {
     i32::try_from(o.peer_queue).unwrap_or(i32::MAX)
 }
 
-/// Largest message libzmq accepts before closing the connection: twice the configured
-/// limit, so that moderately oversized frames still reach the server and are counted
-/// `too_large`, while a hostile multi-gigabyte length prefix is never allocated.
+/// Largest message libzmq accepts before closing the connection: exactly the frame limit,
+/// so that nothing larger is ever allocated; the connection that sent it is closed and
+/// counted ([`LinkStats::rejected_connections`]).
 fn transport_max_size(o: &Options) -> i64 {
-    i64::try_from(o.max_message_size.saturating_mul(2)).unwrap_or(i64::MAX)
+    i64::try_from(o.max_message_size).unwrap_or(i64::MAX)
 }
 
 impl LibzmqTransport {
@@ -148,6 +150,10 @@ impl LibzmqTransport {
             .map_err(|e| zmq_err("pull socket", e))?;
         let setup = |s: &zmq::Socket| -> zmq::Result<()> {
             set_common_options(s, o, own)?;
+            // A connection that does not complete its handshake is idle: closed by libzmq.
+            s.set_handshake_ivl(millis_i32(
+                o.heartbeat_timeout.min(o.idle_connection_timeout),
+            ))?;
             s.set_rcvhwm(hwm(o))?;
             s.set_linger(0)?;
             s.set_maxmsgsize(transport_max_size(o))
@@ -193,7 +199,8 @@ impl LibzmqTransport {
             monitors.push(monitor);
         }
         let in_events = zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL.to_raw()
-            | zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL.to_raw();
+            | zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL.to_raw()
+            | zmq::SocketEvent::DISCONNECTED.to_raw();
         let pull_monitor = monitor_of(&pull, format!("inproc://cz-{id}-in"), in_events)
             .map_err(|e| zmq_err("pull monitor", e))?;
 
@@ -225,8 +232,23 @@ impl LibzmqTransport {
                 .spawn(move || watcher.run())
                 .map_err(|e| TransportError::Other(format!("spawning a thread: {e}")))?,
         );
+        let guard = crate::guard::start_or_warn(
+            crate::guard::Limits {
+                port: crate::guard::port_of(&endpoints.address),
+                cap: o.inbound_connection_cap(config.peers().len()),
+                // libzmq says nothing of a connection's activity: the kernel does.
+                idle: Some(crate::guard::Limits::idle_timeout(
+                    o.idle_connection_timeout,
+                    o.heartbeat_interval,
+                )),
+                kernel_activity: true,
+            },
+            crate::guard::Activity::default(),
+            &stats,
+        );
         Ok(Self {
             pid,
+            _guard: guard,
             outs,
             pull_ready: Some(pull_ready),
             pull: Some(pull),
@@ -325,10 +347,14 @@ impl Watcher {
                 }
             }
             if readable.get(self.outs.len()).copied().unwrap_or(false) {
-                while read_event(&self.inbound).is_some() {
-                    self.counters
-                        .rejected_connections
-                        .fetch_add(1, Ordering::Relaxed);
+                let disconnected = zmq::SocketEvent::DISCONNECTED.to_raw();
+                while let Some(event) = read_event(&self.inbound) {
+                    let counter = if event == disconnected {
+                        &self.counters.inbound_closed
+                    } else {
+                        &self.counters.rejected_connections
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }

@@ -8,6 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub(crate) struct Counters {
     pub(crate) rejected_connections: AtomicU64,
     pub(crate) stale_frames: AtomicU64,
+    pub(crate) refused_over_cap: AtomicU64,
+    pub(crate) idle_closed: AtomicU64,
+    pub(crate) slow_readers: AtomicU64,
+    pub(crate) inbound_closed: AtomicU64,
 }
 
 /// A read-only handle on a transport's own counters, valid after the transport is moved
@@ -30,5 +34,33 @@ impl LinkStats {
     /// than the heartbeat timeout (the sender had given it up; `zeromq` backend only).
     pub fn stale_frames(&self) -> u64 {
         self.counters.stale_frames.load(Ordering::Relaxed)
+    }
+
+    /// Inbound connections closed because more than `inbound_connection_cap` were open
+    /// (the newest that never showed activity go first).
+    pub fn refused_over_cap(&self) -> u64 {
+        self.counters.refused_over_cap.load(Ordering::Relaxed)
+    }
+
+    /// Inbound connections closed because they showed no activity for
+    /// `idle_connection_timeout` (`zeromq` backend: no message, heartbeats included; on
+    /// libzmq a connection that never completes its handshake is closed by libzmq itself
+    /// and counted in [`LinkStats::rejected_connections`]).
+    pub fn idle_closed(&self) -> u64 {
+        self.counters.idle_closed.load(Ordering::Relaxed)
+    }
+
+    /// Inbound connections closed because a write to them (an acknowledgement) could not
+    /// be queued at once: a client that does not read (`zeromq` backend).
+    pub fn slow_readers(&self) -> u64 {
+        self.counters.slow_readers.load(Ordering::Relaxed)
+    }
+
+    /// Inbound connections that ended, whatever the cause: the peer left, a protocol error,
+    /// a frame above `max_message_size`, closed by the cap or for idleness (libzmq backend
+    /// only: libzmq reports a connection closed for a frame above the limit by nothing
+    /// else).
+    pub fn inbound_closed(&self) -> u64 {
+        self.counters.inbound_closed.load(Ordering::Relaxed)
     }
 }

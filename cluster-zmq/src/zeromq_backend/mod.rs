@@ -11,11 +11,14 @@ use bytes::Bytes;
 use cluster_core::{
     Config, DropReason, Options, PeerSet, Pid, Transport, TransportError, TransportEvent, wire,
 };
+use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use zeromq::util::PeerIdentity;
 use zeromq::{
-    DealerSocket, RouterSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage,
+    DealerSocket, Endpoint, Host, MultiPeerBackend, RouterSocket, Socket, SocketEvent,
+    SocketOptions, SocketRecv, SocketSend, ZmqMessage,
 };
 
 mod control;
@@ -24,6 +27,7 @@ mod inbound;
 use self::control::Control;
 use self::inbound::{BATCH, Inbound};
 use crate::endpoints::Endpoints;
+use crate::guard::Activity;
 use crate::link_stats::{Counters, LinkStats};
 use crate::liveness::Liveness;
 
@@ -46,6 +50,8 @@ pub struct ZeromqTransport {
     stop: watch::Sender<Option<Instant>>,
     receiver: Option<JoinHandle<()>>,
     senders: Vec<JoinHandle<()>>,
+    /// Caps the inbound connections and closes idle ones (see `guard`); stops when dropped.
+    _guard: Option<crate::guard::Guard>,
 }
 
 impl std::fmt::Debug for ZeromqTransport {
@@ -87,17 +93,38 @@ impl ZeromqTransport {
         let endpoints = Endpoints::of(pid, config)?;
         let limits = Limits::new(config.options());
         let mut router = RouterSocket::new();
+        let monitor = router.monitor();
         router
             .bind(&endpoints.own)
             .await
             .map_err(|e| endpoints.bind_error(e))?;
 
         let stats = LinkStats::default();
+        let activity = Activity::default();
+        let guard = crate::guard::start_or_warn(
+            crate::guard::Limits {
+                port: crate::guard::port_of(&endpoints.address),
+                cap: config
+                    .options()
+                    .inbound_connection_cap(config.peers().len()),
+                idle: Some(crate::guard::Limits::idle_timeout(
+                    config.options().idle_connection_timeout,
+                    config.options().heartbeat_interval,
+                )),
+                kernel_activity: false,
+            },
+            activity.clone(),
+            &stats,
+        );
         let (stop, stop_rx) = watch::channel(None);
         let (tx, inbound) = Inbound::channel();
         let receiver = tokio::spawn(
             Receiver {
+                backend: router.backend(),
                 router,
+                monitor,
+                activity,
+                addresses: HashMap::new(),
                 tx: tx.clone(),
                 stop: stop_rx.clone(),
                 counters: Arc::clone(&stats.counters),
@@ -135,6 +162,7 @@ impl ZeromqTransport {
             stop,
             receiver: Some(receiver),
             senders,
+            _guard: guard,
         })
     }
 
@@ -219,11 +247,21 @@ struct Conn {
     last: Instant,
     /// Silent for longer than the heartbeat timeout: its sender has given it up.
     stale: bool,
+    /// When the guard was last told of this connection's activity.
+    touched: Instant,
 }
 
 /// Owns the ROUTER socket: hands frames to the server, answers pings, acknowledges.
 struct Receiver {
     router: RouterSocket,
+    /// The socket's own handle, to close one connection (a client that does not read).
+    backend: Arc<dyn MultiPeerBackend>,
+    /// The socket's events: which peer address each routing id has.
+    monitor: futures::channel::mpsc::Receiver<SocketEvent>,
+    /// What the guard learns of each connection's activity.
+    activity: Activity,
+    /// The peer address of each connection, by routing id.
+    addresses: HashMap<Bytes, std::net::SocketAddr>,
     tx: mpsc::Sender<Vec<TransportEvent>>,
     stop: StopSignal,
     counters: Arc<Counters>,
@@ -238,6 +276,10 @@ impl Receiver {
         'outer: loop {
             let first = tokio::select! {
                 _ = stopped(&mut stop) => break,
+                Some(event) = self.monitor.next() => {
+                    self.on_event(event);
+                    continue;
+                }
                 m = self.router.recv() => m,
             };
             let mut next = Some(first);
@@ -277,6 +319,51 @@ impl Receiver {
         }
     }
 
+    /// A socket event: learns the peer address of a new connection, forgets a closed one.
+    fn on_event(&mut self, event: SocketEvent) {
+        match event {
+            SocketEvent::Accepted(Endpoint::Tcp(host, port), id) => {
+                let ip = match host {
+                    Host::Ipv4(ip) => std::net::IpAddr::V4(ip),
+                    Host::Ipv6(ip) => std::net::IpAddr::V6(ip),
+                    Host::Domain(_) => return,
+                };
+                let address = std::net::SocketAddr::new(ip, port);
+                // A completed handshake is activity.
+                self.activity.touch(address);
+                if self.addresses.len() >= MAX_CONNS {
+                    // Disconnections the monitor did not report (its queue was full): keep
+                    // the connections heard from recently.
+                    let conns = &self.conns;
+                    self.addresses.retain(|id, _| conns.contains_key(id));
+                }
+                if self.addresses.len() < MAX_CONNS {
+                    self.addresses.insert(Bytes::from(id), address);
+                }
+            }
+            SocketEvent::Disconnected(id) => {
+                let id = Bytes::from(id);
+                self.addresses.remove(&id);
+                self.conns.remove(&id);
+            }
+            _ => {}
+        }
+    }
+
+    /// Closes the connection `id` (a client that does not read its acknowledgements).
+    fn close(&mut self, id: &Bytes) {
+        self.counters.slow_readers.fetch_add(1, Ordering::Relaxed);
+        if let Ok(peer) = PeerIdentity::try_from(id.clone()) {
+            self.backend.peer_disconnected(&peer);
+        }
+        self.conns.remove(id);
+        // The crate's writer to it may be stuck in a write that never ends, holding the
+        // socket open: the guard shuts it down.
+        if let Some(address) = self.addresses.remove(id) {
+            self.activity.condemn(address);
+        }
+    }
+
     /// One multipart message: the routing id, then frames. Err: the server is gone.
     async fn on_message(
         &mut self,
@@ -294,7 +381,14 @@ impl Receiver {
             acked: 0,
             last: now,
             stale: false,
+            touched: now - TOUCH_EVERY,
         });
+        if now.duration_since(conn.touched) >= TOUCH_EVERY
+            && let Some(&address) = self.addresses.get(&id)
+        {
+            conn.touched = now;
+            self.activity.touch(address);
+        }
         if now.duration_since(conn.last) > timeout {
             conn.stale = true;
         }
@@ -327,10 +421,14 @@ impl Receiver {
                 let full = std::mem::replace(batch, Vec::with_capacity(BATCH));
                 self.tx.send(full).await.map_err(|_| ())?;
             }
-            let mut ack = ZmqMessage::from(id);
+            let mut ack = ZmqMessage::from(id.clone());
             ack.push_back(control::encode(Control::Ack(n)));
-            if let Err(e) = self.router.send(ack).await {
-                tracing::debug!("zeromq ack: {e}");
+            // Never wait on one client: an ack that cannot be queued at once means the
+            // connection's write queue is full (its client does not read). Close it.
+            match tokio::time::timeout(ACK_WAIT, self.router.send(ack)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!("zeromq ack: {e}"),
+                Err(_) => self.close(&id),
             }
         }
         if self.conns.len() > MAX_CONNS {
@@ -353,6 +451,15 @@ impl Receiver {
 
 /// Inbound connections the receiver keeps state for, at most.
 const MAX_CONNS: usize = 4096;
+
+/// Longest wait to queue one acknowledgement (see `Receiver::on_message`). The crate
+/// queues up to 100,000 messages to a client before a send waits; a wait this long means
+/// that queue is full, not a moment's contention on the crate's peer map (which would
+/// close a real peer): each stalled client costs the receive path this once, then is closed.
+const ACK_WAIT: Duration = Duration::from_millis(20);
+
+/// How often a connection's activity is passed on to the guard, at most.
+const TOUCH_EVERY: Duration = Duration::from_millis(50);
 
 /// Owns the way to one peer: its bounded queue and, while connected, its DEALER socket.
 struct Link {

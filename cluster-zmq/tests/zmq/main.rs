@@ -29,6 +29,7 @@ macro_rules! on_every_backend {
     };
 }
 
+mod connections;
 mod contract;
 mod hostile;
 mod nodes;
