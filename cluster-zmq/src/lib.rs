@@ -106,6 +106,9 @@
 //! * an acknowledgement is never waited for: one that cannot be queued within 20 ms (the
 //!   crate's write queue to that client is full: it does not read) closes that connection
 //!   ([`LinkStats::slow_readers`]), so no client can stall the receive path.
+//! * a frame header announcing more than the frame limit (plus 64 KiB of slack) fails its
+//!   connection before anything is reserved (the crate as patched in `vendor/zeromq`:
+//!   unpatched, one header announcing a terabyte aborts the process);
 //! * reads are fair: the crate's ROUTER takes messages from its connections in turn, so
 //!   a flood on one connection gets one turn in as many as there are connections (see the
 //!   `flood_cost_*` measurement in the tests).
@@ -118,20 +121,21 @@
 //!
 //! Every frame refused by `send` is counted by the server with its reason. Frames accepted
 //! and later lost are counted where the transport can know them: the `zeromq` backend
-//! reports every frame still in its own queue when a connection is given up
-//! ([`TransportEvent::Dropped`](cluster_core::TransportEvent::Dropped)); the frames already
-//! handed to the network (at most the acknowledgement window) cannot be told apart from
-//! delivered ones and are not counted. libzmq discards its queue to a connection that dies
-//! without saying how many frames it held, so the libzmq backend reports none. In both cases
+//! reports every message still in its own queue when a connection is given up
+//! ([`TransportEvent::Dropped`](cluster_core::TransportEvent::Dropped); acknowledgements,
+//! [`wire::is_control`](cluster_core::wire::is_control), are not messages and are left
+//! out). libzmq discards its queue to a connection that dies without saying how many frames
+//! it held, so the libzmq backend reports none. What neither can tell, the server counts:
+//! the transport says it may lose accepted frames
+//! ([`Transport::may_lose_accepted`](cluster_core::Transport::may_lose_accepted)), so
+//! receivers acknowledge and senders count what a vanished peer never acknowledged as
+//! `unconfirmed` (C7 on real sockets, in `cluster-core`'s crate docs). In both cases
 //! nothing sent before a cut or a crash is delivered after it (contract C4).
 //! Below the frame level, [`LinkStats`] counts connections refused for not speaking ZMTP
 //! (libzmq) and frames from connections already given up (`zeromq`).
 //!
 //! # Known limits
 //!
-//! * `zeromq` backend: the crate reserves the length a frame header announces before reading
-//!   it; a hostile peer announcing a giant frame can make the process allocate that much.
-//!   The libzmq backend caps it (`ZMQ_MAXMSGSIZE`).
 //! * Without a cluster key, frames are not authenticated: a forged frame claiming a known
 //!   sender and a higher incarnation is believed, and makes that sender's real incarnation
 //!   stale until nothing has come from the forged one for `heartbeat_timeout` (the rule in

@@ -69,6 +69,8 @@ struct Limits {
     heartbeat_timeout: Duration,
     /// Unacknowledged frames a sender keeps in flight on one connection.
     window: u64,
+    /// The largest frame a peer may announce (see [`socket_options`]).
+    max_frame: usize,
 }
 
 impl Limits {
@@ -77,6 +79,7 @@ impl Limits {
             heartbeat_interval: o.heartbeat_interval,
             heartbeat_timeout: o.heartbeat_timeout,
             window: u64::try_from(o.peer_queue).unwrap_or(u64::MAX).max(1),
+            max_frame: o.max_message_size.saturating_add(64 * 1024),
         }
     }
 
@@ -86,13 +89,24 @@ impl Limits {
     }
 }
 
+/// Socket options of every socket of this backend: frames are limited to the frame limit
+/// plus room for the ZeroMQ framing and a slack of 64 KiB (so that a frame just above the
+/// limit still reaches the server, which counts it as `too_large`), and a frame header
+/// announcing more fails its connection before anything is reserved (the `zeromq` crate
+/// as patched in `vendor/zeromq`).
+fn socket_options(limits: &Limits) -> SocketOptions {
+    let mut options = SocketOptions::default();
+    options.max_frame_size(limits.max_frame);
+    options
+}
+
 impl ZeromqTransport {
     /// Binds node `pid`'s address from `config` and starts connecting to every other peer.
     /// Must be called inside a tokio runtime.
     pub async fn bind(pid: Pid, config: &Config) -> Result<Self, TransportError> {
         let endpoints = Endpoints::of(pid, config)?;
         let limits = Limits::new(config.options());
-        let mut router = RouterSocket::new();
+        let mut router = RouterSocket::with_options(socket_options(&limits));
         let monitor = router.monitor();
         router
             .bind(&endpoints.own)
@@ -544,7 +558,7 @@ impl Link {
     /// A fresh DEALER, connected, with one ping answered within the heartbeat timeout.
     async fn connect(&self) -> Option<(zeromq::DealerSendHalf, zeromq::DealerRecvHalf)> {
         let timeout = self.limits.heartbeat_timeout;
-        let mut options = SocketOptions::default();
+        let mut options = socket_options(&self.limits);
         options.connect_timeout(timeout);
         let mut dealer = DealerSocket::with_options(options);
         let attempt = async {
@@ -574,6 +588,7 @@ impl Link {
             heartbeat_interval,
             heartbeat_timeout,
             window,
+            ..
         } = self.limits;
         let mut sent: u64 = 0;
         let mut acked: u64 = 0;

@@ -15,6 +15,7 @@ use crate::nodes::{drain_until_marker, try_start_as, wait_until};
 on_every_backend!(
     garbage_truncated_oversized_and_forged_input_is_counted_and_harmless,
     keyed_nodes_drop_wrong_keys_unkeyed_frames_and_replays,
+    frame_lengths_claiming_gigabytes_are_refused_without_allocating,
 );
 
 const MAX: usize = 4096;
@@ -262,6 +263,85 @@ async fn keyed_nodes_drop_wrong_keys_unkeyed_frames_and_replays(backend: Backend
     assert_eq!(s.peers[&1].incarnation, Some(3));
     assert_eq!(s.delivered, s.peers[&1].delivered);
     assert!(drain_until_marker(&a, &mut b, "marker-2").await.is_empty());
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A ZMTP 3.0 client's opening, by hand: the greeting (NULL mechanism, as client) and a
+/// READY command for a DEALER socket, as a real peer sends it.
+fn zmtp_dealer_opening() -> Vec<u8> {
+    let mut out = vec![0xFF, 0, 0, 0, 0, 0, 0, 0, 1, 0x7F, 3, 0];
+    let mut mechanism = [0u8; 20];
+    mechanism[..4].copy_from_slice(b"NULL");
+    out.extend_from_slice(&mechanism);
+    out.push(0); // as-server: no
+    out.extend_from_slice(&[0; 31]);
+    assert_eq!(out.len(), 64);
+    let mut ready = vec![5];
+    ready.extend_from_slice(b"READY");
+    ready.push(11);
+    ready.extend_from_slice(b"Socket-Type");
+    ready.extend_from_slice(&6u32.to_be_bytes());
+    ready.extend_from_slice(b"DEALER");
+    out.push(0x04); // a short command
+    out.push(u8::try_from(ready.len()).unwrap());
+    out.extend_from_slice(&ready);
+    out
+}
+
+/// C9 and C6: after a well-formed opening, frame headers announcing 1 TiB and 4 GiB (long
+/// frames, 8-byte lengths) and then nothing. The node refuses them without reserving what
+/// they announce (the process would abort, or hold gigabytes), closes the connection, and
+/// keeps serving its real peer.
+async fn frame_lengths_claiming_gigabytes_are_refused_without_allocating(backend: Backend) {
+    use std::io::Read;
+    let options = Options {
+        max_message_size: MAX,
+        ..net::fast_options()
+    };
+    let (config, (a, mut b)) = net::bind_local(2, options, async |config| {
+        let a = try_start_as(backend, 1, config, 3).await?;
+        let b = try_start_as(backend, 2, config, 3).await?;
+        Ok((a, b))
+    })
+    .await
+    .unwrap();
+    a.wait_for_peers(DEADLINE).await.unwrap();
+    assert!(drain_until_marker(&a, &mut b, "marker-0").await.is_empty());
+    let address = config.peer(2).unwrap().address.clone();
+    let rss = || {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    let before = rss();
+    for claimed in [1u64 << 40, 1 << 32] {
+        let mut s = std::net::TcpStream::connect(&address).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut bytes = zmtp_dealer_opening();
+        bytes.push(0x02); // a long message frame
+        bytes.extend_from_slice(&claimed.to_be_bytes());
+        bytes.extend_from_slice(&[0xAB; 1024]);
+        let _ = s.write_all(&bytes);
+        // The node closes the connection (end of stream or reset) within the deadline:
+        // it does not wait for the terabyte.
+        let mut sink = [0u8; 4096];
+        loop {
+            match s.read(&mut sink) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+    // Nothing near the claimed sizes was taken (the test process holds both nodes).
+    let grown = rss().saturating_sub(before);
+    assert!(grown < 256 * 1024, "RSS grew by {grown} KiB");
+    assert!(drain_until_marker(&a, &mut b, "marker-1").await.is_empty());
     a.shutdown().await;
     b.shutdown().await;
 }
