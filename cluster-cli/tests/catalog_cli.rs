@@ -49,20 +49,23 @@ fn show_prints_a_table_by_config_and_pid() {
     assert!(out.status.success(), "{stdout} {}", out.stderr);
     let lines: Vec<&str> = stdout.lines().collect();
     let catalog = dir.path().join(".cluster/catalog-2");
-    assert_eq!(
-        lines[0],
-        format!(
-            "catalog {}: node 2, incarnation 1, 3 peers",
+    // The incarnation NodeCatalog::open began: floored by the clock (seconds since 2025).
+    let incarnation: u64 = lines[0]
+        .strip_prefix(&format!(
+            "catalog {}: node 2, incarnation ",
             catalog.display()
-        )
-    );
+        ))
+        .and_then(|rest| rest.strip_suffix(", 3 peers"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(incarnation > 365 * 24 * 3600, "{stdout}");
     assert!(lines[1].starts_with("PID  ADDRESS"), "{stdout}");
     assert!(
         lines[2].starts_with("1    127.0.0.1:7001      unknown  -"),
         "{stdout}"
     );
     assert!(
-        lines[3].starts_with("2    127.0.0.1:7002      up       1"),
+        lines[3].starts_with(&format!("2    127.0.0.1:7002      up       {incarnation} ")),
         "{stdout}"
     );
     assert!(
