@@ -83,6 +83,12 @@ impl ClusterKey {
         Self::from_hex(&text).map_err(|e| format!("key environment variable {var}: {e}"))
     }
 
+    /// A key for another use, derived from this one (`blake3::derive_key` under
+    /// `context`), so that the cluster key itself serves one purpose only.
+    pub(crate) fn derive_key(&self, context: &str) -> [u8; KEY_LEN] {
+        blake3::derive_key(context, &self.0)
+    }
+
     /// The tag of `covered` (a frame's header and payload) under this key.
     pub fn tag(&self, covered: &[u8]) -> [u8; TAG_LEN] {
         *blake3::keyed_hash(&self.0, covered).as_bytes()

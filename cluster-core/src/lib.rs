@@ -95,6 +95,7 @@ mod envelope;
 mod key;
 mod report;
 mod router;
+pub mod seal;
 mod server;
 mod stats;
 mod transport;
