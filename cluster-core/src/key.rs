@@ -1,5 +1,6 @@
 //! The cluster key: 32 secret bytes every node of a cluster shares, which authenticate
-//! every frame (a keyed-BLAKE3 tag over header and payload, see [`crate::wire`]).
+//! every frame (a keyed-BLAKE3 tag over header and payload, see [`crate::wire`]), or, with
+//! `"encrypt"`, from which the frame-encryption key is derived (see [`crate::seal`]).
 //!
 //! Written as 64 hexadecimal digits, in a file (`"key_file"` in the config) or in an
 //! environment variable (`"key_env"`): `head -c 32 /dev/urandom | xxd -p -c 64`.

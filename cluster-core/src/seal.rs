@@ -21,7 +21,7 @@
 //! ```
 
 use bytes::{Bytes, BytesMut};
-use chacha20poly1305::aead::AeadInPlace;
+use chacha20poly1305::aead::AeadInOut;
 use chacha20poly1305::{Key, KeyInit, Tag, XChaCha20Poly1305, XNonce};
 
 use crate::key::ClusterKey;
@@ -132,7 +132,7 @@ impl Aead {
     fn new(key: &ClusterKey, salt: [u8; SALT_LEN]) -> Self {
         let derived = key.derive_key(AEAD_KEY_CONTEXT);
         Self {
-            cipher: XChaCha20Poly1305::new(Key::from_slice(&derived)),
+            cipher: XChaCha20Poly1305::new(&Key::from(derived)),
             salt,
             next: 0,
         }
@@ -148,7 +148,10 @@ impl Aead {
         };
         let nonce = nonce(head, &self.salt, counter);
         // Encrypting into a buffer of known size cannot fail (the length limit is 256 GiB).
-        if let Ok(tag) = self.cipher.encrypt_in_place_detached(&nonce, head, payload) {
+        if let Ok(tag) = self
+            .cipher
+            .encrypt_inout_detached(&nonce, head, payload.into())
+        {
             trailer[..POLY1305_LEN].copy_from_slice(&tag);
         }
         trailer[POLY1305_LEN..POLY1305_LEN + SALT_LEN].copy_from_slice(&self.salt);
@@ -168,13 +171,14 @@ impl Aead {
         let (covered, trailer) = buf.split_at_mut(at);
         let (head, payload) = covered.split_at_mut(HEADER_LEN);
         let (tag, rest) = trailer.split_at(POLY1305_LEN);
+        let tag = Tag::try_from(tag).ok()?;
         let (salt, counter) = rest.split_at(SALT_LEN);
         let salt: [u8; SALT_LEN] = salt.try_into().ok()?;
         let counter = u64::from_le_bytes(counter.try_into().ok()?);
         let nonce = nonce(head, &salt, counter);
         // Poly1305 is checked (in constant time) before any byte is decrypted.
         self.cipher
-            .decrypt_in_place_detached(&nonce, head, payload, Tag::from_slice(tag))
+            .decrypt_inout_detached(&nonce, head, payload.into(), &tag)
             .ok()?;
         Some(buf.freeze())
     }
