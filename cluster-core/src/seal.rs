@@ -62,7 +62,8 @@ impl std::fmt::Debug for Sealer {
 pub struct Aead {
     cipher: XChaCha20Poly1305,
     salt: [u8; SALT_LEN],
-    /// The counter of the next frame sealed. 2^64 frames are never reached in one start.
+    /// The counter of the next frame sealed: it starts at a random value and wraps,
+    /// repeating only after 2^64 frames, which one start never reaches.
     next: u64,
 }
 
@@ -74,7 +75,10 @@ impl Sealer {
         match key {
             None => Self::None,
             Some(key) if !encrypt => Self::Mac(key),
-            Some(key) => Self::Aead(Box::new(Aead::new(&key, fresh_salt()))),
+            Some(key) => {
+                let [salt, start] = fresh_salt();
+                Self::Aead(Box::new(Aead::new(&key, salt, u64::from_le_bytes(start))))
+            }
         }
     }
 
@@ -129,12 +133,12 @@ impl Sealer {
 }
 
 impl Aead {
-    fn new(key: &ClusterKey, salt: [u8; SALT_LEN]) -> Self {
+    fn new(key: &ClusterKey, salt: [u8; SALT_LEN], first: u64) -> Self {
         let derived = key.derive_key(AEAD_KEY_CONTEXT);
         Self {
             cipher: XChaCha20Poly1305::new(&Key::from(derived)),
             salt,
-            next: 0,
+            next: first,
         }
     }
 
@@ -195,10 +199,12 @@ fn nonce(head: &[u8], salt: &[u8; SALT_LEN], counter: u64) -> XNonce {
     XNonce::from(n)
 }
 
-/// Eight random bytes from the operating system. Should it have no random source, a hash of
-/// the clock, the process id and an address: distinct per start in all but freak cases.
-fn fresh_salt() -> [u8; SALT_LEN] {
-    let mut salt = [0u8; SALT_LEN];
+/// A salt and a first counter value: sixteen random bytes from the operating system, so
+/// that two starts of one sender repeat a nonce only if 128 random bits meet. Should
+/// the system have no random source, a hash of the clock, the process id and an
+/// address: distinct per start in all but freak cases.
+fn fresh_salt() -> [[u8; SALT_LEN]; 2] {
+    let mut salt = [0u8; 2 * SALT_LEN];
     if getrandom::fill(&mut salt).is_err() {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -207,9 +213,13 @@ fn fresh_salt() -> [u8; SALT_LEN] {
         h.update(&nanos.to_le_bytes());
         h.update(&std::process::id().to_le_bytes());
         h.update(&(&salt as *const _ as usize).to_le_bytes());
-        salt.copy_from_slice(&h.finalize().as_bytes()[..SALT_LEN]);
+        salt.copy_from_slice(&h.finalize().as_bytes()[..2 * SALT_LEN]);
     }
-    salt
+    let (a, b) = salt.split_at(SALT_LEN);
+    let mut out = [[0u8; SALT_LEN]; 2];
+    out[0].copy_from_slice(a);
+    out[1].copy_from_slice(b);
+    out
 }
 
 #[cfg(test)]

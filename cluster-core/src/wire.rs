@@ -25,7 +25,8 @@
 //! ```text
 //! end-32  16    the Poly1305 tag
 //! end-16  8     the sender's salt: 8 random bytes drawn once when its router starts
-//! end-8   8     the sender's frame counter, u64 little-endian: +1 for every frame it seals
+//! end-8   8     the sender's frame counter, u64 little-endian: random at the start, +1
+//!               (wrapping) for every frame it seals
 //! ```
 //!
 //! under a key derived from the cluster key (`blake3::derive_key`, see [`crate::seal`]),
@@ -34,9 +35,10 @@
 //! Nonce uniqueness is what the cipher's security rests on, so it does not borrow the
 //! header's sequence number: a copy the transport refused gives its number back, to be
 //! used again by the next message (and control frames need not number at all); the
-//! counter is the sealer's own and never repeats within a start, and the fresh salt
-//! keeps two starts of the same sender apart even when they share an incarnation (a
-//! lost catalog). The sender pid in the nonce keeps nodes apart whatever their salts.
+//! counter is the sealer's own and never repeats within a start (2^64 frames), and the
+//! fresh salt and random first count keep two starts of the same sender apart even when
+//! they share an incarnation (a lost catalog): they collide only if 128 random bits do.
+//! The sender pid in the nonce keeps nodes apart whatever their salts.
 //! An encrypted frame is exactly as long as a MAC-mode frame of the same payload.
 //!
 //! A receiver checks the tag (in constant time) right after the header's own checks (a
