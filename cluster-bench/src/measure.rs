@@ -189,6 +189,7 @@ pub(crate) fn bench_config<A: AsRef<str>>(
 ) -> Result<Config, BenchError> {
     let options = Options {
         peer_queue,
+        encrypt: security.encrypt(),
         ..Options::default()
     };
     Ok(

@@ -176,23 +176,32 @@ pub enum Security {
     None,
     /// A cluster key: every frame carries a keyed-BLAKE3 MAC, checked on arrival.
     Mac,
+    /// A cluster key and `"encrypt"`: every payload is encrypted (XChaCha20-Poly1305) and
+    /// every header authenticated.
+    Aead,
 }
 
 impl Security {
-    /// `"none"` or `"mac"`.
+    /// `"none"`, `"mac"` or `"aead"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::None => "none",
             Self::Mac => "mac",
+            Self::Aead => "aead",
         }
     }
 
+    /// Whether frames are encrypted (the `"encrypt"` option).
+    pub(crate) fn encrypt(self) -> bool {
+        self == Self::Aead
+    }
+
     /// The cluster key of a benchmark's nodes: a fixed one, since what is measured is the
-    /// cost of the MAC, not the secrecy of the key.
+    /// cost of the MAC or the cipher, not the secrecy of the key.
     pub(crate) fn key(self) -> Option<cluster_core::ClusterKey> {
         match self {
             Self::None => None,
-            Self::Mac => Some(cluster_core::ClusterKey::from_bytes([0x5A; 32])),
+            Self::Mac | Self::Aead => Some(cluster_core::ClusterKey::from_bytes([0x5A; 32])),
         }
     }
 }
@@ -206,13 +215,15 @@ impl fmt::Display for Security {
 impl FromStr for Security {
     type Err = BenchError;
 
-    /// `none` or `mac`.
+    /// `none`, `mac` or `aead`.
     fn from_str(s: &str) -> Result<Self, BenchError> {
-        [Self::None, Self::Mac]
+        [Self::None, Self::Mac, Self::Aead]
             .into_iter()
             .find(|f| f.as_str() == s)
             .ok_or_else(|| {
-                BenchError::Options(format!("unknown security {s:?}: expected none or mac"))
+                BenchError::Options(format!(
+                    "unknown security {s:?}: expected none, mac or aead"
+                ))
             })
     }
 }

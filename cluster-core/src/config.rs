@@ -93,6 +93,9 @@ pub struct Options {
     pub key_env: Option<String>,
     /// `"encrypt"`: with a cluster key, encrypt every frame's payload as well as
     /// authenticating it (XChaCha20-Poly1305 instead of a keyed-BLAKE3 tag). Needs a key.
+    /// Every node of a cluster must agree: an encrypting node refuses tagged-only frames,
+    /// and a node with a key but without `"encrypt"` refuses encrypted ones
+    /// (`unauthenticated`).
     pub encrypt: bool,
     /// `"peer_queue_bytes"`: bytes of frames to one peer that the transport accepted and
     /// the peer has not yet acknowledged; a frame that would exceed it is dropped

@@ -1,5 +1,6 @@
 //! The cluster key: 32 secret bytes every node of a cluster shares, which authenticate
-//! every frame (a keyed-BLAKE3 tag over header and payload, see [`crate::wire`]).
+//! every frame (a keyed-BLAKE3 tag over header and payload, see [`crate::wire`]), or, with
+//! `"encrypt"`, from which the frame-encryption key is derived (see [`crate::seal`]).
 //!
 //! Written as 64 hexadecimal digits, in a file (`"key_file"` in the config) or in an
 //! environment variable (`"key_env"`): `head -c 32 /dev/urandom | xxd -p -c 64`.
@@ -81,6 +82,12 @@ impl ClusterKey {
             format!("key environment variable {var}: {e} (set it to 64 hexadecimal digits)")
         })?;
         Self::from_hex(&text).map_err(|e| format!("key environment variable {var}: {e}"))
+    }
+
+    /// A key for another use, derived from this one (`blake3::derive_key` under
+    /// `context`), so that the cluster key itself serves one purpose only.
+    pub(crate) fn derive_key(&self, context: &str) -> [u8; KEY_LEN] {
+        blake3::derive_key(context, &self.0)
     }
 
     /// The tag of `covered` (a frame's header and payload) under this key.

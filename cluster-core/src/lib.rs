@@ -65,9 +65,11 @@
 //!   oversized, forged header) are dropped and counted; the node keeps serving. Config and
 //!   catalog errors are clear messages naming the file, the entry and the problem.
 //! * **C10 membership you can trust** — with a cluster key ([`Config::cluster_key`]), every
-//!   frame carries a keyed-BLAKE3 tag over its header and payload; a frame that is forged,
-//!   altered, from another cluster, unkeyed (or keyed at an unkeyed node) is dropped as
-//!   `unauthenticated`, and one whose sequence number is not above the highest seen from
+//!   frame carries a keyed-BLAKE3 tag over its header and payload, or, with `"encrypt"`
+//!   ([`Options::encrypt`]), its payload is encrypted and header and payload authenticated
+//!   (XChaCha20-Poly1305, see [`wire`] and [`seal`]); a frame that is forged, altered,
+//!   from another cluster, unkeyed (or keyed at an unkeyed node), or of the other keyed
+//!   mode is dropped as `unauthenticated`, and one whose sequence number is not above the highest seen from
 //!   that incarnation of its sender as `replayed`. Such a frame changes nothing: the tag and
 //!   the replay guard are checked before a frame may move a peer's incarnation, its
 //!   sequence state, or its counters (which the catalog reads). Without a key nothing is
@@ -110,6 +112,7 @@ mod envelope;
 mod key;
 mod report;
 mod router;
+pub mod seal;
 mod server;
 mod stats;
 mod transport;

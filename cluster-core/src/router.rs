@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use crate::envelope::{BROADCAST, Envelope, Pid};
-use crate::key::ClusterKey;
+use crate::seal::Sealer;
 use crate::stats::{DropReason, StatsCells};
 use crate::wire::{self, Destination, Header, Incarnation, Seq, WireError};
 
@@ -180,9 +180,9 @@ pub(crate) struct Router {
     forget_after: Duration,
     stats: Arc<StatsCells>,
     encoder: wire::Encoder,
-    /// The cluster key: with it every frame sent is tagged and every frame received must
-    /// carry a tag that checks; without it, a keyed frame is refused.
-    key: Option<ClusterKey>,
+    /// Seals every frame sent and opens every frame received, in this node's mode
+    /// (unkeyed, MAC or encrypted); a frame of another mode is refused.
+    sealer: Sealer,
     #[cfg(feature = "fault-injection")]
     fault: Option<RouterFault>,
 }
@@ -194,7 +194,7 @@ impl Router {
         all: Vec<Pid>,
         max_message_size: usize,
         stats: Arc<StatsCells>,
-        key: Option<ClusterKey>,
+        sealer: Sealer,
         forget_after: Duration,
     ) -> Self {
         let heard = vec![None; all.len()];
@@ -217,7 +217,7 @@ impl Router {
             forget_after,
             stats,
             encoder: wire::Encoder::new(),
-            key,
+            sealer,
             #[cfg(feature = "fault-injection")]
             fault: None,
         }
@@ -276,7 +276,7 @@ impl Router {
             self.stats.dropped_to(to, DropReason::UnknownPeer, 1);
             return None;
         };
-        let keyed = self.key.is_some();
+        let keyed = self.sealer.keyed();
         let serialized = match self.encoder.serialize(&env.msg) {
             Ok(()) if self.encoder.frame_len(keyed) <= self.max_message_size => Ok(()),
             Ok(()) => Err(DropReason::TooLarge),
@@ -315,19 +315,17 @@ impl Router {
                 self.stats.dropped_to(peer, reason, 1);
                 continue;
             }
-            let header = Header {
+            let header = self.sealer.mark(Header {
                 sender: self.pid,
                 to: peer,
                 destination,
                 incarnation: self.incarnation,
                 seq: *next,
                 msg_id: env.msg_id,
-                keyed,
-            };
-            let key = self.key.as_ref();
-            let frame = self.encoder.frame(&header, |covered| {
-                key.map_or([0; wire::TAG_LEN], |k| k.tag(covered))
+                ..Header::default()
             });
+            let sealer = &mut self.sealer;
+            let frame = self.encoder.frame(&header, |covered| sealer.seal(covered));
             match send(peer, frame) {
                 Ok(()) => {
                     if self.acks.is_some()
@@ -417,15 +415,8 @@ impl Router {
         // Before anything that moves state: only an authenticated frame may move a peer's
         // incarnation or sequence state (or reach the catalog, which learns incarnations
         // from the stats). An unkeyed node cannot check a keyed frame's tag, so it cannot
-        // trust it either.
-        let authentic = match (&self.key, h.keyed) {
-            (None, keyed) => !keyed,
-            (Some(key), true) => {
-                wire::split_tag(&bytes).is_some_and(|(covered, tag)| key.verify(covered, tag))
-            }
-            (Some(_), false) => false,
-        };
-        if !authentic {
+        // trust it either; nor does a node accept a frame of another keyed mode.
+        let Some(bytes) = self.sealer.open(bytes, &h) else {
             tracing::debug!(
                 pid = self.pid,
                 from = h.sender,
@@ -433,13 +424,13 @@ impl Router {
             );
             self.drop_hostile(DropReason::Unauthenticated);
             return None;
-        }
+        };
         if h.destination == Destination::Ack {
             self.on_ack(index, &h, &bytes);
             return None;
         }
         let mut heard = self.heard.get(index).copied().flatten();
-        if self.key.is_none()
+        if !self.sealer.keyed()
             && heard.is_some_and(|p| now.saturating_duration_since(p.at) >= self.forget_after)
         {
             // Forgotten (see above): this frame starts the count afresh.
@@ -561,7 +552,6 @@ impl Router {
         if !all && !std::mem::take(&mut self.ack_ready) {
             return;
         }
-        let keyed = self.key.is_some();
         for index in 0..self.all.len() {
             let (Some(Some(heard)), Some(due), Some(&peer)) = (
                 self.heard.get(index),
@@ -581,19 +571,16 @@ impl Router {
             {
                 continue;
             }
-            let header = Header {
+            // Sealed like any frame: with a key, a forged acknowledgement confirms nothing.
+            let header = self.sealer.mark(Header {
                 sender: self.pid,
                 to: peer,
                 destination: Destination::Ack,
                 incarnation: self.incarnation,
-                seq: 0,
-                msg_id: 0,
-                keyed,
-            };
-            let key = self.key.as_ref();
-            let frame = self.encoder.frame(&header, |covered| {
-                key.map_or([0; wire::TAG_LEN], |k| k.tag(covered))
+                ..Header::default()
             });
+            let sealer = &mut self.sealer;
+            let frame = self.encoder.frame(&header, |covered| sealer.seal(covered));
             let acked = heard.seq;
             if send(peer, frame).is_ok()
                 && let Some(due) = self.ack_due.get_mut(index)
@@ -659,6 +646,7 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key::ClusterKey;
     use crate::stats::Stats;
 
     /// A `forget_after` no test reaches, but the one about it.
@@ -672,7 +660,7 @@ mod tests {
             all.clone(),
             1024,
             Arc::new(StatsCells::new(all)),
-            None,
+            Sealer::None,
             LONG,
         )
     }
@@ -809,10 +797,12 @@ mod tests {
     fn acking_router(pid: Pid, incarnation: Incarnation, bytes: usize) -> Router {
         let all = vec![1, 2, 3, 4];
         let stats = Arc::new(StatsCells::new(all.clone()));
-        Router::new(pid, incarnation, all, 1024, stats, None, LONG).with_acks(Some(AckOptions {
-            window_frames: 4,
-            window_bytes: bytes,
-        }))
+        Router::new(pid, incarnation, all, 1024, stats, Sealer::None, LONG).with_acks(Some(
+            AckOptions {
+                window_frames: 4,
+                window_bytes: bytes,
+            },
+        ))
     }
 
     /// Sends `n` messages from `from` to `to`, returning the frames the transport took.
@@ -944,9 +934,7 @@ mod tests {
                 to: 1,
                 destination: Destination::Ack,
                 incarnation: from_incarnation,
-                seq: 0,
-                msg_id: 0,
-                keyed: false,
+                ..Header::default()
             };
             wire::encode(&header, &(of, first, highest)).unwrap()
         };
@@ -978,7 +966,7 @@ mod tests {
         let acking = |frames, bytes| {
             let all = vec![1, 2, 3, 4];
             let stats = Arc::new(StatsCells::new(all.clone()));
-            Router::new(2, 9, all, 1024, stats, None, LONG).with_acks(Some(AckOptions {
+            Router::new(2, 9, all, 1024, stats, Sealer::None, LONG).with_acks(Some(AckOptions {
                 window_frames: frames,
                 window_bytes: bytes,
             }))
@@ -1019,9 +1007,7 @@ mod tests {
             to: 1,
             destination: Destination::Ack,
             incarnation: 9,
-            seq: 0,
-            msg_id: 0,
-            keyed: false,
+            ..Header::default()
         };
         let garbage = wire::encode(&header, "not an acknowledgement").unwrap();
         assert!(a.incoming::<String>(garbage, Instant::now()).is_none());
@@ -1064,7 +1050,15 @@ mod tests {
         let all = vec![1, 2, 3, 4];
         let stats = Arc::new(StatsCells::new(all.clone()));
         let key = Some(ClusterKey::from_bytes([key; crate::key::KEY_LEN]));
-        Router::new(pid, incarnation, all, 1024, stats, key, LONG)
+        Router::new(
+            pid,
+            incarnation,
+            all,
+            1024,
+            stats,
+            Sealer::new(key, false),
+            LONG,
+        )
     }
 
     fn sent_by(r: &mut Router, to: Pid, msg: &str) -> Bytes {
@@ -1122,6 +1116,59 @@ mod tests {
         assert_eq!(d.get(DropReason::Unauthenticated), 1);
     }
 
+    fn encrypting_router(pid: Pid, incarnation: Incarnation, key: u8) -> Router {
+        let all = vec![1, 2, 3, 4];
+        let stats = Arc::new(StatsCells::new(all.clone()));
+        let key = Some(ClusterKey::from_bytes([key; crate::key::KEY_LEN]));
+        Router::new(
+            pid,
+            incarnation,
+            all,
+            1024,
+            stats,
+            Sealer::new(key, true),
+            LONG,
+        )
+    }
+
+    /// C10 encrypted: frames go out encrypted and are delivered; a MAC-only frame, an
+    /// unkeyed one, one under another key and an altered ciphertext are `unauthenticated`
+    /// and move nothing; a MAC-mode node refuses encrypted frames likewise.
+    #[test]
+    fn encrypting_nodes_accept_only_encrypted_frames_under_their_key() {
+        let mut r = encrypting_router(1, 5, 7);
+        let mut real = encrypting_router(3, 2, 7);
+        let good = sent_by(&mut real, 1, "secret words");
+        assert_eq!(good[2], 3, "keyed and encrypted");
+        assert!(!good.windows(6).any(|w| w == b"secret"));
+        let mut altered = good.to_vec();
+        altered[wire::HEADER_LEN] ^= 1;
+        let mac_only = sent_by(&mut keyed_router(3, 9, 7), 1, "mac");
+        let unkeyed = sent_by(&mut router(3), 1, "plain");
+        let foreign = sent_by(&mut encrypting_router(3, 9, 8), 1, "elsewhere");
+        for bad in [Bytes::from(altered), mac_only, unkeyed, foreign] {
+            assert!(r.incoming::<String>(bad, Instant::now()).is_none());
+        }
+        assert_eq!(snapshot(&r).peers[&3].incarnation, None, "nothing moved");
+        let env: Envelope<String> = r.incoming(good.clone(), Instant::now()).unwrap();
+        assert_eq!(env, Envelope::new(3, 1, "secret words".to_string()));
+        assert!(
+            r.incoming::<String>(good, Instant::now()).is_none(),
+            "replayed"
+        );
+        let s = snapshot(&r);
+        assert_eq!(s.dropped_incoming.get(DropReason::Unauthenticated), 4);
+        assert_eq!(s.dropped_incoming.get(DropReason::Replayed), 1);
+        assert_eq!(s.peers[&3].incarnation, Some(2));
+        // And the other way round: a MAC-mode node and an unkeyed one refuse it.
+        for mut other in [keyed_router(1, 5, 7), router(1)] {
+            let f = sent_by(&mut real, 1, "x");
+            assert!(other.incoming::<String>(f, Instant::now()).is_none());
+            let d = snapshot(&other).dropped_incoming;
+            assert_eq!(d.get(DropReason::Unauthenticated), 1);
+        }
+    }
+
     /// Without a key, one forged frame with a high incarnation silences the real peer for
     /// `forget_after` at most; the same rule lets a peer that lost its catalog (back at a
     /// lower incarnation, its sequence numbers from 1 again) be heard once its old
@@ -1136,7 +1183,7 @@ mod tests {
             all.clone(),
             1024,
             Arc::new(StatsCells::new(all)),
-            None,
+            Sealer::None,
             quiet,
         );
         let t0 = Instant::now();
@@ -1312,7 +1359,7 @@ mod tests {
             vec![1, 2, 3, 4],
             1024,
             Arc::new(StatsCells::new(vec![])),
-            None,
+            Sealer::None,
             LONG,
         );
         newer.outgoing(Envelope::new(1, 12, "b".to_string()), |_, f| {

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, ConfigError};
 use crate::envelope::{Envelope, MsgId, Pid};
 use crate::router::{AckOptions, Router};
+use crate::seal::Sealer;
 use crate::stats::{DropReason, Stats, StatsCells};
 use crate::transport::{PeerSet, Transport, TransportError, TransportEvent};
 use crate::wire::Incarnation;
@@ -171,7 +172,7 @@ impl ServerBuilder {
             all,
             opts.max_message_size,
             Arc::clone(&stats),
-            config.cluster_key().cloned(),
+            Sealer::new(config.cluster_key().cloned(), opts.encrypt),
             opts.heartbeat_timeout,
         );
         #[cfg(feature = "fault-injection")]

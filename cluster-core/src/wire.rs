@@ -4,7 +4,8 @@
 //! offset  size  field
 //! 0       1     magic 0xC1
 //! 1       1     format version (2); a version-1 frame is refused (`unsupported_version`)
-//! 2       1     flags: bit 0 = keyed (a 32-byte tag follows the payload); other bits 0
+//! 2       1     flags: bit 0 = keyed (a 32-byte trailer follows the payload);
+//!                     bit 1 = encrypted (only with bit 0); other bits 0
 //! 3       1     destination kind: 0 peer, 1 broadcast, 2 group (reserved for multicast),
 //!               3 acknowledgement (a control frame, see [`Destination::Ack`])
 //! 4       4     sender pid, i32 little-endian, >= 0
@@ -13,15 +14,39 @@
 //! 16      8     sequence number, u64 little-endian, per (sender incarnation -> receiver)
 //! 24      8     msg id, i64 little-endian
 //! 32      ...   payload: the message, MessagePack (rmp-serde, compact struct encoding)
-//! end-32  32    keyed frames only: the tag over every byte before it
+//! end-32  32    keyed frames only: the trailer (below)
 //! ```
 //!
-//! The tag is keyed BLAKE3 (`blake3::keyed_hash`) under the 32-byte cluster key
-//! ([`crate::ClusterKey`]), over the header and the payload; a receiver with a key checks it
-//! (in constant time) right after the header's own checks (a configured sender, this node
-//! as receiver) and before anything that could move state; one without a key refuses keyed
-//! frames. Flag bit 1 is reserved for authenticated encryption, not built yet: a
-//! frame with it set is refused (`malformed`).
+//! A keyed frame (bit 0 only, "MAC mode") ends with a tag: keyed BLAKE3
+//! (`blake3::keyed_hash`) under the 32-byte cluster key ([`crate::ClusterKey`]), over the
+//! header and the payload. An encrypted frame (bits 0 and 1, `"encrypt": true`) carries the
+//! payload as XChaCha20-Poly1305 ciphertext, the 32-byte header as associated data, and
+//! the trailer
+//!
+//! ```text
+//! end-32  16    the Poly1305 tag
+//! end-16  8     the sender's salt: 8 random bytes drawn once when its router starts
+//! end-8   8     the sender's frame counter, u64 little-endian: random at the start, +1
+//!               (wrapping) for every frame it seals
+//! ```
+//!
+//! under a key derived from the cluster key (`blake3::derive_key`, see [`crate::seal`]),
+//! so that one key never serves both as the BLAKE3 MAC key and as the cipher key. The
+//! 24-byte nonce is `salt ‖ counter ‖ sender pid (i32 LE) ‖ receiver pid (i32 LE)`.
+//! Nonce uniqueness is what the cipher's security rests on, so it does not borrow the
+//! header's sequence number: a copy the transport refused gives its number back, to be
+//! used again by the next message (and control frames need not number at all); the
+//! counter is the sealer's own and never repeats within a start (2^64 frames), and the
+//! fresh salt and random first count keep two starts of the same sender apart even when
+//! they share an incarnation (a lost catalog): they collide only if 128 random bits do.
+//! The sender pid in the nonce keeps nodes apart whatever their salts.
+//! An encrypted frame is exactly as long as a MAC-mode frame of the same payload.
+//!
+//! A receiver checks the tag (in constant time) right after the header's own checks (a
+//! configured sender, this node as receiver) and before anything that could move state.
+//! Modes must match: a node without a key refuses keyed frames, a MAC-mode node refuses
+//! unkeyed and encrypted ones, an encrypting node refuses unkeyed and MAC-mode ones, all
+//! as `unauthenticated`. Bit 1 without bit 0 is malformed.
 //!
 //! The sequence number starts at 1 for each receiver when a node starts (a new
 //! incarnation) and grows by one for each frame the transport *accepted* for that receiver:
@@ -50,6 +75,10 @@ pub const HEADER_LEN: usize = 32;
 pub const TAG_LEN: usize = 32;
 /// The flag bit of a keyed frame (a tag follows the payload).
 const FLAG_KEYED: u8 = 1;
+/// The flag bit of an encrypted frame (its payload is ciphertext); only with [`FLAG_KEYED`].
+const FLAG_ENCRYPTED: u8 = 2;
+/// The flags of an encrypted frame.
+const FLAGS_ENCRYPTED: u8 = FLAG_KEYED | FLAG_ENCRYPTED;
 
 /// A node's incarnation: incremented, durably, each time the node starts.
 pub type Incarnation = u32;
@@ -112,8 +141,11 @@ pub struct Header {
     pub seq: Seq,
     /// The message id from the envelope.
     pub msg_id: MsgId,
-    /// Whether a [`TAG_LEN`]-byte tag follows the payload.
+    /// Whether a [`TAG_LEN`]-byte trailer (a tag) follows the payload.
     pub keyed: bool,
+    /// Whether the payload is encrypted (and the trailer is the cipher's, see the module
+    /// documentation). Only with `keyed`.
+    pub encrypted: bool,
 }
 
 /// A decoded frame: a checked header and the still-encoded payload.
@@ -168,13 +200,22 @@ impl Header {
             seq: 1,
             msg_id,
             keyed: false,
+            encrypted: false,
+        }
+    }
+
+    fn flags(&self) -> u8 {
+        match (self.keyed, self.encrypted) {
+            (false, _) => 0,
+            (true, false) => FLAG_KEYED,
+            (true, true) => FLAGS_ENCRYPTED,
         }
     }
 
     fn put(&self, buf: &mut impl BufMut) {
         buf.put_u8(MAGIC);
         buf.put_u8(VERSION);
-        buf.put_u8(if self.keyed { FLAG_KEYED } else { 0 });
+        buf.put_u8(self.flags());
         buf.put_u8(self.destination.to_byte());
         buf.put_i32_le(self.sender);
         buf.put_i32_le(self.to);
@@ -260,8 +301,14 @@ impl Encoder {
     }
 
     /// One frame: `header` and the payload last [serialized](Encoder::serialize), then,
-    /// if `header.keyed`, the tag `sign` computes over every byte before it.
-    pub fn frame(&mut self, header: &Header, sign: impl FnOnce(&[u8]) -> [u8; TAG_LEN]) -> Bytes {
+    /// if `header.keyed`, the trailer `seal` returns for every byte before it. `seal` may
+    /// change the payload bytes in place (encrypt them, see [`crate::seal::Sealer`]); it
+    /// must leave the header as it is.
+    pub fn frame(
+        &mut self,
+        header: &Header,
+        seal: impl FnOnce(&mut [u8]) -> [u8; TAG_LEN],
+    ) -> Bytes {
         let len = self.frame_len(header.keyed);
         let mut buf = if len > SLAB_FRAME_MAX {
             // A large frame: an exact allocation of its own.
@@ -279,8 +326,8 @@ impl Encoder {
         header.put(&mut buf);
         buf.extend_from_slice(&self.payload);
         if header.keyed {
-            let tag = sign(&buf);
-            buf.extend_from_slice(&tag);
+            let trailer = seal(&mut buf);
+            buf.extend_from_slice(&trailer);
         }
         let frame = buf.split().freeze();
         if len <= SLAB_FRAME_MAX {
@@ -298,6 +345,7 @@ impl Encoder {
         self.serialize(msg)?;
         let header = Header {
             keyed: false,
+            encrypted: false,
             ..*header
         };
         Ok(self.frame(&header, |_| [0; TAG_LEN]))
@@ -306,7 +354,8 @@ impl Encoder {
 
 impl Header {
     /// Parses and checks the header at the start of `bytes` (and that a keyed frame is
-    /// long enough for its tag). Total: never panics.
+    /// long enough for its trailer). Total: never panics. Checks no tag: see
+    /// [`crate::seal::Sealer::open`].
     pub fn parse(bytes: &[u8]) -> Result<Self, WireError> {
         // The version first, so that a short frame of another version says so.
         match bytes {
@@ -328,10 +377,12 @@ impl Header {
             out
         };
         let [_, _, flags, kind, ..] = field(0);
-        if flags & !FLAG_KEYED != 0 {
-            return Err(WireError::BadFlags(flags));
-        }
-        let keyed = flags & FLAG_KEYED != 0;
+        let (keyed, encrypted) = match flags {
+            0 => (false, false),
+            FLAG_KEYED => (true, false),
+            FLAGS_ENCRYPTED => (true, true),
+            _ => return Err(WireError::BadFlags(flags)),
+        };
         let destination = Destination::from_byte(kind).ok_or(WireError::BadDestination(kind))?;
         let [a, b, c, d, e, f, g, h] = field(4);
         let sender = i32::from_le_bytes([a, b, c, d]);
@@ -357,6 +408,7 @@ impl Header {
             seq,
             msg_id,
             keyed,
+            encrypted,
         })
     }
 }
@@ -401,7 +453,8 @@ impl Frame {
         &self.bytes
     }
 
-    /// Decodes the payload as `M`. Total: never panics.
+    /// Decodes the payload as `M`. Total: never panics. The payload of an encrypted
+    /// frame is ciphertext until [opened](crate::seal::Sealer::open).
     pub fn message<M: DeserializeOwned>(&self) -> Result<M, WireError> {
         decode_payload(&self.bytes)
     }
@@ -436,6 +489,7 @@ mod tests {
             seq: 0x0102_0304_0506_0708,
             msg_id: -2,
             keyed: false,
+            encrypted: false,
         };
         let f = encode(&h, &()).unwrap();
         assert_eq!(f.len(), HEADER_LEN + 1);
@@ -494,11 +548,14 @@ mod tests {
             Err(WireError::UnsupportedVersion(9))
         );
         f[1] = VERSION;
-        f[2] = 0x80;
-        assert_eq!(
-            Frame::decode(f.clone().into()),
-            Err(WireError::BadFlags(0x80))
-        );
+        for flags in [0x80, 0x04, 0x02] {
+            f[2] = flags;
+            assert_eq!(
+                Frame::decode(f.clone().into()),
+                Err(WireError::BadFlags(flags)),
+                "0x02: encrypted but not keyed"
+            );
+        }
         f[2] = 0;
         f[3] = 4;
         assert_eq!(
@@ -602,7 +659,8 @@ mod tests {
             seq: u64, msg_id: i64, kind in 0u8..3, keyed: bool,
         ) {
             let destination = Destination::from_byte(kind).unwrap();
-            let h = Header { sender, to, destination, incarnation, seq, msg_id, keyed };
+            let encrypted = keyed && seq % 2 == 0;
+            let h = Header { sender, to, destination, incarnation, seq, msg_id, keyed, encrypted };
             let mut encoder = Encoder::new();
             encoder.serialize(&m).unwrap();
             let frame = Frame::decode(encoder.frame(&h, |_| [5; TAG_LEN])).unwrap();

@@ -38,6 +38,30 @@ fn mem_transport_with_a_cluster_key_keeps_the_contract() {
     assert!(must_deliver > 0 && must_drop > 0, "{:?}", report.judged);
 }
 
+/// The same with `"encrypt"`: every payload is encrypted (XChaCha20-Poly1305) and every
+/// header authenticated, and the contract holds as without. The directed hostile case
+/// then also expects a MAC-mode frame under the right key counted `unauthenticated`.
+#[test]
+fn mem_transport_encrypted_keeps_the_contract() {
+    let encrypted = |setup: &Setup| -> Result<Box<dyn ClusterUnderTest>, SimError> {
+        let config = setup
+            .config()
+            .map_err(cluster_core::ServerError::from)?
+            .with_cluster_key(Some(cluster_core::ClusterKey::from_bytes([7; 32])));
+        let options = cluster_core::Options {
+            encrypt: true,
+            ..config.options().clone()
+        };
+        let config = config
+            .with_options(options)
+            .map_err(cluster_core::ServerError::from)?;
+        Ok(Box::new(MemCluster::new(&config, setup.seed)))
+    };
+    let report = conformance::check(encrypted, SuiteOptions::new(64));
+    let (must_deliver, must_drop, _) = report.judged;
+    assert!(must_deliver > 0 && must_drop > 0, "{:?}", report.judged);
+}
+
 /// The same with every node's incarnation kept in a real sled catalog on disk, reopened at
 /// each restart (contract C8). Fewer scenarios: each start opens a database.
 #[test]

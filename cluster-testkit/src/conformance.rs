@@ -39,6 +39,7 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
 use bytes::Bytes;
+use cluster_core::seal::Sealer;
 use cluster_core::{BROADCAST, Config, ConfigError, DropReason, Options, Pid, wire};
 use proptest::test_runner::{
     Config as ProptestConfig, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner,
@@ -545,7 +546,8 @@ pub fn check_hostile_input(factory: &dyn Factory) -> Result<(), Box<Failure>> {
     let name = backend.name();
     // With a cluster key, a whole frame that carries no tag is unauthenticated, not
     // malformed: the tag is checked before the payload.
-    let unsigned = if backend.config().cluster_key().is_some() {
+    let config = backend.config().clone();
+    let unsigned = if config.cluster_key().is_some() {
         DropReason::Unauthenticated
     } else {
         DropReason::Malformed
@@ -562,7 +564,7 @@ pub fn check_hostile_input(factory: &dyn Factory) -> Result<(), Box<Failure>> {
                 .map_err(|e| fail(e.to_string()))
         };
         let valid = forged(2)?;
-        let hostile: Vec<(Bytes, DropReason)> = vec![
+        let mut hostile: Vec<(Bytes, DropReason)> = vec![
             (Bytes::from_static(b""), DropReason::Malformed),
             (
                 Bytes::from_static(b"garbage garbage garbage"),
@@ -574,6 +576,18 @@ pub fn check_hostile_input(factory: &dyn Factory) -> Result<(), Box<Failure>> {
             (forged(1)?, DropReason::UnknownSender),
             (valid.slice(..valid.len() - 1), unsigned),
         ];
+        if let (Some(key), true) = (config.cluster_key(), config.options().encrypt) {
+            // At an encrypting node, a frame tagged under the right key but not encrypted
+            // (a MAC-mode member's) is refused too: modes must match.
+            let mut mac = Sealer::new(Some(key.clone()), false);
+            let mut encoder = wire::Encoder::new();
+            encoder
+                .serialize("tagged")
+                .map_err(|e| fail(e.to_string()))?;
+            let header = mac.mark(wire::Header::new(2, 1, 0, 1));
+            let tagged = encoder.frame(&header, |covered| mac.seal(covered));
+            hostile.push((tagged, DropReason::Unauthenticated));
+        }
         for (bytes, _) in &hostile {
             sim.inject_raw(1, bytes.clone())
                 .map_err(|e| fail(e.to_string()))?;

@@ -5,6 +5,7 @@ use std::fmt;
 use std::ops::RangeInclusive;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use cluster_core::seal::Sealer;
 use cluster_core::{BROADCAST, ClusterKey, Config, DropReason, Incarnation, MsgId, Pid, wire};
 use proptest::prelude::*;
 use proptest::strategy::{BoxedStrategy, Union};
@@ -167,17 +168,18 @@ impl HostileBytes {
                 if config.cluster_key() == Some(&ClusterKey::from_bytes(wrong)) {
                     wrong = [0xDD; cluster_core::KEY_LEN];
                 }
-                let header = wire::Header {
-                    keyed: true,
-                    ..wire::Header::new(peer.unwrap_or(to), to, 1, FORGED_MSG_ID)
-                };
+                // Sealed in the node's own mode (MAC or encrypted), under the wrong key.
+                let mut sealer = Sealer::new(
+                    Some(ClusterKey::from_bytes(wrong)),
+                    config.options().encrypt,
+                );
+                let header =
+                    sealer.mark(wire::Header::new(peer.unwrap_or(to), to, 1, FORGED_MSG_ID));
                 let mut encoder = wire::Encoder::new();
                 // Encoding `()` cannot fail; were it to, the empty payload is malformed,
                 // and the missing tag makes it unauthenticated all the same.
                 let _ = encoder.serialize(&());
-                encoder.frame(&header, |covered| {
-                    ClusterKey::from_bytes(wrong).tag(covered)
-                })
+                encoder.frame(&header, |covered| sealer.seal(covered))
             }
             (HostileBytes::VersionOne, _) => {
                 // The version-1 layout: magic, version, sender, incarnation, msg id, payload.
@@ -192,15 +194,18 @@ impl HostileBytes {
                 frame.freeze()
             }
             (HostileBytes::BadPayload, Some(peer)) => {
-                let mut frame = BytesMut::from(&header(peer, Incarnation::MAX)[..]);
+                // At a keyed node, sealed as a member would (tagged, or encrypted): the
+                // payload, not the tag, is what this case is about.
+                let mut sealer =
+                    Sealer::new(config.cluster_key().cloned(), config.options().encrypt);
+                let header =
+                    sealer.mark(wire::Header::new(peer, to, Incarnation::MAX, FORGED_MSG_ID));
+                let mut frame = BytesMut::from(&header.to_bytes()[..]);
                 // 0xC1 is the one byte MessagePack never uses.
                 frame.put_u8(0xC1);
-                if let Some(key) = config.cluster_key() {
-                    // At a keyed node, signed as a member would: the payload, not the tag,
-                    // is what this case is about.
-                    frame[2] = 1;
-                    let tag = key.tag(&frame);
-                    frame.extend_from_slice(&tag);
+                if header.keyed {
+                    let trailer = sealer.seal(&mut frame);
+                    frame.extend_from_slice(&trailer);
                 }
                 frame.freeze()
             }

@@ -75,6 +75,22 @@ impl ZmqCluster {
         self
     }
 
+    /// These nodes with `key` as their cluster key and `"encrypt"` on: every frame's
+    /// payload is encrypted (XChaCha20-Poly1305) and its header authenticated.
+    pub fn with_encryption(self, key: cluster_core::ClusterKey) -> Result<Self, SimError> {
+        let mut cluster = self.with_cluster_key(Some(key));
+        let options = Options {
+            encrypt: true,
+            ..cluster.config.options().clone()
+        };
+        cluster.config = cluster
+            .config
+            .clone()
+            .with_options(options)
+            .map_err(|e| SimError::Transport(TransportError::Other(e.to_string())))?;
+        Ok(cluster)
+    }
+
     /// `setup.nodes` nodes on free loopback ports. The setup's options are used, with the
     /// heartbeat settings of [`net::fast_options`] unless the setup changed them.
     pub fn new(setup: &Setup, backend: Backend) -> Result<Self, SimError> {

@@ -71,6 +71,32 @@ fn zeromq_transport_with_a_cluster_key_keeps_the_contract() {
     keyed_transport_keeps_the_contract(Backend::Zeromq);
 }
 
+/// With `"encrypt"`: every payload is encrypted (XChaCha20-Poly1305) and every header
+/// authenticated; the directed hostile case then also expects a MAC-mode frame under the
+/// right key counted `unauthenticated`. Fewer scenarios, as with a key.
+fn encrypted_transport_keeps_the_contract(backend: Backend) {
+    let encrypted = move |setup: &Setup| -> Result<Box<dyn ClusterUnderTest>, SimError> {
+        let key = cluster_core::ClusterKey::from_bytes([0x5E; 32]);
+        Ok(Box::new(
+            ZmqCluster::new(setup, backend)?.with_encryption(key)?,
+        ))
+    };
+    let mut options = options();
+    options.cases = options.cases.min(8);
+    let report = conformance::check(encrypted, options);
+    assert!(report.judged.0 > 0, "{:?}", report.judged);
+}
+
+#[test]
+fn libzmq_transport_encrypted_keeps_the_contract() {
+    encrypted_transport_keeps_the_contract(Backend::Libzmq);
+}
+
+#[test]
+fn zeromq_transport_encrypted_keeps_the_contract() {
+    encrypted_transport_keeps_the_contract(Backend::Zeromq);
+}
+
 /// Each mutant's scenario: the healthy transport passes it, the mutant is caught on the
 /// clause it breaks, by the windowed rules (the history says it is a real-socket run).
 fn mutants_are_caught(backend: Backend) {

@@ -192,6 +192,9 @@ pub use libzmq::LibzmqTransport;
 pub use link_stats::LinkStats;
 #[cfg(feature = "zeromq")]
 pub use zeromq_backend::ZeromqTransport;
+#[cfg(feature = "zeromq")]
+#[doc(hidden)]
+pub use zeromq_backend::fuzz_control_frame;
 
 use cluster_core::{Config, Pid, TransportError};
 

@@ -39,9 +39,16 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 16_384, value_parser = clap::value_parser!(u64).range(1..=(cluster::MAX_QUEUE as u64)))]
     peer_queue: u64,
     /// Run the cluster with a cluster key: every frame carries a keyed-BLAKE3 MAC, checked
-    /// on arrival (the bare library's frames carry none), to measure what it costs.
-    #[arg(long)]
+    /// on arrival (the bare library's frames carry none), to measure what it costs. The
+    /// same as `--security mac`.
+    #[arg(long, conflicts_with = "security")]
     mac: bool,
+    /// What protects the cluster's frames: `none`, `mac` (a cluster key: a keyed-BLAKE3
+    /// tag on every frame) or `aead` (a cluster key and "encrypt": every payload
+    /// encrypted with XChaCha20-Poly1305, every header authenticated). The bare library's
+    /// frames carry nothing: the ratio shows what the protection costs.
+    #[arg(long, default_value = "none")]
+    security: String,
     /// Print the figures as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -95,7 +102,9 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), Failure> {
         security: if args.mac {
             Security::Mac
         } else {
-            Security::None
+            args.security
+                .parse()
+                .map_err(|e: cluster_bench::BenchError| Failure::usage(anyhow!(e)))?
         },
     };
     let exe = std::env::current_exe().map_err(|e| {
@@ -249,10 +258,10 @@ fn table(r: &BenchReport) -> String {
          {}\n\
          delivered in the P2P run: bare {}, cluster {} of {} (the cluster drops and counts what a full queue refuses)",
         o.backend,
-        if o.security == Security::Mac {
-            "with a MAC"
-        } else {
-            "without a MAC"
+        match o.security {
+            Security::None => "without a MAC",
+            Security::Mac => "with a MAC",
+            Security::Aead => "encrypted (XChaCha20-Poly1305)",
         },
         o.payload,
         o.messages,

@@ -31,6 +31,14 @@ use crate::guard::Activity;
 use crate::link_stats::{Counters, LinkStats};
 use crate::liveness::Liveness;
 
+/// Fuzzing only: decodes `bytes` as a control frame of this backend (heartbeat,
+/// acknowledgement) and asserts that one that decodes encodes back to the same bytes.
+/// Returns whether it decoded. Never panics on any input (that is what is fuzzed).
+#[doc(hidden)]
+pub fn fuzz_control_frame(bytes: &[u8]) -> bool {
+    control::fuzz_decode(bytes)
+}
+
 /// Fastest and slowest reconnection attempts to a peer that went away.
 const RECONNECT_IVL: Duration = Duration::from_millis(100);
 const RECONNECT_IVL_MAX: Duration = Duration::from_millis(1000);

@@ -5,6 +5,7 @@
 use std::io::Write;
 
 use bytes::Bytes;
+use cluster_core::seal::Sealer;
 use cluster_core::wire::{self, Header};
 use cluster_core::{DropReason, Options, Server};
 use cluster_testkit::net::{self, DEADLINE};
@@ -16,6 +17,7 @@ on_every_backend!(
     garbage_truncated_oversized_and_forged_input_is_counted_and_harmless,
     keyed_nodes_drop_wrong_keys_unkeyed_frames_and_replays,
     frame_lengths_claiming_gigabytes_are_refused_without_allocating,
+    encrypting_nodes_drop_mac_only_unkeyed_tampered_and_foreign_frames,
 );
 
 const MAX: usize = 4096;
@@ -342,6 +344,72 @@ async fn frame_lengths_claiming_gigabytes_are_refused_without_allocating(backend
     let grown = rss().saturating_sub(before);
     assert!(grown < 256 * 1024, "RSS grew by {grown} KiB");
     assert!(drain_until_marker(&a, &mut b, "marker-1").await.is_empty());
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Nodes with `"encrypt"` on, on real sockets: a frame tagged under the right key but not
+/// encrypted (MAC mode), an unkeyed frame, an encrypted frame with one ciphertext byte
+/// changed and one encrypted under another key are each `unauthenticated`; an encrypted
+/// frame repeating a used sequence number is `replayed`; none changes anything, and the
+/// real peers keep exchanging (encrypted) messages.
+async fn encrypting_nodes_drop_mac_only_unkeyed_tampered_and_foreign_frames(backend: Backend) {
+    let key = cluster_core::ClusterKey::from_bytes([0x71; 32]);
+    let other = cluster_core::ClusterKey::from_bytes([0x72; 32]);
+    let options = Options {
+        max_message_size: MAX,
+        encrypt: true,
+        ..net::fast_options()
+    };
+    let (config, (a, transport)) = net::bind_local(2, options, async |config| {
+        let config = config.clone().with_cluster_key(Some(key.clone()));
+        let a = try_start_as(backend, 1, &config, 3).await?;
+        Ok((a, cluster_zmq::bind_with(backend, 2, &config).await?))
+    })
+    .await
+    .unwrap();
+    let config = config.with_cluster_key(Some(key.clone()));
+    assert!(config.options().encrypt);
+    let mut b = Server::<String>::with_transport(2, config.clone(), transport).unwrap();
+    a.wait_for_peers(DEADLINE).await.unwrap();
+    assert!(drain_until_marker(&a, &mut b, "marker-0").await.is_empty());
+
+    // Node 1 has sent node 2 at least one frame: sequence number 1 is used.
+    let sealed = |under: &cluster_core::ClusterKey, encrypt: bool, seq: u64| {
+        let mut sealer = Sealer::new(Some(under.clone()), encrypt);
+        let mut h = sealer.mark(Header::new(1, 2, 3, 4242));
+        h.seq = seq;
+        let mut e = wire::Encoder::new();
+        e.serialize("hostile").unwrap();
+        e.frame(&h, |covered| sealer.seal(covered))
+    };
+    let mut tampered = sealed(&key, true, 1_000).to_vec();
+    tampered[wire::HEADER_LEN] ^= 0x20;
+    let frames = vec![
+        vec![sealed(&key, false, 1_000)],
+        vec![forged(1, 3)],
+        vec![Bytes::from(tampered)],
+        vec![sealed(&other, true, 1_000)],
+        vec![sealed(&key, true, 1)],
+    ];
+    let expected = [(DropReason::Unauthenticated, 4), (DropReason::Replayed, 1)];
+    let address = config.peer(2).unwrap().address.clone();
+    let keep = send_raw_zmq(backend, format!("tcp://{address}"), frames).await;
+    let seen = drain_until_marker(&a, &mut b, "marker-1").await;
+    assert!(seen.is_empty(), "hostile frames delivered: {seen:?}");
+    wait_until("every hostile frame to be counted", || {
+        let d = b.stats().dropped_incoming;
+        expected.iter().all(|(r, n)| d.get(*r) >= *n)
+    })
+    .await;
+    drop(keep);
+    let s = b.stats();
+    for (reason, n) in expected {
+        assert_eq!(s.dropped_incoming.get(reason), n, "{reason}");
+    }
+    assert_eq!(s.peers[&1].incarnation, Some(3));
+    assert_eq!(s.delivered, s.peers[&1].delivered);
+    assert!(drain_until_marker(&a, &mut b, "marker-2").await.is_empty());
     a.shutdown().await;
     b.shutdown().await;
 }
