@@ -43,7 +43,7 @@
 //!   (sender incarnation → receiver), taken only when the transport accepts the frame (a
 //!   refused frame gives its number back). The receiver counts the gaps it sees in
 //!   [`PeerStats::lost_in_transit`], and acknowledges what it received (a small control
-//!   frame, authenticated like any other, every quarter window and every
+//!   frame, authenticated like any other, every quarter window, and within a tenth of
 //!   `heartbeat_interval`). The sender keeps what is not yet acknowledged
 //!   ([`PeerStats::unacknowledged`], bounded: see C6) and counts it as
 //!   [`PeerStats::unconfirmed`] once the peer has been disconnected for a heartbeat

@@ -137,10 +137,10 @@ pub trait Transport: Send + 'static {
     /// [`TransportEvent::Dropped`] report — as on a real network, where a peer that dies
     /// takes what was in flight to it along. The default, `false`, promises exact
     /// accounting (the in-memory transport). When `true`, the server has every receiver
-    /// acknowledge what it got (small control frames, a few per window and one per
-    /// heartbeat interval), bounds what is unacknowledged per peer (`peer_queue` frames,
-    /// `peer_queue_bytes` bytes: beyond, `backpressure`), and counts what a peer never
-    /// acknowledged before it went down as `unconfirmed`.
+    /// acknowledge what it got (small control frames: one per quarter window, and within a
+    /// tenth of the heartbeat interval), bounds what is unacknowledged per peer (16 ×
+    /// `peer_queue` frames, `peer_queue_bytes` bytes: beyond, `backpressure`), and counts
+    /// what a peer never acknowledged before it went down as `unconfirmed`.
     fn may_lose_accepted(&self) -> bool {
         false
     }
