@@ -29,8 +29,6 @@ pub struct RssOptions {
     pub message_size: usize,
     /// [`Options::peer_queue_bytes`] of both nodes.
     pub peer_queue_bytes: usize,
-    /// [`Options::connection_buffer_bytes`] of both nodes.
-    pub connection_buffer_bytes: usize,
     /// [`Options::inbox_capacity`] and [`Options::outbox_capacity`] of both nodes (counted
     /// as that many frames of the largest size).
     pub mailbox_capacity: usize,
@@ -46,7 +44,6 @@ impl Default for RssOptions {
             duration: Duration::from_secs(30),
             message_size: 1 << 20,
             peer_queue_bytes: o.peer_queue_bytes,
-            connection_buffer_bytes: o.connection_buffer_bytes,
             mailbox_capacity: 16,
             runtime: RuntimeFlavor::default(),
         }
@@ -59,12 +56,12 @@ impl RssOptions {
         self.message_size + 4096
     }
 
-    /// The sum of the sender's configured bounds, in bytes: its queue to the one peer, its
-    /// receive buffer for the one connection from it, and inbox and outbox as that many
-    /// frames of the largest size.
+    /// The sum of the sender's configured bounds, in bytes: what the one peer may leave
+    /// unacknowledged, and inbox and outbox as that many frames of the largest size. (The
+    /// peer, stopped, sends nothing: the sender's receive side holds nothing.)
     pub fn bounds(&self) -> u64 {
         let mailboxes = 2 * self.mailbox_capacity * self.max_message_size();
-        (self.peer_queue_bytes + self.connection_buffer_bytes + mailboxes) as u64
+        (self.peer_queue_bytes + mailboxes) as u64
     }
 
     /// The target: peak RSS ≤ 2 × [`RssOptions::bounds`] + 100 MiB.
@@ -81,7 +78,6 @@ pub(crate) fn rss_config<A: AsRef<str>>(
     let options = Options {
         max_message_size: o.max_message_size(),
         peer_queue_bytes: o.peer_queue_bytes,
-        connection_buffer_bytes: o.connection_buffer_bytes,
         inbox_capacity: o.mailbox_capacity,
         outbox_capacity: o.mailbox_capacity,
         ..Options::default()
@@ -126,9 +122,8 @@ impl fmt::Display for RssReport {
         )?;
         writeln!(
             f,
-            "bounds: peer_queue_bytes {} + connection_buffer_bytes {} + inbox and outbox 2 × {} × {} = {}",
+            "bounds: peer_queue_bytes {} + inbox and outbox 2 × {} × {} = {}",
             mib(o.peer_queue_bytes as u64),
-            mib(o.connection_buffer_bytes as u64),
             o.mailbox_capacity,
             mib(o.max_message_size() as u64),
             mib(o.bounds())

@@ -31,11 +31,10 @@ pub const MAX_QUEUE: usize = 1 << 24;
 /// The largest `max_message_size` a config may set (1 GiB).
 pub const MAX_MESSAGE_SIZE: usize = 1 << 30;
 
-/// The longest linger or heartbeat setting (one hour; libzmq takes milliseconds as `i32`).
-/// Largest byte bound a queue may be given (`peer_queue_bytes`, `inbox_bytes`,
-/// `connection_buffer_bytes`): 64 GiB.
+/// The largest byte bound a queue may be given (`peer_queue_bytes`, `inbox_bytes`): 64 GiB.
 pub const MAX_QUEUE_BYTES: usize = 1 << 36;
 
+/// The longest linger or heartbeat setting (one hour; libzmq takes milliseconds as `i32`).
 const MAX_TIMING: Duration = Duration::from_secs(3600);
 
 /// One peer of the cluster.
@@ -104,9 +103,6 @@ pub struct Options {
     /// `"inbox_bytes"`: payload bytes the inbox holds before arriving messages are dropped
     /// (`backpressure`), beside `inbox_capacity`. At least `max_message_size`.
     pub inbox_bytes: usize,
-    /// `"connection_buffer_bytes"`: bytes one inbound connection may have buffered in the
-    /// transport before it stops reading from it. At least `max_message_size`.
-    pub connection_buffer_bytes: usize,
     /// `"max_inbound_connections"`: inbound connections a node keeps open at once; more
     /// are closed at once and counted. `None`: four times the cluster size.
     pub max_inbound_connections: Option<usize>,
@@ -131,7 +127,6 @@ impl Default for Options {
             encrypt: false,
             peer_queue_bytes: 64 << 20,
             inbox_bytes: 64 << 20,
-            connection_buffer_bytes: 32 << 20,
             max_inbound_connections: None,
             idle_connection_timeout: Duration::from_secs(10),
         }
@@ -539,7 +534,6 @@ impl Options {
         let bytes = [
             ("peer_queue_bytes", self.peer_queue_bytes),
             ("inbox_bytes", self.inbox_bytes),
-            ("connection_buffer_bytes", self.connection_buffer_bytes),
         ];
         for (field, v) in bytes {
             if v < self.max_message_size || v > MAX_QUEUE_BYTES {
@@ -651,7 +645,6 @@ fn parse_canonical(
             "heartbeat_timeout_ms" => options.heartbeat_timeout = as_millis()?,
             "peer_queue_bytes" => options.peer_queue_bytes = as_usize()?,
             "inbox_bytes" => options.inbox_bytes = as_usize()?,
-            "connection_buffer_bytes" => options.connection_buffer_bytes = as_usize()?,
             "max_inbound_connections" => options.max_inbound_connections = Some(as_usize()?),
             "idle_connection_timeout_ms" => options.idle_connection_timeout = as_millis()?,
             "encrypt" => {

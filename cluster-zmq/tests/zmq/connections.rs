@@ -90,7 +90,6 @@ fn options() -> Options {
     Options {
         max_message_size: MAX,
         peer_queue_bytes: 64 * MAX,
-        connection_buffer_bytes: 64 * MAX,
         idle_connection_timeout: Duration::from_secs(1),
         ..net::fast_options()
     }
