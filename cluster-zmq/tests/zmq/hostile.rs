@@ -215,22 +215,7 @@ async fn garbage_truncated_oversized_and_forged_input_is_counted_and_harmless(ba
 async fn keyed_nodes_drop_wrong_keys_unkeyed_frames_and_replays(backend: Backend) {
     let key = cluster_core::ClusterKey::from_bytes([0x61; 32]);
     let other = cluster_core::ClusterKey::from_bytes([0x62; 32]);
-    let options = Options {
-        max_message_size: MAX,
-        ..net::fast_options()
-    };
-    let (config, (a, transport)) = net::bind_local(2, options, async |config| {
-        let config = config.clone().with_cluster_key(Some(key.clone()));
-        let a = try_start_as(backend, 1, &config, 3).await?;
-        Ok((a, cluster_zmq::bind_with(backend, 2, &config).await?))
-    })
-    .await
-    .unwrap();
-    let config = config.with_cluster_key(Some(key.clone()));
-    let mut b = Server::<String>::with_transport(2, config.clone(), transport).unwrap();
-    a.wait_for_peers(DEADLINE).await.unwrap();
-    assert!(drain_until_marker(&a, &mut b, "marker-0").await.is_empty());
-
+    let (address, a, b) = keyed_pair(backend, &key, false).await;
     // Node 1 has sent node 2 at least one frame: sequence number 1 is used.
     let signed = |under: &cluster_core::ClusterKey, seq: u64, incarnation: u32| {
         let mut h = Header::new(1, 2, incarnation, 4242);
@@ -247,7 +232,48 @@ async fn keyed_nodes_drop_wrong_keys_unkeyed_frames_and_replays(backend: Backend
         vec![signed(&key, 1, 3)],
     ];
     let expected = [(DropReason::Unauthenticated, 3), (DropReason::Replayed, 1)];
+    counted_and_harmless(backend, &address, a, b, frames, expected).await;
+}
+
+/// Nodes 1 and 2 under `key` (encrypting if `encrypt`), connected, a first marker through;
+/// node 2's address, and both servers.
+async fn keyed_pair(
+    backend: Backend,
+    key: &cluster_core::ClusterKey,
+    encrypt: bool,
+) -> (String, Server<String>, Server<String>) {
+    let options = Options {
+        max_message_size: MAX,
+        encrypt,
+        ..net::fast_options()
+    };
+    let (config, (a, transport)) = net::bind_local(2, options, async |config| {
+        let config = config.clone().with_cluster_key(Some(key.clone()));
+        let a = try_start_as(backend, 1, &config, 3).await?;
+        Ok((a, cluster_zmq::bind_with(backend, 2, &config).await?))
+    })
+    .await
+    .unwrap();
+    let config = config.with_cluster_key(Some(key.clone()));
+    assert_eq!(config.options().encrypt, encrypt);
+    let mut b = Server::<String>::with_transport(2, config.clone(), transport).unwrap();
+    a.wait_for_peers(DEADLINE).await.unwrap();
+    assert!(drain_until_marker(&a, &mut b, "marker-0").await.is_empty());
     let address = config.peer(2).unwrap().address.clone();
+    (address, a, b)
+}
+
+/// Sends `frames` from a raw ZeroMQ peer to node 2 at `address`: none is delivered, each is
+/// counted as `expected`, no forged incarnation moves anything, and node 1 and node 2 keep
+/// exchanging messages.
+async fn counted_and_harmless<const N: usize>(
+    backend: Backend,
+    address: &str,
+    a: Server<String>,
+    mut b: Server<String>,
+    frames: Vec<Vec<Bytes>>,
+    expected: [(DropReason, u64); N],
+) {
     let keep = send_raw_zmq(backend, format!("tcp://{address}"), frames).await;
     let seen = drain_until_marker(&a, &mut b, "marker-1").await;
     assert!(seen.is_empty(), "hostile frames delivered: {seen:?}");
@@ -356,24 +382,7 @@ async fn frame_lengths_claiming_gigabytes_are_refused_without_allocating(backend
 async fn encrypting_nodes_drop_mac_only_unkeyed_tampered_and_foreign_frames(backend: Backend) {
     let key = cluster_core::ClusterKey::from_bytes([0x71; 32]);
     let other = cluster_core::ClusterKey::from_bytes([0x72; 32]);
-    let options = Options {
-        max_message_size: MAX,
-        encrypt: true,
-        ..net::fast_options()
-    };
-    let (config, (a, transport)) = net::bind_local(2, options, async |config| {
-        let config = config.clone().with_cluster_key(Some(key.clone()));
-        let a = try_start_as(backend, 1, &config, 3).await?;
-        Ok((a, cluster_zmq::bind_with(backend, 2, &config).await?))
-    })
-    .await
-    .unwrap();
-    let config = config.with_cluster_key(Some(key.clone()));
-    assert!(config.options().encrypt);
-    let mut b = Server::<String>::with_transport(2, config.clone(), transport).unwrap();
-    a.wait_for_peers(DEADLINE).await.unwrap();
-    assert!(drain_until_marker(&a, &mut b, "marker-0").await.is_empty());
-
+    let (address, a, b) = keyed_pair(backend, &key, true).await;
     // Node 1 has sent node 2 at least one frame: sequence number 1 is used.
     let sealed = |under: &cluster_core::ClusterKey, encrypt: bool, seq: u64| {
         let mut sealer = Sealer::new(Some(under.clone()), encrypt);
@@ -393,23 +402,5 @@ async fn encrypting_nodes_drop_mac_only_unkeyed_tampered_and_foreign_frames(back
         vec![sealed(&key, true, 1)],
     ];
     let expected = [(DropReason::Unauthenticated, 4), (DropReason::Replayed, 1)];
-    let address = config.peer(2).unwrap().address.clone();
-    let keep = send_raw_zmq(backend, format!("tcp://{address}"), frames).await;
-    let seen = drain_until_marker(&a, &mut b, "marker-1").await;
-    assert!(seen.is_empty(), "hostile frames delivered: {seen:?}");
-    wait_until("every hostile frame to be counted", || {
-        let d = b.stats().dropped_incoming;
-        expected.iter().all(|(r, n)| d.get(*r) >= *n)
-    })
-    .await;
-    drop(keep);
-    let s = b.stats();
-    for (reason, n) in expected {
-        assert_eq!(s.dropped_incoming.get(reason), n, "{reason}");
-    }
-    assert_eq!(s.peers[&1].incarnation, Some(3));
-    assert_eq!(s.delivered, s.peers[&1].delivered);
-    assert!(drain_until_marker(&a, &mut b, "marker-2").await.is_empty());
-    a.shutdown().await;
-    b.shutdown().await;
+    counted_and_harmless(backend, &address, a, b, frames, expected).await;
 }
