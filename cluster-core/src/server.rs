@@ -147,6 +147,21 @@ impl ServerBuilder {
             router_fault,
         } = self;
         config.check_member(pid)?;
+        if config.options().encrypt && config.cluster_key().is_none() {
+            // Set in code (`with_options`) rather than loaded: the loader refuses it too. A
+            // node must not quietly send in clear what its config says to encrypt.
+            return Err(ConfigError {
+                origin: config.origin().to_owned(),
+                entry: None,
+                pid: None,
+                problem: crate::config::ConfigProblem::BadKey(
+                    "\"encrypt\" is set but no key is: set \"key_file\" or \"key_env\" \
+                     (or Config::with_cluster_key)"
+                        .into(),
+                ),
+            }
+            .into());
+        }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ServerError::NoRuntime)?;
         let incarnation = incarnation
             .or_else(|| transport.incarnation())
@@ -928,6 +943,24 @@ mod tests {
         assert!(s.incarnation() >= before && s.incarnation() <= clock_incarnation());
         // A year past 2025-01-01, so far from the first incarnations a catalog gives.
         assert!(before > 365 * 24 * 3600, "{before}");
+    }
+
+    /// `encrypt` without a key is an error, not a node that sends in clear.
+    #[tokio::test]
+    async fn encrypt_without_a_key_is_refused() {
+        let options = crate::Options {
+            encrypt: true,
+            ..crate::Options::default()
+        };
+        let config = config().with_options(options).unwrap();
+        let e = Server::<u8>::with_transport(1, config.clone(), nowhere(None)).unwrap_err();
+        assert!(
+            e.to_string().contains("\"encrypt\" is set but no key is"),
+            "{e}"
+        );
+        let key = crate::ClusterKey::from_bytes([1; crate::KEY_LEN]);
+        let keyed = config.with_cluster_key(Some(key));
+        assert!(Server::<u8>::with_transport(1, keyed, nowhere(None)).is_ok());
     }
 
     #[tokio::test]
