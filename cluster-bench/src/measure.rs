@@ -190,6 +190,7 @@ pub(crate) fn bench_config<A: AsRef<str>>(
     let options = Options {
         peer_queue,
         encrypt: security.encrypt(),
+        mac: security.mac(),
         ..Options::default()
     };
     Ok(

@@ -176,17 +176,20 @@ pub enum Security {
     None,
     /// A cluster key: every frame carries a keyed-BLAKE3 MAC, checked on arrival.
     Mac,
+    /// A cluster key and `"mac": "siphash-2-4"`: every frame carries a SipHash-2-4 MAC.
+    SipHash,
     /// A cluster key and `"encrypt"`: every payload is encrypted (XChaCha20-Poly1305) and
     /// every header authenticated.
     Aead,
 }
 
 impl Security {
-    /// `"none"`, `"mac"` or `"aead"`.
+    /// `"none"`, `"mac"`, `"siphash"` or `"aead"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::None => "none",
             Self::Mac => "mac",
+            Self::SipHash => "siphash",
             Self::Aead => "aead",
         }
     }
@@ -196,12 +199,22 @@ impl Security {
         self == Self::Aead
     }
 
+    /// The MAC algorithm (the `"mac"` option).
+    pub(crate) fn mac(self) -> cluster_core::MacAlgorithm {
+        match self {
+            Self::SipHash => cluster_core::MacAlgorithm::SipHash24,
+            _ => cluster_core::MacAlgorithm::Blake3,
+        }
+    }
+
     /// The cluster key of a benchmark's nodes: a fixed one, since what is measured is the
     /// cost of the MAC or the cipher, not the secrecy of the key.
     pub(crate) fn key(self) -> Option<cluster_core::ClusterKey> {
         match self {
             Self::None => None,
-            Self::Mac | Self::Aead => Some(cluster_core::ClusterKey::from_bytes([0x5A; 32])),
+            Self::Mac | Self::SipHash | Self::Aead => {
+                Some(cluster_core::ClusterKey::from_bytes([0x5A; 32]))
+            }
         }
     }
 }
@@ -215,14 +228,14 @@ impl fmt::Display for Security {
 impl FromStr for Security {
     type Err = BenchError;
 
-    /// `none`, `mac` or `aead`.
+    /// `none`, `mac`, `siphash` or `aead`.
     fn from_str(s: &str) -> Result<Self, BenchError> {
-        [Self::None, Self::Mac, Self::Aead]
+        [Self::None, Self::Mac, Self::SipHash, Self::Aead]
             .into_iter()
             .find(|f| f.as_str() == s)
             .ok_or_else(|| {
                 BenchError::Options(format!(
-                    "unknown security {s:?}: expected none, mac or aead"
+                    "unknown security {s:?}: expected none, mac, siphash or aead"
                 ))
             })
     }

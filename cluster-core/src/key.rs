@@ -10,6 +10,10 @@ use std::path::Path;
 
 use crate::wire::TAG_LEN;
 
+/// The `blake3::derive_key` context of the SipHash-2-4 MAC key: SipHash never uses the
+/// cluster key itself (which the BLAKE3 MAC uses).
+const SIPHASH_KEY_CONTEXT: &str = "cluster wire v2 2026-12-01 frame MAC key SipHash-2-4-128";
+
 /// Bytes of a cluster key.
 pub const KEY_LEN: usize = 32;
 
@@ -88,6 +92,14 @@ impl ClusterKey {
     /// `context`), so that the cluster key itself serves one purpose only.
     pub(crate) fn derive_key(&self, context: &str) -> [u8; KEY_LEN] {
         blake3::derive_key(context, &self.0)
+    }
+
+    /// The 128-bit SipHash-2-4 key of `"mac": "siphash-2-4"`, derived from this one.
+    pub(crate) fn siphash_key(&self) -> [u8; 16] {
+        let derived = self.derive_key(SIPHASH_KEY_CONTEXT);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&derived[..16]);
+        out
     }
 
     /// The tag of `covered` (a frame's header and payload) under this key.
@@ -184,6 +196,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("choose one"), "{e}");
+        // "mac": the fast tag, named; a misspelt one, without a key, or beside "encrypt"
+        // is an error naming the field.
+        let sip = Config::load(write(
+            "sip.json",
+            r#","key_file":"cluster.key","mac":"siphash-2-4""#,
+        ))
+        .unwrap();
+        assert_eq!(sip.options().mac, crate::MacAlgorithm::SipHash24);
+        assert_eq!(good.options().mac, crate::MacAlgorithm::Blake3);
+        for (name, extra, says) in [
+            (
+                "typo.json",
+                r#","key_file":"cluster.key","mac":"siphash""#,
+                "\"blake3\" or \"siphash-2-4\"",
+            ),
+            (
+                "keyless.json",
+                r#","mac":"siphash-2-4""#,
+                "\"mac\" is \"siphash-2-4\" but no key is",
+            ),
+            (
+                "both-modes.json",
+                r#","key_file":"cluster.key","mac":"siphash-2-4","encrypt":true"#,
+                "remove one of the two",
+            ),
+        ] {
+            let e = Config::load(write(name, extra)).unwrap_err().to_string();
+            assert!(
+                e.contains(name) && e.contains("mac") && e.contains(says),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -65,7 +65,8 @@
 //!   oversized, forged header) are dropped and counted; the node keeps serving. Config and
 //!   catalog errors are clear messages naming the file, the entry and the problem.
 //! * **C10 membership you can trust** — with a cluster key ([`Config::cluster_key`]), every
-//!   frame carries a keyed-BLAKE3 tag over its header and payload, or, with `"encrypt"`
+//!   frame carries a keyed-BLAKE3 tag over its header and payload (or a SipHash-2-4 one,
+//!   [`Options::mac`]), or, with `"encrypt"`
 //!   ([`Options::encrypt`]), its payload is encrypted and header and payload authenticated
 //!   (XChaCha20-Poly1305, see [`wire`] and [`seal`]); a frame that is forged, altered,
 //!   from another cluster, unkeyed (or keyed at an unkeyed node), or of the other keyed
@@ -120,7 +121,7 @@ pub mod wire;
 
 pub use config::{
     Config, ConfigError, ConfigProblem, MAX_MESSAGE_SIZE, MAX_PID, MAX_QUEUE, MAX_QUEUE_BYTES,
-    Options, PeerConfig,
+    MacAlgorithm, Options, PeerConfig,
 };
 pub use envelope::{BROADCAST, Envelope, MsgId, Pid};
 pub use key::{ClusterKey, KEY_LEN};

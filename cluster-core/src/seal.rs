@@ -1,6 +1,6 @@
 //! Sealing frames on the way out and opening them on the way in, in one of three modes:
-//! unkeyed, MAC (a keyed-BLAKE3 tag under the cluster key) or encrypted
-//! (XChaCha20-Poly1305). The trailer layout and the nonce scheme are in [`crate::wire`].
+//! unkeyed, MAC (a keyed-BLAKE3 tag under the cluster key, or with `"mac": "siphash-2-4"`
+//! a SipHash-2-4 one under a key derived from it) or encrypted (XChaCha20-Poly1305). The trailer layout and the nonce scheme are in [`crate::wire`].
 //!
 //! ```
 //! use cluster_core::{ClusterKey, seal::Sealer, wire};
@@ -24,6 +24,7 @@ use bytes::{Bytes, BytesMut};
 use chacha20poly1305::aead::AeadInOut;
 use chacha20poly1305::{Key, KeyInit, Tag, XChaCha20Poly1305, XNonce};
 
+use crate::config::{MacAlgorithm, Options};
 use crate::key::ClusterKey;
 use crate::wire::{self, HEADER_LEN, Header, TAG_LEN};
 
@@ -44,6 +45,9 @@ pub enum Sealer {
     None,
     /// A keyed-BLAKE3 tag under the cluster key over header and payload.
     Mac(ClusterKey),
+    /// A SipHash-2-4 tag (128 bits, then 16 zero bytes) over header and payload under a
+    /// key derived from the cluster key.
+    SipHash(SipKey),
     /// XChaCha20-Poly1305 under a key derived from the cluster key.
     Aead(Box<Aead>),
 }
@@ -53,6 +57,7 @@ impl std::fmt::Debug for Sealer {
         f.write_str(match self {
             Self::None => "Sealer::None",
             Self::Mac(_) => "Sealer::Mac(..)",
+            Self::SipHash(_) => "Sealer::SipHash(..)",
             Self::Aead(_) => "Sealer::Aead(..)",
         })
     }
@@ -79,6 +84,15 @@ impl Sealer {
                 let [salt, start] = fresh_salt();
                 Self::Aead(Box::new(Aead::new(&key, salt, u64::from_le_bytes(start))))
             }
+        }
+    }
+
+    /// The sealer a node with `key` (if any) and `options` uses: unkeyed, MAC mode with
+    /// the [`Options::mac`] algorithm, or encrypting ([`Options::encrypt`]).
+    pub fn for_options(key: Option<ClusterKey>, options: &Options) -> Self {
+        match (key, options.encrypt, options.mac) {
+            (Some(key), false, MacAlgorithm::SipHash24) => Self::SipHash(SipKey::new(&key)),
+            (key, encrypt, _) => Self::new(key, encrypt),
         }
     }
 
@@ -109,6 +123,7 @@ impl Sealer {
         match self {
             Self::None => [0; TAG_LEN],
             Self::Mac(key) => key.tag(covered),
+            Self::SipHash(key) => key.tag(covered),
             Self::Aead(aead) => aead.seal(covered),
         }
     }
@@ -126,9 +141,43 @@ impl Sealer {
             (Self::Mac(key), true, false) => wire::split_tag(&frame)
                 .is_some_and(|(covered, tag)| key.verify(covered, tag))
                 .then_some(frame),
+            (Self::SipHash(key), true, false) => wire::split_tag(&frame)
+                .is_some_and(|(covered, tag)| key.verify(covered, tag))
+                .then_some(frame),
             (Self::Aead(aead), true, true) => aead.open(frame),
             _ => None,
         }
+    }
+}
+
+/// The key of SipHash-2-4 tags (see [`Sealer::SipHash`]).
+pub struct SipKey([u8; 16]);
+
+impl SipKey {
+    fn new(key: &ClusterKey) -> Self {
+        Self(key.siphash_key())
+    }
+
+    /// The trailer of `covered`: its 128-bit SipHash-2-4 tag, then zeros (the trailer
+    /// keeps the length of every keyed mode). SipHash takes the input's length into its
+    /// last block, so frames that differ only in length get unrelated tags.
+    fn tag(&self, covered: &[u8]) -> [u8; TAG_LEN] {
+        use siphasher::sip128::{Hasher128, SipHasher24};
+        use std::hash::Hasher;
+        let mut h = SipHasher24::new_with_key(&self.0);
+        h.write(covered);
+        let mut trailer = [0u8; TAG_LEN];
+        trailer[..16].copy_from_slice(&h.finish128().as_bytes());
+        trailer
+    }
+
+    /// Whether `trailer` is the trailer of `covered`, compared in constant time over all
+    /// its bytes (`blake3::Hash`'s equality), zeros included.
+    fn verify(&self, covered: &[u8], trailer: &[u8]) -> bool {
+        let Ok(trailer) = <[u8; TAG_LEN]>::try_from(trailer) else {
+            return false;
+        };
+        blake3::Hash::from_bytes(self.tag(covered)) == blake3::Hash::from_bytes(trailer)
     }
 }
 
@@ -232,6 +281,24 @@ mod tests {
         ClusterKey::from_bytes([b; crate::KEY_LEN])
     }
 
+    /// MAC mode with SipHash-2-4 tags under `k`.
+    fn sip(k: u8) -> Sealer {
+        let options = Options {
+            mac: MacAlgorithm::SipHash24,
+            ..Options::default()
+        };
+        Sealer::for_options(Some(key(k)), &options)
+    }
+
+    /// The sealer of each keyed mode under `k`: BLAKE3 MAC, SipHash MAC, encryption.
+    fn keyed_modes(k: u8) -> [Sealer; 3] {
+        [
+            Sealer::new(Some(key(k)), false),
+            sip(k),
+            Sealer::new(Some(key(k)), true),
+        ]
+    }
+
     fn seal_with(sealer: &mut Sealer, header: Header, msg: &str) -> Bytes {
         let mut encoder = Encoder::new();
         encoder.serialize(msg).unwrap();
@@ -254,6 +321,16 @@ mod tests {
         let sealed = seal_with(&mut aead, h, "the payload");
         let tagged = seal_with(&mut mac, h, "the payload");
         let plain = seal_with(&mut none, h, "the payload");
+        let mut siphash = sip(1);
+        let sip_tagged = seal_with(&mut siphash, h, "the payload");
+        assert_eq!(sip_tagged.len(), tagged.len());
+        assert_eq!(sip_tagged[2], 1, "MAC mode's flags");
+        assert_eq!(
+            &sip_tagged[sip_tagged.len() - 16..],
+            &[0; 16],
+            "a 128-bit tag, then zeros"
+        );
+        assert_eq!(open(&siphash, sip_tagged).as_deref(), Some("the payload"));
         assert_eq!(sealed.len(), tagged.len());
         assert_eq!(plain.len() + TAG_LEN, tagged.len());
         assert_eq!((sealed[2], tagged[2], plain[2]), (3, 1, 0), "the flags");
@@ -306,17 +383,14 @@ mod tests {
     #[test]
     fn another_key_opens_nothing() {
         let h = Header::new(3, 1, 7, 42);
-        for encrypt in [false, true] {
-            let mut sender = Sealer::new(Some(key(1)), encrypt);
+        for ((mut sender, same), other) in keyed_modes(1)
+            .into_iter()
+            .zip(keyed_modes(1))
+            .zip(keyed_modes(2))
+        {
             let frame = seal_with(&mut sender, h, "x");
-            assert_eq!(
-                open(&Sealer::new(Some(key(2)), encrypt), frame.clone()),
-                None
-            );
-            assert_eq!(
-                open(&Sealer::new(Some(key(1)), encrypt), frame).as_deref(),
-                Some("x")
-            );
+            assert_eq!(open(&other, frame.clone()), None, "{other:?}");
+            assert_eq!(open(&same, frame).as_deref(), Some("x"));
         }
     }
 
@@ -324,11 +398,8 @@ mod tests {
     #[test]
     fn modes_must_match() {
         let h = Header::new(3, 1, 7, 42);
-        let mut modes = [
-            Sealer::new(None, false),
-            Sealer::new(Some(key(1)), false),
-            Sealer::new(Some(key(1)), true),
-        ];
+        let [mac, siphash, aead] = keyed_modes(1);
+        let mut modes = [Sealer::new(None, false), mac, aead, siphash];
         let frames: Vec<Bytes> = modes.iter_mut().map(|m| seal_with(m, h, "m")).collect();
         for (i, receiver) in modes.iter().enumerate() {
             for (j, frame) in frames.iter().enumerate() {
@@ -355,8 +426,14 @@ mod tests {
             Err(wire::WireError::BadFlags(2)),
             "encrypted but not keyed"
         );
-        // The cipher runs under a derived key, not the cluster key.
+        // The cipher and SipHash run under derived keys, not the cluster key, nor each
+        // other's.
         assert_ne!(key(1).derive_key(AEAD_KEY_CONTEXT), [1; crate::KEY_LEN]);
+        assert_ne!(key(1).siphash_key(), [1; 16]);
+        assert_ne!(
+            key(1).siphash_key()[..],
+            key(1).derive_key(AEAD_KEY_CONTEXT)[..16]
+        );
     }
 
     /// Two starts of the same node at the same incarnation (a lost catalog) seal the same
@@ -393,9 +470,8 @@ mod tests {
     }
 
     proptest! {
-        /// Any bytes, opened in every mode: a frame or a refusal, never a panic; and a
-        /// frame that opens under encryption was sealed under the key (the fuzzer's luck
-        /// aside, none does).
+        /// Any bytes, opened in every mode: a frame or a refusal, never a panic; and no
+        /// keyed mode opens bytes that were not sealed under its key.
         #[test]
         fn arbitrary_bytes_never_panic_in_any_mode(
             bytes in proptest::collection::vec(any::<u8>(), 0..200),
@@ -406,15 +482,12 @@ mod tests {
             if let Some(head) = bytes.get_mut(..4) {
                 head.copy_from_slice(&[wire::MAGIC, wire::VERSION, flags, 0]);
             }
-            for sealer in [
-                Sealer::new(None, false),
-                Sealer::new(Some(key(1)), false),
-                Sealer::new(Some(key(1)), true),
-            ] {
+            let [mac, siphash, aead] = keyed_modes(1);
+            for sealer in [Sealer::new(None, false), mac, siphash, aead] {
                 if let Ok(h) = Header::parse(&bytes)
                     && let Some(opened) = sealer.open(Bytes::from(bytes.clone()), &h)
                 {
-                    prop_assert!(!sealer.encrypts(), "forged an encrypted frame");
+                    prop_assert!(!sealer.keyed(), "forged a keyed frame: {sealer:?}");
                     if let Ok(frame) = Frame::decode(opened) {
                         let _ = frame.message::<String>();
                     }
@@ -426,15 +499,16 @@ mod tests {
         #[test]
         fn sealed_frames_altered_anywhere_are_refused(
             msg in ".{0,60}", at in any::<prop::sample::Index>(), xor in 1u8..,
-            encrypt: bool,
+            mode in 0usize..3,
         ) {
-            let mut sender = Sealer::new(Some(key(4)), encrypt);
-            let receiver = Sealer::new(Some(key(4)), encrypt);
-            let frame = seal_with(&mut sender, Header::new(2, 1, 1, 1), &msg);
+            let mut senders = keyed_modes(4);
+            let receivers = keyed_modes(4);
+            let receiver = &receivers[mode];
+            let frame = seal_with(&mut senders[mode], Header::new(2, 1, 1, 1), &msg);
             let mut bad = frame.to_vec();
             bad[at.index(frame.len())] ^= xor;
-            prop_assert_eq!(open(&receiver, bad.into()), None);
-            prop_assert_eq!(open(&receiver, frame), Some(msg));
+            prop_assert_eq!(open(receiver, bad.into()), None);
+            prop_assert_eq!(open(receiver, frame), Some(msg));
         }
     }
 }

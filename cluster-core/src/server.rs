@@ -147,18 +147,25 @@ impl ServerBuilder {
             router_fault,
         } = self;
         config.check_member(pid)?;
-        if config.options().encrypt && config.cluster_key().is_none() {
+        let opts = config.options();
+        let keyless = if opts.encrypt {
+            Some("\"encrypt\" is set".to_owned())
+        } else if opts.mac != crate::config::MacAlgorithm::Blake3 {
+            Some(format!("\"mac\" is \"{}\"", opts.mac))
+        } else {
+            None
+        };
+        if let Some(what) = keyless.filter(|_| config.cluster_key().is_none()) {
             // Set in code (`with_options`) rather than loaded: the loader refuses it too. A
-            // node must not quietly send in clear what its config says to encrypt.
+            // node must not quietly send in clear (or untagged) what its config protects.
             return Err(ConfigError {
                 origin: config.origin().to_owned(),
                 entry: None,
                 pid: None,
-                problem: crate::config::ConfigProblem::BadKey(
-                    "\"encrypt\" is set but no key is: set \"key_file\" or \"key_env\" \
+                problem: crate::config::ConfigProblem::BadKey(format!(
+                    "{what} but no key is: set \"key_file\" or \"key_env\" \
                      (or Config::with_cluster_key)"
-                        .into(),
-                ),
+                )),
             }
             .into());
         }
@@ -187,7 +194,7 @@ impl ServerBuilder {
             all,
             opts.max_message_size,
             Arc::clone(&stats),
-            Sealer::new(config.cluster_key().cloned(), opts.encrypt),
+            Sealer::for_options(config.cluster_key().cloned(), &opts),
             opts.heartbeat_timeout,
         );
         #[cfg(feature = "fault-injection")]
@@ -969,20 +976,26 @@ mod tests {
 
     /// `encrypt` without a key is an error, not a node that sends in clear.
     #[tokio::test]
-    async fn encrypt_without_a_key_is_refused() {
-        let options = crate::Options {
+    async fn encrypt_or_a_mac_choice_without_a_key_is_refused() {
+        let encrypting = crate::Options {
             encrypt: true,
             ..crate::Options::default()
         };
-        let config = config().with_options(options).unwrap();
-        let e = Server::<u8>::with_transport(1, config.clone(), nowhere(None)).unwrap_err();
-        assert!(
-            e.to_string().contains("\"encrypt\" is set but no key is"),
-            "{e}"
-        );
-        let key = crate::ClusterKey::from_bytes([1; crate::KEY_LEN]);
-        let keyed = config.with_cluster_key(Some(key));
-        assert!(Server::<u8>::with_transport(1, keyed, nowhere(None)).is_ok());
+        let siphash = crate::Options {
+            mac: crate::MacAlgorithm::SipHash24,
+            ..crate::Options::default()
+        };
+        for (options, says) in [
+            (encrypting, "\"encrypt\" is set but no key is"),
+            (siphash, "\"mac\" is \"siphash-2-4\" but no key is"),
+        ] {
+            let config = config().with_options(options).unwrap();
+            let e = Server::<u8>::with_transport(1, config.clone(), nowhere(None)).unwrap_err();
+            assert!(e.to_string().contains(says), "{e}");
+            let key = crate::ClusterKey::from_bytes([1; crate::KEY_LEN]);
+            let keyed = config.with_cluster_key(Some(key));
+            assert!(Server::<u8>::with_transport(1, keyed, nowhere(None)).is_ok());
+        }
     }
 
     #[tokio::test]

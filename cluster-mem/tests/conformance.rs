@@ -62,6 +62,30 @@ fn mem_transport_encrypted_keeps_the_contract() {
     assert!(must_deliver > 0 && must_drop > 0, "{:?}", report.judged);
 }
 
+/// The same with `"mac": "siphash-2-4"`: every frame carries a SipHash-2-4 tag; the
+/// directed hostile case then also expects a BLAKE3-tagged frame under the right key
+/// counted `unauthenticated`.
+#[test]
+fn mem_transport_with_siphash_tags_keeps_the_contract() {
+    let siphash = |setup: &Setup| -> Result<Box<dyn ClusterUnderTest>, SimError> {
+        let config = setup
+            .config()
+            .map_err(cluster_core::ServerError::from)?
+            .with_cluster_key(Some(cluster_core::ClusterKey::from_bytes([7; 32])));
+        let options = cluster_core::Options {
+            mac: cluster_core::MacAlgorithm::SipHash24,
+            ..config.options().clone()
+        };
+        let config = config
+            .with_options(options)
+            .map_err(cluster_core::ServerError::from)?;
+        Ok(Box::new(MemCluster::new(&config, setup.seed)))
+    };
+    let report = conformance::check(siphash, SuiteOptions::new(64));
+    let (must_deliver, must_drop, _) = report.judged;
+    assert!(must_deliver > 0 && must_drop > 0, "{:?}", report.judged);
+}
+
 /// The same with every node's incarnation kept in a real sled catalog on disk, reopened at
 /// each restart (contract C8). Fewer scenarios: each start opens a database.
 #[test]

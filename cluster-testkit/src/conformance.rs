@@ -576,9 +576,12 @@ pub fn check_hostile_input(factory: &dyn Factory) -> Result<(), Box<Failure>> {
             (forged(1)?, DropReason::UnknownSender),
             (valid.slice(..valid.len() - 1), unsigned),
         ];
-        if let (Some(key), true) = (config.cluster_key(), config.options().encrypt) {
-            // At an encrypting node, a frame tagged under the right key but not encrypted
-            // (a MAC-mode member's) is refused too: modes must match.
+        let blake3_mac =
+            !config.options().encrypt && config.options().mac == cluster_core::MacAlgorithm::Blake3;
+        if let (Some(key), false) = (config.cluster_key(), blake3_mac) {
+            // At an encrypting node, or one tagging with SipHash, a frame tagged with
+            // BLAKE3 under the right key (a default MAC-mode member's) is refused too:
+            // modes must match.
             let mut mac = Sealer::new(Some(key.clone()), false);
             let mut encoder = wire::Encoder::new();
             encoder

@@ -168,11 +168,9 @@ impl HostileBytes {
                 if config.cluster_key() == Some(&ClusterKey::from_bytes(wrong)) {
                     wrong = [0xDD; cluster_core::KEY_LEN];
                 }
-                // Sealed in the node's own mode (MAC or encrypted), under the wrong key.
-                let mut sealer = Sealer::new(
-                    Some(ClusterKey::from_bytes(wrong)),
-                    config.options().encrypt,
-                );
+                // Sealed in the node's own mode (either MAC, or encrypted), under the wrong key.
+                let mut sealer =
+                    Sealer::for_options(Some(ClusterKey::from_bytes(wrong)), config.options());
                 let header =
                     sealer.mark(wire::Header::new(peer.unwrap_or(to), to, 1, FORGED_MSG_ID));
                 let mut encoder = wire::Encoder::new();
@@ -197,7 +195,7 @@ impl HostileBytes {
                 // At a keyed node, sealed as a member would (tagged, or encrypted): the
                 // payload, not the tag, is what this case is about.
                 let mut sealer =
-                    Sealer::new(config.cluster_key().cloned(), config.options().encrypt);
+                    Sealer::for_options(config.cluster_key().cloned(), config.options());
                 let header =
                     sealer.mark(wire::Header::new(peer, to, Incarnation::MAX, FORGED_MSG_ID));
                 let mut frame = BytesMut::from(&header.to_bytes()[..]);

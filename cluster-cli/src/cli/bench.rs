@@ -44,7 +44,8 @@ pub(crate) struct BenchArgs {
     #[arg(long, conflicts_with = "security")]
     mac: bool,
     /// What protects the cluster's frames: `none`, `mac` (a cluster key: a keyed-BLAKE3
-    /// tag on every frame) or `aead` (a cluster key and "encrypt": every payload
+    /// tag on every frame), `siphash` (a cluster key and "mac": "siphash-2-4": a
+    /// SipHash-2-4 tag on every frame) or `aead` (a cluster key and "encrypt": every payload
     /// encrypted with XChaCha20-Poly1305, every header authenticated). The bare library's
     /// frames carry nothing: the ratio shows what the protection costs.
     #[arg(long, default_value = "none")]
@@ -261,6 +262,7 @@ fn table(r: &BenchReport) -> String {
         match o.security {
             Security::None => "without a MAC",
             Security::Mac => "with a MAC",
+            Security::SipHash => "with a SipHash-2-4 MAC",
             Security::Aead => "encrypted (XChaCha20-Poly1305)",
         },
         o.payload,
