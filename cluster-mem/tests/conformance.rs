@@ -12,6 +12,22 @@ fn mem(setup: &Setup) -> Result<Box<dyn ClusterUnderTest>, SimError> {
     Ok(Box::new(MemCluster::new(&config, setup.seed)))
 }
 
+/// Nodes with a cluster key and the options `change` makes of the setup's.
+fn keyed_with(
+    setup: &Setup,
+    change: impl Fn(cluster_core::Options) -> cluster_core::Options,
+) -> Result<Box<dyn ClusterUnderTest>, SimError> {
+    let config = setup
+        .config()
+        .map_err(cluster_core::ServerError::from)?
+        .with_cluster_key(Some(cluster_core::ClusterKey::from_bytes([7; 32])));
+    let options = change(config.options().clone());
+    let config = config
+        .with_options(options)
+        .map_err(cluster_core::ServerError::from)?;
+    Ok(Box::new(MemCluster::new(&config, setup.seed)))
+}
+
 #[test]
 fn mem_transport_keeps_the_contract() {
     let report = conformance::check(mem, SuiteOptions::new(256));
@@ -43,20 +59,8 @@ fn mem_transport_with_a_cluster_key_keeps_the_contract() {
 /// then also expects a MAC-mode frame under the right key counted `unauthenticated`.
 #[test]
 fn mem_transport_encrypted_keeps_the_contract() {
-    let encrypted = |setup: &Setup| -> Result<Box<dyn ClusterUnderTest>, SimError> {
-        let config = setup
-            .config()
-            .map_err(cluster_core::ServerError::from)?
-            .with_cluster_key(Some(cluster_core::ClusterKey::from_bytes([7; 32])));
-        let options = cluster_core::Options {
-            encrypt: true,
-            ..config.options().clone()
-        };
-        let config = config
-            .with_options(options)
-            .map_err(cluster_core::ServerError::from)?;
-        Ok(Box::new(MemCluster::new(&config, setup.seed)))
-    };
+    let encrypted =
+        |setup: &Setup| keyed_with(setup, |o| cluster_core::Options { encrypt: true, ..o });
     let report = conformance::check(encrypted, SuiteOptions::new(64));
     let (must_deliver, must_drop, _) = report.judged;
     assert!(must_deliver > 0 && must_drop > 0, "{:?}", report.judged);
@@ -67,19 +71,11 @@ fn mem_transport_encrypted_keeps_the_contract() {
 /// counted `unauthenticated`.
 #[test]
 fn mem_transport_with_siphash_tags_keeps_the_contract() {
-    let siphash = |setup: &Setup| -> Result<Box<dyn ClusterUnderTest>, SimError> {
-        let config = setup
-            .config()
-            .map_err(cluster_core::ServerError::from)?
-            .with_cluster_key(Some(cluster_core::ClusterKey::from_bytes([7; 32])));
-        let options = cluster_core::Options {
+    let siphash = |setup: &Setup| {
+        keyed_with(setup, |o| cluster_core::Options {
             mac: cluster_core::MacAlgorithm::SipHash24,
-            ..config.options().clone()
-        };
-        let config = config
-            .with_options(options)
-            .map_err(cluster_core::ServerError::from)?;
-        Ok(Box::new(MemCluster::new(&config, setup.seed)))
+            ..o
+        })
     };
     let report = conformance::check(siphash, SuiteOptions::new(64));
     let (must_deliver, must_drop, _) = report.judged;
