@@ -19,7 +19,10 @@
 //!
 //! A keyed frame (bit 0 only, "MAC mode") ends with a tag: keyed BLAKE3
 //! (`blake3::keyed_hash`) under the 32-byte cluster key ([`crate::ClusterKey`]), over the
-//! header and the payload. An encrypted frame (bits 0 and 1, `"encrypt": true`) carries the
+//! header and the payload; or, with `"mac": "siphash-2-4"` ([`crate::Options::mac`]), the
+//! 16-byte SipHash-2-4 tag of the same bytes under a 128-bit key derived from the cluster
+//! key (`blake3::derive_key`), then 16 zero bytes. Nothing in the frame tells the two
+//! apart: nodes must agree, and a tag of the other kind does not check. An encrypted frame (bits 0 and 1, `"encrypt": true`) carries the
 //! payload as XChaCha20-Poly1305 ciphertext, the 32-byte header as associated data, and
 //! the trailer
 //!
