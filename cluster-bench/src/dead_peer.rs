@@ -171,6 +171,10 @@ pub struct PeerFigures {
     /// Deliveries per second in each phase (from its counts, interpolated at the phase
     /// boundaries).
     pub rates: [f64; 3],
+    /// The lowest rate between two consecutive reports that both fall within each phase
+    /// (a sample interval apart): how deep a passing dip went. NaN where a phase holds
+    /// fewer than two reports.
+    pub slowest: [f64; 3],
     /// Messages it had received at its last report before the end.
     pub received: u64,
     /// Its reports: (time since the sender started, messages received so far).
@@ -207,6 +211,29 @@ impl DeadPeerReport {
             }
         }
         sum
+    }
+
+    /// The lowest [`PeerFigures::slowest`] of the peers that stay healthy, in each phase.
+    pub fn healthy_slowest(&self) -> [f64; 3] {
+        let mut low = [f64::NAN; 3];
+        for p in self.peers.iter().filter(|p| p.fate == Fate::Healthy) {
+            for (l, r) in low.iter_mut().zip(p.slowest) {
+                *l = l.min(r);
+            }
+        }
+        low
+    }
+
+    /// The change of [`DeadPeerReport::healthy_slowest`] in `phase` against the mean rate
+    /// of the first phase ([`DeadPeerReport::healthy_rates`]), in percent.
+    pub fn slowest_change_percent(&self, phase: usize) -> f64 {
+        match (
+            self.healthy_rates().first(),
+            self.healthy_slowest().get(phase),
+        ) {
+            (Some(&first), Some(&r)) if first > 0.0 => (r / first - 1.0) * 100.0,
+            _ => f64::NAN,
+        }
     }
 
     /// The change of [`DeadPeerReport::healthy_rates`] in `phase` against the first phase,
@@ -272,6 +299,12 @@ impl fmt::Display for DeadPeerReport {
             if i > 0 {
                 write!(f, " ({:+.1}%)", self.change_percent(i))?;
             }
+            write!(
+                f,
+                ", slowest interval {} ({:+.1}% against the first phase's mean)",
+                per_second(self.healthy_slowest()[i]),
+                self.slowest_change_percent(i)
+            )?;
             let each: Vec<String> = self
                 .peers
                 .iter()
@@ -491,6 +524,18 @@ fn rate_in(series: &[(Duration, u64)], phase: &Phase) -> f64 {
     (count_at(series, phase.end) - count_at(series, phase.start)).max(0.0) / seconds
 }
 
+fn slowest_in(series: &[(Duration, u64)], phase: &Phase) -> f64 {
+    series
+        .windows(2)
+        .filter_map(|w| match w {
+            [(t0, c0), (t1, c1)] if *t0 >= phase.start && *t1 <= phase.end && t1 > t0 => {
+                Some(c1.saturating_sub(*c0) as f64 / (*t1 - *t0).as_secs_f64())
+            }
+            _ => None,
+        })
+        .fold(f64::NAN, f64::min)
+}
+
 fn drops_between(before: &Stats, after: &Stats) -> DropCounts {
     let mut d = DropCounts::default();
     for r in DropReason::ALL {
@@ -503,6 +548,15 @@ fn drops_between(before: &Stats, after: &Stats) -> DropCounts {
         );
     }
     d
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Kills `child` (`SIGKILL`) and reaps it, within a bound.
@@ -565,6 +619,8 @@ pub async fn run_dead_peer(
     };
 
     let stop = Arc::new(AtomicBool::new(false));
+    // Should this future be dropped, the sender and the sampler stop too.
+    let _stop_on_drop = StopOnDrop(Arc::clone(&stop));
     let started = Instant::now();
     let started_wall = wall_ns();
     let rss = sample_rss(started, interval, Arc::clone(&stop));
@@ -668,6 +724,7 @@ pub async fn run_dead_peer(
                 process_id,
                 fate,
                 rates: phases.map(|p| rate_in(&series, &p)),
+                slowest: phases.map(|p| slowest_in(&series, &p)),
                 received: series.last().map_or(0, |&(_, c)| c),
                 series,
             }
@@ -710,6 +767,13 @@ mod tests {
             end: Duration::from_millis(1500),
         };
         assert!((rate_in(&series, &phase) - 150.0).abs() < 1e-9);
+        let all = Phase {
+            name: "all",
+            start: Duration::ZERO,
+            end: Duration::from_secs(2),
+        };
+        assert!((slowest_in(&series, &all) - 100.0).abs() < 1e-9);
+        assert!(slowest_in(&series, &phase).is_nan());
     }
 
     #[test]

@@ -47,6 +47,9 @@ fn report_json(r: &DeadPeerReport) -> serde_json::Value {
             .collect::<serde_json::Map<_, _>>()
     };
     let healthy = r.healthy_rates();
+    let slowest = r.healthy_slowest();
+    // NaN (no figure) is written as null.
+    let number = |x: f64| x.is_finite().then_some(x);
     let (rss_min, rss_max) = r.rss_range();
     json!({
         "backend": o.backend.as_str(),
@@ -66,7 +69,9 @@ fn report_json(r: &DeadPeerReport) -> serde_json::Value {
             "start_s": secs(p.start),
             "end_s": secs(p.end),
             "healthy_rate": healthy.get(i),
-            "healthy_change_percent": if i == 0 { None } else { Some(r.change_percent(i)) },
+            "healthy_change_percent": if i == 0 { None } else { number(r.change_percent(i)) },
+            "healthy_slowest_rate": slowest.get(i).copied().and_then(number),
+            "healthy_slowest_change_percent": number(r.slowest_change_percent(i)),
             "dropped": drops(&r.phase_drops[i]),
         })).collect::<Vec<_>>(),
         "throughput_target_met": r.throughput_target_met(),
@@ -75,6 +80,7 @@ fn report_json(r: &DeadPeerReport) -> serde_json::Value {
             "process_id": p.process_id,
             "fate": p.fate.as_str(),
             "rates": p.rates,
+            "slowest": p.slowest.map(number),
             "received": p.received,
             "series": p.series.iter().map(|&(t, c)| json!([secs(t), c])).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
