@@ -50,6 +50,16 @@ pub(crate) enum Role {
         message_size: usize,
         addresses: Vec<String>,
     },
+    /// `dead-peer-sink <pid> <peer_queue> <interval_ms> <limit_ms> <address>…`: node `pid`
+    /// of the dead-peer benchmark, printing its count every `interval_ms` until it is
+    /// killed (or `limit_ms` has passed).
+    DeadPeerSink {
+        pid: Pid,
+        peer_queue: usize,
+        interval_ms: u64,
+        limit_ms: u64,
+        addresses: Vec<String>,
+    },
 }
 
 impl Job {
@@ -98,6 +108,22 @@ impl Job {
                 words.extend(["rss-sink".into(), message_size.to_string()]);
                 words.extend(addresses.iter().cloned());
             }
+            Role::DeadPeerSink {
+                pid,
+                peer_queue,
+                interval_ms,
+                limit_ms,
+                addresses,
+            } => {
+                words.extend([
+                    "dead-peer-sink".into(),
+                    pid.to_string(),
+                    peer_queue.to_string(),
+                    interval_ms.to_string(),
+                    limit_ms.to_string(),
+                ]);
+                words.extend(addresses.iter().cloned());
+            }
         }
         words
     }
@@ -107,7 +133,7 @@ impl Job {
         let words: Vec<&str> = words.iter().map(AsRef::as_ref).collect();
         let unknown = || {
             BenchError::Child(format!(
-                "unknown role {:?}: expected <backend> <runtime> <security> bare-pull|bare-rep|cluster-recv|cluster-echo|rss-sink <arguments>…",
+                "unknown role {:?}: expected <backend> <runtime> <security> bare-pull|bare-rep|cluster-recv|cluster-echo|rss-sink|dead-peer-sink <arguments>…",
                 words.join(" ")
             ))
         };
@@ -141,6 +167,13 @@ impl Job {
             },
             ["rss-sink", size, addrs @ ..] => Role::RssSink {
                 message_size: number(size)?,
+                addresses: addresses(addrs),
+            },
+            ["dead-peer-sink", pid, queue, interval, limit, addrs @ ..] => Role::DeadPeerSink {
+                pid: number(pid)?,
+                peer_queue: number(queue)?,
+                interval_ms: number(interval)?,
+                limit_ms: number(limit)?,
                 addresses: addresses(addrs),
             },
             _ => return Err(unknown()),
@@ -189,6 +222,24 @@ async fn play(job: Job) -> Result<(), BenchError> {
             message_size,
             addresses,
         } => rss_sink(backend, message_size, &addresses).await,
+        Role::DeadPeerSink {
+            pid,
+            peer_queue,
+            interval_ms,
+            limit_ms,
+            addresses,
+        } => {
+            crate::dead_peer::sink(
+                backend,
+                security,
+                pid,
+                peer_queue,
+                std::time::Duration::from_millis(interval_ms),
+                std::time::Duration::from_millis(limit_ms),
+                &addresses,
+            )
+            .await
+        }
     }
 }
 
@@ -223,7 +274,7 @@ pub(crate) fn number<T: FromStr>(s: &str) -> Result<T, BenchError> {
 }
 
 /// Node `pid` of the nodes at `addrs`, connected to every peer, once it has said `ready`.
-async fn ready_node(
+pub(crate) async fn ready_node(
     backend: Backend,
     security: Security,
     pid: Pid,
@@ -323,6 +374,13 @@ mod tests {
             Role::ClusterEcho {
                 pid: 2,
                 peer_queue: 7,
+                addresses: vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
+            },
+            Role::DeadPeerSink {
+                pid: 4,
+                peer_queue: 9,
+                interval_ms: 100,
+                limit_ms: 180_000,
                 addresses: vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
             },
         ]

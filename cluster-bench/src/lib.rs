@@ -22,6 +22,12 @@
 //!   (1 MiB by default) for 30 s to a peer whose process is stopped (`SIGSTOP`); the report
 //!   gives the sender's peak resident set size beside the sum of its configured byte bounds
 //!   (target: peak ≤ 2 × bounds + 100 MiB).
+//! * **a dead peer under full load** ([`run_dead_peer`], `cluster bench --dead-peer`) —
+//!   one node sends at full rate to three peers, each in its own child process; one is
+//!   killed (`SIGKILL`) at a sixth of the run, another stopped (`SIGSTOP`) at a third. The
+//!   report gives the healthy peer's deliveries per second in each phase (target: no drop
+//!   beyond 10%), the sender's drops by reason, and its RSS sampled once a second (target:
+//!   flat).
 //!
 //! Rates are measured at the receivers, from the first message to the last. Cluster
 //! throughput counts delivered messages only (the count is reported beside it). A transport
@@ -70,6 +76,7 @@
 
 mod bare;
 mod child;
+mod dead_peer;
 mod error;
 mod measure;
 mod options;
@@ -80,6 +87,10 @@ mod rss;
 
 pub use child::run_child;
 pub use cluster_zmq::Backend;
+pub use dead_peer::{
+    DEAD_PEER_PIDS, DeadPeerOptions, DeadPeerReport, Fanout, Fate, PeerFigures, Phase, YIELD_EVERY,
+    run_dead_peer,
+};
 pub use error::BenchError;
 pub use measure::{run, run_with_progress};
 pub use options::{BenchOptions, ChildCommand, MAX_BROADCAST_PEERS, RuntimeFlavor, Security};

@@ -43,6 +43,12 @@ impl ChildProcess {
         })
     }
 
+    /// The child and the lines of its stdout, apart: to read the lines in one task while
+    /// another signals the child (the child is still killed when dropped).
+    pub(crate) fn into_parts(self) -> (Child, Lines<BufReader<ChildStdout>>) {
+        (self.child, self.lines)
+    }
+
     /// The child's process id, while it runs.
     pub(crate) fn id(&self) -> Option<u32> {
         self.child.id()

@@ -166,7 +166,7 @@ fn status_bytes(field: &str) -> u64 {
 }
 
 /// Sends `signal` (`STOP`, `CONT`) to process `pid` with the system's `kill`.
-fn signal(pid: u32, signal: &str) -> Result<(), BenchError> {
+pub(crate) fn signal(pid: u32, signal: &str) -> Result<(), BenchError> {
     let status = std::process::Command::new("kill")
         .arg(format!("-{signal}"))
         .arg(pid.to_string())

@@ -64,6 +64,18 @@ pub(crate) struct BenchArgs {
     /// Payload bytes per message of the memory benchmark.
     #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..=(1 << 29)))]
     rss_message_size: u64,
+    /// Instead of the other benchmarks, a dead peer under full load: send `--payload`
+    /// messages at full rate to 3 peers (separate processes), kill one at 1/6 of
+    /// `--dead-peer-seconds`, stop (SIGSTOP) another at 1/3, and report the healthy peer's
+    /// throughput in each phase, the sender's drops by reason and its RSS once a second.
+    #[arg(long, conflicts_with = "rss")]
+    dead_peer: bool,
+    /// Seconds of the dead-peer benchmark.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    dead_peer_seconds: u64,
+    /// The dead-peer benchmark broadcasts every message instead of sending round robin.
+    #[arg(long)]
+    dead_peer_broadcast: bool,
 }
 
 /// The hidden subcommand that runs a child process of `cluster bench`.
@@ -113,6 +125,22 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), Failure> {
     })?;
     let child = ChildCommand::new(exe, [CHILD_SUBCOMMAND]);
     let runtime = flavor.builder().enable_all().build()?;
+    if args.dead_peer {
+        let o = bench::DeadPeerOptions {
+            backend,
+            duration: Duration::from_secs(args.dead_peer_seconds),
+            payload: options.payload,
+            peer_queue: options.peer_queue,
+            fanout: if args.dead_peer_broadcast {
+                bench::Fanout::Broadcast
+            } else {
+                bench::Fanout::RoundRobin
+            },
+            security: options.security,
+            runtime: flavor,
+        };
+        return super::dead_peer::run(&runtime, &child, &o, args.json);
+    }
     if args.rss {
         let rss = bench::RssOptions {
             backend,

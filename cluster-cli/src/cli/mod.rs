@@ -2,6 +2,7 @@
 
 mod bench;
 mod catalog;
+mod dead_peer;
 mod demo;
 mod node;
 

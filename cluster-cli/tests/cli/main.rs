@@ -395,6 +395,74 @@ fn bench_reports_both_sides_as_json() {
     );
 }
 
+/// A short run of the dead-peer benchmark: its report has every part, the healthy peer
+/// received, and no peer process is left behind. Timings and ratios are not judged here.
+#[test]
+fn bench_dead_peer_reports_its_phases_and_leaves_nothing_behind() {
+    let mut cmd = cluster();
+    cmd.args([
+        "bench",
+        "--dead-peer",
+        "--dead-peer-seconds",
+        "3",
+        "--payload",
+        "16",
+        "--json",
+    ]);
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = run(cmd, "", DEADLINE);
+    assert!(status.success(), "{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["backend"], "libzmq", "{report}");
+    let phases = report["phases"].as_array().unwrap();
+    let names: Vec<&str> = phases.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["before kill", "killed, before stop", "after stop"],
+        "{report}"
+    );
+    for p in phases {
+        assert!(
+            p["end_s"].as_f64().unwrap() >= p["start_s"].as_f64().unwrap(),
+            "{report}"
+        );
+        assert!(p["healthy_rate"].as_f64().is_some(), "{report}");
+        assert!(p["dropped"].is_object(), "{report}");
+    }
+    let peers = report["peers"].as_array().unwrap();
+    let fates: Vec<&str> = peers.iter().map(|p| p["fate"].as_str().unwrap()).collect();
+    assert_eq!(fates, ["killed", "stopped", "healthy"], "{report}");
+    assert!(peers[2]["received"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        !peers[2]["series"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+    let sender = &report["sender"];
+    assert!(sender["messages"].as_u64().unwrap() > 0, "{report}");
+    assert!(sender["dropped"].is_object(), "{report}");
+    let rss = sender["rss"].as_array().unwrap();
+    assert!(!rss.is_empty(), "{report}");
+    assert!(sender["rss_min_bytes"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        sender["rss_max_bytes"].as_u64().unwrap() >= sender["rss_min_bytes"].as_u64().unwrap(),
+        "{report}"
+    );
+    // Every peer's process is gone (a reused pid would run something else).
+    for p in peers {
+        let pid = p["process_id"].as_u64().unwrap();
+        assert!(pid > 0, "{report}");
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&cmdline).contains("dead-peer-sink"),
+            "peer process {pid} ({}) is still there",
+            p["fate"]
+        );
+    }
+}
+
 #[test]
 fn bench_refuses_bad_options() {
     for (args, expected) in [
