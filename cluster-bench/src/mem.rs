@@ -31,11 +31,11 @@ fn mem_config(security: Security) -> Result<Config, BenchError> {
         ..Options::default()
     };
     // The addresses are never used: the in-memory network routes by pid.
-    Ok(Config::local(2, 7000)
+    Config::local(2, 7000)
         .map_err(failed)?
         .with_cluster_key(security.key())
         .with_options(options)
-        .map_err(failed)?)
+        .map_err(failed)
 }
 
 /// Nodes 1 and 2 of a fresh in-memory network.
