@@ -11,7 +11,7 @@ use crate::process::{ChildProcess, expect_all, finish_all, spawn_all, while_aliv
 use crate::received::Received;
 use crate::{
     BenchError, BenchOptions, BenchReport, BroadcastFigures, ChildCommand, Figures, PHASE_DEADLINE,
-    Progress, Security, bare,
+    Progress, Security, bare, mem,
 };
 
 /// Messages between two looks at the backpressure counter, in the throughput run.
@@ -23,7 +23,7 @@ const PACING_PAUSE_MAX: Duration = Duration::from_millis(2);
 /// How often the end marker of a stream is repeated while a receiver has not reported.
 const END_MARKER_EVERY: Duration = Duration::from_millis(20);
 /// Round trips done before measuring.
-const WARMUP: u64 = 1000;
+pub(crate) const WARMUP: u64 = 1000;
 
 /// Runs every measurement and returns the figures. Starts the other processes with
 /// `child` (see the crate docs). Must be called inside a tokio runtime; dropping the
@@ -42,7 +42,7 @@ pub async fn run_with_progress(
     let bench = Bench { child, o: options };
     let rounds = options.rounds.max(1);
     let k = options.broadcast_peers;
-    let per_round = if k > 0 { 6 } else { 4 };
+    let per_round = 4 + if k > 0 { 2 } else { 0 } + if options.mem { 2 } else { 0 };
     let steps = rounds * per_round;
     let mut step = 0;
     let mut announce = |round: usize, what: &str| {
@@ -56,6 +56,7 @@ pub async fn run_with_progress(
     let mut bare = Vec::new();
     let mut cluster = Vec::new();
     let mut broadcasts = Vec::new();
+    let mut mems = Vec::new();
     // Alternate, so that a load change on the machine hits both sides alike.
     for round in 1..=rounds {
         announce(round, "bare throughput");
@@ -66,18 +67,8 @@ pub async fn run_with_progress(
         let bare_rtt = bench.bare_round_trips().await?;
         announce(round, "cluster round trip");
         let cluster_rtt = bench.cluster_round_trips().await?;
-        bare.push(Figures {
-            throughput: bare_tp.0,
-            delivered: bare_tp.1,
-            rtt_p50: bare_rtt.0,
-            rtt_p99: bare_rtt.1,
-        });
-        cluster.push(Figures {
-            throughput: cluster_tp.0,
-            delivered: cluster_tp.1,
-            rtt_p50: cluster_rtt.0,
-            rtt_p99: cluster_rtt.1,
-        });
+        bare.push(bare_rtt.figures(bare_tp));
+        cluster.push(cluster_rtt.figures(cluster_tp));
         if k > 0 {
             announce(round, &format!("bare broadcast to {k} peers"));
             let b = bench.bare_broadcast().await?;
@@ -90,6 +81,13 @@ pub async fn run_with_progress(
                 cluster_delivered: c.1,
                 bare_delivered: b.1,
             });
+        }
+        if options.mem {
+            announce(round, "in-memory throughput");
+            let tp = mem::mem_throughput(options).await?;
+            announce(round, "in-memory round trip");
+            let rtt = mem::mem_round_trips(options).await?;
+            mems.push(rtt.figures(tp));
         }
     }
     let round_ratios = bare
@@ -115,6 +113,7 @@ pub async fn run_with_progress(
         cluster: median(&cluster),
         round_ratios,
         broadcast,
+        mem: (!mems.is_empty()).then(|| median(&mems)),
     })
 }
 
@@ -129,7 +128,9 @@ fn median(rounds: &[Figures]) -> Figures {
         throughput: mid(rounds.iter().map(|r| r.throughput).collect()),
         delivered: mid(rounds.iter().map(|r| r.delivered).collect()),
         rtt_p50: mid(rounds.iter().map(|r| r.rtt_p50).collect()),
+        rtt_p90: mid(rounds.iter().map(|r| r.rtt_p90).collect()),
         rtt_p99: mid(rounds.iter().map(|r| r.rtt_p99).collect()),
+        rtt_p999: mid(rounds.iter().map(|r| r.rtt_p999).collect()),
     }
 }
 
@@ -143,13 +144,43 @@ pub(crate) async fn within<T>(
         .map_err(|_| failed(format!("{what}: not done within {PHASE_DEADLINE:?}")))?
 }
 
-fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
+/// A round-trip distribution: percentiles of one run's samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rtt {
+    pub(crate) p50: Duration,
+    pub(crate) p90: Duration,
+    pub(crate) p99: Duration,
+    pub(crate) p999: Duration,
+}
+
+impl Rtt {
+    /// One round's figures: this distribution beside `(throughput, delivered)`.
+    pub(crate) fn figures(self, (throughput, delivered): (f64, u64)) -> Figures {
+        Figures {
+            throughput,
+            delivered,
+            rtt_p50: self.p50,
+            rtt_p90: self.p90,
+            rtt_p99: self.p99,
+            rtt_p999: self.p999,
+        }
+    }
+}
+
+/// The sample at rank `round((n - 1) × q)` of the sorted samples, for q = 0.5, 0.9, 0.99
+/// and 0.999. Of 10,000 samples, p999 is the one at index 9989: 10 samples lie above it.
+pub(crate) fn percentiles(mut samples: Vec<Duration>) -> Rtt {
     samples.sort_unstable();
     let at = |q: f64| {
         let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
         samples.get(i).copied().unwrap_or_default()
     };
-    (at(0.50), at(0.99))
+    Rtt {
+        p50: at(0.50),
+        p90: at(0.90),
+        p99: at(0.99),
+        p999: at(0.999),
+    }
 }
 
 /// `n` distinct free loopback ports: every listener is held until all are chosen.
@@ -177,7 +208,7 @@ pub(crate) fn addresses(n: usize) -> Result<Vec<String>, BenchError> {
         .collect())
 }
 
-fn payload_text(payload: usize) -> String {
+pub(crate) fn payload_text(payload: usize) -> String {
     "x".repeat(payload)
 }
 
@@ -272,7 +303,7 @@ impl Bench<'_> {
         Ok(Received::aggregate(&received))
     }
 
-    async fn bare_round_trips(&self) -> Result<(Duration, Duration), BenchError> {
+    async fn bare_round_trips(&self) -> Result<Rtt, BenchError> {
         let o = self.o;
         let endpoints = tcp_endpoints(1)?;
         let endpoint = endpoints.first().ok_or_else(|| failed("no free port"))?;
@@ -396,7 +427,7 @@ impl Bench<'_> {
         Ok(Received::aggregate(&received))
     }
 
-    async fn cluster_round_trips(&self) -> Result<(Duration, Duration), BenchError> {
+    async fn cluster_round_trips(&self) -> Result<Rtt, BenchError> {
         let o = self.o;
         let addrs = addresses(2)?;
         let config = bench_config(&addrs, o.peer_queue, o.security)?;
@@ -489,11 +520,21 @@ mod tests {
         assert_eq!(mid(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(mid(Vec::<u64>::new()), 0);
         let samples: Vec<Duration> = (1..=100).map(Duration::from_micros).collect();
-        let (p50, p99) = percentiles(samples);
+        let rtt = percentiles(samples);
         assert_eq!(
-            (p50, p99),
-            (Duration::from_micros(51), Duration::from_micros(99))
+            (rtt.p50, rtt.p90, rtt.p99, rtt.p999),
+            (
+                Duration::from_micros(51),
+                Duration::from_micros(90),
+                Duration::from_micros(99),
+                Duration::from_micros(100)
+            )
         );
+        // With the default 10,000 round trips, p999 has 10 samples above it.
+        let samples: Vec<Duration> = (1..=10_000).map(Duration::from_micros).collect();
+        let rtt = percentiles(samples);
+        assert_eq!(rtt.p999, Duration::from_micros(9990));
+        assert!(rtt.p50 <= rtt.p90 && rtt.p90 <= rtt.p99 && rtt.p99 <= rtt.p999);
     }
 
     #[test]

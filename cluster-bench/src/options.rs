@@ -37,6 +37,9 @@ pub struct BenchOptions {
     /// Whether the cluster's frames carry a MAC under a cluster key (the bare library's
     /// never do): measures what authentication costs.
     pub security: Security,
+    /// Whether to measure the cluster over the in-memory transport too, in this process
+    /// (P2P throughput and round trips; see the crate docs). On by default.
+    pub mem: bool,
 }
 
 impl Default for BenchOptions {
@@ -51,6 +54,7 @@ impl Default for BenchOptions {
             broadcast_peers: 0,
             runtime: RuntimeFlavor::default(),
             security: Security::default(),
+            mem: true,
         }
     }
 }

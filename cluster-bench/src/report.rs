@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use crate::BenchOptions;
 
-/// Throughput and round-trip figures of one side (bare library or cluster): medians over
-/// the rounds.
+/// Throughput and round-trip figures of one side (bare library, cluster, or the cluster in
+/// memory): medians over the rounds, each figure separately. With the default 10,000 round
+/// trips, p999 is the sample that 10 samples lie above.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Figures {
     /// Messages per second, delivered.
@@ -15,8 +16,12 @@ pub struct Figures {
     pub delivered: u64,
     /// Round trip, median.
     pub rtt_p50: Duration,
+    /// Round trip, 90th percentile.
+    pub rtt_p90: Duration,
     /// Round trip, 99th percentile.
     pub rtt_p99: Duration,
+    /// Round trip, 99.9th percentile.
+    pub rtt_p999: Duration,
 }
 
 /// The broadcast benchmark's figures: medians over the rounds.
@@ -54,6 +59,10 @@ pub struct BenchReport {
     pub round_ratios: Vec<(f64, f64)>,
     /// The broadcast benchmark, when [`BenchOptions::broadcast_peers`] > 0.
     pub broadcast: Option<BroadcastFigures>,
+    /// The cluster over the in-memory transport, in the benchmarking process on one core
+    /// (no bare baseline), when [`BenchOptions::mem`]. Its `delivered` is of
+    /// [`BenchOptions::messages`] sent.
+    pub mem: Option<Figures>,
 }
 
 impl BenchReport {
@@ -66,6 +75,15 @@ impl BenchReport {
     pub fn rtt_p50_ratio(&self) -> f64 {
         self.cluster.rtt_p50.as_secs_f64() / self.bare.rtt_p50.as_secs_f64()
     }
+
+    /// Cluster p99 round trip over bare p99 round trip.
+    pub fn rtt_p99_ratio(&self) -> f64 {
+        self.cluster.rtt_p99.as_secs_f64() / self.bare.rtt_p99.as_secs_f64()
+    }
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
 }
 
 impl fmt::Display for BenchReport {
@@ -79,11 +97,13 @@ impl fmt::Display for BenchReport {
         for (name, x) in [("bare   ", &self.bare), ("cluster", &self.cluster)] {
             writeln!(
                 f,
-                "  {name}  throughput {:>10.0} msg/s ({} delivered)   round trip p50 {:>7.1} µs  p99 {:>7.1} µs",
+                "  {name}  throughput {:>10.0} msg/s ({} delivered)   round trip p50 {:>7.1} µs  p90 {:>7.1} µs  p99 {:>7.1} µs  p999 {:>7.1} µs",
                 x.throughput,
                 x.delivered,
-                x.rtt_p50.as_secs_f64() * 1e6,
-                x.rtt_p99.as_secs_f64() * 1e6
+                us(x.rtt_p50),
+                us(x.rtt_p90),
+                us(x.rtt_p99),
+                us(x.rtt_p999)
             )?;
         }
         writeln!(
@@ -117,6 +137,25 @@ impl fmt::Display for BenchReport {
                 sent.saturating_sub(b.cluster_delivered)
             )?;
             write!(f, "  ratio    {:.2}x", b.ratio())?;
+        }
+        if let Some(m) = &self.mem {
+            writeln!(f)?;
+            writeln!(
+                f,
+                "in memory (this process, one current-thread runtime, windows of {}):",
+                crate::MEM_WINDOW
+            )?;
+            write!(
+                f,
+                "  cluster  throughput {:>10.0} msg/s ({} of {} delivered)   round trip p50 {:>7.1} µs  p90 {:>7.1} µs  p99 {:>7.1} µs  p999 {:>7.1} µs",
+                m.throughput,
+                m.delivered,
+                o.messages,
+                us(m.rtt_p50),
+                us(m.rtt_p90),
+                us(m.rtt_p99),
+                us(m.rtt_p999)
+            )?;
         }
         Ok(())
     }

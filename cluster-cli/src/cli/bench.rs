@@ -1,5 +1,6 @@
 //! `cluster bench`: the ZeroMQ benchmarks (P2P throughput, broadcast to k peers, round trip
-//! p50/p99), each beside the bare library measured in the same run, as a table with ratios.
+//! p50/p90/p99/p999), each beside the bare library measured in the same run, as a table with
+//! ratios; and the cluster over the in-memory transport, in this process on one core.
 
 use std::io::Write;
 use std::time::Duration;
@@ -50,6 +51,10 @@ pub(crate) struct BenchArgs {
     /// frames carry nothing: the ratio shows what the protection costs.
     #[arg(long, default_value = "none")]
     security: String,
+    /// Skip the in-memory measurement (the cluster over the in-memory transport, in this
+    /// process on one current-thread runtime: P2P throughput and round trips).
+    #[arg(long)]
+    no_mem: bool,
     /// Print the figures as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -119,6 +124,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), Failure> {
                 .parse()
                 .map_err(|e: cluster_bench::BenchError| Failure::usage(anyhow!(e)))?
         },
+        mem: !args.no_mem,
     };
     let exe = std::env::current_exe().map_err(|e| {
         anyhow!("cannot find this executable to start the benchmark processes: {e}")
@@ -265,27 +271,52 @@ fn table(r: &BenchReport) -> String {
             "deliveries/s".to_owned(),
         ]);
     }
-    table.add_row([
-        "round trip p50".to_owned(),
-        micros(r.bare.rtt_p50),
-        micros(r.cluster.rtt_p50),
-        times(r.rtt_p50_ratio()),
-        "<= 1.25x".to_owned(),
-    ]);
-    table.add_row([
-        "round trip p99".to_owned(),
-        micros(r.bare.rtt_p99),
-        micros(r.cluster.rtt_p99),
-        times(ratio(
-            r.cluster.rtt_p99.as_secs_f64(),
-            r.bare.rtt_p99.as_secs_f64(),
-        )),
-        String::new(),
-    ]);
+    let rtts = |f: &bench::Figures| {
+        [
+            ("p50", f.rtt_p50),
+            ("p90", f.rtt_p90),
+            ("p99", f.rtt_p99),
+            ("p999", f.rtt_p999),
+        ]
+    };
+    for ((q, bare), (_, cluster)) in rtts(&r.bare).into_iter().zip(rtts(&r.cluster)) {
+        table.add_row([
+            format!("round trip {q}"),
+            micros(bare),
+            micros(cluster),
+            times(ratio(cluster.as_secs_f64(), bare.as_secs_f64())),
+            if q == "p50" { "<= 1.25x" } else { "" }.to_owned(),
+        ]);
+    }
+    let mut mem_line = String::new();
+    if let Some(m) = &r.mem {
+        table.add_row([
+            "P2P throughput, in-memory".to_owned(),
+            "—".to_owned(),
+            rate(m.throughput),
+            "—".to_owned(),
+            ">= 8 M/s, one core".to_owned(),
+        ]);
+        for (q, d) in rtts(m) {
+            table.add_row([
+                format!("round trip {q}, in-memory"),
+                "—".to_owned(),
+                micros(d),
+                "—".to_owned(),
+                String::new(),
+            ]);
+        }
+        mem_line = format!(
+            "\nin-memory: the cluster over the in-memory transport in this process, one current-thread runtime, windows of {} in flight; delivered {} of {}",
+            bench::MEM_WINDOW,
+            m.delivered,
+            o.messages
+        );
+    }
     format!(
         "cluster bench: backend {}, frames {}, {}-byte payloads, {} messages, {} round trips, processes on loopback, median of {} rounds\n\
          {}\n\
-         delivered in the P2P run: bare {}, cluster {} of {} (the cluster drops and counts what a full queue refuses)",
+         delivered in the P2P run: bare {}, cluster {} of {} (the cluster drops and counts what a full queue refuses){}",
         o.backend,
         match o.security {
             Security::None => "without a MAC",
@@ -300,7 +331,8 @@ fn table(r: &BenchReport) -> String {
         table.trim_fmt(),
         r.bare.delivered,
         r.cluster.delivered,
-        o.messages
+        o.messages,
+        mem_line
     )
 }
 
@@ -311,8 +343,13 @@ fn report_json(r: &BenchReport) -> serde_json::Value {
             "throughput": f.throughput,
             "delivered": f.delivered,
             "rtt_p50_us": f.rtt_p50.as_secs_f64() * 1e6,
+            "rtt_p90_us": f.rtt_p90.as_secs_f64() * 1e6,
             "rtt_p99_us": f.rtt_p99.as_secs_f64() * 1e6,
+            "rtt_p999_us": f.rtt_p999.as_secs_f64() * 1e6,
         })
+    };
+    let rtt_ratio = |q: fn(&bench::Figures) -> Duration| {
+        ratio(q(&r.cluster).as_secs_f64(), q(&r.bare).as_secs_f64())
     };
     json!({
         "backend": o.backend.as_str(),
@@ -331,6 +368,9 @@ fn report_json(r: &BenchReport) -> serde_json::Value {
         "ratios": {
             "throughput": r.throughput_ratio(),
             "rtt_p50": r.rtt_p50_ratio(),
+            "rtt_p90": rtt_ratio(|f| f.rtt_p90),
+            "rtt_p99": r.rtt_p99_ratio(),
+            "rtt_p999": rtt_ratio(|f| f.rtt_p999),
             "broadcast": r.broadcast.as_ref().map(|b| b.ratio()),
         },
         "broadcast": r.broadcast.as_ref().map(|b| json!({
@@ -341,5 +381,83 @@ fn report_json(r: &BenchReport) -> serde_json::Value {
             "cluster_delivered": b.cluster_delivered,
         })),
         "round_ratios": r.round_ratios,
+        // The cluster over the in-memory transport, in this process on one current-thread
+        // runtime (no bare baseline); null when skipped (--no-mem).
+        "mem": r.mem.as_ref().map(|m| {
+            let mut v = side(m);
+            v["messages"] = json!(o.messages);
+            v["window"] = json!(bench::MEM_WINDOW);
+            v["runtime"] = json!("current-thread");
+            v
+        }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figures(base: u64) -> bench::Figures {
+        bench::Figures {
+            throughput: 1e6,
+            delivered: 1000,
+            rtt_p50: Duration::from_micros(base),
+            rtt_p90: Duration::from_micros(base + 1),
+            rtt_p99: Duration::from_micros(base + 2),
+            rtt_p999: Duration::from_micros(base + 3),
+        }
+    }
+
+    fn report(mem: bool) -> BenchReport {
+        BenchReport {
+            options: BenchOptions {
+                messages: 1000,
+                mem,
+                ..BenchOptions::default()
+            },
+            bare: figures(10),
+            cluster: figures(20),
+            round_ratios: vec![(1.0, 2.0)],
+            broadcast: None,
+            mem: mem.then(|| figures(5)),
+        }
+    }
+
+    #[test]
+    fn the_table_has_every_percentile_and_the_in_memory_rows() {
+        let text = table(&report(true));
+        for row in [
+            "round trip p50",
+            "round trip p90",
+            "round trip p99",
+            "round trip p999",
+            "P2P throughput, in-memory",
+            "round trip p999, in-memory",
+            "delivered 1000 of 1000",
+        ] {
+            assert!(text.contains(row), "{row:?} missing in\n{text}");
+        }
+        assert!(!table(&report(false)).contains("in-memory"));
+    }
+
+    #[test]
+    fn the_json_keeps_its_fields_and_adds_the_new_ones() {
+        let v = report_json(&report(true));
+        for side in ["bare", "cluster", "mem"] {
+            for field in [
+                "throughput",
+                "delivered",
+                "rtt_p50_us",
+                "rtt_p90_us",
+                "rtt_p99_us",
+                "rtt_p999_us",
+            ] {
+                assert!(v[side][field].is_number(), "{side}.{field}: {v}");
+            }
+        }
+        assert_eq!(v["cluster"]["rtt_p999_us"], 23.0);
+        assert_eq!(v["ratios"]["rtt_p50"], 2.0);
+        assert_eq!(v["mem"]["messages"], 1000);
+        assert!(report_json(&report(false))["mem"].is_null());
+    }
 }

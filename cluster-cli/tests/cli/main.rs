@@ -382,11 +382,45 @@ fn bench_reports_both_sides_as_json() {
         );
         assert!(report[side]["delivered"].as_u64().unwrap() > 0, "{report}");
     }
+    // The round-trip distribution, on every side: ordered percentiles (never timings).
+    for side in ["bare", "cluster", "mem"] {
+        let q = |name: &str| {
+            report[side][name]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{side}.{name} missing: {report}"))
+        };
+        let (p50, p90, p99, p999) = (
+            q("rtt_p50_us"),
+            q("rtt_p90_us"),
+            q("rtt_p99_us"),
+            q("rtt_p999_us"),
+        );
+        assert!(
+            0.0 < p50 && p50 <= p90 && p90 <= p99 && p99 <= p999,
+            "{side}: {report}"
+        );
+    }
+    for ratio in ["rtt_p50", "rtt_p90", "rtt_p99", "rtt_p999"] {
+        assert!(
+            report["ratios"][ratio].as_f64().unwrap() > 0.0,
+            "{ratio}: {report}"
+        );
+    }
+    // In memory nothing is lost: every message is delivered.
+    let mem = &report["mem"];
+    assert_eq!(mem["messages"], 2000, "{report}");
+    assert_eq!(mem["delivered"], 2000, "{report}");
+    assert!(mem["throughput"].as_f64().unwrap() > 0.0, "{report}");
+    assert_eq!(mem["runtime"], "current-thread", "{report}");
     assert_eq!(report["broadcast"]["peers"], 2);
     assert!(report["ratios"]["throughput"].as_f64().unwrap() > 0.0);
     // Stderr is a pipe here: no progress bar is drawn, but every step is logged at info.
     assert!(
-        stderr.contains("[6/6] round 1/1: cluster broadcast"),
+        stderr.contains("[6/8] round 1/1: cluster broadcast"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("[8/8] round 1/1: in-memory round trip"),
         "{stderr}"
     );
     assert!(
@@ -459,6 +493,46 @@ fn bench_dead_peer_reports_its_phases_and_leaves_nothing_behind() {
             !String::from_utf8_lossy(&cmdline).contains("dead-peer-sink"),
             "peer process {pid} ({}) is still there",
             p["fate"]
+        );
+    }
+}
+
+#[test]
+fn bench_on_zeromq_without_the_in_memory_run() {
+    let mut cmd = cluster();
+    cmd.args([
+        "bench",
+        "--json",
+        "--backend",
+        "zeromq",
+        "--no-mem",
+        "--messages",
+        "2000",
+        "--round-trips",
+        "200",
+        "--rounds",
+        "1",
+        "--broadcast",
+        "0",
+    ]);
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = run(cmd, "", DEADLINE);
+    assert!(status.success(), "{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["backend"], "zeromq");
+    assert!(report["mem"].is_null(), "{report}");
+    assert!(report["broadcast"].is_null(), "{report}");
+    for side in ["bare", "cluster"] {
+        let q = |name: &str| report[side][name].as_f64().unwrap();
+        assert!(
+            0.0 < q("rtt_p50_us")
+                && q("rtt_p50_us") <= q("rtt_p90_us")
+                && q("rtt_p90_us") <= q("rtt_p99_us")
+                && q("rtt_p99_us") <= q("rtt_p999_us"),
+            "{side}: {report}"
         );
     }
 }
