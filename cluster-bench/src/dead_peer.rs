@@ -639,7 +639,11 @@ pub async fn run_dead_peer(
         snapshots.push(server.stats());
         tracing::info!("peer {} killed at {killed_at:?}", DEAD_PEER_PIDS[0]);
         tokio::time::sleep_until((started + o.stop_at()).into()).await;
-        signal(stopped.id().unwrap_or(0), "STOP")?;
+        // No pid: the child has already exited and been reaped, and there is no one to stop.
+        let pid = stopped
+            .id()
+            .ok_or_else(|| failed("the peer to stop has already exited"))?;
+        signal(pid, "STOP")?;
         let stopped_at = started.elapsed();
         snapshots.push(server.stats());
         tracing::info!("peer {} stopped at {stopped_at:?}", DEAD_PEER_PIDS[1]);

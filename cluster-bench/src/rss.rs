@@ -165,8 +165,15 @@ fn status_bytes(field: &str) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Sends `signal` (`STOP`, `CONT`) to process `pid` with the system's `kill`.
+/// Sends `signal` (`STOP`, `CONT`) to process `pid` with the system's `kill`. Refuses
+/// pids 0 and 1: `kill` would signal the whole process group (0) or init (1), never one
+/// child of ours.
 pub(crate) fn signal(pid: u32, signal: &str) -> Result<(), BenchError> {
+    if pid <= 1 {
+        return Err(failed(format!(
+            "kill -{signal} {pid}: not a child process's pid"
+        )));
+    }
     let status = std::process::Command::new("kill")
         .arg(format!("-{signal}"))
         .arg(pid.to_string())
@@ -250,4 +257,19 @@ pub async fn run_rss(child: &ChildCommand, o: &RssOptions) -> Result<RssReport, 
         sent,
         dropped,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `kill -STOP 0` would stop the benchmark's own process group: pids 0 and 1 are
+    /// refused before `kill` runs.
+    #[test]
+    fn signals_go_to_children_only() {
+        for pid in [0, 1] {
+            let e = signal(pid, "STOP").expect_err("refused");
+            assert!(e.to_string().contains("not a child process's pid"), "{e}");
+        }
+    }
 }
