@@ -1,7 +1,9 @@
 //! The node: outbox and inbox channels, driven by one task that owns the transport.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -375,6 +377,18 @@ impl<M> Inbox<M> {
         Some(env)
     }
 
+    /// Polls for the next envelope: `Ready(None)` once the node has stopped and the inbox
+    /// is empty. The poll form of [`Inbox::recv`], behind the inbox's
+    /// [`Stream`](futures_core::Stream) implementation.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Envelope<M>>> {
+        self.rx.poll_recv(cx).map(|next| {
+            next.map(|(env, size)| {
+                self.bytes.fetch_sub(size, Ordering::Relaxed);
+                env
+            })
+        })
+    }
+
     /// The next envelope if one is there now.
     pub fn try_recv(&mut self) -> Result<Envelope<M>, mpsc::error::TryRecvError> {
         let (env, size) = self.rx.try_recv()?;
@@ -421,6 +435,25 @@ impl<M> Inbox<M> {
     /// waiting can still be received.
     pub fn close(&mut self) {
         self.rx.close();
+    }
+}
+
+// Nothing in an inbox is ever pinned in place (no field is projected), whatever `M` is.
+impl<M> Unpin for Inbox<M> {}
+
+/// The inbox as a stream of envelopes, ending once the node has stopped and the inbox is
+/// empty: `while let Some(env) = inbox.next().await` (with `futures::StreamExt`), or any
+/// stream combinator. Each poll is [`Inbox::poll_recv`]; dropping a `next()` future loses
+/// nothing.
+impl<M> futures_core::Stream for Inbox<M> {
+    type Item = Envelope<M>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Envelope<M>>> {
+        self.get_mut().poll_recv(cx)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.rx.len(), None)
     }
 }
 
@@ -972,6 +1005,41 @@ mod tests {
         assert!(s.inbox().is_empty());
         assert_eq!(s.inbox().bytes(), 0);
         assert!(s.inbox().try_recv().is_err());
+    }
+
+    /// The inbox is a stream: it yields in order, gives the bytes back, and ends once the
+    /// node has stopped and it is empty.
+    #[tokio::test]
+    async fn the_inbox_is_a_stream_that_ends_when_the_node_stops() {
+        use futures::StreamExt;
+        let (tx, rx) = mpsc::channel(8);
+        let bytes = Arc::new(AtomicUsize::new(0));
+        let mut inbox = Inbox {
+            rx,
+            bytes: Arc::clone(&bytes),
+            taken: Vec::new(),
+        };
+        for i in 0..3 {
+            bytes.fetch_add(10, Ordering::Relaxed);
+            tx.send((Envelope::new(2, i, 7u8), 10)).await.unwrap();
+        }
+        assert_eq!(futures::Stream::size_hint(&inbox), (3, None));
+        let first = inbox.next().await.unwrap();
+        assert_eq!((first.pid, first.msg_id), (2, 0));
+        assert_eq!(inbox.bytes(), 20);
+        drop(tx);
+        let rest: Vec<_> = inbox.by_ref().map(|e| e.msg_id).collect().await;
+        assert_eq!(rest, [1, 2]);
+        assert_eq!(inbox.bytes(), 0);
+        assert!(inbox.next().await.is_none(), "ended");
+
+        // From a running server: what it sends itself arrives through the stream.
+        let mut s = Server::<u8>::with_transport(1, config(), nowhere(None)).unwrap();
+        s.outbox().send(Envelope::new(1, 5, 9)).await.unwrap();
+        assert_eq!(
+            s.inbox().next().await.map(|e| (e.msg_id, e.msg)),
+            Some((5, 9))
+        );
     }
 
     /// `encrypt` without a key is an error, not a node that sends in clear.
