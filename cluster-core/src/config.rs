@@ -879,6 +879,79 @@ mod tests {
         );
     }
 
+    /// Every bound is accepted at its limit and refused one step past it, naming the field.
+    #[test]
+    fn each_bound_holds_exactly_at_its_limit() {
+        let ok = |o: Options| assert_eq!(o.validate(), Ok(()));
+        let refused = |o: Options, field: &str| match o.validate() {
+            Err(ConfigProblem::BadValue { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: {other:?}"),
+        };
+        let d = Options::default;
+        ok(Options {
+            peer_queue: MAX_QUEUE,
+            ..d()
+        });
+        refused(
+            Options {
+                peer_queue: MAX_QUEUE + 1,
+                ..d()
+            },
+            "peer_queue",
+        );
+        let largest = Options {
+            max_message_size: MAX_MESSAGE_SIZE,
+            peer_queue_bytes: MAX_MESSAGE_SIZE,
+            inbox_bytes: MAX_MESSAGE_SIZE,
+            ..d()
+        };
+        ok(largest.clone());
+        refused(
+            Options {
+                max_message_size: MAX_MESSAGE_SIZE + 1,
+                ..largest.clone()
+            },
+            "max_message_size",
+        );
+        refused(
+            Options {
+                max_message_size: crate::wire::HEADER_LEN,
+                ..d()
+            },
+            "max_message_size",
+        );
+        ok(Options {
+            max_message_size: crate::wire::HEADER_LEN + 1,
+            ..d()
+        });
+        for field in ["peer_queue_bytes", "inbox_bytes"] {
+            let with = |v: usize| {
+                let mut o = d();
+                match field {
+                    "peer_queue_bytes" => o.peer_queue_bytes = v,
+                    _ => o.inbox_bytes = v,
+                }
+                o
+            };
+            let size = d().max_message_size;
+            ok(with(size));
+            refused(with(size - 1), field);
+            ok(with(MAX_QUEUE_BYTES));
+            refused(with(MAX_QUEUE_BYTES + 1), field);
+        }
+        ok(Options {
+            linger: MAX_TIMING,
+            ..d()
+        });
+        refused(
+            Options {
+                linger: MAX_TIMING + Duration::from_millis(1),
+                ..d()
+            },
+            "linger_ms",
+        );
+    }
+
     #[test]
     fn the_repository_config_is_valid() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config.json");
