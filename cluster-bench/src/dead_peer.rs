@@ -348,19 +348,7 @@ impl fmt::Display for DeadPeerReport {
 
 /// `VmRSS` of process `pid`, in bytes (0 where unavailable).
 fn vm_rss(pid: u32) -> u64 {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return 0;
-    };
-    text.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .map_or(0, |kb| kb * 1024)
+    crate::rss::process_status_bytes(&pid.to_string(), "VmRSS:")
 }
 
 /// Nanoseconds since the Unix epoch, now.

@@ -445,26 +445,7 @@ impl Bench<'_> {
         let out = server.outbox();
         let text = payload_text(o.payload);
         let total = WARMUP + o.round_trips;
-        let round_trips = async {
-            let mut samples = Vec::with_capacity(total as usize);
-            for i in 0..total {
-                let t = Instant::now();
-                out.send(Envelope::new(2, i as i64, text.clone()))
-                    .await
-                    .map_err(failed)?;
-                loop {
-                    let env = tokio::time::timeout(PHASE_DEADLINE, server.inbox().recv())
-                        .await
-                        .map_err(|_| failed("round trip timed out"))?
-                        .ok_or_else(|| failed("inbox closed"))?;
-                    if env.msg_id == i as i64 {
-                        break;
-                    }
-                }
-                samples.push(t.elapsed());
-            }
-            Ok(samples)
-        };
+        let round_trips = timed_round_trips(&mut server, total, &text, "round trip");
         let samples = while_alive(std::slice::from_mut(&mut child), round_trips).await?;
         out.send(Envelope::new(2, -1, String::new()))
             .await
@@ -475,6 +456,37 @@ impl Bench<'_> {
             samples.into_iter().skip(WARMUP as usize).collect(),
         ))
     }
+}
+
+/// Sends `total` messages of `text` to node 2 one at a time, each after the echo of the one
+/// before has come back to `server` (envelopes with other ids are skipped), and returns
+/// the time of each round trip. Each wait is bounded ([`PHASE_DEADLINE`]); `what` names
+/// the measurement in the error.
+pub(crate) async fn timed_round_trips(
+    server: &mut Server<String>,
+    total: u64,
+    text: &str,
+    what: &str,
+) -> Result<Vec<Duration>, BenchError> {
+    let out = server.outbox();
+    let mut samples = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    for i in 0..total {
+        let t = Instant::now();
+        out.send(Envelope::new(2, i as i64, text.to_owned()))
+            .await
+            .map_err(failed)?;
+        loop {
+            let env = tokio::time::timeout(PHASE_DEADLINE, server.inbox().recv())
+                .await
+                .map_err(|_| failed(format!("{what} timed out")))?
+                .ok_or_else(|| failed("inbox closed"))?;
+            if env.msg_id == i as i64 {
+                break;
+            }
+        }
+        samples.push(t.elapsed());
+    }
+    Ok(samples)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use cluster_core::{Config, Envelope, Options, Server};
 use cluster_mem::MemNetwork;
 
 use crate::error::failed;
-use crate::measure::{Rtt, WARMUP, payload_text, percentiles};
+use crate::measure::{Rtt, WARMUP, payload_text, percentiles, timed_round_trips};
 use crate::{BenchError, BenchOptions, PHASE_DEADLINE, Security};
 
 /// Messages in flight at most in the in-memory throughput run: the sender sends this many,
@@ -151,23 +151,7 @@ async fn round_trips_on(
     let out = a.outbox();
     let text = payload_text(payload);
     let total = WARMUP + round_trips;
-    let mut samples = Vec::with_capacity(total as usize);
-    for i in 0..total {
-        let t = Instant::now();
-        out.send(Envelope::new(2, i as i64, text.clone()))
-            .await
-            .map_err(failed)?;
-        loop {
-            let env = tokio::time::timeout(PHASE_DEADLINE, a.inbox().recv())
-                .await
-                .map_err(|_| failed("in-memory round trip timed out"))?
-                .ok_or_else(|| failed("inbox closed"))?;
-            if env.msg_id == i as i64 {
-                break;
-            }
-        }
-        samples.push(t.elapsed());
-    }
+    let samples = timed_round_trips(&mut a, total, &text, "in-memory round trip").await?;
     out.send(Envelope::new(2, -1, String::new()))
         .await
         .map_err(failed)?;

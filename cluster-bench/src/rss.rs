@@ -150,7 +150,13 @@ impl fmt::Display for RssReport {
 
 /// A field of `/proc/self/status`, in bytes (0 where unavailable).
 fn status_bytes(field: &str) -> u64 {
-    let Ok(text) = std::fs::read_to_string("/proc/self/status") else {
+    process_status_bytes("self", field)
+}
+
+/// A field of `/proc/<process>/status` (`process`: a pid, or `self`), in bytes (0 where
+/// unavailable).
+pub(crate) fn process_status_bytes(process: &str, field: &str) -> u64 {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{process}/status")) else {
         return 0;
     };
     text.lines()
