@@ -1,6 +1,7 @@
 //! Sealing frames on the way out and opening them on the way in, in one of three modes:
 //! unkeyed, MAC (a keyed-BLAKE3 tag under the cluster key, or with `"mac": "siphash-2-4"`
-//! a SipHash-2-4 one under a key derived from it) or encrypted (XChaCha20-Poly1305). The trailer layout and the nonce scheme are in [`crate::wire`].
+//! a SipHash-2-4 one under a key derived from it) or encrypted (XChaCha20-Poly1305). The
+//! trailer layout and the nonce scheme are in [`crate::wire`].
 //!
 //! ```
 //! use cluster_core::{ClusterKey, seal::Sealer, wire};
