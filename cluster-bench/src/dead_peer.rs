@@ -37,6 +37,9 @@ use crate::{BenchError, ChildCommand, PHASE_DEADLINE, RuntimeFlavor, Security};
 /// Messages the sender hands to the outbox between two yields to the runtime.
 pub const YIELD_EVERY: u64 = 64;
 
+/// The longest run [`run_dead_peer`] accepts (the CLI's limit too).
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(3600);
+
 /// The peers' pids: the first is killed, the second stopped, the third stays healthy.
 pub const DEAD_PEER_PIDS: [Pid; 3] = [2, 3, 4];
 
@@ -569,6 +572,12 @@ pub async fn run_dead_peer(
     if !compiled_in(o.backend) {
         return Err(not_compiled_in(o.backend));
     }
+    if o.duration.is_zero() || o.duration > MAX_DURATION {
+        return Err(failed(format!(
+            "a dead-peer run of {:?}: it must be longer than zero and at most {MAX_DURATION:?}",
+            o.duration
+        )));
+    }
     let addrs = addresses(DEAD_PEER_PIDS.len() + 1)?;
     let config = bench_config(&addrs, o.peer_queue, o.security)?;
     let interval = o.sample_interval();
@@ -627,10 +636,13 @@ pub async fn run_dead_peer(
         snapshots.push(server.stats());
         tracing::info!("peer {} killed at {killed_at:?}", DEAD_PEER_PIDS[0]);
         tokio::time::sleep_until((started + o.stop_at()).into()).await;
-        // No pid: the child has already exited and been reaped, and there is no one to stop.
+        // A peer that has exited (reaped or not) is not stopped: the run is not what it
+        // claims to measure. Its pid stays ours until it is reaped, below.
+        let exited = stopped.try_wait().map_err(failed)?.is_some();
         let pid = stopped
             .id()
-            .ok_or_else(|| failed("the peer to stop has already exited"))?;
+            .filter(|_| !exited)
+            .ok_or_else(|| failed("the peer to stop had already exited"))?;
         signal(pid, "STOP")?;
         let stopped_at = started.elapsed();
         snapshots.push(server.stats());

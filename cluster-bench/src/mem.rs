@@ -10,25 +10,57 @@ use crate::error::failed;
 use crate::measure::{Rtt, WARMUP, payload_text, percentiles, timed_round_trips};
 use crate::{BenchError, BenchOptions, PHASE_DEADLINE, Security};
 
-/// Messages in flight at most in the in-memory throughput run: the sender sends this many,
-/// then the receiver takes them. Every queue holds four times as many, so nothing is
-/// dropped (the in-memory transport loses nothing by itself).
+/// Messages in flight at most in the in-memory throughput run: the sender sends this many
+/// (fewer for large payloads, see [`WINDOW_BYTES`]), then the receiver takes them. Every
+/// queue holds four windows, in messages and in bytes, so nothing is dropped (the
+/// in-memory transport loses nothing by itself).
 pub const MEM_WINDOW: u64 = 2048;
+
+/// Payload bytes in flight at most in a window: a window of large messages is shorter.
+const WINDOW_BYTES: usize = 16 << 20;
+
+/// Bytes a frame carries beyond its payload, at most: header, encoding, trailer.
+const FRAME_OVERHEAD: usize = 1024;
 
 /// How long the throughput receiver waits for the rest of a window before it gives up
 /// (only if something was dropped after all: the run then reports fewer deliveries).
-const STALL: Duration = Duration::from_secs(1);
+/// Generous: a starved machine must not look like a loss.
+const STALL: Duration = PHASE_DEADLINE;
 
-/// The two nodes' config: queues of four windows, and the frames' protection of `security`.
-fn mem_config(security: Security) -> Result<Config, BenchError> {
+/// The window of `payload`-byte messages: [`MEM_WINDOW`], or fewer so that a window holds
+/// at most [`WINDOW_BYTES`] of payload (at least one message).
+fn window(payload: usize) -> u64 {
+    let fits = WINDOW_BYTES / payload.max(1);
+    u64::try_from(fits.clamp(1, MEM_WINDOW as usize)).unwrap_or(1)
+}
+
+/// The two nodes' config: queues of four windows, in messages and in bytes, frames large
+/// enough for `payload`, and the frames' protection of `security`.
+fn mem_config(security: Security, payload: usize) -> Result<Config, BenchError> {
     let capacity = 4 * MEM_WINDOW as usize;
+    let defaults = Options::default();
+    let frame = payload.saturating_add(FRAME_OVERHEAD);
+    let max_message_size = frame
+        .max(defaults.max_message_size)
+        .min(cluster_core::MAX_MESSAGE_SIZE);
+    let window_bytes = usize::try_from(window(payload))
+        .unwrap_or(1)
+        .saturating_mul(frame);
+    let bytes = window_bytes
+        .saturating_mul(4)
+        .max(max_message_size)
+        .max(defaults.peer_queue_bytes)
+        .min(cluster_core::MAX_QUEUE_BYTES);
     let options = Options {
         peer_queue: capacity,
         inbox_capacity: capacity,
         outbox_capacity: capacity,
+        max_message_size,
+        peer_queue_bytes: bytes,
+        inbox_bytes: bytes,
         encrypt: security.encrypt(),
         mac: security.mac(),
-        ..Options::default()
+        ..defaults
     };
     // The addresses are never used: the in-memory network routes by pid.
     Config::local(2, 7000)
@@ -79,14 +111,14 @@ async fn throughput(
     payload: usize,
     security: Security,
 ) -> Result<(f64, u64), BenchError> {
-    let (a, mut b) = nodes(&mem_config(security)?)?;
+    let (a, mut b) = nodes(&mem_config(security, payload)?)?;
     let out = a.outbox();
     let text = payload_text(payload);
     let mut sent = 0;
     let mut delivered = 0;
     let started = Instant::now();
     while sent < messages {
-        let window = MEM_WINDOW.min(messages - sent);
+        let window = window(payload).min(messages - sent);
         for i in 0..window {
             out.send(Envelope::new(2, (sent + i) as i64, text.clone()))
                 .await
@@ -133,7 +165,7 @@ async fn round_trips_on(
     payload: usize,
     security: Security,
 ) -> Result<Rtt, BenchError> {
-    let (mut a, mut b) = nodes(&mem_config(security)?)?;
+    let (mut a, mut b) = nodes(&mem_config(security, payload)?)?;
     let echo = tokio::spawn(async move {
         let out = b.outbox();
         while let Some(env) = b.inbox().recv().await {
@@ -188,7 +220,7 @@ mod tests {
             .enable_all()
             .build()
             .map_err(failed)?;
-        for security in [Security::None, Security::Aead] {
+        for security in [Security::None, Security::SipHash, Security::Aead] {
             let o = small(security);
             let (rate, delivered) = runtime.block_on(mem_throughput(&o))?;
             assert_eq!(delivered, o.messages, "{security}");
@@ -202,6 +234,20 @@ mod tests {
                 "{security}: {rtt:?}"
             );
         }
+        // Large payloads: shorter windows and byte bounds that hold them, so still
+        // nothing is dropped (with the default 64 MiB bounds, 2,048 messages of 1 MB were).
+        let large = BenchOptions {
+            // 100 MB: more than the default byte bounds would let through at once.
+            messages: 100,
+            round_trips: 3,
+            payload: 1_000_000,
+            ..BenchOptions::default()
+        };
+        let (_, delivered) = runtime.block_on(mem_throughput(&large))?;
+        assert_eq!(delivered, large.messages);
+        assert_eq!(window(1_000_000), 16);
+        assert_eq!(window(64), MEM_WINDOW);
+        assert_eq!(window(usize::MAX), 1);
         Ok(())
     }
 }

@@ -98,7 +98,7 @@ pub struct Options {
     pub encrypt: bool,
     /// `"mac"`: the tag of MAC mode (a key, no `"encrypt"`): `"blake3"` (the default,
     /// keyed BLAKE3, 256-bit tags) or `"siphash-2-4"` (SipHash-2-4 under a 128-bit key
-    /// derived from the cluster key, 128-bit tags: about four times cheaper on small
+    /// derived from the cluster key, 128-bit tags: about five times cheaper on 64 B
     /// frames, with a smaller security margin; see the README's Security section). Every
     /// node of a cluster must agree: a tag of the other kind does not check
     /// (`unauthenticated`). Needs a key, and means nothing with `"encrypt"`.

@@ -1028,7 +1028,10 @@ mod tests {
         assert_eq!((first.pid, first.msg_id), (2, 0));
         assert_eq!(inbox.bytes(), 20);
         drop(tx);
-        let rest: Vec<_> = inbox.by_ref().map(|e| e.msg_id).collect().await;
+        let within = |f| tokio::time::timeout(Duration::from_secs(10), f);
+        let rest: Vec<_> = within(inbox.by_ref().map(|e| e.msg_id).collect())
+            .await
+            .expect("the stream ends");
         assert_eq!(rest, [1, 2]);
         assert_eq!(inbox.bytes(), 0);
         assert!(inbox.next().await.is_none(), "ended");

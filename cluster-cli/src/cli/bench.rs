@@ -76,10 +76,10 @@ pub(crate) struct BenchArgs {
     #[arg(long, conflicts_with = "rss")]
     dead_peer: bool,
     /// Seconds of the dead-peer benchmark.
-    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(long, default_value_t = 60, requires = "dead_peer", value_parser = clap::value_parser!(u64).range(1..=3600))]
     dead_peer_seconds: u64,
     /// The dead-peer benchmark broadcasts every message instead of sending round robin.
-    #[arg(long)]
+    #[arg(long, requires = "dead_peer")]
     dead_peer_broadcast: bool,
 }
 

@@ -400,7 +400,17 @@ async fn run_phases(config: &Config, args: &DemoArgs, dir: &Path) -> anyhow::Res
     }
     demo.say("all nodes connected to all peers");
     if keyed {
-        demo.say("every frame carries a MAC under the cluster key (keyed BLAKE3)");
+        let options = config.options();
+        demo.say(if options.encrypt {
+            "every frame is encrypted and authenticated under the cluster key \
+             (XChaCha20-Poly1305)"
+                .to_owned()
+        } else {
+            format!(
+                "every frame carries a MAC under the cluster key ({})",
+                options.mac
+            )
+        });
     }
 
     demo.say(format!("broadcast: every node broadcasts {m} messages"));
