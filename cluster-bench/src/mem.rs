@@ -11,9 +11,9 @@ use crate::measure::{Rtt, WARMUP, payload_text, percentiles, timed_round_trips};
 use crate::{BenchError, BenchOptions, PHASE_DEADLINE, Security};
 
 /// Messages in flight at most in the in-memory throughput run: the sender sends this many
-/// (fewer for large payloads, see [`WINDOW_BYTES`]), then the receiver takes them. Every
-/// queue holds four windows, in messages and in bytes, so nothing is dropped (the
-/// in-memory transport loses nothing by itself).
+/// (fewer for large payloads: a window holds at most 16 MiB of payload), then the
+/// receiver takes them. Every queue holds four windows, in messages and in bytes, so
+/// nothing is dropped (the in-memory transport loses nothing by itself).
 pub const MEM_WINDOW: u64 = 2048;
 
 /// Payload bytes in flight at most in a window: a window of large messages is shorter.
