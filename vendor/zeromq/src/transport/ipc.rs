@@ -88,7 +88,7 @@ where
 {
     let wildcard: &Path = "*".as_ref();
     if path == wildcard {
-        // Patched in by `cluster`: an error, not a panic (the crate had `todo!()` here).
+        // Patched in by `cluster`: an error, not a panic (the crate had an unfinished-code macro here).
         return Err(crate::ZmqError::Other("wildcard ipc paths are not supported"));
     }
 
