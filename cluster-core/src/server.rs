@@ -764,7 +764,7 @@ struct Driver<M, T> {
     /// The transport's connection set.
     connected: watch::Receiver<PeerSet>,
     linger: Duration,
-    /// Events taken from the transport in one go.
+    /// Events taken from the transport in one go (kept for its allocation).
     events: Vec<TransportEvent>,
     /// Envelopes decoded from `events` with their frame sizes, to be delivered together.
     arrived: Vec<(Envelope<M>, usize)>,
@@ -791,7 +791,7 @@ impl<M: Message, T: Transport> Driver<M, T> {
             tokio::select! {
                 _ = &mut stop => break,
                 _ = tick.tick(), if confirming => {
-                    let transport = &mut self.transport;
+                    let transport = &self.transport;
                     self.router.acknowledge(true, |to, frame| transport.send(to, frame));
                     ticks = (ticks + 1) % ACK_TICKS;
                     if ticks == 0 {
@@ -806,13 +806,17 @@ impl<M: Message, T: Transport> Driver<M, T> {
                         self.route(env);
                     }
                 }
-                event = self.transport.recv(), if transport_open => match event {
-                    Some(event) => {
-                        self.events.push(event);
+                ready = self.transport.readable(), if transport_open => {
+                    if ready {
                         self.drain_transport();
+                        // Reading a ready transport may touch no tokio resource, so the
+                        // runtime's budget alone would never make this task yield: the
+                        // task reading the inbox, maybe on the same thread, would starve.
+                        tokio::task::consume_budget().await;
+                    } else {
+                        transport_open = false;
                     }
-                    None => transport_open = false,
-                },
+                }
             }
         }
         // Route what the user had already handed over (closing first, so that senders
@@ -830,7 +834,7 @@ impl<M: Message, T: Transport> Driver<M, T> {
     /// gaps are losses after acceptance), which a batch reporting refusals by peer only
     /// ([`Transport::send_many`]) cannot tell it.
     fn route(&mut self, env: Envelope<M>) {
-        let transport = &mut self.transport;
+        let transport = &self.transport;
         let connected = &self.connected;
         if let Some(local) = self.router.outgoing_checked(
             env,
@@ -845,8 +849,7 @@ impl<M: Message, T: Transport> Driver<M, T> {
     fn drain_transport(&mut self) {
         let mut events = std::mem::take(&mut self.events);
         let mut arrived = std::mem::take(&mut self.arrived);
-        let room = BATCH.saturating_sub(events.len());
-        self.transport.try_recv_many(&mut events, room);
+        self.transport.try_recv_many(&mut events, BATCH);
         // tokio's clock, so that a simulation with a paused clock stays deterministic.
         let now = tokio::time::Instant::now();
         for event in events.drain(..) {
@@ -862,7 +865,7 @@ impl<M: Message, T: Transport> Driver<M, T> {
             }
         }
         self.deliver_all(&mut arrived);
-        let transport = &mut self.transport;
+        let transport = &self.transport;
         self.router
             .acknowledge(false, |to, frame| transport.send(to, frame));
         self.events = events;
@@ -954,16 +957,19 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Transport for Nowhere {
-        fn send(&mut self, _to: Pid, _frame: Bytes) -> Result<(), DropReason> {
+        fn send(&self, _to: Pid, _frame: Bytes) -> Result<(), DropReason> {
             Err(DropReason::Unreachable)
         }
-        async fn recv(&mut self) -> Option<TransportEvent> {
+        async fn readable(&self) -> bool {
             std::future::pending().await
+        }
+        fn try_recv_many(&self, _events: &mut Vec<TransportEvent>, _max: usize) -> usize {
+            0
         }
         fn connected(&self) -> watch::Receiver<PeerSet> {
             self.connected.clone()
         }
-        async fn shutdown(&mut self, _linger: Duration) {}
+        async fn shutdown(&self, _linger: Duration) {}
         fn incarnation(&self) -> Option<Incarnation> {
             self.incarnation
         }

@@ -62,49 +62,45 @@ crate::report::debug_as_message!(TransportError);
 /// Moves frames between this node and its peers. Transports move bytes only; routing,
 /// encoding, incarnation checks and accounting live in the [`Server`](crate::Server).
 ///
+/// A transport is shared, like tokio's `UdpSocket` behind an `Arc`: every task that holds
+/// the node's outbox sends through it (`&self`), while the node's receiving side waits on
+/// [`Transport::readable`] and takes what arrived with [`Transport::try_recv_many`].
+///
 /// # Contract
 ///
-/// * **`send` enqueues, it does not deliver.** It never blocks and never waits on a peer.
-///   `Ok(())` means the frame was handed to a live connection's bounded queue. A frame for a
-///   peer with no live connection *at the time of the call* is refused with
-///   [`DropReason::Unreachable`] and must never be delivered later, not even once the peer
-///   comes back. A full queue to one peer refuses with [`DropReason::Backpressure`] and
-///   affects no other peer. Simulated faults refuse with `Partitioned` or `Injected`.
+/// * **`send` enqueues, it does not deliver.** It never blocks and never waits on a peer,
+///   and may be called from many tasks at once. `Ok(())` means the frame was handed to a
+///   live connection's bounded queue. A frame for a peer with no live connection *at the
+///   time of the call* is refused with [`DropReason::Unreachable`] and must never be
+///   delivered later, not even once the peer comes back. A full queue to one peer refuses
+///   with [`DropReason::Backpressure`] and affects no other peer. Simulated faults refuse
+///   with `Partitioned` or `Injected`. Frames sent by one task to one peer keep their order.
+/// * **`writable(to)`** resolves once a frame to `to` may find room again (or `to` is no
+///   longer connected, which the next `send` reports): the server waits on it before it
+///   retries a send that met a full queue. Spurious wake-ups are allowed; cancel-safe.
 /// * **Accepted frames** reach the peer in send order, at most once, byte-exact, or are lost
 ///   only through a fault. If the transport later discards frames it had accepted (e.g. a
 ///   silent partition is detected while they were queued), it reports them with
 ///   [`TransportEvent::Dropped`] and never delivers them afterwards.
-/// * **`recv` is cancel-safe**: dropping its future before it completes loses no frame, so it
-///   may be used in `tokio::select!`. It returns `None` once the transport is closed for good
-///   (e.g. its node was crashed in a simulation).
+/// * **Receiving**: [`Transport::readable`] resolves once an event is ready for
+///   [`Transport::try_recv_many`], which takes them, in arrival order, without waiting.
+///   `readable` takes nothing, so it is cancel-safe (it may be used in `tokio::select!`);
+///   it returns `false` once the transport is closed for good (e.g. its node was crashed in
+///   a simulation) and nothing is left to take. One task receives at a time.
 /// * **Connection state** is published through [`Transport::connected`]: the set of peers
 ///   with a live connection, updated as connections come and go.
 /// * **`shutdown`** flushes queued frames to live peers for at most `linger`, then frees every
 ///   resource (ports included) before returning.
 #[async_trait]
-pub trait Transport: Send + 'static {
+pub trait Transport: Send + Sync + 'static {
     /// Enqueues `frame` for `to`, or says why it was dropped. Never blocks.
-    fn send(&mut self, to: Pid, frame: Bytes) -> Result<(), DropReason>;
-
-    /// The next event. Cancel-safe; `None` once closed.
-    async fn recv(&mut self) -> Option<TransportEvent>;
-
-    /// The next event if one is ready now, without waiting, so that the server can drain a
-    /// burst with one wake-up. The default reports nothing ready; `recv` remains the way
-    /// to learn that the transport closed.
-    fn try_recv(&mut self) -> Option<TransportEvent> {
-        None
-    }
+    fn send(&self, to: Pid, frame: Bytes) -> Result<(), DropReason>;
 
     /// Sends `frames` in order, as [`Transport::send`] would one by one, and reports each
     /// refused frame to `refused` with its destination and the reason. Leaves `frames`
     /// empty. Transports override it to take their locks once per batch rather than once
     /// per frame; the default calls `send` for each frame.
-    fn send_many(
-        &mut self,
-        frames: &mut Vec<(Pid, Bytes)>,
-        refused: &mut dyn FnMut(Pid, DropReason),
-    ) {
+    fn send_many(&self, frames: &mut Vec<(Pid, Bytes)>, refused: &mut dyn FnMut(Pid, DropReason)) {
         for (to, frame) in frames.drain(..) {
             if let Err(reason) = self.send(to, frame) {
                 refused(to, reason);
@@ -112,26 +108,28 @@ pub trait Transport: Send + 'static {
         }
     }
 
-    /// Appends to `events` up to `max` events that are ready now, without waiting, and
-    /// returns how many. Transports override it to take their locks once per batch; the
-    /// default calls [`Transport::try_recv`] until it reports nothing ready.
-    fn try_recv_many(&mut self, events: &mut Vec<TransportEvent>, max: usize) -> usize {
-        let mut n = 0;
-        while n < max {
-            match self.try_recv() {
-                Some(event) => events.push(event),
-                None => break,
-            }
-            n += 1;
-        }
-        n
+    /// Resolves once a frame to `to` may find room in its queue again, or `to` is no longer
+    /// connected. Cancel-safe; may wake spuriously. The default waits a millisecond, for
+    /// transports that cannot tell.
+    async fn writable(&self, to: Pid) {
+        let _ = to;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
+
+    /// Resolves `true` once an event is ready for [`Transport::try_recv_many`] (a
+    /// concurrent taker may take it first), `false` once the transport is closed for good
+    /// and has nothing left. Takes nothing: cancel-safe.
+    async fn readable(&self) -> bool;
+
+    /// Appends to `events` up to `max` events that are ready now, in arrival order, without
+    /// waiting, and returns how many.
+    fn try_recv_many(&self, events: &mut Vec<TransportEvent>, max: usize) -> usize;
 
     /// The live connection set, kept current by the transport.
     fn connected(&self) -> watch::Receiver<PeerSet>;
 
-    /// Flushes for at most `linger`, then releases everything.
-    async fn shutdown(&mut self, linger: Duration);
+    /// Flushes for at most `linger`, then releases everything. Sends after it are refused.
+    async fn shutdown(&self, linger: Duration);
 
     /// Whether frames this transport accepted can be lost without a
     /// [`TransportEvent::Dropped`] report — as on a real network, where a peer that dies
@@ -155,28 +153,24 @@ pub trait Transport: Send + 'static {
 }
 
 #[async_trait]
-impl Transport for Box<dyn Transport> {
-    fn send(&mut self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
+impl<T: Transport + ?Sized> Transport for Box<T> {
+    fn send(&self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
         (**self).send(to, frame)
     }
 
-    async fn recv(&mut self) -> Option<TransportEvent> {
-        (**self).recv().await
-    }
-
-    fn try_recv(&mut self) -> Option<TransportEvent> {
-        (**self).try_recv()
-    }
-
-    fn send_many(
-        &mut self,
-        frames: &mut Vec<(Pid, Bytes)>,
-        refused: &mut dyn FnMut(Pid, DropReason),
-    ) {
+    fn send_many(&self, frames: &mut Vec<(Pid, Bytes)>, refused: &mut dyn FnMut(Pid, DropReason)) {
         (**self).send_many(frames, refused);
     }
 
-    fn try_recv_many(&mut self, events: &mut Vec<TransportEvent>, max: usize) -> usize {
+    async fn writable(&self, to: Pid) {
+        (**self).writable(to).await;
+    }
+
+    async fn readable(&self) -> bool {
+        (**self).readable().await
+    }
+
+    fn try_recv_many(&self, events: &mut Vec<TransportEvent>, max: usize) -> usize {
         (**self).try_recv_many(events, max)
     }
 
@@ -184,7 +178,7 @@ impl Transport for Box<dyn Transport> {
         (**self).connected()
     }
 
-    async fn shutdown(&mut self, linger: Duration) {
+    async fn shutdown(&self, linger: Duration) {
         (**self).shutdown(linger).await;
     }
 

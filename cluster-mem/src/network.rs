@@ -62,7 +62,10 @@ struct Node {
 /// never sees a later incarnation's frames.
 struct Slot {
     queue: Mutex<VecDeque<(Pid, Bytes)>>,
+    /// Wakes the node's receiving side when its queue stops being empty.
     notify: Notify,
+    /// Wakes senders waiting for room when the queue stops being full (or the node goes).
+    room: Notify,
     alive: AtomicBool,
 }
 
@@ -71,6 +74,7 @@ impl Slot {
         Arc::new(Self {
             queue: Mutex::new(VecDeque::new()),
             notify: Notify::new(),
+            room: Notify::new(),
             alive: AtomicBool::new(true),
         })
     }
@@ -324,6 +328,7 @@ impl State {
             n
         };
         node.slot.notify.notify_one();
+        node.slot.room.notify_waiters();
         self.stats
             .discarded
             .add(DropReason::Unreachable, lost as u64);
@@ -423,7 +428,7 @@ impl MemTransport {
 
 #[async_trait]
 impl Transport for MemTransport {
-    fn send(&mut self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
+    fn send(&self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
         let mut state = self.shared.state();
         // Checked under the network's lock, which `crash` holds while it purges: a crashed
         // incarnation's frames can never slip in after the purge.
@@ -458,11 +463,7 @@ impl Transport for MemTransport {
         Ok(())
     }
 
-    fn send_many(
-        &mut self,
-        frames: &mut Vec<(Pid, Bytes)>,
-        refused: &mut dyn FnMut(Pid, DropReason),
-    ) {
+    fn send_many(&self, frames: &mut Vec<(Pid, Bytes)>, refused: &mut dyn FnMut(Pid, DropReason)) {
         if frames.is_empty() {
             return;
         }
@@ -528,33 +529,50 @@ impl Transport for MemTransport {
         }
     }
 
-    async fn recv(&mut self) -> Option<TransportEvent> {
+    async fn writable(&self, to: Pid) {
+        let dest = {
+            let state = self.shared.state();
+            match state.nodes.get(&to) {
+                Some(n) if n.up => Arc::clone(&n.slot),
+                _ => return,
+            }
+        };
+        let room = dest.room.notified();
+        tokio::pin!(room);
+        // Registered before the check, so that room made after it wakes this waiter.
+        room.as_mut().enable();
+        if dest.queue().len() < self.shared.queue_capacity || !dest.alive.load(Ordering::Acquire) {
+            return;
+        }
+        room.await;
+    }
+
+    async fn readable(&self) -> bool {
         loop {
             if !self.slot.alive.load(Ordering::Acquire) {
-                return None;
+                return false;
             }
-            if let Some((_, frame)) = self.slot.queue().pop_front() {
-                return Some(TransportEvent::Frame(frame));
+            if !self.slot.queue().is_empty() {
+                return true;
             }
+            // `notify_one` keeps a permit for a waiter that is not waiting yet: a frame
+            // queued between the check and this wait still wakes it.
             self.slot.notify.notified().await;
         }
     }
 
-    fn try_recv(&mut self) -> Option<TransportEvent> {
-        if !self.slot.alive.load(Ordering::Acquire) {
-            return None;
-        }
-        let (_, frame) = self.slot.queue().pop_front()?;
-        Some(TransportEvent::Frame(frame))
-    }
-
-    fn try_recv_many(&mut self, events: &mut Vec<TransportEvent>, max: usize) -> usize {
+    fn try_recv_many(&self, events: &mut Vec<TransportEvent>, max: usize) -> usize {
         if !self.slot.alive.load(Ordering::Acquire) {
             return 0;
         }
         let mut queue = self.slot.queue();
+        let was_full = queue.len() >= self.shared.queue_capacity;
         let n = queue.len().min(max);
         events.extend(queue.drain(..n).map(|(_, f)| TransportEvent::Frame(f)));
+        drop(queue);
+        if was_full && n > 0 {
+            self.slot.room.notify_waiters();
+        }
         n
     }
 
@@ -562,7 +580,7 @@ impl Transport for MemTransport {
         self.connected.clone()
     }
 
-    async fn shutdown(&mut self, _linger: Duration) {
+    async fn shutdown(&self, _linger: Duration) {
         // Frames sent were put into peers' queues at send time: nothing to flush.
         self.leave();
     }
@@ -604,8 +622,8 @@ mod tests {
     fn send_many_refuses_like_send_and_keeps_order() {
         let config = Config::local(4, 7000).unwrap();
         let net = MemNetwork::with_queue_capacity(&config, 1, 3);
-        let mut t1 = net.transport(1).unwrap();
-        let mut t2 = net.transport(2).unwrap();
+        let t1 = net.transport(1).unwrap();
+        let t2 = net.transport(2).unwrap();
         net.crash(3);
         net.cut(1, 4);
         let mut frames = vec![
@@ -649,13 +667,15 @@ mod tests {
     fn injected_bytes_queue_like_arrivals_and_survive_cuts_not_crashes() {
         let config = Config::local(3, 7000).unwrap();
         let net = MemNetwork::with_queue_capacity(&config, 1, 2);
-        let mut t2 = net.transport(2).unwrap();
+        let t2 = net.transport(2).unwrap();
         assert_eq!(net.inject(2, frame(1)), Ok(()));
         net.partition(&[1, 3], &[2]);
         assert_eq!(net.inject(2, frame(2)), Ok(()));
         assert_eq!(net.inject(2, frame(3)), Err(DropReason::Backpressure));
         assert_eq!(net.in_flight(), 2);
-        assert_eq!(t2.try_recv(), Some(TransportEvent::Frame(frame(1))));
+        let mut events = Vec::new();
+        assert_eq!(t2.try_recv_many(&mut events, 1), 1);
+        assert_eq!(events, [TransportEvent::Frame(frame(1))]);
         net.crash(2);
         assert_eq!(net.inject(2, frame(4)), Err(DropReason::Unreachable));
         assert_eq!(net.inject(9, frame(5)), Err(DropReason::Unreachable));
@@ -708,9 +728,14 @@ mod tests {
     async fn send_many_wakes_a_waiting_receiver() {
         let config = Config::local(2, 7000).unwrap();
         let net = MemNetwork::new(&config, 1);
-        let mut t1 = net.transport(1).unwrap();
-        let mut t2 = net.transport(2).unwrap();
-        let receiver = tokio::spawn(async move { t2.recv().await });
+        let t1 = net.transport(1).unwrap();
+        let t2 = net.transport(2).unwrap();
+        let receiver = tokio::spawn(async move {
+            let readable = t2.readable().await;
+            let mut events = Vec::new();
+            t2.try_recv_many(&mut events, 1);
+            (readable, events)
+        });
         tokio::task::yield_now().await;
         t1.send_many(&mut vec![(2, frame(1)), (2, frame(2))], &mut |_, _| {
             panic!("refused")
@@ -719,6 +744,6 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(got, Some(TransportEvent::Frame(frame(1))));
+        assert_eq!(got, (true, vec![TransportEvent::Frame(frame(1))]));
     }
 }
