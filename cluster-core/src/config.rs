@@ -64,7 +64,8 @@ impl PeerConfig {
 pub struct Options {
     /// Envelopes the inbox holds before arriving ones are dropped (`backpressure`).
     pub inbox_capacity: usize,
-    /// Envelopes the outbox holds before `outbox().send()` waits (`try_send` fails).
+    /// Unused since sends route in the sender's task (there is no outbox queue any more);
+    /// still accepted in config files, so that older ones keep loading.
     pub outbox_capacity: usize,
     /// Frames queued for one peer before further ones are dropped (`backpressure`).
     /// The ZeroMQ transport uses it as the send and receive high-water mark. libzmq hands
@@ -75,6 +76,12 @@ pub struct Options {
     pub max_message_size: usize,
     /// How long `shutdown` may spend flushing frames to live peers.
     pub linger: Duration,
+    /// `"send_timeout_ms"`: how long [`Outbox::send`](crate::Outbox::send) waits for room
+    /// when a connected peer's queue (or window of unacknowledged frames) is full, before
+    /// the message is dropped as `backpressure`. A peer that made a send wait that long is
+    /// *stalled*: later sends to it are dropped at once, without waiting, until one is
+    /// accepted again. Zero: never wait (every send behaves as `try_send`).
+    pub send_timeout: Duration,
     /// Interval of transport heartbeats (real networks only).
     pub heartbeat_interval: Duration,
     /// Silence after which a connected peer is declared unreachable (real networks only).
@@ -126,6 +133,7 @@ impl Default for Options {
             peer_queue: 16384,
             max_message_size: 1 << 20,
             linger: Duration::from_millis(500),
+            send_timeout: Duration::from_millis(1000),
             heartbeat_interval: Duration::from_millis(500),
             heartbeat_timeout: Duration::from_millis(2000),
             catalog_dir: None,
@@ -611,6 +619,7 @@ impl Options {
         }
         let timings = [
             ("linger_ms", self.linger),
+            ("send_timeout_ms", self.send_timeout),
             ("idle_connection_timeout_ms", self.idle_connection_timeout),
             ("heartbeat_interval_ms", self.heartbeat_interval),
             ("heartbeat_timeout_ms", self.heartbeat_timeout),
@@ -698,6 +707,7 @@ fn parse_canonical(
             "peer_queue" => options.peer_queue = as_usize()?,
             "max_message_size" => options.max_message_size = as_usize()?,
             "linger_ms" => options.linger = as_millis()?,
+            "send_timeout_ms" => options.send_timeout = as_millis()?,
             "heartbeat_interval_ms" => options.heartbeat_interval = as_millis()?,
             "heartbeat_timeout_ms" => options.heartbeat_timeout = as_millis()?,
             "peer_queue_bytes" => options.peer_queue_bytes = as_usize()?,

@@ -111,6 +111,7 @@
 mod config;
 mod envelope;
 mod key;
+mod outbox;
 mod report;
 mod router;
 pub mod seal;
@@ -125,12 +126,13 @@ pub use config::{
 };
 pub use envelope::{BROADCAST, Envelope, MsgId, Pid};
 pub use key::{ClusterKey, KEY_LEN};
+pub use outbox::{Outbox, SendError, SendOutcome};
 #[cfg(feature = "fault-injection")]
 #[doc(hidden)]
 pub use router::RouterFault;
 pub use server::{
-    Inbox, Message, MsgIds, Outbox, Server, ServerBuilder, ServerError, ServerHandle,
-    ServerMonitor, WaitTimeout, clock_incarnation,
+    Inbox, Message, MsgIds, Server, ServerBuilder, ServerError, ServerHandle, ServerMonitor,
+    WaitTimeout, clock_incarnation,
 };
 pub use stats::{DropCounts, DropReason, PeerStats, Stats};
 pub use transport::{PeerSet, Transport, TransportError, TransportEvent};

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use crate::envelope::{BROADCAST, Envelope, Pid};
+use crate::outbox::SendOutcome;
 use crate::seal::Sealer;
 use crate::stats::{DropReason, StatsCells};
 use crate::wire::{self, Destination, Header, Incarnation, Seq, WireError};
@@ -149,6 +150,38 @@ impl AckOptions {
     }
 }
 
+/// What [`Router::outgoing_checked`] did with an envelope.
+pub(crate) enum Routed<M> {
+    /// Routed and counted; the envelope if it is for this node itself.
+    Done(SendOutcome, Option<Envelope<M>>),
+    /// Held back uncounted (see `hold`): the envelope, and what is full.
+    Held(Envelope<M>, Full),
+}
+
+/// What a held message waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Full {
+    /// The peer's window of unacknowledged frames: room comes with its acknowledgements.
+    Window,
+    /// The transport's queue to the peer: room comes as the transport sends.
+    Queue,
+}
+
+/// Copies of one message handed over and dropped.
+#[derive(Default)]
+struct Tally {
+    sent: usize,
+    dropped: usize,
+    last_reason: Option<DropReason>,
+}
+
+impl Tally {
+    fn dropped(&mut self, reason: DropReason) {
+        self.dropped += 1;
+        self.last_reason = Some(reason);
+    }
+}
+
 pub(crate) struct Router {
     pid: Pid,
     incarnation: Incarnation,
@@ -172,6 +205,8 @@ pub(crate) struct Router {
     unacked: Vec<Unacked>,
     /// Some peer is owed an acknowledgement of a quarter window or more.
     ack_ready: bool,
+    /// An acknowledgement freed room in a window since [`Router::take_credit`] last asked.
+    credited: bool,
     /// Per pid in `all`: whether it was disconnected at the last [`Router::write_off`].
     absent: Vec<bool>,
     /// Unkeyed only: silence after which a peer's newest incarnation stops counting (the
@@ -213,6 +248,7 @@ impl Router {
             ack_due,
             unacked,
             ack_ready: false,
+            credited: false,
             absent,
             forget_after,
             stats,
@@ -247,35 +283,46 @@ impl Router {
         env: Envelope<M>,
         send: impl FnMut(Pid, Bytes) -> Result<(), DropReason>,
     ) -> Option<Envelope<M>> {
-        self.outgoing_checked(env, send, |_| true)
+        match self.outgoing_checked(env, send, |_| true, false) {
+            Routed::Done(_, local) => local,
+            Routed::Held(..) => None,
+        }
     }
 
     /// [`Router::outgoing`], asking `connected` about a peer whose window of
     /// unacknowledged frames is full: a full window to a connected peer is `backpressure`,
     /// to a peer the transport has no connection to, `unreachable`.
+    ///
+    /// With `hold`, a message for one peer that meets a full window or a full transport
+    /// queue (`backpressure`) to a connected peer is neither counted nor dropped: it comes
+    /// back as [`Routed::Held`], for the caller to wait for room and route it again.
     pub(crate) fn outgoing_checked<M: Serialize>(
         &mut self,
         env: Envelope<M>,
         mut send: impl FnMut(Pid, Bytes) -> Result<(), DropReason>,
         connected: impl Fn(Pid) -> bool,
-    ) -> Option<Envelope<M>> {
+        hold: bool,
+    ) -> Routed<M> {
         let to = env.pid;
         if to == self.pid && !faulty!(self, NoSelfDelivery) {
             self.stats.sent(to);
-            return Some(Envelope::new(self.pid, env.msg_id, env.msg));
+            let local = Envelope::new(self.pid, env.msg_id, env.msg);
+            return Routed::Done(SendOutcome::Sent, Some(local));
         }
         let (first, last, destination) = if to == BROADCAST {
             (0, self.all.len(), Destination::Broadcast)
         } else if let Ok(i) = self.all.binary_search(&to) {
             (i, i + 1, Destination::Peer)
         } else {
+            let outcome = SendOutcome::Dropped(DropReason::UnknownPeer);
             if faulty!(self, UncountedUnknownPeer) {
-                return None;
+                return Routed::Done(outcome, None);
             }
             self.stats.sent(to);
             self.stats.dropped_to(to, DropReason::UnknownPeer, 1);
-            return None;
+            return Routed::Done(outcome, None);
         };
+        let hold = hold && destination == Destination::Peer;
         let keyed = self.sealer.keyed();
         let serialized = match self.encoder.serialize(&env.msg) {
             Ok(()) if self.encoder.frame_len(keyed) <= self.max_message_size => Ok(()),
@@ -285,6 +332,7 @@ impl Router {
                 Err(DropReason::Malformed)
             }
         };
+        let mut tally = Tally::default();
         for index in first..last {
             let Some(&peer) = self.all.get(index) else {
                 continue;
@@ -292,12 +340,13 @@ impl Router {
             if peer == self.pid && destination == Destination::Broadcast {
                 continue;
             }
-            self.stats.sent(peer);
             if let Err(reason) = serialized {
+                self.stats.sent(peer);
                 self.stats.dropped_to(peer, reason, 1);
+                tally.dropped(reason);
                 continue;
             }
-            let Some(next) = self.next_seq.get_mut(index) else {
+            let Some(&next) = self.next_seq.get(index) else {
                 continue;
             };
             let len = self.encoder.frame_len(keyed);
@@ -308,11 +357,16 @@ impl Router {
                 // The peer has not acknowledged enough of what it was sent: it is slow, or
                 // frozen, or gone (then the transport would refuse the frame anyway).
                 let reason = if connected(peer) {
+                    if hold {
+                        return Routed::Held(env, Full::Window);
+                    }
                     DropReason::Backpressure
                 } else {
                     DropReason::Unreachable
                 };
+                self.stats.sent(peer);
                 self.stats.dropped_to(peer, reason, 1);
+                tally.dropped(reason);
                 continue;
             }
             let header = self.sealer.mark(Header {
@@ -320,7 +374,7 @@ impl Router {
                 to: peer,
                 destination,
                 incarnation: self.incarnation,
-                seq: *next,
+                seq: next,
                 msg_id: env.msg_id,
                 ..Header::default()
             });
@@ -328,22 +382,43 @@ impl Router {
             let frame = self.encoder.frame(&header, |covered| sealer.seal(covered));
             match send(peer, frame) {
                 Ok(()) => {
+                    self.stats.sent(peer);
                     if self.acks.is_some()
                         && let Some(unacked) = self.unacked.get_mut(index)
                     {
-                        unacked.push(*next, len);
+                        unacked.push(next, len);
                         self.stats.unacknowledged(peer, unacked.frames.len());
                     }
-                    *next += 1;
+                    if let Some(next) = self.next_seq.get_mut(index) {
+                        *next += 1;
+                    }
+                    tally.sent += 1;
                 }
-                Err(reason) => self.stats.dropped_to(peer, reason, 1),
+                Err(DropReason::Backpressure) if hold => {
+                    return Routed::Held(env, Full::Queue);
+                }
+                Err(reason) => {
+                    self.stats.sent(peer);
+                    self.stats.dropped_to(peer, reason, 1);
+                    tally.dropped(reason);
+                }
             }
         }
+        let outcome = match destination {
+            Destination::Broadcast => SendOutcome::Broadcast {
+                sent: tally.sent,
+                dropped: tally.dropped,
+            },
+            _ => tally
+                .last_reason
+                .map_or(SendOutcome::Sent, SendOutcome::Dropped),
+        };
         if to == BROADCAST && faulty!(self, BroadcastToSender) {
             self.stats.sent(self.pid);
-            return Some(Envelope::new(self.pid, env.msg_id, env.msg));
+            let local = Envelope::new(self.pid, env.msg_id, env.msg);
+            return Routed::Done(outcome, Some(local));
         }
-        None
+        Routed::Done(outcome, None)
     }
 
     /// Counts a frame dropped on arrival before its sender could be trusted.
@@ -536,6 +611,7 @@ impl Router {
         unacked.incarnation = Some(h.incarnation);
         unacked.ack_up_to(highest);
         self.stats.unacknowledged(h.sender, unacked.frames.len());
+        self.credited = true;
     }
 
     /// Acknowledges what arrived from each peer, through `send`: to every peer owed
@@ -638,6 +714,17 @@ impl Router {
         self.unacked.iter().map(|u| u.frames.len()).sum()
     }
 
+    /// Whether an acknowledgement freed room in a window since the last call: senders
+    /// waiting for room should look again.
+    pub(crate) fn take_credit(&mut self) -> bool {
+        std::mem::take(&mut self.credited)
+    }
+
+    pub(crate) fn stats_arc(&self) -> &Arc<StatsCells> {
+        &self.stats
+    }
+
+    #[cfg(test)]
     pub(crate) fn stats(&self) -> &StatsCells {
         &self.stats
     }

@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError};
 use crate::envelope::{Envelope, MsgId, Pid};
+use crate::outbox::{InboxBytes, Outbox, Sending};
 use crate::router::{AckOptions, Router};
 use crate::seal::Sealer;
 use crate::stats::{DropReason, Stats, StatsCells};
@@ -201,9 +202,8 @@ impl ServerBuilder {
         );
         #[cfg(feature = "fault-injection")]
         let router = router.with_fault(router_fault);
-        let (outbox_tx, outbox_rx) = mpsc::channel(opts.outbox_capacity);
         let (inbox_tx, inbox_rx) = mpsc::channel(opts.inbox_capacity);
-        let inbox_bytes = Arc::new(AtomicUsize::new(0));
+        let inbox_bytes = Arc::new(InboxBytes::default());
         // Unacknowledged frames sit in the sender's transport queue, the receiver's (each
         // up to `peer_queue`), the sockets' buffers between them (megabytes: thousands of
         // small frames), and wait for the receiver's task to run: a window of sixteen
@@ -224,15 +224,19 @@ impl ServerBuilder {
                 connected: connected.clone(),
             }));
         }
-        let driver = Driver {
+        let sending = Arc::new(Sending::new(
+            pid,
+            Box::new(transport),
             router,
-            transport,
-            outbox: outbox_rx,
+            inbox_tx.downgrade(),
+            opts.send_timeout,
+        ));
+        let driver = Driver {
+            node: Arc::clone(&sending),
             inbox: inbox_tx,
             inbox_bytes: Arc::clone(&inbox_bytes),
             inbox_bytes_max: opts.inbox_bytes,
             tick: opts.heartbeat_interval,
-            connected: connected.clone(),
             linger: opts.linger,
             events: Vec::new(),
             arrived: Vec::new(),
@@ -257,7 +261,7 @@ impl ServerBuilder {
                 stop: Some(stop_tx),
                 task: Some(task),
             },
-            outbox: outbox_tx,
+            outbox: Outbox::new(sending),
             inbox: Inbox {
                 rx: inbox_rx,
                 bytes: inbox_bytes,
@@ -336,25 +340,22 @@ impl MsgIds {
 /// [`Server::msg_ids`], or take the server apart with [`Server::into_split`].
 pub struct Server<M> {
     handle: ServerHandle,
-    outbox: mpsc::Sender<Envelope<M>>,
+    outbox: Outbox<M>,
     inbox: Inbox<M>,
 }
-
-/// The sending half of a node: clone it freely. `send().await` waits only while the outbox
-/// itself is full (the server's task drains it without ever waiting on a peer); `try_send`
-/// never waits.
-pub type Outbox<M> = mpsc::Sender<Envelope<M>>;
 
 /// The receiving half of a node: envelopes from peers (and from the node to itself), `pid`
 /// = the sender. `recv` is cancel-safe.
 ///
 /// Bounded twice: at most `inbox_capacity` envelopes, and at most `inbox_bytes` bytes of the
 /// frames they arrived in (sends to the node itself are not serialized and weigh nothing).
-/// An arriving message that finds either bound reached is dropped as `backpressure`.
+/// A full inbox stops the node from taking frames off the transport, so that the senders'
+/// queues fill and their sends wait (up to their `send_timeout`): flow control, not loss.
+/// A message this node sends itself that finds the inbox full is dropped as `backpressure`.
 pub struct Inbox<M> {
     rx: mpsc::Receiver<(Envelope<M>, usize)>,
     /// Bytes held, shared with the server's task.
-    bytes: Arc<AtomicUsize>,
+    bytes: Arc<InboxBytes>,
     /// Reused by [`Inbox::recv_many`], so that it allocates nothing per call.
     taken: Vec<(Envelope<M>, usize)>,
 }
@@ -373,7 +374,7 @@ impl<M> Inbox<M> {
     /// Cancel-safe.
     pub async fn recv(&mut self) -> Option<Envelope<M>> {
         let (env, size) = self.rx.recv().await?;
-        self.bytes.fetch_sub(size, Ordering::Relaxed);
+        self.bytes.give_back(size);
         Some(env)
     }
 
@@ -383,7 +384,7 @@ impl<M> Inbox<M> {
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Envelope<M>>> {
         self.rx.poll_recv(cx).map(|next| {
             next.map(|(env, size)| {
-                self.bytes.fetch_sub(size, Ordering::Relaxed);
+                self.bytes.give_back(size);
                 env
             })
         })
@@ -392,7 +393,7 @@ impl<M> Inbox<M> {
     /// The next envelope if one is there now.
     pub fn try_recv(&mut self) -> Result<Envelope<M>, mpsc::error::TryRecvError> {
         let (env, size) = self.rx.try_recv()?;
-        self.bytes.fetch_sub(size, Ordering::Relaxed);
+        self.bytes.give_back(size);
         Ok(env)
     }
 
@@ -400,7 +401,7 @@ impl<M> Inbox<M> {
     /// Panics if called inside an asynchronous context (as tokio's `blocking_recv`).
     pub fn blocking_recv(&mut self) -> Option<Envelope<M>> {
         let (env, size) = self.rx.blocking_recv()?;
-        self.bytes.fetch_sub(size, Ordering::Relaxed);
+        self.bytes.give_back(size);
         Some(env)
     }
 
@@ -411,7 +412,7 @@ impl<M> Inbox<M> {
         // `taken` is empty again whenever this returns or is dropped.
         let n = self.rx.recv_many(&mut self.taken, limit).await;
         let size: usize = self.taken.iter().map(|(_, size)| size).sum();
-        self.bytes.fetch_sub(size, Ordering::Relaxed);
+        self.bytes.give_back(size);
         buffer.extend(self.taken.drain(..).map(|(env, _)| env));
         n
     }
@@ -428,13 +429,15 @@ impl<M> Inbox<M> {
 
     /// Bytes of the frames waiting (see the type's docs).
     pub fn bytes(&self) -> usize {
-        self.bytes.load(Ordering::Relaxed)
+        self.bytes.load()
     }
 
     /// Stops taking envelopes: later arrivals are dropped (`unreachable`); what is
     /// waiting can still be received.
     pub fn close(&mut self) {
         self.rx.close();
+        // A server's task waiting for room in bytes finds the inbox closed.
+        self.bytes.taken.notify_one();
     }
 }
 
@@ -508,14 +511,13 @@ impl<M> Server<M> {
     }
 
     /// The outbox: send an envelope whose `pid` is a peer, this node, or `BROADCAST`.
-    /// Clone it freely. `send().await` waits only while the outbox itself is full (which
-    /// the server's task drains without ever waiting on a peer); `try_send` never waits.
+    /// Clone it freely; see [`Outbox`] for when a send waits.
     pub fn outbox(&self) -> Outbox<M> {
         self.outbox.clone()
     }
 
     /// The inbox: envelopes from peers (and from this node to itself), `pid` = the sender.
-    /// When it is full, arriving messages are dropped and counted as `backpressure`.
+    /// When it is full, the node stops taking frames from its peers (see [`Inbox`]).
     pub fn inbox(&mut self) -> &mut Inbox<M> {
         &mut self.inbox
     }
@@ -562,8 +564,8 @@ impl<M> Server<M> {
         self.handle.wait_for_peers(timeout).await
     }
 
-    /// Stops the node: routes what is already in the outbox, flushes to live peers for at
-    /// most the configured linger, and releases the transport (ports included).
+    /// Stops the node: later sends fail, what was sent is flushed to live peers for at
+    /// most the configured linger, and the transport is released (ports included).
     pub async fn shutdown(mut self) {
         self.handle.stop_task().await;
     }
@@ -679,8 +681,8 @@ impl ServerHandle {
         }
     }
 
-    /// Stops the node: routes what is already in the outbox, flushes to live peers for at
-    /// most the configured linger, and releases the transport (ports included). Senders
+    /// Stops the node: later sends fail, what was sent is flushed to live peers for at
+    /// most the configured linger, and the transport is released (ports included). Senders
     /// still holding the outbox see it closed; the inbox yields what it holds, then `None`.
     pub async fn shutdown(mut self) {
         self.stop_task().await;
@@ -749,20 +751,18 @@ impl ServerMonitor {
     }
 }
 
-struct Driver<M, T> {
-    router: Router,
-    transport: T,
-    outbox: mpsc::Receiver<Envelope<M>>,
+/// The node's receiving side and timers; sending happens in the senders' own tasks
+/// ([`Outbox`]), through the [`Sending`] state it shares with them.
+struct Driver<M> {
+    node: Arc<Sending<M>>,
     /// Envelopes with the size they are charged to the inbox's byte bound.
     inbox: mpsc::Sender<(Envelope<M>, usize)>,
     /// Bytes in the inbox, shared with its [`Inbox`].
-    inbox_bytes: Arc<AtomicUsize>,
+    inbox_bytes: Arc<InboxBytes>,
     inbox_bytes_max: usize,
     /// How often silent peers' unacknowledged frames are written off (the heartbeat
     /// interval); acknowledgements are flushed [`ACK_TICKS`] times as often.
     tick: Duration,
-    /// The transport's connection set.
-    connected: watch::Receiver<PeerSet>,
     linger: Duration,
     /// Events taken from the transport in one go (kept for its allocation).
     events: Vec<TransportEvent>,
@@ -770,7 +770,7 @@ struct Driver<M, T> {
     arrived: Vec<(Envelope<M>, usize)>,
 }
 
-/// Envelopes taken from the outbox per wake-up.
+/// Frames taken from the transport per wake-up.
 const BATCH: usize = 256;
 
 /// Acknowledgement flushes per heartbeat interval: a receiver acknowledges what it got
@@ -779,156 +779,177 @@ const BATCH: usize = 256;
 /// counted twice (delivered there, unconfirmed here).
 const ACK_TICKS: u32 = 10;
 
-impl<M: Message, T: Transport> Driver<M, T> {
+/// The node was told to stop while it waited for room in its inbox.
+struct Stopped;
+
+impl<M: Message> Driver<M> {
     async fn run(mut self, mut stop: oneshot::Receiver<()>) {
-        let mut batch = Vec::with_capacity(BATCH);
         let mut transport_open = true;
         let mut tick = tokio::time::interval((self.tick / ACK_TICKS).max(Duration::from_millis(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks: u32 = 0;
-        let confirming = self.transport.may_lose_accepted();
+        let node = Arc::clone(&self.node);
+        let confirming = node.transport.may_lose_accepted();
         loop {
             tokio::select! {
                 _ = &mut stop => break,
                 _ = tick.tick(), if confirming => {
-                    let transport = &self.transport;
-                    self.router.acknowledge(true, |to, frame| transport.send(to, frame));
-                    ticks = (ticks + 1) % ACK_TICKS;
+                    {
+                        let mut state = node.lock();
+                        let transport = &node.transport;
+                        state.router().acknowledge(true, |to, frame| transport.send(to, frame));
+                        ticks = (ticks + 1) % ACK_TICKS;
+                        if ticks == 0 {
+                            state.router().write_off(&node.connected.borrow());
+                        }
+                    }
                     if ticks == 0 {
-                        self.router.write_off(&self.connected.borrow());
+                        node.credit.notify_waiters();
                     }
                 }
-                n = self.outbox.recv_many(&mut batch, BATCH) => {
-                    if n == 0 {
+                ready = node.transport.readable(), if transport_open => {
+                    if !ready {
+                        transport_open = false;
+                        continue;
+                    }
+                    if self.drain_transport(&mut stop).await.is_err() {
                         break;
                     }
-                    for env in batch.drain(..) {
-                        self.route(env);
-                    }
-                }
-                ready = self.transport.readable(), if transport_open => {
-                    if ready {
-                        self.drain_transport();
-                        // Reading a ready transport may touch no tokio resource, so the
-                        // runtime's budget alone would never make this task yield: the
-                        // task reading the inbox, maybe on the same thread, would starve.
-                        tokio::task::consume_budget().await;
-                    } else {
-                        transport_open = false;
-                    }
+                    // Reading a ready transport may touch no tokio resource, so the
+                    // runtime's budget alone would never make this task yield: the
+                    // task reading the inbox, maybe on the same thread, would starve.
+                    tokio::task::consume_budget().await;
                 }
             }
         }
-        // Route what the user had already handed over (closing first, so that senders
-        // still running cannot keep this loop going), then flush within the linger.
-        self.outbox.close();
-        while let Ok(env) = self.outbox.try_recv() {
-            self.route(env);
-        }
-        self.transport.shutdown(self.linger).await;
+        node.close();
+        node.transport.shutdown(self.linger).await;
     }
 
-    /// Routes one envelope, handing each frame to the transport at once: the router must
-    /// learn whether the transport accepted a frame before it numbers the next one to the
-    /// same peer (a refused frame gives its sequence number back, so that the receiver's
-    /// gaps are losses after acceptance), which a batch reporting refusals by peer only
-    /// ([`Transport::send_many`]) cannot tell it.
-    fn route(&mut self, env: Envelope<M>) {
-        let transport = &self.transport;
-        let connected = &self.connected;
-        if let Some(local) = self.router.outgoing_checked(
-            env,
-            |to, frame| transport.send(to, frame),
-            |peer| connected.borrow().contains(&peer),
-        ) {
-            self.deliver(local);
-        }
-    }
-
-    /// Handles the events that are ready now, up to a batch, after a wake-up.
-    fn drain_transport(&mut self) {
+    /// Handles the events that are ready now, up to a batch, after a wake-up: decodes and
+    /// checks them, delivers what they carry (waiting for room in the inbox), and only then
+    /// acknowledges them.
+    async fn drain_transport(&mut self, stop: &mut oneshot::Receiver<()>) -> Result<(), Stopped> {
+        let node = Arc::clone(&self.node);
         let mut events = std::mem::take(&mut self.events);
         let mut arrived = std::mem::take(&mut self.arrived);
-        self.transport.try_recv_many(&mut events, BATCH);
+        node.transport.try_recv_many(&mut events, BATCH);
         // tokio's clock, so that a simulation with a paused clock stays deterministic.
         let now = tokio::time::Instant::now();
-        for event in events.drain(..) {
-            match event {
-                TransportEvent::Frame(bytes) => {
-                    arrived.extend(self.router.incoming_sized(bytes, now));
+        let acked = {
+            let mut state = node.lock();
+            let router = state.router();
+            for event in events.drain(..) {
+                match event {
+                    TransportEvent::Frame(bytes) => {
+                        arrived.extend(router.incoming_sized(bytes, now));
+                    }
+                    TransportEvent::Dropped {
+                        peer,
+                        reason,
+                        count,
+                    } => router.discarded(peer, reason, count),
                 }
-                TransportEvent::Dropped {
-                    peer,
-                    reason,
-                    count,
-                } => self.router.discarded(peer, reason, count),
             }
+            router.take_credit()
+        };
+        if acked {
+            node.credit.notify_waiters();
         }
-        self.deliver_all(&mut arrived);
-        let transport = &self.transport;
-        self.router
-            .acknowledge(false, |to, frame| transport.send(to, frame));
+        let delivered = self.deliver_all(&mut arrived, stop).await;
+        {
+            let mut state = node.lock();
+            let transport = &node.transport;
+            state
+                .router()
+                .acknowledge(false, |to, frame| transport.send(to, frame));
+        }
         self.events = events;
         self.arrived = arrived;
+        delivered
     }
 
     /// Delivers `envs` in order, taking the inbox's room for all of them at once when it
-    /// has enough, and one by one (counting those that find it full) when it has not.
-    fn deliver_all(&mut self, envs: &mut Vec<(Envelope<M>, usize)>) {
+    /// has enough, and waiting for room one by one when it has not. Stopped while waiting,
+    /// it counts what it could not deliver (`unreachable`: nobody will read it).
+    async fn deliver_all(
+        &mut self,
+        envs: &mut Vec<(Envelope<M>, usize)>,
+        stop: &mut oneshot::Receiver<()>,
+    ) -> Result<(), Stopped> {
         if envs.is_empty() {
-            return;
+            return Ok(());
         }
         let size: usize = envs.iter().map(|(_, size)| size).sum();
-        let room = self.inbox_bytes.load(Ordering::Relaxed) + size <= self.inbox_bytes_max;
+        let room = self.inbox_bytes.load() + size <= self.inbox_bytes_max;
         if room && let Ok(permits) = self.inbox.try_reserve_many(envs.len()) {
-            self.inbox_bytes.fetch_add(size, Ordering::Relaxed);
-            let stats = self.router.stats();
+            self.inbox_bytes.bytes.fetch_add(size, Ordering::Relaxed);
+            let stats = &self.node.stats;
             // Counted before it is handed over, so that a reader who sees the envelope also
             // sees it counted.
             for (permit, (env, size)) in permits.zip(envs.drain(..)) {
                 stats.delivered(env.pid);
                 permit.send((env, size));
             }
-            return;
+            return Ok(());
         }
+        let mut stopped = false;
         for (env, size) in envs.drain(..) {
-            self.deliver_sized(env, size);
+            let from = env.pid;
+            let reason = if stopped {
+                Some(DropReason::Unreachable)
+            } else {
+                tokio::select! {
+                    _ = &mut *stop => {
+                        stopped = true;
+                        Some(DropReason::Unreachable)
+                    }
+                    delivered = deliver_waiting(
+                        &self.inbox,
+                        &self.inbox_bytes,
+                        self.inbox_bytes_max,
+                        &self.node.stats,
+                        env,
+                        size,
+                    ) => delivered.err(),
+                }
+            };
+            if let Some(reason) = reason {
+                self.node.stats.dropped_from(Some(from), reason);
+            }
         }
+        if stopped { Err(Stopped) } else { Ok(()) }
     }
+}
 
-    /// Delivers a message this node sent itself (never serialized: it weighs nothing).
-    fn deliver(&mut self, env: Envelope<M>) {
-        self.deliver_sized(env, 0);
-    }
-
-    fn deliver_sized(&mut self, env: Envelope<M>, size: usize) {
-        let from = env.pid;
-        if self.inbox_bytes.load(Ordering::Relaxed) + size > self.inbox_bytes_max {
-            self.router
-                .stats()
-                .dropped_from(Some(from), DropReason::Backpressure);
-            return;
+/// Waits for room in `inbox` (envelopes and bytes), then delivers `env`. An inbox that was
+/// closed (by its reader, or dropped) is `unreachable`.
+async fn deliver_waiting<M>(
+    inbox: &mpsc::Sender<(Envelope<M>, usize)>,
+    bytes: &InboxBytes,
+    bytes_max: usize,
+    stats: &StatsCells,
+    env: Envelope<M>,
+    size: usize,
+) -> Result<(), DropReason> {
+    loop {
+        let taken = bytes.taken.notified();
+        tokio::pin!(taken);
+        // Registered before the check, so that room made after it wakes this wait.
+        taken.as_mut().enable();
+        if inbox.is_closed() {
+            return Err(DropReason::Unreachable);
         }
-        match self.inbox.try_reserve() {
-            Ok(permit) => {
-                // Counted first, as in `deliver_all`.
-                self.inbox_bytes.fetch_add(size, Ordering::Relaxed);
-                self.router.stats().delivered(from);
-                permit.send((env, size));
-            }
-            Err(mpsc::error::TrySendError::Full(())) => {
-                self.router
-                    .stats()
-                    .dropped_from(Some(from), DropReason::Backpressure);
-            }
-            // The inbox was closed, or the server dropped: nobody will read this message.
-            Err(mpsc::error::TrySendError::Closed(())) => {
-                self.router
-                    .stats()
-                    .dropped_from(Some(from), DropReason::Unreachable);
-            }
+        if bytes.load() + size <= bytes_max {
+            break;
         }
+        taken.await;
     }
+    let permit = inbox.reserve().await.map_err(|_| DropReason::Unreachable)?;
+    bytes.bytes.fetch_add(size, Ordering::Relaxed);
+    stats.delivered(env.pid);
+    permit.send((env, size));
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1019,14 +1040,14 @@ mod tests {
     async fn the_inbox_is_a_stream_that_ends_when_the_node_stops() {
         use futures::StreamExt;
         let (tx, rx) = mpsc::channel(8);
-        let bytes = Arc::new(AtomicUsize::new(0));
+        let bytes = Arc::new(InboxBytes::default());
         let mut inbox = Inbox {
             rx,
             bytes: Arc::clone(&bytes),
             taken: Vec::new(),
         };
         for i in 0..3 {
-            bytes.fetch_add(10, Ordering::Relaxed);
+            bytes.bytes.fetch_add(10, Ordering::Relaxed);
             tx.send((Envelope::new(2, i, 7u8), 10)).await.unwrap();
         }
         assert_eq!(futures::Stream::size_hint(&inbox), (3, None));

@@ -1,0 +1,356 @@
+//! The sending half of a node: routing in the sender's own task, straight to the transport.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
+
+use crate::envelope::{Envelope, Pid};
+use crate::router::{Full, Routed, Router};
+use crate::server::Message;
+use crate::stats::{DropReason, StatsCells};
+use crate::transport::{PeerSet, Transport};
+
+/// What became of a message, as far as the sending node can tell at once. Each drop is
+/// also counted in [`Server::stats`](crate::Server::stats), with its reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendOutcome {
+    /// Handed to the transport's queue to its destination (or put into this node's own
+    /// inbox). Not yet delivered: see the delivery contract in the crate docs.
+    Sent,
+    /// Dropped, for this reason: `unknown_peer`, `unreachable` (no live connection),
+    /// `backpressure` (full queue, after waiting up to `send_timeout` with
+    /// [`Outbox::send`]), `too_large`, `malformed` (the message did not serialize), or a
+    /// simulated fault.
+    Dropped(DropReason),
+    /// A broadcast: how many copies were handed over, and how many dropped (each counted
+    /// per peer). A broadcast never waits on a slow peer: that copy is dropped at once.
+    Broadcast {
+        /// Copies handed to the transport.
+        sent: usize,
+        /// Copies dropped.
+        dropped: usize,
+    },
+}
+
+impl SendOutcome {
+    /// Whether every copy was handed over (for a broadcast, also when there are no peers).
+    pub fn is_sent(&self) -> bool {
+        match self {
+            Self::Sent => true,
+            Self::Dropped(_) => false,
+            Self::Broadcast { dropped, .. } => *dropped == 0,
+        }
+    }
+}
+
+/// The node has stopped: the envelope was not sent. [`SendError::into_inner`] gives it back.
+pub struct SendError<M>(pub Envelope<M>);
+
+impl<M> SendError<M> {
+    /// The envelope that was not sent.
+    pub fn into_inner(self) -> Envelope<M> {
+        self.0
+    }
+}
+
+impl<M> std::fmt::Debug for SendError<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "SendError(the node has stopped; message {} to {} not sent)",
+            self.0.msg_id, self.0.pid
+        )
+    }
+}
+
+impl<M> std::fmt::Display for SendError<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the node has stopped: message {} to {} not sent",
+            self.0.msg_id, self.0.pid
+        )
+    }
+}
+
+impl<M> std::error::Error for SendError<M> {}
+
+/// The sending half of a node: clone it freely, send from any task.
+///
+/// A send routes the message in the calling task: it is serialized once, framed (and
+/// authenticated) for each destination, and handed straight to the transport, which never
+/// waits on a peer. The result says what became of it where the node can know at once.
+///
+/// * [`Outbox::send`] to a connected peer whose queue (or window of unacknowledged
+///   frames) is full waits for room, up to [`Options::send_timeout`](crate::Options),
+///   then drops the message as `backpressure`; the peer is then *stalled*, and later sends
+///   to it are dropped at once until one is accepted again. A send to a peer that is down,
+///   cut off or unknown is dropped at once. A broadcast never waits: a copy to a full
+///   peer is dropped and counted.
+/// * [`Outbox::try_send`] never waits.
+///
+/// Both fail only once the node has stopped.
+pub struct Outbox<M> {
+    node: Arc<Sending<M>>,
+}
+
+impl<M> Clone for Outbox<M> {
+    fn clone(&self) -> Self {
+        Self {
+            node: Arc::clone(&self.node),
+        }
+    }
+}
+
+impl<M> std::fmt::Debug for Outbox<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("pid", &self.node.pid)
+            .field("open", &self.node.is_open())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the outboxes of a node share with its server's task.
+pub(crate) struct Sending<M> {
+    pub(crate) pid: Pid,
+    pub(crate) transport: Box<dyn Transport>,
+    pub(crate) connected: watch::Receiver<PeerSet>,
+    state: Mutex<SendState>,
+    /// Signalled when acknowledgements or write-offs free room in peers' windows.
+    pub(crate) credit: Notify,
+    /// The inbox, for messages this node sends itself. Weak: the inbox ends when the
+    /// server's task (which holds the strong end) has stopped, whoever holds an outbox.
+    inbox: mpsc::WeakSender<(Envelope<M>, usize)>,
+    pub(crate) stats: Arc<StatsCells>,
+    send_timeout: Duration,
+    open: AtomicBool,
+}
+
+/// The router and what is known of stalled peers, behind one lock.
+pub(crate) struct SendState {
+    pub(crate) router: Router,
+    /// Peers a send waited `send_timeout` for in vain: not waited for again until a send
+    /// to them is accepted.
+    stalled: BTreeSet<Pid>,
+}
+
+/// One routing attempt.
+enum Attempt<M> {
+    Done(SendOutcome),
+    /// Held back, uncounted: the envelope and what to wait for.
+    Held(Envelope<M>, Full),
+}
+
+impl<M> Sending<M> {
+    pub(crate) fn new(
+        pid: Pid,
+        transport: Box<dyn Transport>,
+        router: Router,
+        inbox: mpsc::WeakSender<(Envelope<M>, usize)>,
+        send_timeout: Duration,
+    ) -> Self {
+        let connected = transport.connected();
+        let stats = Arc::clone(router.stats_arc());
+        Self {
+            pid,
+            transport,
+            connected,
+            state: Mutex::new(SendState {
+                router,
+                stalled: BTreeSet::new(),
+            }),
+            credit: Notify::new(),
+            inbox,
+            stats,
+            send_timeout,
+            open: AtomicBool::new(true),
+        }
+    }
+
+    /// The router, locked. Held only for work that never waits.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, SendState> {
+        // Nothing in the state is left half-updated by a panic that matters more than
+        // stopping every sender would.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Later sends fail with [`SendError`].
+    pub(crate) fn close(&self) {
+        self.open.store(false, Ordering::Release);
+        self.credit.notify_waiters();
+    }
+}
+
+impl SendState {
+    pub(crate) fn router(&mut self) -> &mut Router {
+        &mut self.router
+    }
+}
+
+impl<M: Message> Sending<M> {
+    /// Routes `env` once. With `wait`, a message to one connected, unstalled peer whose
+    /// queue or window is full is held back rather than dropped.
+    fn attempt(&self, env: Envelope<M>, wait: bool) -> Result<Attempt<M>, SendError<M>> {
+        if !self.is_open() {
+            return Err(SendError(env));
+        }
+        let to = env.pid;
+        let routed = {
+            let mut state = self.lock();
+            let hold = wait && !state.stalled.contains(&to);
+            let transport = &self.transport;
+            let connected = &self.connected;
+            let routed = state.router.outgoing_checked(
+                env,
+                |peer, frame| transport.send(peer, frame),
+                |peer| connected.borrow().contains(&peer),
+                hold,
+            );
+            if !state.stalled.is_empty() && matches!(routed, Routed::Done(SendOutcome::Sent, None))
+            {
+                state.stalled.remove(&to);
+            }
+            routed
+        };
+        match routed {
+            Routed::Done(outcome, None) => Ok(Attempt::Done(outcome)),
+            Routed::Done(outcome, Some(local)) => {
+                Ok(Attempt::Done(self.deliver_local(outcome, local)))
+            }
+            Routed::Held(env, full) => Ok(Attempt::Held(env, full)),
+        }
+    }
+
+    /// Puts a message this node sent itself into its inbox, never waiting (a full inbox is
+    /// `backpressure`). It weighs nothing against the inbox's byte bound: it was never
+    /// serialized.
+    fn deliver_local(&self, outcome: SendOutcome, local: Envelope<M>) -> SendOutcome {
+        // No inbox: the server's task has stopped, nobody will read it.
+        let inbox = self.inbox.upgrade();
+        let reserved = inbox
+            .as_ref()
+            .map_or(Err(DropReason::Unreachable), |inbox| {
+                inbox.try_reserve().map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(()) => DropReason::Backpressure,
+                    mpsc::error::TrySendError::Closed(()) => DropReason::Unreachable,
+                })
+            });
+        match reserved {
+            Ok(permit) => {
+                // Counted before it is handed over, so that a reader who sees it sees it
+                // counted.
+                self.stats.delivered(self.pid);
+                permit.send((local, 0));
+                outcome
+            }
+            Err(reason) => {
+                self.stats.dropped_from(Some(self.pid), reason);
+                SendOutcome::Dropped(reason)
+            }
+        }
+    }
+
+    /// Marks `to` stalled: a send waited `send_timeout` for it in vain.
+    fn stall(&self, to: Pid) {
+        self.lock().stalled.insert(to);
+    }
+}
+
+impl<M: Message> Outbox<M> {
+    pub(crate) fn new(node: Arc<Sending<M>>) -> Self {
+        Self { node }
+    }
+
+    /// Sends `env` to `env.pid` (a peer, this node, or [`BROADCAST`](crate::BROADCAST)),
+    /// waiting for room, up to `send_timeout`, when the only destination is a connected
+    /// peer whose queue is full (see the type's docs). A message to this node itself never
+    /// waits: a full inbox is `backpressure`. Dropping the future while it waits for room
+    /// sends nothing and counts nothing.
+    pub async fn send(&self, env: Envelope<M>) -> Result<SendOutcome, SendError<M>> {
+        let node = &*self.node;
+        let mut deadline: Option<Instant> = None;
+        let mut env = env;
+        loop {
+            let wait = deadline.is_none_or(|d| Instant::now() < d);
+            let (held, full) = match node.attempt(env, wait)? {
+                Attempt::Done(outcome) => return Ok(outcome),
+                Attempt::Held(held, full) => (held, full),
+            };
+            let to = held.pid;
+            let until = *deadline.get_or_insert_with(|| Instant::now() + node.send_timeout);
+            env = held;
+            let waited = match full {
+                Full::Queue => tokio::time::timeout_at(until, node.transport.writable(to))
+                    .await
+                    .is_ok(),
+                Full::Window => {
+                    // Registered before the second look, so that an acknowledgement that
+                    // lands between the two is not missed.
+                    let credit = node.credit.notified();
+                    tokio::pin!(credit);
+                    credit.as_mut().enable();
+                    match node.attempt(env, true)? {
+                        Attempt::Held(held, _) => env = held,
+                        Attempt::Done(outcome) => return Ok(outcome),
+                    }
+                    tokio::time::timeout_at(until, credit).await.is_ok()
+                }
+            };
+            if !waited {
+                node.stall(to);
+            }
+        }
+    }
+
+    /// Sends `env` without ever waiting: a full queue to its destination is a counted
+    /// `backpressure` drop, reported in the outcome. Fails only once the node has stopped.
+    pub fn try_send(&self, env: Envelope<M>) -> Result<SendOutcome, SendError<M>> {
+        match self.node.attempt(env, false)? {
+            Attempt::Done(outcome) => Ok(outcome),
+            // Never produced without waiting.
+            Attempt::Held(_, _) => Ok(SendOutcome::Dropped(DropReason::Backpressure)),
+        }
+    }
+
+    /// Whether the node has stopped (sends now fail).
+    pub fn is_closed(&self) -> bool {
+        !self.node.is_open()
+    }
+
+    /// The pid of the node this outbox sends from.
+    pub fn pid(&self) -> Pid {
+        self.node.pid
+    }
+}
+
+/// The inbox's byte count and its waiters, shared by the inbox and the server's task.
+#[derive(Default)]
+pub(crate) struct InboxBytes {
+    pub(crate) bytes: AtomicUsize,
+    /// Signalled each time the inbox gives envelopes out, for a server's task waiting for
+    /// room in bytes.
+    pub(crate) taken: Notify,
+}
+
+impl InboxBytes {
+    pub(crate) fn load(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn give_back(&self, size: usize) {
+        if size > 0 {
+            self.bytes.fetch_sub(size, Ordering::Relaxed);
+            self.taken.notify_one();
+        }
+    }
+}
