@@ -354,3 +354,223 @@ impl InboxBytes {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, VecDeque};
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::transport::TransportEvent;
+    use crate::{BROADCAST, Config, Options, Server};
+
+    /// A transport whose queue to each peer holds `CAPACITY` frames until the test takes
+    /// them, connected to peers 2 and 3 (not 4).
+    struct Pipes {
+        queues: Arc<Mutex<BTreeMap<Pid, VecDeque<Bytes>>>>,
+        room: Arc<Notify>,
+        connected: watch::Receiver<PeerSet>,
+        _keep: watch::Sender<PeerSet>,
+    }
+
+    const CAPACITY: usize = 2;
+
+    /// The test's end of [`Pipes`]: takes what was sent to a peer, making room.
+    #[derive(Clone)]
+    struct Taps {
+        queues: Arc<Mutex<BTreeMap<Pid, VecDeque<Bytes>>>>,
+        room: Arc<Notify>,
+    }
+
+    impl Taps {
+        fn take(&self, peer: Pid) -> usize {
+            let n = self
+                .queues
+                .lock()
+                .unwrap()
+                .get_mut(&peer)
+                .map_or(0, |q| q.drain(..).count());
+            self.room.notify_waiters();
+            n
+        }
+    }
+
+    fn pipes() -> (Pipes, Taps) {
+        let (tx, rx) = watch::channel(PeerSet::from([2, 3]));
+        let queues = Arc::new(Mutex::new(BTreeMap::new()));
+        let room = Arc::new(Notify::new());
+        let taps = Taps {
+            queues: Arc::clone(&queues),
+            room: Arc::clone(&room),
+        };
+        let pipes = Pipes {
+            queues,
+            room,
+            connected: rx,
+            _keep: tx,
+        };
+        (pipes, taps)
+    }
+
+    #[async_trait]
+    impl Transport for Pipes {
+        fn send(&self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
+            if !self.connected.borrow().contains(&to) {
+                return Err(DropReason::Unreachable);
+            }
+            let mut queues = self.queues.lock().unwrap();
+            let queue = queues.entry(to).or_default();
+            if queue.len() >= CAPACITY {
+                return Err(DropReason::Backpressure);
+            }
+            queue.push_back(frame);
+            Ok(())
+        }
+        async fn writable(&self, to: Pid) {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if self.queues.lock().unwrap().get(&to).is_none_or(|q| q.len() < CAPACITY) {
+                return;
+            }
+            room.await;
+        }
+        async fn readable(&self) -> bool {
+            std::future::pending().await
+        }
+        fn try_recv_many(&self, _events: &mut Vec<TransportEvent>, _max: usize) -> usize {
+            0
+        }
+        fn connected(&self) -> watch::Receiver<PeerSet> {
+            self.connected.clone()
+        }
+        async fn shutdown(&self, _linger: Duration) {}
+        fn incarnation(&self) -> Option<crate::Incarnation> {
+            Some(1)
+        }
+    }
+
+    fn node(send_timeout: Duration) -> (Server<u32>, Taps) {
+        let options = Options {
+            send_timeout,
+            ..Options::default()
+        };
+        let config = Config::local(4, 7300).unwrap().with_options(options).unwrap();
+        let (pipes, taps) = pipes();
+        (Server::with_transport(1, config, pipes).unwrap(), taps)
+    }
+
+    fn to(pid: Pid, id: i64) -> Envelope<u32> {
+        Envelope::new(pid, id, 7)
+    }
+
+    #[tokio::test]
+    async fn a_send_says_what_became_of_the_message() {
+        let (mut s, taps) = node(Duration::from_secs(60));
+        let outbox = s.outbox();
+        assert_eq!(outbox.send(to(2, 1)).await.unwrap(), SendOutcome::Sent);
+        assert_eq!(outbox.try_send(to(3, 2)).unwrap(), SendOutcome::Sent);
+        let dropped = |r| SendOutcome::Dropped(r);
+        assert_eq!(
+            outbox.send(to(9, 3)).await.unwrap(),
+            dropped(DropReason::UnknownPeer)
+        );
+        assert_eq!(
+            outbox.send(to(4, 4)).await.unwrap(),
+            dropped(DropReason::Unreachable)
+        );
+        assert_eq!(outbox.send(to(1, 5)).await.unwrap(), SendOutcome::Sent);
+        assert_eq!(s.inbox().recv().await.map(|e| e.msg_id), Some(5));
+        // Peer 2 full: a broadcast does not wait for it.
+        assert_eq!(outbox.send(to(2, 6)).await.unwrap(), SendOutcome::Sent);
+        let outcome = outbox.send(to(BROADCAST, 7)).await.unwrap();
+        assert_eq!(outcome, SendOutcome::Broadcast { sent: 1, dropped: 2 });
+        assert!(!outcome.is_sent());
+        let stats = s.stats();
+        assert_eq!(stats.peers[&2].dropped_to.get(DropReason::Backpressure), 1);
+        assert_eq!(stats.peers[&4].dropped_to.get(DropReason::Unreachable), 2);
+        assert_eq!(stats.dropped_outgoing.get(DropReason::UnknownPeer), 1);
+        assert_eq!((taps.take(2), taps.take(3)), (2, 2));
+    }
+
+    /// A send to a full, connected peer waits until the peer takes frames, and then is
+    /// sent: nothing is dropped. `try_send` in the same state drops at once.
+    #[tokio::test]
+    async fn a_send_to_a_full_peer_waits_for_room_and_try_send_does_not() {
+        let (s, taps) = node(Duration::from_secs(600));
+        let outbox = s.outbox();
+        for id in 0..CAPACITY as i64 {
+            assert_eq!(outbox.try_send(to(2, id)).unwrap(), SendOutcome::Sent);
+        }
+        assert_eq!(
+            outbox.try_send(to(2, 10)).unwrap(),
+            SendOutcome::Dropped(DropReason::Backpressure)
+        );
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.send(to(2, 11)).await.unwrap() }
+        });
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiting.is_finished(), "the send waits while the peer is full");
+        // Meanwhile, other peers are not held up.
+        assert_eq!(outbox.try_send(to(3, 12)).unwrap(), SendOutcome::Sent);
+        assert_eq!(taps.take(2), CAPACITY);
+        let outcome = tokio::time::timeout(Duration::from_secs(60), waiting)
+            .await
+            .expect("room wakes the waiting send")
+            .unwrap();
+        assert_eq!(outcome, SendOutcome::Sent);
+        assert_eq!(taps.take(2), 1);
+        let stats = s.stats();
+        assert_eq!(stats.peers[&2].sent, 4);
+        assert_eq!(stats.peers[&2].dropped_to.total(), 1, "only the try_send");
+    }
+
+    /// A peer that stays full for `send_timeout` costs one wait: that message is dropped as
+    /// `backpressure`, and later sends to it are dropped at once until one is accepted.
+    #[tokio::test(start_paused = true)]
+    async fn a_send_waits_at_most_send_timeout_then_the_peer_is_stalled() {
+        let timeout = Duration::from_secs(1);
+        let (s, taps) = node(timeout);
+        let outbox = s.outbox();
+        for id in 0..CAPACITY as i64 {
+            outbox.try_send(to(2, id)).unwrap();
+        }
+        let backpressure = SendOutcome::Dropped(DropReason::Backpressure);
+        let start = Instant::now();
+        assert_eq!(outbox.send(to(2, 10)).await.unwrap(), backpressure);
+        assert_eq!(start.elapsed(), timeout, "waited exactly send_timeout");
+        let start = Instant::now();
+        assert_eq!(outbox.send(to(2, 11)).await.unwrap(), backpressure);
+        assert_eq!(start.elapsed(), Duration::ZERO, "stalled: no second wait");
+        // Once the peer takes frames, a send is accepted and the peer is waited for again.
+        taps.take(2);
+        assert_eq!(outbox.send(to(2, 12)).await.unwrap(), SendOutcome::Sent);
+        outbox.send(to(2, 13)).await.unwrap();
+        let start = Instant::now();
+        assert_eq!(outbox.send(to(2, 14)).await.unwrap(), backpressure);
+        assert_eq!(start.elapsed(), timeout);
+        assert_eq!(
+            s.stats().peers[&2].dropped_to.get(DropReason::Backpressure),
+            3
+        );
+    }
+
+    #[tokio::test]
+    async fn sends_fail_once_the_node_has_stopped_and_give_the_envelope_back() {
+        let (s, _taps) = node(Duration::from_secs(1));
+        let outbox = s.outbox();
+        assert!(!outbox.is_closed());
+        assert_eq!(outbox.pid(), 1);
+        s.shutdown().await;
+        assert!(outbox.is_closed());
+        let e = outbox.send(to(2, 42)).await.unwrap_err();
+        assert!(e.to_string().contains("stopped"), "{e}");
+        assert_eq!(e.into_inner().msg_id, 42);
+        assert!(outbox.try_send(to(1, 43)).is_err());
+    }
+}
