@@ -27,10 +27,20 @@
 //! * **C5 delivery when healthy** — a message sent while both ends are up and connected,
 //!   with no fault before it is received, is delivered (in memory: exactly; over ZeroMQ:
 //!   within a deadline).
-//! * **C6 isolation** — a dead, slow or partitioned peer never blocks sends to the others,
-//!   nor the outbox. Memory stays bounded under any load: every queue is bounded, overflow
-//!   is a counted drop (`backpressure`), never unbounded growth, never a deadlock (also
-//!   when two nodes' inboxes are full).
+//! * **C5' lossless when healthy** — [`Outbox::send`] to a connected peer whose queue
+//!   (or window of unacknowledged frames) is full waits for room, up to
+//!   [`Options::send_timeout`], then drops the message as `backpressure` and marks the peer
+//!   stalled (later sends to it are dropped at once until one is accepted);
+//!   [`Outbox::try_send`] never waits; a broadcast never waits on one slow peer (that copy
+//!   is dropped and counted). A full inbox stops its node from taking frames off the
+//!   transport, and acknowledging them, so that the senders' queues fill and their sends
+//!   wait: flow control, not loss. Every send says at once what became of the message
+//!   ([`SendOutcome`]).
+//! * **C6 isolation** — a dead, slow or partitioned peer never blocks sends to the others.
+//!   Memory stays bounded under any load: every queue is bounded, overflow is a counted
+//!   drop (`backpressure`), never unbounded growth, never a deadlock (also when two nodes'
+//!   inboxes are full and each waits to send to the other: `send_timeout` bounds the
+//!   wait).
 //! * **C7 nothing silent** — every message ends as exactly one of: delivered, or dropped
 //!   with a [`DropReason`] (`unknown_peer`, `unreachable`, `backpressure`, `partitioned` and
 //!   `injected` in simulation, `malformed`, `unknown_sender`, `stale_incarnation`,

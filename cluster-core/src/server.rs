@@ -831,9 +831,19 @@ impl<M: Message> Driver<M> {
     /// acknowledges them.
     async fn drain_transport(&mut self, stop: &mut oneshot::Receiver<()>) -> Result<(), Stopped> {
         let node = Arc::clone(&self.node);
+        // Take no more than the inbox has room for: what is left stays in the transport,
+        // whose queues fill and make the senders wait.
+        if self.inbox.capacity() == 0 {
+            tokio::select! {
+                _ = &mut *stop => return Err(Stopped),
+                // The slot is given back at once: this only waits for one to be free.
+                permit = self.inbox.reserve() => drop(permit),
+            }
+        }
+        let room = self.inbox.capacity().clamp(1, BATCH);
         let mut events = std::mem::take(&mut self.events);
         let mut arrived = std::mem::take(&mut self.arrived);
-        node.transport.try_recv_many(&mut events, BATCH);
+        node.transport.try_recv_many(&mut events, room);
         // tokio's clock, so that a simulation with a paused clock stays deterministic.
         let now = tokio::time::Instant::now();
         let acked = {

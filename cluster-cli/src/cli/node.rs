@@ -271,13 +271,18 @@ async fn node(args: NodeArgs) -> Result<(), Failure> {
                     listening = out.message(&env);
                 }
             }
-            permits = outbox.reserve_many(BURST_CHUNK), if !bursts.is_empty() => {
-                let Ok(permits) = permits else { break };
+            () = std::future::ready(()), if !bursts.is_empty() => {
+                // A chunk per turn, so that the inbox is read between chunks. A send to a
+                // full peer waits for room (up to `send_timeout`).
                 if let Some(burst) = bursts.front_mut() {
-                    let left = usize::try_from(burst.count - burst.sent).unwrap_or(usize::MAX);
-                    for permit in permits.take(left) {
+                    let left = burst.count - burst.sent;
+                    for _ in 0..left.min(BURST_CHUNK as u64) {
                         let msg = format!("{} {}", burst.text, burst.sent);
-                        permit.send(Envelope::new(burst.to, server.next_msg_id(), msg));
+                        let env = Envelope::new(burst.to, server.next_msg_id(), msg);
+                        if outbox.send(env).await.is_err() {
+                            listening = false;
+                            break;
+                        }
                         burst.sent += 1;
                     }
                     if burst.sent == burst.count {
