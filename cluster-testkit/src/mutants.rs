@@ -73,7 +73,10 @@
 //! [`check_c9_hostile_input`]: crate::oracle::check_c9_hostile_input
 
 use std::collections::{BTreeMap, VecDeque};
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -84,7 +87,6 @@ use cluster_core::{
     Transport, TransportError, TransportEvent,
 };
 use cluster_mem::MemNetwork;
-use futures::FutureExt;
 use tokio::sync::{mpsc, watch};
 
 use crate::oracle::Invariant;
@@ -317,11 +319,15 @@ impl MutantBackend {
                 mutation: self.mutation,
                 shared: Arc::clone(&self.shared),
                 net: self.inner.network().clone(),
-                backdoor,
                 pids,
-                count: 0,
-                arrivals: 0,
-                pending: VecDeque::new(),
+                count: AtomicU64::new(0),
+                receiving: Mutex::new(Receiving {
+                    backdoor,
+                    door: VecDeque::new(),
+                    arrivals: 0,
+                    pending: VecDeque::new(),
+                    closed: false,
+                }),
             }),
             incarnation: if self.mutation == Mutation::ForgetIncarnation {
                 0
@@ -473,14 +479,24 @@ struct MutantTransport {
     shared: SharedRef,
     /// The network (HostileCrash takes its own node down through it).
     net: MemNetwork,
-    backdoor: mpsc::UnboundedReceiver<Bytes>,
     pids: Vec<Pid>,
     /// Frames sent.
-    count: u64,
+    count: AtomicU64,
+    receiving: Mutex<Receiving>,
+}
+
+/// The receiving half of a [`MutantTransport`].
+struct Receiving {
+    backdoor: mpsc::UnboundedReceiver<Bytes>,
+    /// Frames `readable` took from the back door (a channel cannot be peeked at) and not
+    /// handed up yet: handed up right after `pending`, as the back door came first.
+    door: VecDeque<Bytes>,
     /// Frames received from the network.
     arrivals: u64,
     /// Events to hand up before any other: a reordered, late or invented frame.
     pending: VecDeque<TransportEvent>,
+    /// The node went down on an arrival (HostileCrash): nothing more is handed up.
+    closed: bool,
 }
 
 fn header_of(event: &TransportEvent) -> Option<wire::Header> {
@@ -521,10 +537,14 @@ impl MutantTransport {
         }
     }
 
+    fn receiving(&self) -> MutexGuard<'_, Receiving> {
+        self.receiving.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// What the mutation does with one frame taken from the network: `None` if the node
     /// went down on it.
-    fn arrived(&mut self, bytes: Bytes) -> Option<TransportEvent> {
-        self.arrivals += 1;
+    fn arrived(&self, receiving: &mut Receiving, bytes: Bytes) -> Option<TransportEvent> {
+        receiving.arrivals += 1;
         match self.mutation {
             Mutation::KeepInFlight | Mutation::StaleIncarnation => {
                 let mut shared = lock(&self.shared);
@@ -541,9 +561,9 @@ impl MutantTransport {
                 self.net.crash(self.pid);
                 return None;
             }
-            Mutation::Phantom if !self.arrivals.is_multiple_of(2) => {
+            Mutation::Phantom if !receiving.arrivals.is_multiple_of(2) => {
                 if let Some(phantom) = phantom_of(&bytes) {
-                    self.pending.push_back(TransportEvent::Frame(phantom));
+                    receiving.pending.push_back(TransportEvent::Frame(phantom));
                 }
             }
             _ => {}
@@ -551,9 +571,16 @@ impl MutantTransport {
         Some(TransportEvent::Frame(bytes))
     }
 
+    /// The next event the network has ready, if any.
+    fn take_one(&self) -> Option<TransportEvent> {
+        let mut one = Vec::with_capacity(1);
+        self.inner.try_recv_many(&mut one, 1);
+        one.pop()
+    }
+
     /// StaleIncarnation: once a newer incarnation of a sender reaches this node, its older
     /// incarnation's frames follow.
-    fn release_stale(&mut self, event: &TransportEvent) {
+    fn release_stale(&self, receiving: &mut Receiving, event: &TransportEvent) {
         let Some(header) = header_of(event) else {
             return;
         };
@@ -565,7 +592,7 @@ impl MutantTransport {
                 *to == me && *from == header.sender && *incarnation < header.incarnation
             });
         shared.stale = keep;
-        self.pending.extend(
+        receiving.pending.extend(
             late.into_iter()
                 .map(|(_, (_, _, frame))| TransportEvent::Frame(frame)),
         );
@@ -574,9 +601,8 @@ impl MutantTransport {
 
 #[async_trait]
 impl Transport for MutantTransport {
-    fn send(&mut self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
-        self.count += 1;
-        let n = self.count;
+    fn send(&self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
+        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
         match self.mutation {
             Mutation::Duplicate => {
                 let result = self.inner.send(to, frame.clone());
@@ -653,36 +679,82 @@ impl Transport for MutantTransport {
         }
     }
 
-    async fn recv(&mut self) -> Option<TransportEvent> {
-        if let Some(event) = self.pending.pop_front() {
-            return Some(event);
+    async fn writable(&self, to: Pid) {
+        self.inner.writable(to).await;
+    }
+
+    async fn readable(&self) -> bool {
+        let mut inner = self.inner.readable();
+        poll_fn(|cx| {
+            {
+                let mut receiving = self.receiving();
+                if receiving.closed {
+                    return Poll::Ready(false);
+                }
+                if !receiving.pending.is_empty() || !receiving.door.is_empty() {
+                    return Poll::Ready(true);
+                }
+                // The back door before the network, as it always came first.
+                if let Poll::Ready(Some(bytes)) = receiving.backdoor.poll_recv(cx) {
+                    receiving.door.push_back(bytes);
+                    return Poll::Ready(true);
+                }
+            }
+            inner.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// One event per call, as the mutations were written for (a reorder looks at the one
+    /// frame after it, a phantom follows the frame it copies).
+    fn try_recv_many(&self, events: &mut Vec<TransportEvent>, max: usize) -> usize {
+        if max == 0 {
+            return 0;
         }
-        let event = tokio::select! {
-            biased;
-            Some(bytes) = self.backdoor.recv() => Some(TransportEvent::Frame(bytes)),
-            event = self.inner.recv() => match event {
-                Some(TransportEvent::Frame(bytes)) => self.arrived(bytes),
-                other => other,
+        let mut receiving = self.receiving();
+        if receiving.closed {
+            return 0;
+        }
+        if let Some(event) = receiving.pending.pop_front() {
+            events.push(event);
+            return 1;
+        }
+        let from_door = match receiving.door.pop_front() {
+            Some(bytes) => Some(bytes),
+            None => receiving.backdoor.try_recv().ok(),
+        };
+        let first = match from_door {
+            Some(bytes) => TransportEvent::Frame(bytes),
+            None => match self.take_one() {
+                Some(TransportEvent::Frame(bytes)) => match self.arrived(&mut receiving, bytes) {
+                    Some(event) => event,
+                    None => {
+                        receiving.closed = true;
+                        return 0;
+                    }
+                },
+                Some(other) => other,
+                None => return 0,
             },
         };
-        let first = event?;
         match self.mutation {
-            Mutation::StaleIncarnation => self.release_stale(&first),
+            Mutation::StaleIncarnation => self.release_stale(&mut receiving, &first),
             Mutation::Reorder => {
                 // Swap with the next frame if it is already queued and from the same sender.
-                // The inner `recv` is cancel-safe, so polling it once loses nothing.
-                if let Some(Some(second)) = self.inner.recv().now_or_never() {
+                if let Some(second) = self.take_one() {
                     let sender = |e: &TransportEvent| header_of(e).map(|h| h.sender);
                     if sender(&first).is_some() && sender(&first) == sender(&second) {
-                        self.pending.push_back(first);
-                        return Some(second);
+                        receiving.pending.push_back(first);
+                        events.push(second);
+                        return 1;
                     }
-                    self.pending.push_back(second);
+                    receiving.pending.push_back(second);
                 }
             }
             _ => {}
         }
-        Some(first)
+        events.push(first);
+        1
     }
 
     fn connected(&self) -> watch::Receiver<PeerSet> {
@@ -693,7 +765,7 @@ impl Transport for MutantTransport {
         self.inner.may_lose_accepted()
     }
 
-    async fn shutdown(&mut self, linger: Duration) {
+    async fn shutdown(&self, linger: Duration) {
         self.inner.shutdown(linger).await;
     }
 }

@@ -97,6 +97,13 @@ pub(crate) struct Namer {
     /// Frames in flight by address, when the backend moves frames without copying them.
     names: Option<Arc<Names>>,
     summarize: Option<Summarize>,
+    /// What naming sent frames needs, shared by the tasks that send.
+    sending: Mutex<Sending>,
+}
+
+/// The sending side's numbering.
+#[derive(Default)]
+struct Sending {
     /// Messages sent so far.
     sent: u64,
     /// The last frame sent and its tag: further copies of it are the same message.
@@ -119,8 +126,7 @@ impl Namer {
             history,
             names,
             summarize,
-            sent: 0,
-            last: None,
+            sending: Mutex::new(Sending::default()),
         }
     }
 
@@ -128,29 +134,32 @@ impl Namer {
         self.summarize.as_ref().and_then(|s| s(frame))
     }
 
-    fn tag_sent(&mut self, frame: &Bytes) -> MsgTag {
-        if let Some((last, tag)) = &self.last
+    /// The name of a frame about to be sent. Taken under the lock until the frame is named,
+    /// so that copies of a broadcast sent by one task stay one message.
+    fn tag_sent(&self, frame: &Bytes) -> MsgTag {
+        let mut sending = self.sending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((last, tag)) = &sending.last
             && next_copy(last, frame)
         {
             let tag = tag.clone();
-            self.last = Some((frame.clone(), tag.clone()));
+            sending.last = Some((frame.clone(), tag.clone()));
             return tag;
         }
-        self.sent += 1;
+        sending.sent += 1;
         let tag = MsgTag {
             msg: Some(MsgRef {
                 from: self.pid,
                 incarnation: self.incarnation,
-                seq: self.sent,
+                seq: sending.sent,
             }),
             summary: self.summary(frame),
         };
-        self.last = Some((frame.clone(), tag.clone()));
+        sending.last = Some((frame.clone(), tag.clone()));
         tag
     }
 
-    fn name_arrival(&self, event: &Option<TransportEvent>) {
-        let Some(TransportEvent::Frame(frame)) = event else {
+    fn name_arrival(&self, event: &TransportEvent) {
+        let TransportEvent::Frame(frame) = event else {
             return;
         };
         if !self.history.is_enabled() || is_control(frame) {
@@ -179,7 +188,7 @@ impl Namer {
 
 #[async_trait]
 impl Transport for Namer {
-    fn send(&mut self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
+    fn send(&self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
         if !self.history.is_enabled() || is_control(&frame) {
             return self.inner.send(to, frame);
         }
@@ -200,20 +209,27 @@ impl Transport for Namer {
         result
     }
 
-    async fn recv(&mut self) -> Option<TransportEvent> {
-        let event = self.inner.recv().await;
-        self.name_arrival(&event);
-        event
+    // `send_many`: the default, frame by frame, so that each is named. (The probe above
+    // calls it only when the history is off, which `send` also checks.)
+
+    async fn writable(&self, to: Pid) {
+        self.inner.writable(to).await;
     }
 
-    fn try_recv(&mut self) -> Option<TransportEvent> {
-        let event = self.inner.try_recv();
-        self.name_arrival(&event);
-        event
+    async fn readable(&self) -> bool {
+        self.inner.readable().await
     }
 
-    // `send_many` and `try_recv_many`: the defaults, frame by frame, so that each is named.
-    // (The probe above calls these only when the history is off, which `send` also checks.)
+    /// Names each event taken, in order: the history pairs a name with the next arrival
+    /// recorded at this node (the probe above takes one at a time while recording).
+    fn try_recv_many(&self, events: &mut Vec<TransportEvent>, max: usize) -> usize {
+        let start = events.len();
+        let n = self.inner.try_recv_many(events, max);
+        for event in events.iter().skip(start) {
+            self.name_arrival(event);
+        }
+        n
+    }
 
     fn connected(&self) -> watch::Receiver<PeerSet> {
         self.inner.connected()
@@ -223,7 +239,7 @@ impl Transport for Namer {
         self.inner.may_lose_accepted()
     }
 
-    async fn shutdown(&mut self, linger: Duration) {
+    async fn shutdown(&self, linger: Duration) {
         self.inner.shutdown(linger).await;
     }
 

@@ -1,9 +1,11 @@
 //! A transport wrapper that records what crosses the server/transport boundary, holds
 //! arrivals behind a gate (for exact simulated runs), and lets the harness inject raw bytes.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::{BTreeMap, VecDeque};
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -130,15 +132,28 @@ pub(crate) struct Probe {
     incarnation: Incarnation,
     inner: Box<dyn Transport>,
     history: History,
+    /// Cloned by each `readable`, which needs a receiver of its own to wait on; this one is
+    /// only read.
     gate: watch::Receiver<bool>,
-    raw: mpsc::UnboundedReceiver<Bytes>,
+    /// Set once the gate's owner is gone: the gate then stays open.
+    gate_gone: AtomicBool,
+    /// Raw frames, in the order they reach the server.
+    receiving: Mutex<Receiving>,
     /// Raw frames injected and not yet handed up, over the whole cluster.
     raw_pending: Arc<AtomicUsize>,
     in_flight: Arc<InFlight>,
     /// The server's counters, once it is built.
     monitor: Arc<OnceLock<ServerMonitor>>,
     /// The last arrival handed up, and the server's counters just before it.
-    unresolved: Option<(Option<wire::Header>, Counters)>,
+    unresolved: Mutex<Option<(Option<wire::Header>, Counters)>>,
+}
+
+/// The raw frames' side of the receiving half.
+struct Receiving {
+    raw: mpsc::UnboundedReceiver<Bytes>,
+    /// Raw frames `readable` took from `raw` (a channel cannot be peeked at) and
+    /// `try_recv_many` has not handed up yet: handed up before anything else.
+    taken: VecDeque<Bytes>,
 }
 
 /// The wiring a probe shares with its cluster.
@@ -165,11 +180,15 @@ impl Probe {
             inner,
             history,
             gate: gate.subscribe(),
-            raw,
+            gate_gone: AtomicBool::new(false),
+            receiving: Mutex::new(Receiving {
+                raw,
+                taken: VecDeque::new(),
+            }),
             raw_pending: Arc::clone(&shared.raw_pending),
             in_flight: Arc::clone(&shared.in_flight),
             monitor,
-            unresolved: None,
+            unresolved: Mutex::new(None),
         };
         (probe, raw_tx)
     }
@@ -187,10 +206,52 @@ impl Probe {
         })
     }
 
-    /// Called from `recv` (and `shutdown`), by which time the server has handled the last
-    /// arrival: see what became of it, and record it if it was dropped.
-    fn resolve(&mut self) {
-        let Some((header, before)) = self.unresolved.take() else {
+    fn receiving(&self) -> MutexGuard<'_, Receiving> {
+        self.receiving.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn unresolved(&self) -> MutexGuard<'_, Option<(Option<wire::Header>, Counters)>> {
+        self.unresolved.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether arrivals may be taken: the gate is open, or its owner is gone.
+    fn gate_open(&self) -> bool {
+        self.gate_gone.load(Ordering::Relaxed) || *self.gate.borrow()
+    }
+
+    /// Ready once a raw frame is waiting (taken from the channel and kept in order for
+    /// `try_recv_many`); never ready once the channel is closed and empty.
+    fn poll_raw(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut receiving = self.receiving();
+        if !receiving.taken.is_empty() {
+            return Poll::Ready(());
+        }
+        match receiving.raw.poll_recv(cx) {
+            Poll::Ready(Some(bytes)) => {
+                receiving.taken.push_back(bytes);
+                Poll::Ready(())
+            }
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// The next raw frame, if one is waiting.
+    fn take_raw(&self, receiving: &mut Receiving) -> Option<Bytes> {
+        let bytes = match receiving.taken.pop_front() {
+            Some(bytes) => bytes,
+            None => receiving.raw.try_recv().ok()?,
+        };
+        self.raw_pending.fetch_sub(1, Ordering::Relaxed);
+        Some(bytes)
+    }
+
+    /// Called at the start of `readable`, `try_recv_many` and `shutdown`, by which time
+    /// the server has handled the last arrival (it handles what it took before it asks
+    /// again): see what became of it, and record it if it was dropped.
+    fn resolve(&self) {
+        // Taken out before the server's counters are read: no lock of the probe's is held
+        // while the server's are taken.
+        let Some((header, before)) = self.unresolved().take() else {
             return;
         };
         let Some(now) = self.counters(header.map(|h| h.sender)) else {
@@ -218,7 +279,7 @@ impl Probe {
         }
     }
 
-    fn arrived(&mut self, event: &TransportEvent) {
+    fn arrived(&self, event: &TransportEvent) {
         if !self.history.is_enabled() {
             return;
         }
@@ -236,7 +297,8 @@ impl Probe {
                     incarnation: header.map(|h| h.incarnation),
                     msg_id: header.map(|h| h.msg_id),
                 });
-                self.unresolved = self.counters(header.map(|h| h.sender)).map(|c| (header, c));
+                let counters = self.counters(header.map(|h| h.sender));
+                *self.unresolved() = counters.map(|c| (header, c));
             }
             TransportEvent::Dropped {
                 peer,
@@ -256,7 +318,7 @@ impl Probe {
 
 #[async_trait]
 impl Transport for Probe {
-    fn send(&mut self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
+    fn send(&self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
         if crate::names::is_control(&frame) {
             return self.inner.send(to, frame);
         }
@@ -282,70 +344,7 @@ impl Transport for Probe {
         result
     }
 
-    async fn recv(&mut self) -> Option<TransportEvent> {
-        self.resolve();
-        loop {
-            if !*self.gate.borrow_and_update() {
-                // Closed: pull nothing until it opens. If the gate's owner is gone, stay open.
-                if self.gate.wait_for(|open| *open).await.is_err() {
-                    let event = self.inner.recv().await;
-                    if let Some(e) = &event {
-                        self.arrived(e);
-                    }
-                    return event;
-                }
-                continue;
-            }
-            // Every branch is cancel-safe: `changed` and `recv` on tokio channels, and the
-            // inner transport's `recv` by its contract.
-            let event = tokio::select! {
-                biased;
-                changed = self.gate.changed() => {
-                    if changed.is_err() {
-                        // The gate's owner is gone: behave as an open gate from now on.
-                        let event = self.inner.recv().await;
-                        if let Some(e) = &event { self.arrived(e); }
-                        return event;
-                    }
-                    continue;
-                }
-                Some(bytes) = self.raw.recv() => {
-                    self.raw_pending.fetch_sub(1, Ordering::Relaxed);
-                    Some(TransportEvent::Frame(bytes))
-                }
-                event = self.inner.recv() => event,
-            };
-            if let Some(e) = &event {
-                self.arrived(e);
-            }
-            return event;
-        }
-    }
-
-    fn try_recv(&mut self) -> Option<TransportEvent> {
-        // While recording, hand up one arrival per wake-up: the server has handled it by the
-        // time it calls `recv` again, which is when the probe can tell what became of it.
-        if !*self.gate.borrow() || self.unresolved.is_some() {
-            return None;
-        }
-        let event = match self.raw.try_recv() {
-            Ok(bytes) => {
-                self.raw_pending.fetch_sub(1, Ordering::Relaxed);
-                Some(TransportEvent::Frame(bytes))
-            }
-            Err(_) => self.inner.try_recv(),
-        };
-        if let Some(e) = &event {
-            self.arrived(e);
-        }
-        event
-    }
-
-    fn send_many(
-        &mut self,
-        frames: &mut Vec<(Pid, Bytes)>,
-        refused: &mut dyn FnMut(Pid, DropReason),
-    ) {
+    fn send_many(&self, frames: &mut Vec<(Pid, Bytes)>, refused: &mut dyn FnMut(Pid, DropReason)) {
         if self.history.is_enabled() {
             // Frame by frame, to record each.
             for (to, frame) in frames.drain(..) {
@@ -358,32 +357,84 @@ impl Transport for Probe {
         }
     }
 
-    fn try_recv_many(&mut self, events: &mut Vec<TransportEvent>, max: usize) -> usize {
+    async fn writable(&self, to: Pid) {
+        self.inner.writable(to).await;
+    }
+
+    async fn readable(&self) -> bool {
+        self.resolve();
+        // A receiver of this call's own, to wait on changes; what it has seen starts from
+        // what it reads now.
+        let mut gate = self.gate.clone();
+        loop {
+            let gone = self.gate_gone.load(Ordering::Relaxed);
+            if !gone && !*gate.borrow_and_update() {
+                // Closed: report nothing until it opens. If the gate's owner is gone, stay
+                // open.
+                if gate.wait_for(|open| *open).await.is_err() {
+                    self.gate_gone.store(true, Ordering::Relaxed);
+                }
+                continue;
+            }
+            // Every branch is cancel-safe and takes nothing the server would not get:
+            // `changed` on a watch channel, a raw frame kept for `try_recv_many`, and the
+            // inner transport's `readable` by its contract. Biased, in the order the probe
+            // hands arrivals up: raw frames first.
+            tokio::select! {
+                biased;
+                changed = gate.changed(), if !gone => {
+                    if changed.is_err() {
+                        // The gate's owner is gone: behave as an open gate from now on.
+                        self.gate_gone.store(true, Ordering::Relaxed);
+                    }
+                }
+                () = poll_fn(|cx| self.poll_raw(cx)) => return true,
+                ready = self.inner.readable() => return ready,
+            }
+        }
+    }
+
+    fn try_recv_many(&self, events: &mut Vec<TransportEvent>, max: usize) -> usize {
         if max == 0 {
             return 0;
         }
-        if self.history.is_enabled() {
-            // One at a time while recording: see `try_recv`.
-            return match self.try_recv() {
-                Some(event) => {
-                    events.push(event);
-                    1
-                }
-                None => 0,
-            };
-        }
-        if !*self.gate.borrow() {
+        self.resolve();
+        if !self.gate_open() {
             return 0;
         }
+        if self.history.is_enabled() {
+            // While recording, hand up arrivals up to the first whose fate the probe must
+            // tell: the server has handled it by the time it asks again, which is when the
+            // probe can see what became of it. No lock of the probe's is held while the
+            // event is recorded (which reads the server's counters).
+            let mut n = 0;
+            while n < max && self.unresolved().is_none() {
+                let raw = self.take_raw(&mut self.receiving());
+                match raw {
+                    Some(bytes) => events.push(TransportEvent::Frame(bytes)),
+                    None => {
+                        if self.inner.try_recv_many(events, 1) == 0 {
+                            break;
+                        }
+                    }
+                }
+                if let Some(event) = events.last() {
+                    self.arrived(event);
+                }
+                n += 1;
+            }
+            return n;
+        }
+        let mut receiving = self.receiving();
         let mut n = 0;
         while n < max {
-            let Ok(bytes) = self.raw.try_recv() else {
+            let Some(bytes) = self.take_raw(&mut receiving) else {
                 break;
             };
-            self.raw_pending.fetch_sub(1, Ordering::Relaxed);
             events.push(TransportEvent::Frame(bytes));
             n += 1;
         }
+        drop(receiving);
         n + self.inner.try_recv_many(events, max - n)
     }
 
@@ -395,7 +446,7 @@ impl Transport for Probe {
         self.inner.may_lose_accepted()
     }
 
-    async fn shutdown(&mut self, linger: Duration) {
+    async fn shutdown(&self, linger: Duration) {
         self.resolve();
         self.inner.shutdown(linger).await;
     }

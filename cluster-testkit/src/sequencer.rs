@@ -11,6 +11,7 @@
 //! whole story: one thread, tasks in the order they were woken, a paused clock.
 
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::Duration;
@@ -29,11 +30,13 @@ pub(crate) type OutboxBusy = Arc<OnceLock<Box<dyn Fn() -> bool + Send + Sync>>>;
 /// not keep arrivals out for ever (nor spin while the paused clock waits for idleness).
 const MAX_DEFERRALS: u32 = 64;
 
-/// A transport that hands up arrivals only when its server's outbox is empty.
+/// A transport that reports arrivals ready only when its server's outbox is empty.
 pub(crate) struct OutboxFirst {
     inner: Box<dyn Transport>,
     outbox_busy: OutboxBusy,
-    deferrals: u32,
+    /// Deferrals in a row. Only the receiving task touches it (one at a time, by the
+    /// contract), so an atomic is enough to share the transport.
+    deferrals: AtomicU32,
 }
 
 impl OutboxFirst {
@@ -41,52 +44,46 @@ impl OutboxFirst {
         Self {
             inner,
             outbox_busy,
-            deferrals: 0,
+            deferrals: AtomicU32::new(0),
         }
     }
 }
 
 #[async_trait]
 impl Transport for OutboxFirst {
-    fn send(&mut self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
+    fn send(&self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
         self.inner.send(to, frame)
     }
 
-    async fn recv(&mut self) -> Option<TransportEvent> {
-        let Self {
-            inner,
-            outbox_busy,
-            deferrals,
-        } = self;
-        let mut next = inner.recv();
+    fn send_many(&self, frames: &mut Vec<(Pid, Bytes)>, refused: &mut dyn FnMut(Pid, DropReason)) {
+        self.inner.send_many(frames, refused);
+    }
+
+    async fn writable(&self, to: Pid) {
+        self.inner.writable(to).await;
+    }
+
+    /// The deferral sits here, where the server waits: once this resolves, the server
+    /// takes what arrived with `try_recv_many` at once, in the same turn of its task, so
+    /// nothing the outbox could receive comes in between.
+    async fn readable(&self) -> bool {
+        let mut next = self.inner.readable();
         poll_fn(|cx| {
-            let busy = outbox_busy.get().is_some_and(|busy| busy());
-            if busy && *deferrals < MAX_DEFERRALS {
+            let busy = self.outbox_busy.get().is_some_and(|busy| busy());
+            if busy && self.deferrals.load(Ordering::Relaxed) < MAX_DEFERRALS {
                 // The outbox branch is ready in this same `select!` and wins; if it is not
                 // (a reservation, or tokio's budget ran out), the task is polled again.
-                *deferrals += 1;
+                self.deferrals.fetch_add(1, Ordering::Relaxed);
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            *deferrals = 0;
+            self.deferrals.store(0, Ordering::Relaxed);
             next.as_mut().poll(cx)
         })
         .await
     }
 
-    fn try_recv(&mut self) -> Option<TransportEvent> {
-        self.inner.try_recv()
-    }
-
-    fn send_many(
-        &mut self,
-        frames: &mut Vec<(Pid, Bytes)>,
-        refused: &mut dyn FnMut(Pid, DropReason),
-    ) {
-        self.inner.send_many(frames, refused);
-    }
-
-    fn try_recv_many(&mut self, events: &mut Vec<TransportEvent>, max: usize) -> usize {
+    fn try_recv_many(&self, events: &mut Vec<TransportEvent>, max: usize) -> usize {
         self.inner.try_recv_many(events, max)
     }
 
@@ -98,7 +95,7 @@ impl Transport for OutboxFirst {
         self.inner.may_lose_accepted()
     }
 
-    async fn shutdown(&mut self, linger: Duration) {
+    async fn shutdown(&self, linger: Duration) {
         self.inner.shutdown(linger).await;
     }
 

@@ -292,24 +292,23 @@ struct Tracked {
 }
 
 impl Tracked {
-    fn note(&self, event: &Option<TransportEvent>) {
+    fn note(&self, event: &TransportEvent) {
         match event {
-            Some(TransportEvent::Frame(bytes)) => {
+            TransportEvent::Frame(bytes) => {
                 if let Ok(h) = Header::parse(bytes)
                     && h.destination != Destination::Ack
                 {
                     self.flight.arrived(h.sender, self.pid, h.msg_id);
                 }
             }
-            Some(TransportEvent::Dropped { peer, .. }) => self.flight.given_up(self.pid, *peer),
-            None => {}
+            TransportEvent::Dropped { peer, .. } => self.flight.given_up(self.pid, *peer),
         }
     }
 }
 
 #[async_trait]
 impl Transport for Tracked {
-    fn send(&mut self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
+    fn send(&self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
         let header = Header::parse(&frame)
             .ok()
             .filter(|h| h.destination != Destination::Ack);
@@ -320,16 +319,23 @@ impl Transport for Tracked {
         result
     }
 
-    async fn recv(&mut self) -> Option<TransportEvent> {
-        let event = self.inner.recv().await;
-        self.note(&event);
-        event
+    // `send_many`: the default, frame by frame, so that each accepted frame is counted.
+
+    async fn writable(&self, to: Pid) {
+        self.inner.writable(to).await;
     }
 
-    fn try_recv(&mut self) -> Option<TransportEvent> {
-        let event = self.inner.try_recv();
-        self.note(&event);
-        event
+    async fn readable(&self) -> bool {
+        self.inner.readable().await
+    }
+
+    fn try_recv_many(&self, events: &mut Vec<TransportEvent>, max: usize) -> usize {
+        let start = events.len();
+        let n = self.inner.try_recv_many(events, max);
+        for event in events.iter().skip(start) {
+            self.note(event);
+        }
+        n
     }
 
     fn connected(&self) -> watch::Receiver<PeerSet> {
@@ -340,7 +346,7 @@ impl Transport for Tracked {
         self.inner.may_lose_accepted()
     }
 
-    async fn shutdown(&mut self, linger: Duration) {
+    async fn shutdown(&self, linger: Duration) {
         self.inner.shutdown(linger).await;
     }
 }
@@ -360,27 +366,45 @@ impl Killable {
 
 #[async_trait]
 impl Transport for Killable {
-    fn send(&mut self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
+    fn send(&self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
         if self.dead() {
             return Err(DropReason::Unreachable);
         }
         self.inner.send(to, frame)
     }
 
-    async fn recv(&mut self) -> Option<TransportEvent> {
+    fn send_many(&self, frames: &mut Vec<(Pid, Bytes)>, refused: &mut dyn FnMut(Pid, DropReason)) {
         if self.dead() {
-            return None;
+            for (to, _) in frames.drain(..) {
+                refused(to, DropReason::Unreachable);
+            }
+            return;
         }
-        let event = self.inner.recv().await;
-        // Killed while waiting: what arrived dies with the process.
-        if self.dead() { None } else { event }
+        self.inner.send_many(frames, refused);
     }
 
-    fn try_recv(&mut self) -> Option<TransportEvent> {
+    async fn writable(&self, to: Pid) {
         if self.dead() {
-            return None;
+            // The next send is refused at once: nothing to wait for.
+            return;
         }
-        self.inner.try_recv()
+        self.inner.writable(to).await;
+    }
+
+    async fn readable(&self) -> bool {
+        if self.dead() {
+            return false;
+        }
+        let ready = self.inner.readable().await;
+        // Killed while waiting: what arrived dies with the process.
+        ready && !self.dead()
+    }
+
+    fn try_recv_many(&self, events: &mut Vec<TransportEvent>, max: usize) -> usize {
+        if self.dead() {
+            return 0;
+        }
+        self.inner.try_recv_many(events, max)
     }
 
     fn connected(&self) -> watch::Receiver<PeerSet> {
@@ -391,7 +415,7 @@ impl Transport for Killable {
         self.inner.may_lose_accepted()
     }
 
-    async fn shutdown(&mut self, linger: Duration) {
+    async fn shutdown(&self, linger: Duration) {
         let linger = if self.dead() { Duration::ZERO } else { linger };
         self.inner.shutdown(linger).await;
     }
@@ -493,7 +517,16 @@ impl ZmqMutant {
 struct Faulty {
     inner: Box<dyn Transport>,
     mutant: ZmqMutant,
+    /// Only read here; `readable` waits on a clone of its own.
     connected: watch::Receiver<PeerSet>,
+    /// Held while a frame goes to the inner transport, so that what was held back and what
+    /// is sent now keep their order when several tasks send.
+    state: Mutex<FaultyState>,
+}
+
+/// What a [`Faulty`] keeps between calls.
+#[derive(Default)]
+struct FaultyState {
     /// Frames kept back, per peer: for a peer that is down (`DeliverLate`), or the first
     /// of a pair (`Reorder`).
     held: BTreeMap<Pid, VecDeque<Bytes>>,
@@ -508,30 +541,34 @@ impl Faulty {
             inner,
             mutant,
             connected,
-            held: BTreeMap::new(),
-            frames: BTreeMap::new(),
+            state: Mutex::new(FaultyState::default()),
         }
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, FaultyState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// `DeliverLate`: sends what was kept for peers that are connected again.
-    fn send_held(&mut self) {
+    fn send_held(&self, state: &mut FaultyState) {
         let back: Vec<Pid> = {
             let set = self.connected.borrow();
-            self.held
+            state
+                .held
                 .keys()
                 .copied()
                 .filter(|p| set.contains(p))
                 .collect()
         };
         for peer in back {
-            let Some(mut queue) = self.held.remove(&peer) else {
+            let Some(mut queue) = state.held.remove(&peer) else {
                 continue;
             };
             while let Some(frame) = queue.pop_front() {
                 if self.inner.send(peer, frame.clone()).is_err() {
                     // Still not reachable: keep the rest for later.
                     queue.push_front(frame);
-                    self.held.insert(peer, queue);
+                    state.held.insert(peer, queue);
                     break;
                 }
             }
@@ -539,26 +576,27 @@ impl Faulty {
     }
 
     fn waits_for_a_peer(&self) -> bool {
-        self.mutant == ZmqMutant::DeliverLate && !self.held.is_empty()
+        self.mutant == ZmqMutant::DeliverLate && !self.state().held.is_empty()
     }
 }
 
 #[async_trait]
 impl Transport for Faulty {
-    fn send(&mut self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
+    fn send(&self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
+        let mut state = self.state();
         match self.mutant {
             ZmqMutant::DeliverLate => {
-                self.send_held();
+                self.send_held(&mut state);
                 match self.inner.send(to, frame.clone()) {
                     Err(DropReason::Unreachable) => {
-                        self.held.entry(to).or_default().push_back(frame);
+                        state.held.entry(to).or_default().push_back(frame);
                         Ok(())
                     }
                     other => other,
                 }
             }
             ZmqMutant::LoseSilently => {
-                let n = self.frames.entry(to).or_default();
+                let n = state.frames.entry(to).or_default();
                 *n += 1;
                 if n.is_multiple_of(4) {
                     Ok(())
@@ -566,9 +604,9 @@ impl Transport for Faulty {
                     self.inner.send(to, frame)
                 }
             }
-            ZmqMutant::Reorder => match self.held.get_mut(&to).and_then(VecDeque::pop_front) {
+            ZmqMutant::Reorder => match state.held.get_mut(&to).and_then(VecDeque::pop_front) {
                 None => {
-                    self.held.entry(to).or_default().push_back(frame);
+                    state.held.entry(to).or_default().push_back(frame);
                     Ok(())
                 }
                 Some(first) => {
@@ -585,26 +623,38 @@ impl Transport for Faulty {
         }
     }
 
-    async fn recv(&mut self) -> Option<TransportEvent> {
-        while self.waits_for_a_peer() {
-            // Cancel-safe: both futures are (the inner transport's by its contract).
-            let changed = tokio::select! {
-                event = self.inner.recv() => return event,
-                changed = self.connected.changed() => changed,
-            };
-            if changed.is_err() {
-                break;
-            }
-            self.send_held();
-        }
-        self.inner.recv().await
+    async fn writable(&self, to: Pid) {
+        self.inner.writable(to).await;
     }
 
-    fn try_recv(&mut self) -> Option<TransportEvent> {
+    async fn readable(&self) -> bool {
         if self.waits_for_a_peer() {
-            self.send_held();
+            // A receiver of this call's own: it has seen the set as it is now, and what
+            // the set already holds is handled at once (a peer may have come back since
+            // the last send).
+            let mut connected = self.connected.clone();
+            connected.borrow_and_update();
+            self.send_held(&mut self.state());
+            while self.waits_for_a_peer() {
+                // Cancel-safe: both futures are (the inner transport's by its contract).
+                let changed = tokio::select! {
+                    ready = self.inner.readable() => return ready,
+                    changed = connected.changed() => changed,
+                };
+                if changed.is_err() {
+                    break;
+                }
+                self.send_held(&mut self.state());
+            }
         }
-        self.inner.try_recv()
+        self.inner.readable().await
+    }
+
+    fn try_recv_many(&self, events: &mut Vec<TransportEvent>, max: usize) -> usize {
+        if self.waits_for_a_peer() {
+            self.send_held(&mut self.state());
+        }
+        self.inner.try_recv_many(events, max)
     }
 
     fn connected(&self) -> watch::Receiver<PeerSet> {
@@ -615,7 +665,7 @@ impl Transport for Faulty {
         self.inner.may_lose_accepted()
     }
 
-    async fn shutdown(&mut self, linger: Duration) {
+    async fn shutdown(&self, linger: Duration) {
         self.inner.shutdown(linger).await;
     }
 }
