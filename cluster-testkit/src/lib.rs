@@ -86,7 +86,6 @@ pub mod oracle;
 mod probe;
 mod scenario;
 mod seed;
-mod sequencer;
 mod sim;
 mod under_test;
 #[cfg(feature = "zmq")]

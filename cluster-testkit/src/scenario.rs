@@ -490,10 +490,7 @@ async fn apply(sim: &mut SimCluster<Vec<u8>>, caps: Capabilities, op: &Op) -> Re
             sim.send(*from, *to, payload.clone()).await?;
         }
         Op::Enqueue { from, to, payload } if sim.is_up(*from) => {
-            match sim.enqueue(*from, *to, payload.clone()) {
-                Ok(_) | Err(SimError::OutboxFull(_)) => {}
-                Err(e) => return Err(e),
-            }
+            sim.enqueue(*from, *to, payload.clone())?;
         }
         Op::Crash(p) if caps.crash_restart => sim.crash(*p).await?,
         Op::Restart(p) if caps.crash_restart => {

@@ -23,7 +23,6 @@ use crate::node::{Failures, NodeContext, NodeFailure, NodeLogic, panic_message};
 use crate::probe::{Gate, Probe, ProbeShared};
 use crate::scenario::HostileBytes;
 use crate::seed::{SeedGuard, replay_hint, seed_or_random};
-use crate::sequencer::{OutboxBusy, OutboxFirst};
 use crate::under_test::{Capabilities, ClusterUnderTest, MemCluster, Timing, window_of};
 
 /// Why a simulation step failed.
@@ -56,9 +55,6 @@ pub enum SimError {
     /// The node's outbox is closed (its server stopped).
     #[error("the outbox of node {0} is closed")]
     OutboxClosed(Pid),
-    /// The node's outbox is full (see [`SimCluster::enqueue`]).
-    #[error("the outbox of node {0} is full")]
-    OutboxFull(Pid),
     /// The summary function given to [`SimBuilder::summary`] takes another message type.
     #[error("the summary function takes {summarizes}, but the cluster carries {carries}")]
     SummaryType {
@@ -296,8 +292,6 @@ pub struct SimCluster<M> {
     failure_taken: bool,
     names: Arc<Names>,
     summary: Option<TypedSummary<M>>,
-    /// Whether the servers' tasks run on this thread (then `OutboxFirst` orders their work).
-    current_thread: bool,
     _guard: SeedGuard,
 }
 
@@ -372,8 +366,6 @@ impl<M: Message> SimCluster<M> {
             failure_taken: false,
             names: Arc::new(Names::default()),
             summary,
-            current_thread: tokio::runtime::Handle::try_current()
-                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread),
             _guard: SeedGuard { seed },
         };
         let mut started = Vec::new();
@@ -439,9 +431,8 @@ impl<M: Message> SimCluster<M> {
 
     /// Starts `pid`'s server over `started` (the caller records the `Start` event).
     ///
-    /// Between the server and the backend's transport: [`OutboxFirst`] (one order of work,
-    /// on a current-thread runtime), the recording [`Probe`], and, when recording, the
-    /// [`Namer`] (names for the frames).
+    /// Between the server and the backend's transport: the recording [`Probe`], and, when
+    /// recording, the [`Namer`] (names for the frames).
     fn launch(
         &mut self,
         pid: Pid,
@@ -474,22 +465,7 @@ impl<M: Message> SimCluster<M> {
         );
         let builder = Server::<M>::builder(pid, self.config.clone()).incarnation(incarnation);
         let builder = self.backend.server_builder(pid, builder);
-        let server: Server<M> = if self.current_thread {
-            let outbox_busy: OutboxBusy = Arc::new(OnceLock::new());
-            let first = OutboxFirst::new(Box::new(probe), Arc::clone(&outbox_busy));
-            let server = builder.build(first)?;
-            // Weak: the server stops when its users drop their outboxes; this must not keep
-            // it open.
-            let outbox = server.outbox().downgrade();
-            let _ = outbox_busy.set(Box::new(move || {
-                outbox
-                    .upgrade()
-                    .is_none_or(|o| o.capacity() < o.max_capacity())
-            }));
-            server
-        } else {
-            builder.build(probe)?
-        };
+        let server: Server<M> = builder.build(probe)?;
         let monitor = server.monitor();
         let _ = slot.set(monitor.clone());
         let node = self.nodes.entry(pid).or_insert_with(|| Node {
@@ -594,48 +570,40 @@ impl<M: Message> SimCluster<M> {
     }
 
     /// Sends `msg` from `from` to `to` (a pid, `from` itself, or `BROADCAST`) with a fresh
-    /// message id, and waits until `from`'s server has routed it.
+    /// message id, as [`Outbox::send`](cluster_core::Outbox::send) does: routed at once, and
+    /// waiting for room (up to `send_timeout`, in the simulation's time) when its only
+    /// destination is a connected peer whose queue is full.
     pub async fn send(&mut self, from: Pid, to: Pid, msg: M) -> Result<MsgId, SimError> {
-        // Wait for room in the outbox first (the server drains it without waiting on peers).
-        let outbox = self
-            .nodes
-            .get(&from)
-            .ok_or(SimError::UnknownPid(from))?
-            .server
-            .as_ref()
-            .ok_or(SimError::NoServer(from))?
-            .outbox();
-        drop(
-            outbox
-                .reserve()
-                .await
-                .map_err(|_| SimError::OutboxClosed(from))?,
-        );
-        let (msg_id, outbox) = self.put(from, to, msg)?;
-        // Routing happens in the server's task in the same poll that takes the envelope, so
-        // an empty outbox means routed: faults applied after this see a routed message.
-        let mut rounds = 0;
-        while outbox.capacity() < outbox.max_capacity() && rounds < SETTLE_ROUNDS {
-            tokio::task::yield_now().await;
-            rounds += 1;
-        }
+        let (env, outbox) = self.put(from, to, msg)?;
+        let msg_id = env.msg_id;
+        outbox
+            .send(env)
+            .await
+            .map_err(|_| SimError::OutboxClosed(from))?;
         Ok(msg_id)
     }
 
-    /// Puts `msg` into `from`'s outbox and returns at once, without waiting for the server
-    /// to route it: whatever the harness does next (a crash, a partition) may come first.
-    /// Fails with [`SimError::OutboxFull`] if the outbox is full.
+    /// Sends `msg` like [`SimCluster::send`] but never waits, as
+    /// [`Outbox::try_send`](cluster_core::Outbox::try_send) does: a full queue to the
+    /// destination is a counted `backpressure` drop.
     pub fn enqueue(&mut self, from: Pid, to: Pid, msg: M) -> Result<MsgId, SimError> {
-        self.put(from, to, msg).map(|(msg_id, _)| msg_id)
+        let (env, outbox) = self.put(from, to, msg)?;
+        let msg_id = env.msg_id;
+        outbox
+            .try_send(env)
+            .map_err(|_| SimError::OutboxClosed(from))?;
+        Ok(msg_id)
     }
 
-    /// Records the send and hands the envelope to the outbox without waiting.
+    /// Records the send (before anything routes it, so that the history has the send
+    /// before what became of it) and gives the envelope and the outbox to send it from.
+    #[allow(clippy::type_complexity)]
     fn put(
         &mut self,
         from: Pid,
         to: Pid,
         msg: M,
-    ) -> Result<(MsgId, tokio::sync::mpsc::Sender<Envelope<M>>), SimError> {
+    ) -> Result<(Envelope<M>, cluster_core::Outbox<M>), SimError> {
         self.drain_inboxes();
         let history = self.history.clone();
         let node = self
@@ -643,31 +611,25 @@ impl<M: Message> SimCluster<M> {
             .get_mut(&from)
             .ok_or(SimError::UnknownPid(from))?;
         let server = node.server.as_ref().ok_or(SimError::NoServer(from))?;
-        let msg_id = server.next_msg_id();
-        let payload = history.is_enabled().then(|| payload_json(&msg));
-        let tag = Self::msg_tag(self.summary.as_ref(), &msg);
         let outbox = server.outbox();
-        outbox
-            .try_send(Envelope::new(to, msg_id, msg))
-            .map_err(|e| match e {
-                tokio::sync::mpsc::error::TrySendError::Full(_) => SimError::OutboxFull(from),
-                tokio::sync::mpsc::error::TrySendError::Closed(_) => SimError::OutboxClosed(from),
-            })?;
-        // Recorded after the hand-over but before anything can route it: nothing runs
-        // until the harness yields.
-        if let Some(payload) = payload {
+        if outbox.is_closed() {
+            return Err(SimError::OutboxClosed(from));
+        }
+        let msg_id = server.next_msg_id();
+        if history.is_enabled() {
+            let tag = Self::msg_tag(self.summary.as_ref(), &msg);
             history.push_tagged(
                 Event::Send {
                     from,
                     incarnation: node.incarnation,
                     to,
                     msg_id,
-                    payload,
+                    payload: payload_json(&msg),
                 },
                 tag,
             );
         }
-        Ok((msg_id, outbox))
+        Ok((Envelope::new(to, msg_id, msg), outbox))
     }
 
     /// Pushes raw bytes into `to`'s transport, as if they had arrived on its port.
@@ -884,12 +846,6 @@ impl<M: Message> SimCluster<M> {
     /// parts always; the servers' counters (a snapshot per node) only when the harness does
     /// not see everything itself (node logic owns servers, or a real network).
     fn progress(&self) -> Progress {
-        let outboxes_empty = self.nodes.values().all(|n| {
-            n.server.as_ref().is_none_or(|s| {
-                let o = s.outbox();
-                o.capacity() == o.max_capacity()
-            })
-        });
         let mut counters = (0, 0);
         if self.spawner.is_some() || self.caps.timing != Timing::Exact {
             let monitors = self
@@ -907,7 +863,6 @@ impl<M: Message> SimCluster<M> {
             in_flight: self.backend.in_flight().unwrap_or(0),
             raw_pending: self.probes.raw_pending.load(Ordering::Relaxed),
             drained: self.drained,
-            outboxes_empty,
             counters,
             discarded: self.backend.discarded().total(),
         }
@@ -940,7 +895,7 @@ impl<M: Message> SimCluster<M> {
             tokio::task::yield_now().await;
             self.drain_inboxes();
             let now = self.progress();
-            let idle = now.outboxes_empty && now.in_flight == 0 && now.raw_pending == 0;
+            let idle = now.in_flight == 0 && now.raw_pending == 0;
             if idle && last == Some(now) {
                 still += 1;
                 if still >= 3 {
@@ -968,11 +923,10 @@ impl<M: Message> SimCluster<M> {
             if now != last {
                 last = now;
                 still_since = tokio::time::Instant::now();
-            } else if now.outboxes_empty
+            } else if now.in_flight == 0
                 // Nothing the backend accepted is still on its way (a real transport that
                 // counts it, e.g. `ZmqCluster`): settled on that condition, not on a
                 // quiet time alone, which a loaded machine can outlast.
-                && now.in_flight == 0
                 && still_since.elapsed() >= quiet
             {
                 return true;
@@ -1111,7 +1065,6 @@ struct Progress {
     in_flight: usize,
     raw_pending: usize,
     drained: u64,
-    outboxes_empty: bool,
     /// (sent, delivered + dropped) over every incarnation, when watched.
     counters: (u64, u64),
     discarded: u64,
