@@ -171,27 +171,23 @@ impl ZmqTransport {
 
 #[async_trait]
 impl Transport for ZmqTransport {
-    fn send(&mut self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
+    fn send(&self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
         each_backend!(self, t => t.send(to, frame))
     }
 
-    async fn recv(&mut self) -> Option<TransportEvent> {
-        each_backend!(self, t => t.recv().await)
-    }
-
-    fn try_recv(&mut self) -> Option<TransportEvent> {
-        each_backend!(self, t => t.try_recv())
-    }
-
-    fn send_many(
-        &mut self,
-        frames: &mut Vec<(Pid, Bytes)>,
-        refused: &mut dyn FnMut(Pid, DropReason),
-    ) {
+    fn send_many(&self, frames: &mut Vec<(Pid, Bytes)>, refused: &mut dyn FnMut(Pid, DropReason)) {
         each_backend!(self, t => t.send_many(frames, refused))
     }
 
-    fn try_recv_many(&mut self, events: &mut Vec<TransportEvent>, max: usize) -> usize {
+    async fn writable(&self, to: Pid) {
+        each_backend!(self, t => t.writable(to).await)
+    }
+
+    async fn readable(&self) -> bool {
+        each_backend!(self, t => t.readable().await)
+    }
+
+    fn try_recv_many(&self, events: &mut Vec<TransportEvent>, max: usize) -> usize {
         each_backend!(self, t => t.try_recv_many(events, max))
     }
 
@@ -199,7 +195,7 @@ impl Transport for ZmqTransport {
         each_backend!(self, t => t.connected())
     }
 
-    async fn shutdown(&mut self, linger: Duration) {
+    async fn shutdown(&self, linger: Duration) {
         each_backend!(self, t => t.shutdown(linger).await)
     }
 

@@ -61,17 +61,19 @@
 //!   (raw TCP, a client gone silent) is closed by libzmq and counted
 //!   ([`LinkStats::rejected_connections`]).
 //!
-//! libzmq sockets are not thread-safe, so each has one owner. The PUSH and PULL sockets
-//! belong to the transport itself, which lives in the server's task: sends are
-//! non-blocking calls into libzmq's lock-free pipes, and the PULL socket's `ZMQ_FD` is
-//! registered with the tokio reactor, so an arriving frame wakes the server's task directly
-//! (no thread, no channel in between; `recv` is cancel-safe because a frame is only taken
-//! from the socket in the same poll that returns it). The monitor sockets belong to a monitor
+//! libzmq sockets are not thread-safe, so each is used by one thread at a time. The PUSH
+//! and PULL sockets belong to the transport itself, which every sending task shares: each
+//! socket is behind its own lock, held only for non-blocking calls (uncontended in practice:
+//! sends are non-blocking calls into libzmq's lock-free pipes). The PULL socket's `ZMQ_FD`
+//! is registered with the tokio reactor, so an arriving frame wakes the server's task
+//! directly (no thread, no channel in between; `readable` is cancel-safe because it only
+//! looks at `ZMQ_EVENTS`, and `try_recv_many` takes frames without waiting). The monitor
+//! sockets belong to a monitor
 //! thread that sleeps in `zmq_poll` (no busy loop; an idle node uses ~0% CPU) and stops on a
 //! message on an inproc PAIR. `shutdown` stops that thread, closes every socket (PUSH
 //! sockets linger at most the given linger) and terminates the context, which frees the port
-//! before it returns. The transport yields to the runtime every 64 frames it hands over, so
-//! that a flood of frames cannot starve the task reading the inbox on the same thread.
+//! before it returns. (That a flood of frames cannot starve the task reading the inbox on
+//! the same thread is the server's concern: it spends tokio's budget after each batch.)
 //! The libzmq backend is Unix-only (it registers `ZMQ_FD` with the reactor).
 //!
 //! **Both** — a connection guard (a thread per transport, Linux only: it uses
@@ -181,7 +183,6 @@ compile_error!("cluster-zmq needs a backend: enable the feature `libzmq` or `zer
 
 mod backend;
 mod endpoints;
-mod fairness;
 mod guard;
 #[cfg(feature = "libzmq")]
 mod libzmq;

@@ -1,7 +1,7 @@
 //! The `libzmq` backend: the `zmq` crate over the bundled libzmq.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -18,7 +18,6 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use crate::endpoints::Endpoints;
-use crate::fairness::Fairness;
 use crate::link_stats::{Counters, LinkStats};
 use crate::liveness::Liveness;
 
@@ -33,17 +32,17 @@ const RECONNECT_IVL_MAX: Duration = Duration::from_millis(1000);
 /// per peer (see the crate docs for why, and for the socket options).
 pub struct LibzmqTransport {
     pid: Pid,
-    /// One PUSH per peer, in the order of `liveness`.
-    outs: Vec<zmq::Socket>,
-    /// The `ZMQ_FD` of `pull`, registered with the tokio reactor, so that a frame wakes the
-    /// server's task with no thread in between. Declared before `pull`: deregistered first.
-    pull_ready: Option<AsyncFd<ZmqFd>>,
-    /// The PULL socket, read by the server's task directly.
-    pull: Option<zmq::Socket>,
-    fairness: Fairness,
+    /// One PUSH per peer, in the order of `liveness`, each behind its own lock (libzmq
+    /// sockets are not thread-safe; the transport is shared by every sending task). `None`
+    /// once `shutdown` or `Drop` took it to close it.
+    outs: Vec<Mutex<Option<zmq::Socket>>>,
+    /// The PULL socket and its readiness, read by the server's task directly. Shared
+    /// (`Arc`) so that `readable` can await the readiness without holding this lock;
+    /// `None` once `shutdown` or `Drop` took it.
+    pull: Mutex<Option<Arc<PullSide>>>,
     liveness: Arc<Liveness>,
     stats: LinkStats,
-    teardown: Option<Teardown>,
+    teardown: Mutex<Option<Teardown>>,
     /// Caps the inbound connections (see `guard`); stops when dropped.
     _guard: Option<crate::guard::Guard>,
 }
@@ -54,6 +53,37 @@ impl std::fmt::Debug for LibzmqTransport {
             .field("pid", &self.pid)
             .finish_non_exhaustive()
     }
+}
+
+/// The inbound side: the PULL socket and its notification descriptor.
+struct PullSide {
+    /// The `ZMQ_FD` of `socket`, registered with the tokio reactor, so that a frame wakes
+    /// the server's task with no thread in between. Declared before `socket`: deregistered
+    /// first when the last holder drops this.
+    ready: AsyncFd<ZmqFd>,
+    socket: Mutex<zmq::Socket>,
+}
+
+impl PullSide {
+    fn socket(&self) -> MutexGuard<'_, zmq::Socket> {
+        // A panic while holding this lock cannot leave the socket inconsistent: every call
+        // into libzmq under it is a single non-blocking operation.
+        self.socket.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a message can be taken now. `Err` once the socket failed for good (its
+    /// context is terminating).
+    fn has_message(&self) -> zmq::Result<bool> {
+        self.socket()
+            .get_events()
+            .map(|events| events.contains(zmq::POLLIN))
+    }
+}
+
+/// Locks one of the transport's slots; a panic while holding it leaves nothing half-done
+/// (each critical section is one non-blocking libzmq call or a `take`).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What must be released, in order, when the transport stops: the socket-owning threads are
@@ -75,7 +105,10 @@ impl Teardown {
 
     /// Blocking: joins the threads, closes `pull` and `outs` (each PUSH lingers at most its
     /// `ZMQ_LINGER`) and terminates the context, which frees the port.
-    fn finish(self, pull: Option<zmq::Socket>, outs: Vec<zmq::Socket>) {
+    /// If a concurrent `readable` still holds the PULL side, the socket closes when that
+    /// call ends: terminating the context wakes it (`ZMQ_FD` is signalled, `ZMQ_EVENTS`
+    /// fails with `ETERM`), and it returns `false`.
+    fn finish(self, pull: Option<Arc<PullSide>>, outs: Vec<zmq::Socket>) {
         for t in self.threads {
             if t.join().is_err() {
                 tracing::error!("a libzmq socket thread panicked");
@@ -195,7 +228,7 @@ impl LibzmqTransport {
                 .map_err(|e| zmq_err("push monitor", e))?;
             push.connect(endpoint)
                 .map_err(|e| zmq_err(&format!("connect to {endpoint}"), e))?;
-            outs.push(push);
+            outs.push(Mutex::new(Some(push)));
             monitors.push(monitor);
         }
         let in_events = zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL.to_raw()
@@ -209,7 +242,7 @@ impl LibzmqTransport {
             .map_err(|e| zmq_err("pull socket descriptor", e))?;
         // `AsyncFd::register` is the non-deprecated spelling, but it is `unsafe` and this
         // workspace forbids unsafe code. What it asks is upheld: the descriptor belongs to
-        // `pull`, which is only closed after `pull_ready` is dropped or taken apart.
+        // `pull`, which `PullSide` closes only after it dropped `ready`.
         #[allow(deprecated)]
         let pull_ready = AsyncFd::with_interest(ZmqFd(fd), Interest::READABLE)
             .map_err(|e| TransportError::Other(format!("registering the pull socket: {e}")))?;
@@ -250,16 +283,17 @@ impl LibzmqTransport {
             pid,
             _guard: guard,
             outs,
-            pull_ready: Some(pull_ready),
-            pull: Some(pull),
-            fairness: Fairness::default(),
+            pull: Mutex::new(Some(Arc::new(PullSide {
+                ready: pull_ready,
+                socket: Mutex::new(pull),
+            }))),
             liveness,
             stats,
-            teardown: Some(Teardown {
+            teardown: Mutex::new(Some(Teardown {
                 stops,
                 threads,
                 ctx,
-            }),
+            })),
         })
     }
 
@@ -267,7 +301,35 @@ impl LibzmqTransport {
     pub fn link_stats(&self) -> LinkStats {
         self.stats.clone()
     }
+
+    /// The PULL side, unless the transport was shut down.
+    fn pull_side(&self) -> Option<Arc<PullSide>> {
+        lock(&self.pull).clone()
+    }
+
+    /// Takes every socket out of the transport (later calls find none) and the teardown,
+    /// if it was not taken yet, with the PUSH sockets' linger set to `linger` if given.
+    fn take_apart(
+        &self,
+        linger: Option<Duration>,
+    ) -> Option<(Teardown, Option<Arc<PullSide>>, Vec<zmq::Socket>)> {
+        let pull = lock(&self.pull).take();
+        let teardown = lock(&self.teardown).take()?;
+        teardown.signal();
+        let outs: Vec<zmq::Socket> = self.outs.iter().filter_map(|o| lock(o).take()).collect();
+        if let Some(linger) = linger {
+            for push in &outs {
+                let _ = push.set_linger(millis_i32(linger));
+            }
+        }
+        Some((teardown, pull, outs))
+    }
 }
+
+/// Rounds of `yield_now` that [`LibzmqTransport::writable`] spends looking for room before
+/// it sleeps: room usually comes back within microseconds (the peer's I/O thread reads the
+/// pipe below its low-water mark), and a millisecond of sleep would idle a fast link.
+const WRITABLE_SPINS: u32 = 8;
 
 /// The notification descriptor of a libzmq socket (owned by the socket, not by this).
 struct ZmqFd(RawFd);
@@ -363,10 +425,15 @@ impl Watcher {
 
 #[async_trait]
 impl Transport for LibzmqTransport {
-    fn send(&mut self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
+    fn send(&self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
         let index = self.liveness.check(to)?;
-        let Some(push) = self.outs.get(index) else {
+        let Some(slot) = self.outs.get(index) else {
             return Err(DropReason::UnknownPeer);
+        };
+        let push = lock(slot);
+        // Taken by shutdown: the transport is closing, nothing reaches the peer anymore.
+        let Some(push) = push.as_ref() else {
+            return Err(DropReason::Unreachable);
         };
         match push.send(&frame[..], zmq::DONTWAIT) {
             Ok(()) => Ok(()),
@@ -393,51 +460,85 @@ impl Transport for LibzmqTransport {
         }
     }
 
-    async fn recv(&mut self) -> Option<TransportEvent> {
-        self.fairness.pause_if_due().await;
-        loop {
-            if let Ok(msg) = self.pull.as_ref()?.recv_msg(zmq::DONTWAIT) {
-                self.fairness.took();
-                return Some(frame_event(&msg));
+    /// Looks for room with `ZMQ_EVENTS` (which also makes libzmq process the I/O thread's
+    /// "room again" command, see `send`) for a few rounds of `yield_now`, then sleeps a
+    /// millisecond (spurious wake-ups are allowed). libzmq can signal room through the PUSH
+    /// socket's `ZMQ_FD`, but registering every PUSH with the reactor is not worth it for a
+    /// path taken only under backpressure.
+    async fn writable(&self, to: Pid) {
+        let Some(index) = self.liveness.index(to) else {
+            return;
+        };
+        let Some(slot) = self.outs.get(index) else {
+            return;
+        };
+        for _ in 0..WRITABLE_SPINS {
+            if !self.liveness.is_up(index) {
+                return;
             }
-            // ZMQ_FD is edge-triggered and only says "look at ZMQ_EVENTS": check them after
-            // every wake-up, and forget the readiness only when there is nothing to read.
-            let mut ready = self.pull_ready.as_ref()?.readable().await.ok()?;
-            match self.pull.as_ref()?.get_events() {
-                Ok(events) if events.contains(zmq::POLLIN) => ready.retain_ready(),
-                Ok(_) => ready.clear_ready(),
-                Err(e) => {
-                    tracing::error!(pid = self.pid, "libzmq pull socket failed: {e}");
-                    return None;
+            let room = match lock(slot).as_ref() {
+                Some(push) => push.get_events().map_or(true, |e| e.contains(zmq::POLLOUT)),
+                None => true,
+            };
+            if room {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+
+    async fn readable(&self) -> bool {
+        let Some(pull) = self.pull_side() else {
+            return false;
+        };
+        loop {
+            // ZMQ_FD is edge-triggered and only says "look at ZMQ_EVENTS": check them before
+            // every wait (a frame may have arrived since the last edge was consumed), and
+            // after every wake-up, forgetting the readiness only when there is nothing to read.
+            match pull.has_message() {
+                Ok(true) => return true,
+                Ok(false) => {}
+                Err(e) => return self.pull_failed(&e),
+            }
+            let Ok(mut ready) = pull.ready.readable().await else {
+                return false;
+            };
+            match pull.has_message() {
+                Ok(true) => {
+                    ready.retain_ready();
+                    return true;
                 }
+                Ok(false) => ready.clear_ready(),
+                Err(e) => return self.pull_failed(&e),
             }
         }
     }
 
-    fn try_recv(&mut self) -> Option<TransportEvent> {
-        if !self.fairness.may_take() {
-            return None;
+    fn try_recv_many(&self, events: &mut Vec<TransportEvent>, max: usize) -> usize {
+        let Some(pull) = self.pull_side() else {
+            return 0;
+        };
+        let socket = pull.socket();
+        let mut n = 0;
+        while n < max {
+            let Ok(msg) = socket.recv_msg(zmq::DONTWAIT) else {
+                break;
+            };
+            events.push(frame_event(&msg));
+            n += 1;
         }
-        let msg = self.pull.as_ref()?.recv_msg(zmq::DONTWAIT).ok()?;
-        self.fairness.took();
-        Some(frame_event(&msg))
+        n
     }
 
     fn connected(&self) -> watch::Receiver<PeerSet> {
         self.liveness.subscribe()
     }
 
-    async fn shutdown(&mut self, linger: Duration) {
-        self.pull_ready.take();
-        let pull = self.pull.take();
-        let Some(teardown) = self.teardown.take() else {
+    async fn shutdown(&self, linger: Duration) {
+        let Some((teardown, pull, outs)) = self.take_apart(Some(linger)) else {
             return;
         };
-        teardown.signal();
-        let outs = std::mem::take(&mut self.outs);
-        for push in &outs {
-            let _ = push.set_linger(millis_i32(linger));
-        }
         let liveness = Arc::clone(&self.liveness);
         if let Err(e) = tokio::task::spawn_blocking(move || teardown.finish(pull, outs)).await {
             tracing::error!(pid = self.pid, "libzmq teardown failed: {e}");
@@ -450,11 +551,7 @@ impl Drop for LibzmqTransport {
     fn drop(&mut self) {
         // Dropped without shutdown (e.g. its runtime went away): stop the threads and release
         // everything on a helper thread, so that dropping never blocks for the linger.
-        self.pull_ready.take();
-        let pull = self.pull.take();
-        if let Some(teardown) = self.teardown.take() {
-            teardown.signal();
-            let outs = std::mem::take(&mut self.outs);
+        if let Some((teardown, pull, outs)) = self.take_apart(None) {
             let spawned = std::thread::Builder::new()
                 .name("zmq-teardown".into())
                 .spawn(move || teardown.finish(pull, outs));
@@ -462,6 +559,17 @@ impl Drop for LibzmqTransport {
                 tracing::error!("cannot spawn the libzmq teardown thread: {e}");
             }
         }
+    }
+}
+
+impl LibzmqTransport {
+    /// The PULL socket failed (its context is terminating: the transport was shut down
+    /// meanwhile): nothing more will arrive.
+    fn pull_failed(&self, e: &zmq::Error) -> bool {
+        if *e != zmq::Error::ETERM {
+            tracing::error!(pid = self.pid, "libzmq pull socket failed: {e}");
+        }
+        false
     }
 }
 

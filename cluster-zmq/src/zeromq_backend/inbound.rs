@@ -1,11 +1,11 @@
 //! The inbound bridge from the socket-owning task to the server's task.
 
 use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+use std::task::Poll;
 
 use cluster_core::TransportEvent;
 use tokio::sync::mpsc;
-
-use crate::fairness::Fairness;
 
 /// Frames handed from a socket owner to the server's task per channel message.
 pub(crate) const BATCH: usize = 256;
@@ -14,12 +14,17 @@ pub(crate) const BATCH: usize = 256;
 const INBOUND_BATCHES: usize = 16;
 
 /// The server's end of the inbound bridge: batches of events from the socket owner,
-/// handed out one at a time. Cancel-safe: a batch taken from the channel is kept in
-/// `pending` until every event of it was returned.
+/// handed out as the server takes them. Shared (`&self`) like the transport that holds
+/// it; the lock is only held for non-blocking steps, never across an await.
 pub(crate) struct Inbound {
+    state: Mutex<State>,
+}
+
+struct State {
     rx: mpsc::Receiver<Vec<TransportEvent>>,
+    /// Events of batches taken from the channel and not handed out yet: `readable` moves
+    /// a batch here without handing anything out, which keeps it cancel-safe.
     pending: VecDeque<TransportEvent>,
-    fairness: Fairness,
 }
 
 impl Inbound {
@@ -28,42 +33,65 @@ impl Inbound {
         (
             tx,
             Self {
-                rx,
-                pending: VecDeque::new(),
-                fairness: Fairness::default(),
+                state: Mutex::new(State {
+                    rx,
+                    pending: VecDeque::new(),
+                }),
             },
         )
     }
 
-    pub(crate) async fn recv(&mut self) -> Option<TransportEvent> {
-        self.fairness.pause_if_due().await;
-        loop {
-            if let Some(event) = self.pending.pop_front() {
-                self.fairness.took();
-                return Some(event);
-            }
-            let batch = self.rx.recv().await?;
-            self.pending.extend(batch);
-        }
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the state inconsistent: every
+        // critical section is one non-blocking step on the channel or the queue.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The next event if one is ready now.
-    pub(crate) fn try_recv(&mut self) -> Option<TransportEvent> {
-        if !self.fairness.may_take() {
-            return None;
+    /// Resolves `true` once an event is ready for [`Inbound::try_recv_many`], `false` once
+    /// the channel is closed and drained. Takes nothing from the server's point of view: a
+    /// batch received from the channel is kept in `pending`.
+    pub(crate) async fn readable(&self) -> bool {
+        std::future::poll_fn(|cx| {
+            let mut state = self.state();
+            loop {
+                if !state.pending.is_empty() {
+                    return Poll::Ready(true);
+                }
+                // Pending leaves the waker registered with the channel; the lock is
+                // released until the next poll.
+                match state.rx.poll_recv(cx) {
+                    // The socket owners never send an empty batch; if one did, look again.
+                    Poll::Ready(Some(batch)) => state.pending.extend(batch),
+                    Poll::Ready(None) => return Poll::Ready(false),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        })
+        .await
+    }
+
+    /// Appends up to `max` events that are ready now, in arrival order; returns how many.
+    pub(crate) fn try_recv_many(&self, events: &mut Vec<TransportEvent>, max: usize) -> usize {
+        let mut state = self.state();
+        let mut n = 0;
+        while n < max {
+            if let Some(event) = state.pending.pop_front() {
+                events.push(event);
+                n += 1;
+                continue;
+            }
+            match state.rx.try_recv() {
+                Ok(batch) => state.pending.extend(batch),
+                Err(_) => break,
+            }
         }
-        if self.pending.is_empty() {
-            let batch = self.rx.try_recv().ok()?;
-            self.pending.extend(batch);
-        }
-        let event = self.pending.pop_front()?;
-        self.fairness.took();
-        Some(event)
+        n
     }
 
     /// Stops accepting batches: a socket owner blocked on a full channel is released.
-    pub(crate) fn close(&mut self) {
-        self.rx.close();
-        self.pending.clear();
+    pub(crate) fn close(&self) {
+        let mut state = self.state();
+        state.rx.close();
+        state.pending.clear();
     }
 }

@@ -2,8 +2,8 @@
 //! heartbeats it lacks (see the crate docs).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -56,8 +56,10 @@ pub struct ZeromqTransport {
     inbound: Inbound,
     stats: LinkStats,
     stop: watch::Sender<Option<Instant>>,
-    receiver: Option<JoinHandle<()>>,
-    senders: Vec<JoinHandle<()>>,
+    /// The receiver task; taken by `shutdown`.
+    receiver: Mutex<Option<JoinHandle<()>>>,
+    /// The peers' tasks; taken by `shutdown`.
+    senders: Mutex<Vec<JoinHandle<()>>>,
     /// Caps the inbound connections and closes idle ones (see `guard`); stops when dropped.
     _guard: Option<crate::guard::Guard>,
 }
@@ -182,8 +184,8 @@ impl ZeromqTransport {
             inbound,
             stats,
             stop,
-            receiver: Some(receiver),
-            senders,
+            receiver: Mutex::new(Some(receiver)),
+            senders: Mutex::new(senders),
             _guard: guard,
         })
     }
@@ -194,9 +196,15 @@ impl ZeromqTransport {
     }
 }
 
+/// Locks a slot of the transport; a panic while holding it leaves nothing half-done (each
+/// critical section is a `take`).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[async_trait]
 impl Transport for ZeromqTransport {
-    fn send(&mut self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
+    fn send(&self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
         let index = self.liveness.check(to)?;
         let Some(queue) = self.queues.get(index) else {
             return Err(DropReason::UnknownPeer);
@@ -208,24 +216,39 @@ impl Transport for ZeromqTransport {
         }
     }
 
-    async fn recv(&mut self) -> Option<TransportEvent> {
-        self.inbound.recv().await
+    /// Waits for room in the peer's bounded queue (a permit, released at once), which
+    /// its task frees as it sends, or discards when the connection is lost. A peer that is
+    /// unknown or not connected has nothing to wait for: the next send says why.
+    async fn writable(&self, to: Pid) {
+        let Ok(index) = self.liveness.check(to) else {
+            return;
+        };
+        let Some(queue) = self.queues.get(index) else {
+            return;
+        };
+        // Err: the peer's task is gone (shutdown), and the next send says so.
+        drop(queue.reserve().await);
     }
 
-    fn try_recv(&mut self) -> Option<TransportEvent> {
-        self.inbound.try_recv()
+    async fn readable(&self) -> bool {
+        self.inbound.readable().await
+    }
+
+    fn try_recv_many(&self, events: &mut Vec<TransportEvent>, max: usize) -> usize {
+        self.inbound.try_recv_many(events, max)
     }
 
     fn connected(&self) -> watch::Receiver<PeerSet> {
         self.liveness.subscribe()
     }
 
-    async fn shutdown(&mut self, linger: Duration) {
+    async fn shutdown(&self, linger: Duration) {
         let deadline = Instant::now() + linger;
         self.stop.send_replace(Some(deadline));
         // The sender tasks flush to live peers until the deadline, then stop.
         let grace = linger + Duration::from_secs(1);
-        for task in self.senders.drain(..) {
+        let senders = std::mem::take(&mut *lock(&self.senders));
+        for task in senders {
             let abort = task.abort_handle();
             if tokio::time::timeout_at(deadline + grace, task)
                 .await
@@ -235,7 +258,8 @@ impl Transport for ZeromqTransport {
             }
         }
         self.inbound.close();
-        if let Some(task) = self.receiver.take() {
+        let receiver = lock(&self.receiver).take();
+        if let Some(task) = receiver {
             // The receiver unbinds the port before it ends.
             let abort = task.abort_handle();
             if tokio::time::timeout(grace, task).await.is_err() {
