@@ -832,12 +832,19 @@ impl<M: Message> Driver<M> {
     async fn drain_transport(&mut self, stop: &mut oneshot::Receiver<()>) -> Result<(), Stopped> {
         let node = Arc::clone(&self.node);
         // Take no more than the inbox has room for: what is left stays in the transport,
-        // whose queues fill and make the senders wait.
+        // whose queues fill and make the senders wait. (The frames' sizes are known only
+        // once taken: a batch may wait here for room in bytes, one batch at most.)
         if self.inbox.capacity() == 0 {
             tokio::select! {
                 _ = &mut *stop => return Err(Stopped),
                 // The slot is given back at once: this only waits for one to be free.
                 permit = self.inbox.reserve() => drop(permit),
+            }
+        }
+        if self.inbox_bytes.load() >= self.inbox_bytes_max {
+            tokio::select! {
+                _ = &mut *stop => return Err(Stopped),
+                () = room_in_bytes(&self.inbox, &self.inbox_bytes, self.inbox_bytes_max, 1) => {}
             }
         }
         let room = self.inbox.capacity().clamp(1, BATCH);
@@ -932,6 +939,25 @@ impl<M: Message> Driver<M> {
     }
 }
 
+/// Waits until the inbox has room for `size` more bytes, or is closed.
+async fn room_in_bytes<M>(
+    inbox: &mpsc::Sender<(Envelope<M>, usize)>,
+    bytes: &InboxBytes,
+    bytes_max: usize,
+    size: usize,
+) {
+    loop {
+        let taken = bytes.taken.notified();
+        tokio::pin!(taken);
+        // Registered before the check, so that room made after it wakes this wait.
+        taken.as_mut().enable();
+        if inbox.is_closed() || bytes.load() + size <= bytes_max {
+            return;
+        }
+        taken.await;
+    }
+}
+
 /// Waits for room in `inbox` (envelopes and bytes), then delivers `env`. An inbox that was
 /// closed (by its reader, or dropped) is `unreachable`.
 async fn deliver_waiting<M>(
@@ -942,18 +968,9 @@ async fn deliver_waiting<M>(
     env: Envelope<M>,
     size: usize,
 ) -> Result<(), DropReason> {
-    loop {
-        let taken = bytes.taken.notified();
-        tokio::pin!(taken);
-        // Registered before the check, so that room made after it wakes this wait.
-        taken.as_mut().enable();
-        if inbox.is_closed() {
-            return Err(DropReason::Unreachable);
-        }
-        if bytes.load() + size <= bytes_max {
-            break;
-        }
-        taken.await;
+    room_in_bytes(inbox, bytes, bytes_max, size).await;
+    if inbox.is_closed() {
+        return Err(DropReason::Unreachable);
     }
     let permit = inbox.reserve().await.map_err(|_| DropReason::Unreachable)?;
     bytes.bytes.fetch_add(size, Ordering::Relaxed);

@@ -504,8 +504,10 @@ pub fn check_backpressure_isolation(factory: &dyn Factory) -> Result<(), Box<Fai
                     .into(),
             ));
         }
+        // Reading again: what waited in the transport arrives, and node 2 serves again.
         sim.pause_inbox(2, false);
         sim.pause_inbox(1, false);
+        sim.settle().await;
         sim.take_received(2);
         sim.send(1, 2, 1000).await.map_err(|e| fail(e.to_string()))?;
         sim.settle().await;

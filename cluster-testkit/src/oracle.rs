@@ -572,6 +572,21 @@ impl Analysis {
                     msg_id,
                     refused,
                 } => {
+                    // A send that waits for room (C5') tries the transport again: an
+                    // earlier attempt refused as `backpressure` was not a drop (the server
+                    // counted nothing), only the last attempt is.
+                    let retried = a.copies.iter().rposition(|c| {
+                        c.from == *from
+                            && c.msg_id == *msg_id
+                            && c.to == *to
+                            && c.refused == Some(DropReason::Backpressure)
+                    });
+                    if let Some(i) = retried {
+                        let earlier = a.copies.remove(i);
+                        if let Some(seqs) = a.routed.get_mut(&(*from, *msg_id)) {
+                            seqs.retain(|s| *s != earlier.routed_seq);
+                        }
+                    }
                     a.routed.entry((*from, *msg_id)).or_default().push(r.seq);
                     let view = state.view(*from, *incarnation, *to);
                     // The model has counted this copy already: what was there before it.

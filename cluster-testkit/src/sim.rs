@@ -888,6 +888,14 @@ impl<M: Message> SimCluster<M> {
         quiet
     }
 
+    /// Whether a running node's inbox is paused: frames to it then wait in the transport
+    /// (its full inbox pushes back), still in flight but not moving.
+    fn holding_back(&self) -> bool {
+        self.nodes
+            .values()
+            .any(|n| n.inbox_paused && n.server.is_some())
+    }
+
     async fn settle_exact(&mut self) -> bool {
         let mut last = None;
         let mut still = 0;
@@ -895,7 +903,7 @@ impl<M: Message> SimCluster<M> {
             tokio::task::yield_now().await;
             self.drain_inboxes();
             let now = self.progress();
-            let idle = now.in_flight == 0 && now.raw_pending == 0;
+            let idle = (now.in_flight == 0 || self.holding_back()) && now.raw_pending == 0;
             if idle && last == Some(now) {
                 still += 1;
                 if still >= 3 {
@@ -923,7 +931,7 @@ impl<M: Message> SimCluster<M> {
             if now != last {
                 last = now;
                 still_since = tokio::time::Instant::now();
-            } else if now.in_flight == 0
+            } else if (now.in_flight == 0 || self.holding_back())
                 // Nothing the backend accepted is still on its way (a real transport that
                 // counts it, e.g. `ZmqCluster`): settled on that condition, not on a
                 // quiet time alone, which a loaded machine can outlast.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use cluster_core::{BROADCAST, DropReason, Envelope, Message, Options, Pid, Server};
 use tokio::sync::mpsc;
 
-use crate::{assert_counters_add_up, check, sim};
+use crate::{assert_counters_add_up, assert_counters_add_up_with_waiting, check, sim};
 
 fn small_queues() -> Options {
     Options {
@@ -304,15 +304,14 @@ async fn c6_a_crashed_or_slow_peer_does_not_block_the_others() {
     let lost_to_2 =
         s1.peers[&2].dropped_to.total() + reports[&2].server.stats().peers[&1].dropped_from.total();
     assert_eq!(got.len() as u64 + lost_to_2, N);
-    assert!(got.windows(2).all(|w| w[0] < w[1]));
+    // C5': node 2 reads, so nothing to it is lost, though node 1 sends faster than it
+    // reads; node 4 does not, and costs node 1 one `send_timeout`, then drops.
+    assert_eq!(lost_to_2, 0);
+    assert_eq!(got, (0..N).collect::<Vec<_>>());
     assert_eq!(s1.peers[&3].dropped_to.get(DropReason::Unreachable), N);
+    assert!(s1.peers[&4].dropped_to.get(DropReason::Backpressure) > 0);
     let four = &mut reports.get_mut(&4).unwrap().server;
-    assert!(
-        four.stats().peers[&1]
-            .dropped_from
-            .get(DropReason::Backpressure)
-            > 0
-    );
+    assert_eq!(four.stats().peers[&1].dropped_from.total(), 0);
     assert!(four.inbox().len() <= 64);
 }
 
@@ -347,16 +346,26 @@ async fn c6_bounded_memory_under_overload_and_no_deadlock_between_full_inboxes()
         }
     });
     let mut reports = reports(&mut rx, 2).await;
-    assert!(sim.settle().await);
+    // Nobody reads: the cluster comes to rest with frames waiting in the network (which
+    // `settle` would count as still moving). Wait for that rest.
+    for _ in 0..100_000 {
+        if net.in_flight() == 2 * 128 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
     for pid in [1, 2] {
         let server = &mut reports.get_mut(&pid).unwrap().server;
         assert_eq!(server.inbox().len(), 64, "inbox bounded at its capacity");
         let s = server.stats();
         assert_eq!(s.delivered, 64);
-        assert!(s.dropped_incoming.get(DropReason::Backpressure) > 0);
+        // The full inbox pushed back: the senders dropped, after one `send_timeout`.
+        assert_eq!(s.dropped_incoming.total(), 0);
+        assert!(s.dropped_outgoing.get(DropReason::Backpressure) > 0);
     }
-    assert!(net.in_flight() <= 128);
-    assert_counters_add_up(&monitors, &net);
+    // What waits: each node's receive queue (128 frames), full.
+    assert_eq!(net.in_flight(), 2 * 128);
+    assert_counters_add_up_with_waiting(&monitors, &net);
     let total: u64 = monitors.iter().map(|m| m.stats().sent).sum();
     assert_eq!(total, 2 * N);
 }

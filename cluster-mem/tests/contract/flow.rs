@@ -6,7 +6,7 @@ use std::time::Duration;
 use cluster_core::{BROADCAST, Config, DropReason, Envelope, Options, SendOutcome, Server};
 use cluster_mem::MemNetwork;
 
-use crate::assert_counters_add_up;
+use crate::{assert_counters_add_up, assert_counters_add_up_with_waiting};
 
 /// Small queues everywhere, so that a fast sender fills them at once.
 fn tight(send_timeout: Duration) -> Options {
@@ -167,5 +167,6 @@ async fn a_broadcast_does_not_wait_for_a_slow_peer() {
     assert!(stats.peers[&3].dropped_to.total() > 0);
     assert_eq!(stats.peers[&2].dropped_to.total(), 0);
     assert_eq!(got, (0..N).collect::<Vec<_>>());
-    assert_counters_add_up(&[a.monitor(), b.monitor(), c.monitor()], &net);
+    // Node 3's queue still holds what it could not take.
+    assert_counters_add_up_with_waiting(&[a.monitor(), b.monitor(), c.monitor()], &net);
 }
