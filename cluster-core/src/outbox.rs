@@ -432,7 +432,13 @@ mod tests {
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            if self.queues.lock().unwrap().get(&to).is_none_or(|q| q.len() < CAPACITY) {
+            if self
+                .queues
+                .lock()
+                .unwrap()
+                .get(&to)
+                .is_none_or(|q| q.len() < CAPACITY)
+            {
                 return;
             }
             room.await;
@@ -457,7 +463,10 @@ mod tests {
             send_timeout,
             ..Options::default()
         };
-        let config = Config::local(4, 7300).unwrap().with_options(options).unwrap();
+        let config = Config::local(4, 7300)
+            .unwrap()
+            .with_options(options)
+            .unwrap();
         let (pipes, taps) = pipes();
         (Server::with_transport(1, config, pipes).unwrap(), taps)
     }
@@ -486,7 +495,13 @@ mod tests {
         // Peer 2 full: a broadcast does not wait for it.
         assert_eq!(outbox.send(to(2, 6)).await.unwrap(), SendOutcome::Sent);
         let outcome = outbox.send(to(BROADCAST, 7)).await.unwrap();
-        assert_eq!(outcome, SendOutcome::Broadcast { sent: 1, dropped: 2 });
+        assert_eq!(
+            outcome,
+            SendOutcome::Broadcast {
+                sent: 1,
+                dropped: 2
+            }
+        );
         assert!(!outcome.is_sent());
         let stats = s.stats();
         assert_eq!(stats.peers[&2].dropped_to.get(DropReason::Backpressure), 1);
@@ -515,7 +530,10 @@ mod tests {
         for _ in 0..100 {
             tokio::task::yield_now().await;
         }
-        assert!(!waiting.is_finished(), "the send waits while the peer is full");
+        assert!(
+            !waiting.is_finished(),
+            "the send waits while the peer is full"
+        );
         // Meanwhile, other peers are not held up.
         assert_eq!(outbox.try_send(to(3, 12)).unwrap(), SendOutcome::Sent);
         assert_eq!(taps.take(2), CAPACITY);

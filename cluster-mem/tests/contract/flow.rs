@@ -118,9 +118,16 @@ async fn two_full_inboxes_sending_to_each_other_do_not_deadlock() {
         assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
         let stats = server.stats();
         assert_eq!(stats.delivered, N - dropped);
-        assert_eq!(stats.dropped_incoming.total(), 0, "the receivers dropped nothing");
+        assert_eq!(
+            stats.dropped_incoming.total(),
+            0,
+            "the receivers dropped nothing"
+        );
     }
-    assert_eq!(a.stats().dropped_outgoing.get(DropReason::Backpressure), dropped_ab);
+    assert_eq!(
+        a.stats().dropped_outgoing.get(DropReason::Backpressure),
+        dropped_ab
+    );
     assert_counters_add_up(&[a.monitor(), b.monitor()], &net);
 }
 
@@ -150,12 +157,19 @@ async fn a_broadcast_does_not_wait_for_a_slow_peer() {
     for i in 0..N {
         // Broadcasts do not wait even for node 2: give its node and reader a turn.
         tokio::task::yield_now().await;
-        match outbox.send(Envelope::new(BROADCAST, i as i64, i)).await.unwrap() {
+        match outbox
+            .send(Envelope::new(BROADCAST, i as i64, i))
+            .await
+            .unwrap()
+        {
             SendOutcome::Broadcast { dropped: d, .. } => dropped += d,
             other => panic!("{other:?}"),
         }
     }
-    assert!(start.elapsed() < Duration::from_secs(600), "no send_timeout waited");
+    assert!(
+        start.elapsed() < Duration::from_secs(600),
+        "no send_timeout waited"
+    );
     let (got, b) = reader.await.unwrap();
     let stats = a.stats();
     assert_eq!(dropped as u64, stats.dropped_outgoing.total());
