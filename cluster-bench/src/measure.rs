@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use cluster_core::{BROADCAST, Config, DropReason, Envelope, Options, Pid, Server};
+use cluster_core::{BROADCAST, Config, Envelope, Options, Pid, Server};
 use cluster_zmq::Backend;
 
 use crate::child::{Job, Role};
@@ -14,12 +14,8 @@ use crate::{
     Progress, Security, bare, mem,
 };
 
-/// Messages between two looks at the backpressure counter, in the throughput run.
-const PACING_EVERY: u64 = 64;
-/// How long the throughput sender pauses when its peer's queue overflowed.
-const PACING_PAUSE: Duration = Duration::from_micros(20);
-/// The longest such pause.
-const PACING_PAUSE_MAX: Duration = Duration::from_millis(2);
+/// Messages the throughput sender hands over between two yields to the runtime.
+const YIELD_EVERY: u64 = 64;
 /// How often the end marker of a stream is repeated while a receiver has not reported.
 const END_MARKER_EVERY: Duration = Duration::from_millis(20);
 /// Round trips done before measuring.
@@ -350,34 +346,15 @@ impl Bench<'_> {
         expect_all(&mut children, "ready").await?;
         let out = server.outbox();
         let text = payload_text(o.payload);
-        // A transport never blocks on a peer (where a bare PUSH blocks at its high-water
-        // mark), so flow control is the application's: back off for a moment whenever a
-        // peer's queue overflowed, instead of burning the CPU the receivers need on
-        // messages that are dropped.
-        let mut overflowed = 0;
-        let mut pause = Duration::ZERO;
+        // A send to a peer whose queue is full waits for room (up to `send_timeout`), as a
+        // bare PUSH blocks at its high-water mark: no pacing needed, nothing dropped.
         for i in 0..o.messages {
             out.send(Envelope::new(to, i as i64, text.clone()))
                 .await
                 .map_err(failed)?;
-            if i % PACING_EVERY == PACING_EVERY - 1 {
-                // Let the server's task route what is in the outbox before looking.
+            if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                // The server's task and the transport share this runtime.
                 tokio::task::yield_now().await;
-                let now = server
-                    .stats()
-                    .dropped_outgoing
-                    .get(DropReason::Backpressure);
-                // Back off exponentially while a queue keeps overflowing, relax when it stops.
-                pause = if now > overflowed {
-                    (pause * 2).clamp(PACING_PAUSE, PACING_PAUSE_MAX)
-                } else {
-                    pause / 2
-                };
-                overflowed = now;
-                if pause >= PACING_PAUSE {
-                    // Blocks this (sending) thread briefly: a tokio sleep has a 1 ms grain.
-                    std::thread::sleep(pause);
-                }
             }
         }
         // The end marker may itself meet a full queue: repeat it until every child reports.

@@ -70,9 +70,23 @@ struct Heard {
 struct AckDue {
     /// The highest sequence number already acknowledged (of the incarnation in `heard`).
     acked: Seq,
-    /// Frames and bytes accepted since the last acknowledgement.
+    /// The highest sequence number (of the incarnation in `heard`) whose frame reached its
+    /// end here: delivered to the inbox, or dropped and counted. Only that is acknowledged,
+    /// so that a full inbox holds its senders back (their windows fill).
+    settled: Seq,
+    /// Frames and bytes settled since the last acknowledgement.
     frames: usize,
     bytes: usize,
+}
+
+/// Where an accepted frame came from, for [`Router::settled`] once it reached its end.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Arrival {
+    index: usize,
+    incarnation: Incarnation,
+    seq: Seq,
+    /// The frame's length.
+    pub(crate) len: usize,
 }
 
 /// Sending side of acknowledgements, per peer: frames its transport accepted that the
@@ -450,12 +464,50 @@ impl Router {
         self.incoming_sized(bytes, now).map(|(env, _)| env)
     }
 
-    /// [`Router::incoming`], with the length of the frame the envelope came in.
+    /// [`Router::incoming`], with the length of the frame the envelope came in; the frame
+    /// counts as settled at once (see [`Router::settled`]).
+    #[cfg(test)]
     pub(crate) fn incoming_sized<M: DeserializeOwned>(
         &mut self,
         bytes: Bytes,
         now: Instant,
     ) -> Option<(Envelope<M>, usize)> {
+        let (env, arrival) = self.incoming_arrival(bytes, now)?;
+        self.settled(&arrival);
+        Some((env, arrival.len))
+    }
+
+    /// Records that an accepted frame reached its end at this node (delivered, or dropped
+    /// and counted): acknowledgements cover it from now on.
+    pub(crate) fn settled(&mut self, a: &Arrival) {
+        let Some(acks) = self.acks else {
+            return;
+        };
+        let current = self
+            .heard
+            .get(a.index)
+            .copied()
+            .flatten()
+            .is_some_and(|h| h.incarnation == a.incarnation);
+        if let (true, Some(due)) = (current, self.ack_due.get_mut(a.index))
+            && a.seq > due.settled
+        {
+            due.settled = a.seq;
+            due.frames += 1;
+            due.bytes += a.len;
+            if acks.enough(due) {
+                self.ack_ready = true;
+            }
+        }
+    }
+
+    /// Checks one incoming frame like [`Router::incoming`]; an accepted frame comes with
+    /// its [`Arrival`], to be reported [`Router::settled`] once delivered or dropped.
+    pub(crate) fn incoming_arrival<M: DeserializeOwned>(
+        &mut self,
+        bytes: Bytes,
+        now: Instant,
+    ) -> Option<(Envelope<M>, Arrival)> {
         if bytes.len() > self.max_message_size {
             self.drop_hostile(DropReason::TooLarge);
             return None;
@@ -564,14 +616,13 @@ impl Router {
                 self.stats.seen_incarnation(h.sender, h.incarnation);
             }
         }
-        if let (Some(acks), Some(due)) = (self.acks, self.ack_due.get_mut(index)) {
-            due.frames += 1;
-            due.bytes += bytes.len();
-            if acks.enough(due) {
-                self.ack_ready = true;
-            }
-        }
-        Some((Envelope::new(h.sender, h.msg_id, msg), bytes.len()))
+        let arrival = Arrival {
+            index,
+            incarnation: h.incarnation,
+            seq: h.seq,
+            len: bytes.len(),
+        };
+        Some((Envelope::new(h.sender, h.msg_id, msg), arrival))
     }
 
     /// Applies an acknowledgement from the peer at `index` (header `h`, frame `bytes`,
@@ -636,13 +687,13 @@ impl Router {
             ) else {
                 continue;
             };
-            let owed = heard.seq > due.acked;
+            let owed = due.settled > due.acked;
             if !owed || !(all || acks.enough(&due)) {
                 continue;
             }
             if self
                 .encoder
-                .serialize(&(heard.incarnation, heard.first, heard.seq))
+                .serialize(&(heard.incarnation, heard.first, due.settled))
                 .is_err()
             {
                 continue;
@@ -657,12 +708,13 @@ impl Router {
             });
             let sealer = &mut self.sealer;
             let frame = self.encoder.frame(&header, |covered| sealer.seal(covered));
-            let acked = heard.seq;
+            let acked = due.settled;
             if send(peer, frame).is_ok()
                 && let Some(due) = self.ack_due.get_mut(index)
             {
                 *due = AckDue {
                     acked,
+                    settled: acked,
                     frames: 0,
                     bytes: 0,
                 };

@@ -1,5 +1,6 @@
 //! The node: outbox and inbox channels, driven by one task that owns the transport.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -14,7 +15,7 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, ConfigError};
 use crate::envelope::{Envelope, MsgId, Pid};
 use crate::outbox::{InboxBytes, Outbox, Sending};
-use crate::router::{AckOptions, Router};
+use crate::router::{AckOptions, Arrival, Router};
 use crate::seal::Sealer;
 use crate::stats::{DropReason, Stats, StatsCells};
 use crate::transport::{PeerSet, Transport, TransportError, TransportEvent};
@@ -231,6 +232,15 @@ impl ServerBuilder {
             inbox_tx.downgrade(),
             opts.send_timeout,
         ));
+        // With acknowledgements, the backlog holds at most what every peer may have
+        // unacknowledged (see `Driver`).
+        let senders = peers.len().max(1);
+        let backlog_max = acks.map(|a| {
+            (
+                a.window_frames.saturating_mul(senders),
+                a.window_bytes.saturating_mul(senders),
+            )
+        });
         let driver = Driver {
             node: Arc::clone(&sending),
             inbox: inbox_tx,
@@ -239,7 +249,10 @@ impl ServerBuilder {
             tick: opts.heartbeat_interval,
             linger: opts.linger,
             events: Vec::new(),
-            arrived: Vec::new(),
+            backlog: VecDeque::new(),
+            backlog_bytes: 0,
+            backlog_max,
+            settled: Vec::new(),
         };
         let task = runtime.spawn(async move {
             driver.run(stop_rx).await;
@@ -753,6 +766,20 @@ impl ServerMonitor {
 
 /// The node's receiving side and timers; sending happens in the senders' own tasks
 /// ([`Outbox`]), through the [`Sending`] state it shares with them.
+///
+/// Flow control from a full inbox back to the senders takes one of two forms:
+///
+/// * Transports without acknowledgements (in memory): the task takes frames off the
+///   transport only as the inbox has room, so that the transport's queues fill and the
+///   senders' sends wait for room there.
+/// * Transports with acknowledgements (ZeroMQ): the task keeps taking frames (a libzmq
+///   connection left unread while its peer goes away can abort the process: see
+///   `cluster-zmq`), holds what the inbox has no room for in a backlog, and acknowledges
+///   only what reached its end (delivered, or dropped and counted). The senders' windows
+///   of unacknowledged frames fill, and their sends wait for acknowledgements. The
+///   backlog is bounded by those windows (each peer's `16 × peer_queue` frames and
+///   `peer_queue_bytes` bytes); a sender that ignores them has what exceeds the bound
+///   dropped as `backpressure`.
 struct Driver<M> {
     node: Arc<Sending<M>>,
     /// Envelopes with the size they are charged to the inbox's byte bound.
@@ -766,8 +793,14 @@ struct Driver<M> {
     linger: Duration,
     /// Events taken from the transport in one go (kept for its allocation).
     events: Vec<TransportEvent>,
-    /// Envelopes decoded from `events` with their frame sizes, to be delivered together.
-    arrived: Vec<(Envelope<M>, usize)>,
+    /// Accepted envelopes the inbox has had no room for yet, in arrival order.
+    backlog: VecDeque<(Envelope<M>, Arrival)>,
+    /// Bytes of the frames in `backlog`.
+    backlog_bytes: usize,
+    /// `Some((frames, bytes))` on transports with acknowledgements: the backlog's bound.
+    backlog_max: Option<(usize, usize)>,
+    /// Arrivals that reached their end since the router last heard of them.
+    settled: Vec<Arrival>,
 }
 
 /// Frames taken from the transport per wake-up.
@@ -779,9 +812,6 @@ const BATCH: usize = 256;
 /// counted twice (delivered there, unconfirmed here).
 const ACK_TICKS: u32 = 10;
 
-/// The node was told to stop while it waited for room in its inbox.
-struct Stopped;
-
 impl<M: Message> Driver<M> {
     async fn run(mut self, mut stop: oneshot::Receiver<()>) {
         let mut transport_open = true;
@@ -790,7 +820,14 @@ impl<M: Message> Driver<M> {
         let mut ticks: u32 = 0;
         let node = Arc::clone(&self.node);
         let confirming = node.transport.may_lose_accepted();
+        // Handles of its own for the wait for room, which holds a reservation while the
+        // branch that uses it borrows `self`.
+        let inbox = self.inbox.clone();
+        let inbox_bytes = Arc::clone(&self.inbox_bytes);
+        let bytes_max = self.inbox_bytes_max;
         loop {
+            let may_take = self.may_take();
+            let front = self.backlog.front().map(|(_, a)| a.len);
             tokio::select! {
                 _ = &mut stop => break,
                 _ = tick.tick(), if confirming => {
@@ -807,14 +844,26 @@ impl<M: Message> Driver<M> {
                         node.credit.notify_waiters();
                     }
                 }
-                ready = node.transport.readable(), if transport_open => {
+                // Room in the inbox: for the backlog, or (without acknowledgements) to take
+                // frames again.
+                permit = room_for(&inbox, &inbox_bytes, bytes_max, front.unwrap_or(0)),
+                    if front.is_some() || (!may_take && self.backlog_max.is_none()) =>
+                {
+                    match permit {
+                        Some(permit) => self.deliver_front(permit),
+                        None => self.drop_backlog(DropReason::Unreachable),
+                    }
+                    self.deliver_backlog();
+                    self.acknowledge();
+                }
+                ready = node.transport.readable(), if transport_open && may_take => {
                     if !ready {
                         transport_open = false;
                         continue;
                     }
-                    if self.drain_transport(&mut stop).await.is_err() {
-                        break;
-                    }
+                    self.take_from_transport();
+                    self.deliver_backlog();
+                    self.acknowledge();
                     // Reading a ready transport may touch no tokio resource, so the
                     // runtime's budget alone would seldom make this task yield: the tasks
                     // reading the inbox and feeding the transport, maybe on the same
@@ -823,34 +872,30 @@ impl<M: Message> Driver<M> {
                 }
             }
         }
+        drop(inbox);
         node.close();
+        // Nobody will read what the inbox had no room for.
+        self.drop_backlog(DropReason::Unreachable);
         node.transport.shutdown(self.linger).await;
     }
 
-    /// Handles the events that are ready now, up to a batch, after a wake-up: decodes and
-    /// checks them, delivers what they carry (waiting for room in the inbox), and only then
-    /// acknowledges them.
-    async fn drain_transport(&mut self, stop: &mut oneshot::Receiver<()>) -> Result<(), Stopped> {
+    /// Whether to take more frames off the transport now (see the type's docs).
+    fn may_take(&self) -> bool {
+        match self.backlog_max {
+            Some((frames, bytes)) => self.backlog.len() < frames && self.backlog_bytes < bytes,
+            None => self.backlog.is_empty() && self.inbox.capacity() > 0,
+        }
+    }
+
+    /// Takes what the transport has ready, up to a batch (without acknowledgements, up to
+    /// the inbox's free room), decodes and checks it into the backlog.
+    fn take_from_transport(&mut self) {
         let node = Arc::clone(&self.node);
-        // Take no more than the inbox has room for: what is left stays in the transport,
-        // whose queues fill and make the senders wait. (The frames' sizes are known only
-        // once taken: a batch may wait here for room in bytes, one batch at most.)
-        if self.inbox.capacity() == 0 {
-            tokio::select! {
-                _ = &mut *stop => return Err(Stopped),
-                // The slot is given back at once: this only waits for one to be free.
-                permit = self.inbox.reserve() => drop(permit),
-            }
-        }
-        if self.inbox_bytes.load() >= self.inbox_bytes_max {
-            tokio::select! {
-                _ = &mut *stop => return Err(Stopped),
-                () = room_in_bytes(&self.inbox, &self.inbox_bytes, self.inbox_bytes_max, 1) => {}
-            }
-        }
-        let room = self.inbox.capacity().clamp(1, BATCH);
+        let room = match self.backlog_max {
+            Some(_) => BATCH,
+            None => self.inbox.capacity().clamp(1, BATCH),
+        };
         let mut events = std::mem::take(&mut self.events);
-        let mut arrived = std::mem::take(&mut self.arrived);
         node.transport.try_recv_many(&mut events, room);
         // tokio's clock, so that a simulation with a paused clock stays deterministic.
         let now = tokio::time::Instant::now();
@@ -860,7 +905,18 @@ impl<M: Message> Driver<M> {
             for event in events.drain(..) {
                 match event {
                     TransportEvent::Frame(bytes) => {
-                        arrived.extend(router.incoming_sized(bytes, now));
+                        if let Some((env, arrival)) = router.incoming_arrival(bytes, now) {
+                            if self.over_bound(arrival.len) {
+                                // Beyond every honest sender's window: a sender that
+                                // ignores acknowledgements.
+                                node.stats
+                                    .dropped_from(Some(env.pid), DropReason::Backpressure);
+                                router.settled(&arrival);
+                                continue;
+                            }
+                            self.backlog_bytes += arrival.len;
+                            self.backlog.push_back((env, arrival));
+                        }
                     }
                     TransportEvent::Dropped {
                         peer,
@@ -874,110 +930,96 @@ impl<M: Message> Driver<M> {
         if acked {
             node.credit.notify_waiters();
         }
-        let delivered = self.deliver_all(&mut arrived, stop).await;
-        {
-            let mut state = node.lock();
-            let transport = &node.transport;
-            state
-                .router()
-                .acknowledge(false, |to, frame| transport.send(to, frame));
-        }
         self.events = events;
-        self.arrived = arrived;
-        delivered
     }
 
-    /// Delivers `envs` in order, taking the inbox's room for all of them at once when it
-    /// has enough, and waiting for room one by one when it has not. Stopped while waiting,
-    /// it counts what it could not deliver (`unreachable`: nobody will read it).
-    async fn deliver_all(
-        &mut self,
-        envs: &mut Vec<(Envelope<M>, usize)>,
-        stop: &mut oneshot::Receiver<()>,
-    ) -> Result<(), Stopped> {
-        if envs.is_empty() {
-            return Ok(());
-        }
-        let size: usize = envs.iter().map(|(_, size)| size).sum();
-        let room = self.inbox_bytes.load() + size <= self.inbox_bytes_max;
-        if room && let Ok(permits) = self.inbox.try_reserve_many(envs.len()) {
-            self.inbox_bytes.bytes.fetch_add(size, Ordering::Relaxed);
-            let stats = &self.node.stats;
-            // Counted before it is handed over, so that a reader who sees the envelope also
-            // sees it counted.
-            for (permit, (env, size)) in permits.zip(envs.drain(..)) {
-                stats.delivered(env.pid);
-                permit.send((env, size));
+    fn over_bound(&self, len: usize) -> bool {
+        self.backlog_max.is_some_and(|(frames, bytes)| {
+            self.backlog.len() >= frames || self.backlog_bytes + len > bytes
+        })
+    }
+
+    /// Moves the backlog into the inbox, in order, as far as it has room, never waiting.
+    fn deliver_backlog(&mut self) {
+        let inbox = self.inbox.clone();
+        while let Some((_, arrival)) = self.backlog.front() {
+            if self.inbox_bytes.load() + arrival.len > self.inbox_bytes_max {
+                return;
             }
-            return Ok(());
-        }
-        let mut stopped = false;
-        for (env, size) in envs.drain(..) {
-            let from = env.pid;
-            let reason = if stopped {
-                Some(DropReason::Unreachable)
-            } else {
-                tokio::select! {
-                    _ = &mut *stop => {
-                        stopped = true;
-                        Some(DropReason::Unreachable)
-                    }
-                    delivered = deliver_waiting(
-                        &self.inbox,
-                        &self.inbox_bytes,
-                        self.inbox_bytes_max,
-                        &self.node.stats,
-                        env,
-                        size,
-                    ) => delivered.err(),
+            match inbox.try_reserve() {
+                Ok(permit) => self.deliver_front(permit),
+                Err(mpsc::error::TrySendError::Full(())) => return,
+                // The inbox was closed, or the server dropped: nobody will read these.
+                Err(mpsc::error::TrySendError::Closed(())) => {
+                    self.drop_backlog(DropReason::Unreachable);
+                    return;
                 }
-            };
-            if let Some(reason) = reason {
-                self.node.stats.dropped_from(Some(from), reason);
             }
         }
-        if stopped { Err(Stopped) } else { Ok(()) }
+    }
+
+    /// Delivers the backlog's first envelope with `permit` (room in bytes checked).
+    fn deliver_front(&mut self, permit: mpsc::Permit<'_, (Envelope<M>, usize)>) {
+        let Some((env, arrival)) = self.backlog.pop_front() else {
+            return;
+        };
+        self.backlog_bytes -= arrival.len;
+        self.inbox_bytes
+            .bytes
+            .fetch_add(arrival.len, Ordering::Relaxed);
+        // Counted before it is handed over, so that a reader who sees the envelope also
+        // sees it counted.
+        self.node.stats.delivered(env.pid);
+        permit.send((env, arrival.len));
+        self.settled.push(arrival);
+    }
+
+    /// Drops everything in the backlog, counted with `reason`.
+    fn drop_backlog(&mut self, reason: DropReason) {
+        for (env, arrival) in self.backlog.drain(..) {
+            self.node.stats.dropped_from(Some(env.pid), reason);
+            self.settled.push(arrival);
+        }
+        self.backlog_bytes = 0;
+    }
+
+    /// Tells the router what reached its end, and sends the acknowledgements now due.
+    fn acknowledge(&mut self) {
+        let node = &self.node;
+        let mut state = node.lock();
+        let router = state.router();
+        for arrival in self.settled.drain(..) {
+            router.settled(&arrival);
+        }
+        let transport = &node.transport;
+        router.acknowledge(false, |to, frame| transport.send(to, frame));
     }
 }
 
-/// Waits until the inbox has room for `size` more bytes, or is closed.
-async fn room_in_bytes<M>(
-    inbox: &mpsc::Sender<(Envelope<M>, usize)>,
+/// Waits until `inbox` has room for one more envelope of `size` bytes, and reserves it;
+/// `None` once the inbox is closed. Cancel-safe.
+async fn room_for<'a, M>(
+    inbox: &'a mpsc::Sender<(Envelope<M>, usize)>,
     bytes: &InboxBytes,
     bytes_max: usize,
     size: usize,
-) {
+) -> Option<mpsc::Permit<'a, (Envelope<M>, usize)>> {
     loop {
         let taken = bytes.taken.notified();
         tokio::pin!(taken);
         // Registered before the check, so that room made after it wakes this wait.
         taken.as_mut().enable();
-        if inbox.is_closed() || bytes.load() + size <= bytes_max {
-            return;
+        if inbox.is_closed() {
+            return None;
+        }
+        if bytes.load() + size <= bytes_max {
+            break;
         }
         taken.await;
     }
-}
-
-/// Waits for room in `inbox` (envelopes and bytes), then delivers `env`. An inbox that was
-/// closed (by its reader, or dropped) is `unreachable`.
-async fn deliver_waiting<M>(
-    inbox: &mpsc::Sender<(Envelope<M>, usize)>,
-    bytes: &InboxBytes,
-    bytes_max: usize,
-    stats: &StatsCells,
-    env: Envelope<M>,
-    size: usize,
-) -> Result<(), DropReason> {
-    room_in_bytes(inbox, bytes, bytes_max, size).await;
-    if inbox.is_closed() {
-        return Err(DropReason::Unreachable);
-    }
-    let permit = inbox.reserve().await.map_err(|_| DropReason::Unreachable)?;
-    bytes.bytes.fetch_add(size, Ordering::Relaxed);
-    stats.delivered(env.pid);
-    permit.send((env, size));
-    Ok(())
+    let permit = inbox.reserve().await.ok()?;
+    // Room in bytes may have gone while waiting for a slot: only this task adds bytes.
+    Some(permit)
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@
 use std::fmt;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use bytes::Bytes;
 use cluster_core::seal::Sealer;
@@ -474,7 +475,10 @@ pub fn check_backpressure_isolation(factory: &dyn Factory) -> Result<(), Box<Fai
             .map_err(|e| fail(e.to_string()))?;
         sim.pause_inbox(2, true);
         sim.pause_inbox(1, true);
-        for i in 0..100u32 {
+        // More than a peer's window of unacknowledged frames (16 × `peer_queue`) and its
+        // queues, so that on real sockets too the full inboxes push back to the senders.
+        const N: u32 = 400;
+        for i in 0..N {
             sim.send(1, 2, i).await.map_err(|e| fail(e.to_string()))?;
             sim.send(2, 1, i).await.map_err(|e| fail(e.to_string()))?;
             if i % 10 == 0 {
@@ -488,7 +492,7 @@ pub fn check_backpressure_isolation(factory: &dyn Factory) -> Result<(), Box<Fai
             return Err(fail("the cluster stalled with two full inboxes".into()));
         }
         let to3: Vec<u32> = sim.take_received(3).into_iter().map(|e| e.msg).collect();
-        let expected: Vec<u32> = (0..100).step_by(10).collect();
+        let expected: Vec<u32> = (0..N).step_by(10).collect();
         if to3 != expected {
             return Err(fail(format!(
                 "node 3 got {to3:?} while node 2 was flooded, expected {expected:?}"
@@ -500,7 +504,7 @@ pub fn check_backpressure_isolation(factory: &dyn Factory) -> Result<(), Box<Fai
             + m1.stats().dropped().get(DropReason::Backpressure);
         if overflow == 0 {
             return Err(fail(
-                "200 messages into two 8-slot inboxes nobody reads, and no backpressure drop counted"
+                "800 messages into two 8-slot inboxes nobody reads, and no backpressure drop counted"
                     .into(),
             ));
         }
@@ -523,6 +527,110 @@ pub fn check_backpressure_isolation(factory: &dyn Factory) -> Result<(), Box<Fai
         let totals: Vec<Violation> = violations.into_iter().filter(|v| v.seq.is_none()).collect();
         if !totals.is_empty() {
             let mut f = fail("counters do not add up under backpressure".into());
+            f.violations = totals;
+            return Err(f);
+        }
+        Ok(())
+    })
+}
+
+/// C5': through queues of a few frames, a sender much faster than its (reading) receiver
+/// loses nothing — its sends wait — while a broadcast never waits on a peer that does not
+/// read (that peer's copies are dropped and counted, the reading peer's arrive).
+pub fn check_lossless_when_healthy(factory: &dyn Factory) -> Result<(), Box<Failure>> {
+    const CASE: &str = "lossless-when-healthy";
+    const N: u32 = 600;
+    let rt = runtime(false).map_err(|e| directed_failure("?", CASE, 0, e.to_string()))?;
+    let options = Options {
+        inbox_capacity: 8,
+        peer_queue: 8,
+        // A broadcast that waited on the non-reading peer would show here.
+        send_timeout: Duration::from_secs(3600),
+        ..Options::default()
+    };
+    let backend = factory(&Setup {
+        nodes: 3,
+        seed: 6,
+        options,
+    })
+    .map_err(|e| directed_failure("?", CASE, 6, e.to_string()))?;
+    let name = backend.name();
+    let fail = |e: String| directed_failure(&name, CASE, 6, e);
+    rt.block_on(async {
+        let mut sim = SimCluster::<u32>::builder()
+            .seed(6)
+            .build_on(backend)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let within = Duration::from_secs(600);
+        let stream = async {
+            for i in 0..N {
+                sim.send(1, 2, i).await?;
+            }
+            Ok::<_, SimError>(())
+        };
+        match tokio::time::timeout(within, stream).await {
+            Ok(sent) => sent.map_err(|e| fail(e.to_string()))?,
+            Err(_) => return Err(fail(format!("{N} sends to a reading peer took over {within:?}"))),
+        }
+        if !sim.settle().await {
+            return Err(fail("the cluster did not settle after the stream".into()));
+        }
+        let got: Vec<u32> = sim.take_received(2).into_iter().map(|e| e.msg).collect();
+        if got != (0..N).collect::<Vec<_>>() {
+            let lost = N as usize - got.len();
+            return Err(fail(format!(
+                "node 2 reads, yet {lost} of {N} messages sent to it did not arrive in order"
+            )));
+        }
+        // Node 3 stops reading: broadcasts go on, to node 2 whole, without waiting.
+        sim.pause_inbox(3, true);
+        let broadcasts = async {
+            for i in 0..N {
+                sim.send(1, BROADCAST, N + i).await?;
+                if i % 4 == 3 && !sim.settle().await {
+                    return Err(SimError::Transport(cluster_core::TransportError::Other(
+                        "the cluster did not settle between broadcasts".into(),
+                    )));
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(within, broadcasts).await {
+            Ok(sent) => sent.map_err(|e| fail(e.to_string()))?,
+            Err(_) => {
+                return Err(fail(format!(
+                    "{N} broadcasts took over {within:?}: one waited on the peer that does not read"
+                )));
+            }
+        }
+        sim.settle().await;
+        let got: Vec<u32> = sim.take_received(2).into_iter().map(|e| e.msg).collect();
+        if got != (N..2 * N).collect::<Vec<_>>() {
+            return Err(fail(format!(
+                "node 2 got {} of {N} broadcasts while node 3 did not read",
+                got.len()
+            )));
+        }
+        let m1 = sim.monitor(1).ok_or_else(|| fail("node 1 is gone".into()))?;
+        let s1 = m1.stats();
+        if s1.peers[&3].dropped_to.get(DropReason::Backpressure) == 0 {
+            return Err(fail(
+                "node 3 read nothing, yet no copy to it was dropped as backpressure".into(),
+            ));
+        }
+        if s1.peers[&2].dropped_to.total() != 0 {
+            return Err(fail(format!(
+                "copies to the reading node 2 were dropped: {:?}",
+                s1.peers[&2].dropped_to
+            )));
+        }
+        sim.pause_inbox(3, false);
+        let history = sim.finish().await;
+        let violations = oracle::check_c7_accounting(&oracle::Analysis::new(&history));
+        let totals: Vec<Violation> = violations.into_iter().filter(|v| v.seq.is_none()).collect();
+        if !totals.is_empty() {
+            let mut f = fail("counters do not add up under flow control".into());
             f.violations = totals;
             return Err(f);
         }
@@ -664,6 +772,8 @@ pub fn run(factory: &dyn Factory, options: &SuiteOptions) -> Result<Report, Box<
     }
     check_backpressure_isolation(factory)?;
     directed.push("backpressure-isolation");
+    check_lossless_when_healthy(factory)?;
+    directed.push("lossless-when-healthy");
     check_hostile_input(factory)?;
     directed.push("hostile-input");
     let mut report = check_scenarios(factory, options)?;
