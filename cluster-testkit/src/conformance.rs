@@ -571,7 +571,11 @@ pub fn check_lossless_when_healthy(factory: &dyn Factory) -> Result<(), Box<Fail
         };
         match tokio::time::timeout(within, stream).await {
             Ok(sent) => sent.map_err(|e| fail(e.to_string()))?,
-            Err(_) => return Err(fail(format!("{N} sends to a reading peer took over {within:?}"))),
+            Err(_) => {
+                return Err(fail(format!(
+                    "{N} sends to a reading peer took over {within:?}"
+                )));
+            }
         }
         if !sim.settle().await {
             return Err(fail("the cluster did not settle after the stream".into()));
@@ -612,7 +616,9 @@ pub fn check_lossless_when_healthy(factory: &dyn Factory) -> Result<(), Box<Fail
                 got.len()
             )));
         }
-        let m1 = sim.monitor(1).ok_or_else(|| fail("node 1 is gone".into()))?;
+        let m1 = sim
+            .monitor(1)
+            .ok_or_else(|| fail("node 1 is gone".into()))?;
         let s1 = m1.stats();
         if s1.peers[&3].dropped_to.get(DropReason::Backpressure) == 0 {
             return Err(fail(
