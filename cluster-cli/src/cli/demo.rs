@@ -42,7 +42,7 @@ struct Node {
 }
 
 impl Node {
-    async fn spawn(pid: Pid, config: &Path) -> anyhow::Result<Self> {
+    async fn spawn(pid: Pid, config: &Path, wait: Duration) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("locating the cluster binary")?;
         let mut child = Command::new(exe)
             .args([
@@ -51,6 +51,8 @@ impl Node {
                 "--quiet",
                 "--pid",
                 &pid.to_string(),
+                "--wait",
+                &wait.as_secs().to_string(),
                 "--config",
             ])
             .arg(config)
@@ -129,6 +131,9 @@ impl Node {
 struct Demo {
     start: Instant,
     config_path: PathBuf,
+    /// How long a node waits for its peers: the nodes start one after the other, so the
+    /// first waits for the last (10 s, and a quarter second more per node).
+    connect_wait: Duration,
     nodes: BTreeMap<Pid, Node>,
     /// Whether the nodes' config has a cluster key (each node must say it runs with it).
     keyed: bool,
@@ -147,7 +152,7 @@ impl Demo {
 
     /// Starts `pid` and waits until it reports its incarnation and that its peers connected.
     async fn start_node(&mut self, pid: Pid) -> anyhow::Result<u64> {
-        let mut node = Node::spawn(pid, &self.config_path).await?;
+        let mut node = Node::spawn(pid, &self.config_path, self.connect_wait).await?;
         let ready = node.expect("ready").await?;
         let incarnation = ready["incarnation"].as_u64().unwrap_or_default();
         if ready["keyed"].as_bool() != Some(self.keyed) {
@@ -171,8 +176,9 @@ impl Demo {
     }
 
     async fn wait_connected(&mut self, pid: Pid) -> anyhow::Result<()> {
+        let deadline = self.connect_wait + PHASE_DEADLINE;
         let node = self.node(pid)?;
-        let v = tokio::time::timeout(PHASE_DEADLINE, async {
+        let v = tokio::time::timeout(deadline, async {
             loop {
                 match node.events.recv().await {
                     Some(v) if v["event"] == "connected" => return Ok(v),
@@ -383,6 +389,7 @@ async fn run_phases(config: &Config, args: &DemoArgs, dir: &Path) -> anyhow::Res
     let mut demo = Demo {
         start: Instant::now(),
         config_path,
+        connect_wait: Duration::from_secs(10) + Duration::from_millis(250) * pids.len() as u32,
         nodes: BTreeMap::new(),
         keyed,
     };
