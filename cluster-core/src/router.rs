@@ -755,6 +755,8 @@ impl Router {
                 if !unacked.pop_newest() {
                     break;
                 }
+                // Room in the window: senders waiting for it may look again.
+                self.credited = true;
             }
             self.stats.unacknowledged(peer, unacked.frames.len());
         }

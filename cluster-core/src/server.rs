@@ -454,6 +454,13 @@ impl<M> Inbox<M> {
     }
 }
 
+impl<M> Drop for Inbox<M> {
+    fn drop(&mut self) {
+        // The node's task may wait for room in bytes: it finds the inbox closed now.
+        self.bytes.taken.notify_one();
+    }
+}
+
 // Nothing in an inbox is ever pinned in place (no field is projected), whatever `M` is.
 impl<M> Unpin for Inbox<M> {}
 
@@ -882,8 +889,13 @@ impl<M: Message> Driver<M> {
     /// Whether to take more frames off the transport now (see the type's docs).
     fn may_take(&self) -> bool {
         match self.backlog_max {
-            Some((frames, bytes)) => self.backlog.len() < frames && self.backlog_bytes < bytes,
-            None => self.backlog.is_empty() && self.inbox.capacity() > 0,
+            // Always: acknowledgements must get through, and a libzmq connection must not
+            // be left unread. What exceeds the backlog's bound is dropped (`over_bound`).
+            Some(_) => true,
+            // A closed inbox takes everything, to drop it as `unreachable`.
+            None => {
+                self.backlog.is_empty() && (self.inbox.capacity() > 0 || self.inbox.is_closed())
+            }
         }
     }
 

@@ -341,7 +341,13 @@ impl State {
             let mut q = node.slot.queue();
             let before = q.len();
             q.retain(|(from, _)| !doomed(*from, to));
-            lost += (before - q.len()) as u64;
+            let purged = before - q.len();
+            drop(q);
+            if purged > 0 {
+                // Room for senders waiting on this queue.
+                node.slot.room.notify_waiters();
+            }
+            lost += purged as u64;
         }
         self.stats.discarded.add(reason, lost);
     }
@@ -727,6 +733,76 @@ mod tests {
         let s = b.stats();
         assert_eq!((s.delivered, s.dropped_incoming.total()), (10, 0));
         assert_eq!(a.stats().sent, 10);
+    }
+
+    /// Room made by a cut (its frames purged) wakes a sender waiting for it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn frames_purged_by_a_cut_make_room_for_a_waiting_sender() {
+        let config = Config::local(3, 7000).unwrap();
+        let net = MemNetwork::with_queue_capacity(&config, 1, 2);
+        let (t1, t3) = (net.transport(1).unwrap(), net.transport(3).unwrap());
+        let _t2 = net.transport(2).unwrap();
+        t1.send(2, frame(1)).unwrap();
+        t3.send(2, frame(2)).unwrap();
+        assert_eq!(t3.send(2, frame(3)), Err(DropReason::Backpressure));
+        let waiting = tokio::spawn(async move {
+            t3.writable(2).await;
+            t3
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        net.cut(1, 2);
+        let t3 = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the cut's purge woke the waiting sender")
+            .unwrap();
+        assert_eq!(t3.send(2, frame(4)), Ok(()));
+    }
+
+    /// An inbox closed while full: the node takes what arrives and drops it as
+    /// `unreachable`, and still stops when told to (no spinning task).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_closed_full_inbox_drops_what_arrives_and_the_node_still_stops() {
+        use cluster_core::{Envelope, Options, Server};
+        let options = Options {
+            inbox_capacity: 2,
+            ..Options::default()
+        };
+        let config = Config::local(2, 7000)
+            .unwrap()
+            .with_options(options)
+            .unwrap();
+        let net = MemNetwork::new(&config, 1);
+        let a =
+            Server::<u32>::with_transport(1, config.clone(), net.transport(1).unwrap()).unwrap();
+        let mut b = Server::<u32>::with_transport(2, config, net.transport(2).unwrap()).unwrap();
+        for i in 0..2 {
+            a.outbox()
+                .send(Envelope::new(2, i, i as u32))
+                .await
+                .unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while b.inbox().len() < 2 && tokio::time::Instant::now() < deadline {
+            tokio::task::yield_now().await;
+        }
+        b.inbox().close();
+        for i in 2..5 {
+            a.outbox()
+                .send(Envelope::new(2, i, i as u32))
+                .await
+                .unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while b.stats().dropped_incoming.get(DropReason::Unreachable) < 3
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(b.stats().dropped_incoming.get(DropReason::Unreachable), 3);
+        tokio::time::timeout(Duration::from_secs(10), b.shutdown())
+            .await
+            .expect("the node stops");
     }
 
     #[tokio::test(flavor = "current_thread")]
