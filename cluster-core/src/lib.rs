@@ -52,9 +52,11 @@
 //!   [`Transport::may_lose_accepted`]: ZeroMQ). Every frame carries a sequence number per
 //!   (sender incarnation → receiver), taken only when the transport accepts the frame (a
 //!   refused frame gives its number back). The receiver counts the gaps it sees in
-//!   [`PeerStats::lost_in_transit`], and acknowledges what it received (a small control
-//!   frame, authenticated like any other, every quarter window, and within a tenth of
-//!   `heartbeat_interval`). The sender keeps what is not yet acknowledged
+//!   [`PeerStats::lost_in_transit`], and acknowledges what reached its end there —
+//!   delivered to the inbox, or dropped and counted; not what merely arrived, so that a
+//!   full inbox holds its senders back (a small control frame, authenticated like any
+//!   other, every quarter window, and within a tenth of `heartbeat_interval`). The sender
+//!   keeps what is not yet acknowledged
 //!   ([`PeerStats::unacknowledged`], bounded: see C6) and counts it as
 //!   [`PeerStats::unconfirmed`] once the peer has been disconnected for a heartbeat
 //!   interval, or once a newer incarnation of the peer acknowledges from a later sequence
