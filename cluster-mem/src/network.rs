@@ -690,13 +690,17 @@ mod tests {
         assert_eq!(net.stats().discarded.get(DropReason::Partitioned), 0);
     }
 
-    /// A burst into a small inbox fills it, and the rest waits in the network, not
-    /// dropped: once read, every message arrives, in order.
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_burst_into_a_small_inbox_waits_in_the_network_and_arrives_whole() {
-        use cluster_core::{Envelope, Options, SendOutcome, Server};
+    /// Nodes 1 and 2 on a network of their own, node 2's inbox holding `inbox_capacity`.
+    fn two_nodes(
+        inbox_capacity: usize,
+    ) -> (
+        MemNetwork,
+        cluster_core::Server<u32>,
+        cluster_core::Server<u32>,
+    ) {
+        use cluster_core::{Options, Server};
         let options = Options {
-            inbox_capacity: 4,
+            inbox_capacity,
             ..Options::default()
         };
         let config = Config::local(2, 7000)
@@ -704,9 +708,17 @@ mod tests {
             .with_options(options)
             .unwrap();
         let net = MemNetwork::new(&config, 1);
-        let a =
-            Server::<u32>::with_transport(1, config.clone(), net.transport(1).unwrap()).unwrap();
-        let mut b = Server::<u32>::with_transport(2, config, net.transport(2).unwrap()).unwrap();
+        let a = Server::with_transport(1, config.clone(), net.transport(1).unwrap()).unwrap();
+        let b = Server::with_transport(2, config, net.transport(2).unwrap()).unwrap();
+        (net, a, b)
+    }
+
+    /// A burst into a small inbox fills it, and the rest waits in the network, not
+    /// dropped: once read, every message arrives, in order.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_burst_into_a_small_inbox_waits_in_the_network_and_arrives_whole() {
+        use cluster_core::{Envelope, SendOutcome};
+        let (net, a, mut b) = two_nodes(4);
         let outbox = a.outbox();
         for i in 0..10 {
             let outcome = outbox.try_send(Envelope::new(2, i.into(), i)).unwrap();
@@ -763,19 +775,8 @@ mod tests {
     /// `unreachable`, and still stops when told to (no spinning task).
     #[tokio::test(flavor = "current_thread")]
     async fn a_closed_full_inbox_drops_what_arrives_and_the_node_still_stops() {
-        use cluster_core::{Envelope, Options, Server};
-        let options = Options {
-            inbox_capacity: 2,
-            ..Options::default()
-        };
-        let config = Config::local(2, 7000)
-            .unwrap()
-            .with_options(options)
-            .unwrap();
-        let net = MemNetwork::new(&config, 1);
-        let a =
-            Server::<u32>::with_transport(1, config.clone(), net.transport(1).unwrap()).unwrap();
-        let mut b = Server::<u32>::with_transport(2, config, net.transport(2).unwrap()).unwrap();
+        use cluster_core::Envelope;
+        let (net, a, mut b) = two_nodes(2);
         for i in 0..2 {
             a.outbox()
                 .send(Envelope::new(2, i, i as u32))
