@@ -776,7 +776,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_closed_full_inbox_drops_what_arrives_and_the_node_still_stops() {
         use cluster_core::Envelope;
-        let (net, a, mut b) = two_nodes(2);
+        let (_net, a, mut b) = two_nodes(2);
         for i in 0..2 {
             a.outbox()
                 .send(Envelope::new(2, i, i as u32))
