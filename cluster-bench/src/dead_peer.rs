@@ -10,9 +10,10 @@
 //! the signals to the peers come from the process that owns them. What else the process
 //! holds (one reader task per child, the samples) is a few kilobytes and does not grow
 //! with the traffic. The sender uses the library as an application would: it hands every
-//! message to the outbox (`send().await`, which waits only for the server's own task,
-//! never for a peer), lets the runtime run other tasks every [`YIELD_EVERY`] messages,
-//! and leaves what a peer cannot take to the library, which drops and counts it.
+//! message to the outbox (`send().await`, which waits for room up to `send_timeout` when
+//! a connected peer's queue is full, then drops, counts and stalls that peer), lets the
+//! runtime run other tasks every [`YIELD_EVERY`] messages, and leaves what a peer cannot
+//! take to the library.
 
 use std::fmt;
 use std::io::Write;
@@ -654,8 +655,7 @@ pub async fn run_dead_peer(
     stop.store(true, Ordering::Relaxed);
     let ended_at = started.elapsed();
     let sent = tokio::time::timeout(PHASE_DEADLINE, sender).await;
-    // Let the server's task route what is left in the outbox, and every healthy peer
-    // report once more after the end.
+    // Let every healthy peer report once more after the end.
     tokio::time::sleep(interval + Duration::from_millis(200)).await;
     snapshots.push(server.stats());
     let rss = rss.join().unwrap_or_default();

@@ -1,6 +1,7 @@
 //! Routing decisions, written sans-IO: envelopes and frames in, decisions and counters out.
-//! The server's task drives it; it holds no socket, clock or runtime, so every transport
-//! shares these semantics line for line.
+//! The sending tasks (through the outbox) and the node's receiving task drive it, under one
+//! lock; it holds no socket, clock or runtime, so every transport shares these semantics
+//! line for line.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -28,8 +28,8 @@ pub enum Op {
         /// The message.
         payload: Vec<u8>,
     },
-    /// Like `Send`, but without waiting for the sender's server to route it: the next ops
-    /// (a crash, a cut) may come first. Skipped if `from` is down or its outbox is full.
+    /// Like `Send`, but never waiting for room (`try_send`): a full queue to the destination
+    /// is a counted `backpressure` drop. Skipped if `from` is down.
     Enqueue {
         /// The sender.
         from: Pid,
