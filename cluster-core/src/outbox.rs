@@ -281,8 +281,9 @@ impl<M: Message> Outbox<M> {
         let mut deadline: Option<Instant> = None;
         let mut env = env;
         loop {
-            let wait = deadline.is_none_or(|d| Instant::now() < d);
-            let (held, full) = match node.attempt(env, wait)? {
+            // Once the deadline has passed, the peer is stalled (below): this attempt no
+            // longer waits, and the message is sent or dropped.
+            let (held, full) = match node.attempt(env, true)? {
                 Attempt::Done(outcome) => return Ok(outcome),
                 Attempt::Held(held, full) => (held, full),
             };
@@ -503,6 +504,20 @@ mod tests {
             }
         );
         assert!(!outcome.is_sent());
+        assert!(SendOutcome::Sent.is_sent());
+        assert!(
+            SendOutcome::Broadcast {
+                sent: 2,
+                dropped: 0
+            }
+            .is_sent()
+        );
+        assert!(!SendOutcome::Dropped(DropReason::Unreachable).is_sent());
+        let shown = format!("{outbox:?}");
+        assert!(
+            shown.contains("pid: 1") && shown.contains("open: true"),
+            "{shown}"
+        );
         let stats = s.stats();
         assert_eq!(stats.peers[&2].dropped_to.get(DropReason::Backpressure), 1);
         assert_eq!(stats.peers[&4].dropped_to.get(DropReason::Unreachable), 2);
@@ -588,6 +603,8 @@ mod tests {
         assert!(outbox.is_closed());
         let e = outbox.send(to(2, 42)).await.unwrap_err();
         assert!(e.to_string().contains("stopped"), "{e}");
+        let debug = format!("{e:?}");
+        assert!(debug.contains("stopped") && debug.contains("42"), "{debug}");
         assert_eq!(e.into_inner().msg_id, 42);
         assert!(outbox.try_send(to(1, 43)).is_err());
     }
