@@ -224,6 +224,9 @@ pub(crate) struct Router {
     credited: bool,
     /// Per pid in `all`: whether it was disconnected at the last [`Router::write_off`].
     absent: Vec<bool>,
+    /// Per pid in `all`: the sequence number of its oldest unacknowledged frame at the last
+    /// [`Router::probe_silent`], if any.
+    oldest_unacked: Vec<Option<Seq>>,
     /// Unkeyed only: silence after which a peer's newest incarnation stops counting (the
     /// `heartbeat_timeout`), so that no single frame can lock a peer out for good. See
     /// [`Router::incoming`].
@@ -250,6 +253,7 @@ impl Router {
         let heard = vec![None; all.len()];
         let next_seq = vec![1; all.len()];
         let absent = vec![false; all.len()];
+        let oldest_unacked = vec![None; all.len()];
         let ack_due = vec![AckDue::default(); all.len()];
         let unacked = all.iter().map(|_| Unacked::default()).collect();
         Self {
@@ -265,6 +269,7 @@ impl Router {
             ack_ready: false,
             credited: false,
             absent,
+            oldest_unacked,
             forget_after,
             stats,
             encoder: wire::Encoder::new(),
@@ -557,6 +562,10 @@ impl Router {
             self.on_ack(index, &h, &bytes);
             return None;
         }
+        if h.destination == Destination::Probe {
+            self.on_probe(index, &h, now);
+            return None;
+        }
         let mut heard = self.heard.get(index).copied().flatten();
         if !self.sealer.keyed()
             && heard.is_some_and(|p| now.saturating_duration_since(p.at) >= self.forget_after)
@@ -666,6 +675,62 @@ impl Router {
         self.credited = true;
     }
 
+    /// Applies a probe from the peer at `index` (header `h`, already authenticated): the
+    /// peer's transport accepted frames up to `h.seq` for this node and has had no
+    /// acknowledgement of them for a heartbeat interval.
+    ///
+    /// * From the incarnation heard last, when everything that arrived from it has reached
+    ///   its end here: the frames after the highest that arrived, up to `h.seq`, were lost
+    ///   on the way (a connection that broke and came back loses what it carried) and no
+    ///   later frame showed the gap; they are counted `lost_in_transit` and covered by the
+    ///   next acknowledgement. While frames that arrived still wait for the inbox, the
+    ///   probe changes nothing: their acknowledgements will come, and the peer probes again.
+    /// * From an incarnation newer than any heard (or from one never heard): nothing it
+    ///   sent arrived, so the next acknowledgement names `h.seq + 1` as the first frame
+    ///   this node has from it, and the peer counts what came before as `unconfirmed`.
+    /// * From an older incarnation: ignored.
+    ///
+    /// In every case the last acknowledgement is due again, in case it was lost on the way.
+    /// Without a key the forgetting rule of [`Router::incoming`] is not applied: a probe
+    /// comes from a peer that waits for acknowledgements, not after a silence.
+    fn on_probe(&mut self, index: usize, h: &Header, now: Instant) {
+        if self.acks.is_none() {
+            return;
+        }
+        let (Some(slot), Some(due)) = (self.heard.get_mut(index), self.ack_due.get_mut(index))
+        else {
+            return;
+        };
+        match *slot {
+            Some(p) if h.incarnation < p.incarnation => return,
+            Some(p) if h.incarnation == p.incarnation => {
+                if h.seq > p.seq && due.settled >= p.seq {
+                    self.stats.lost_in_transit(h.sender, h.seq - p.seq);
+                    *slot = Some(Heard {
+                        seq: h.seq,
+                        at: now,
+                        ..p
+                    });
+                    due.settled = h.seq;
+                }
+            }
+            _ => {
+                *slot = Some(Heard {
+                    incarnation: h.incarnation,
+                    first: h.seq.saturating_add(1),
+                    seq: h.seq,
+                    at: now,
+                });
+                *due = AckDue {
+                    settled: h.seq,
+                    ..AckDue::default()
+                };
+                self.stats.seen_incarnation(h.sender, h.incarnation);
+            }
+        }
+        due.acked = due.acked.min(due.settled.saturating_sub(1));
+    }
+
     /// Acknowledges what arrived from each peer, through `send`: to every peer owed
     /// enough (a quarter of a window) or, with `all`, to every peer owed anything. A
     /// refused acknowledgement is tried again next time.
@@ -742,6 +807,54 @@ impl Router {
                 self.stats.unacknowledged(*pid, 0);
             }
             *was_absent = absent;
+        }
+    }
+
+    /// Probes, through `send`, every peer in `connected` that has acknowledged nothing
+    /// since the previous call while frames to it waited for acknowledgement (see
+    /// [`Destination::Probe`] and [`Router::on_probe`]): without it, frames lost on a
+    /// connection that broke and came back, with nothing sent after them, would be counted
+    /// nowhere, and a lost acknowledgement would hold the peer's window forever. Called
+    /// once per heartbeat interval; a refused probe is sent at the next call.
+    pub(crate) fn probe_silent(
+        &mut self,
+        connected: &crate::transport::PeerSet,
+        mut send: impl FnMut(Pid, Bytes) -> Result<(), DropReason>,
+    ) {
+        if self.acks.is_none() {
+            return;
+        }
+        for index in 0..self.all.len() {
+            let (Some(&peer), Some(unacked), Some(oldest)) = (
+                self.all.get(index),
+                self.unacked.get(index),
+                self.oldest_unacked.get_mut(index),
+            ) else {
+                continue;
+            };
+            let now_oldest = (!unacked.frames.is_empty()).then_some(unacked.first);
+            let silent = now_oldest.is_some() && *oldest == now_oldest;
+            *oldest = now_oldest;
+            if !silent || !connected.contains(&peer) {
+                continue;
+            }
+            let highest = unacked.first + unacked.frames.len() as Seq - 1;
+            if self.encoder.serialize(&()).is_err() {
+                continue;
+            }
+            let header = self.sealer.mark(Header {
+                sender: self.pid,
+                to: peer,
+                destination: Destination::Probe,
+                incarnation: self.incarnation,
+                seq: highest,
+                ..Header::default()
+            });
+            let sealer = &mut self.sealer;
+            let frame = self.encoder.frame(&header, |covered| sealer.seal(covered));
+            if send(peer, frame).is_ok() {
+                tracing::debug!(pid = self.pid, peer, highest, "probed a silent peer");
+            }
         }
     }
 
@@ -1011,6 +1124,160 @@ mod tests {
         // Acknowledgements are not messages: nothing was delivered or dropped for them.
         let s = snapshot(&a);
         assert_eq!((s.delivered, s.dropped_incoming.total()), (0, 0));
+    }
+
+    /// What `r` probes now (see [`Router::probe_silent`]), with `connected` up.
+    fn probes_of(r: &mut Router, connected: &[Pid]) -> Vec<(Pid, Bytes)> {
+        let connected: crate::transport::PeerSet = connected.iter().copied().collect();
+        let mut out = Vec::new();
+        r.probe_silent(&connected, |to, f| {
+            out.push((to, f));
+            Ok(())
+        });
+        out
+    }
+
+    /// Delivers every acknowledgement `from` owes to `to`.
+    fn ack_into(from: &mut Router, to: &mut Router) {
+        for (_, ack) in acks_of(from, true) {
+            assert!(to.incoming::<String>(ack, Instant::now()).is_none());
+        }
+    }
+
+    /// C7 on real sockets: frames lost on a connection that broke and came back, with no
+    /// later frame to show the gap, are counted (`lost_in_transit` at the receiver) once
+    /// the sender, acknowledged nothing for an interval, probes; the window is free again.
+    #[test]
+    fn a_probe_counts_frames_lost_with_nothing_after_them() {
+        let mut a = acking_router(1, 5, 1 << 20);
+        let mut b = acking_router(2, 9, 1 << 20);
+        let frames = send_n(&mut a, 2, 4);
+        assert!(
+            b.incoming::<String>(frames[0].clone(), Instant::now())
+                .is_some()
+        );
+        ack_into(&mut b, &mut a);
+        assert_eq!(a.unacked_frames(), 3, "frames 2..=4 lost on the way");
+        assert!(
+            probes_of(&mut a, &[2]).is_empty(),
+            "the first look only notes the oldest"
+        );
+        let probes = probes_of(&mut a, &[2]);
+        assert_eq!(
+            probes.len(),
+            1,
+            "nothing acknowledged for an interval: probed"
+        );
+        let (to, probe) = probes.into_iter().next().unwrap();
+        assert_eq!(to, 2);
+        assert!(crate::wire::is_control(&probe));
+        assert!(b.incoming::<String>(probe, Instant::now()).is_none());
+        let s = snapshot(&b);
+        assert_eq!((s.peers[&1].lost_in_transit, s.delivered), (3, 0));
+        assert_eq!(s.dropped_incoming.total(), 0, "a probe is not a message");
+        ack_into(&mut b, &mut a);
+        assert_eq!(a.unacked_frames(), 0, "the lost frames are settled");
+        assert_eq!(snapshot(&a).unconfirmed, 0);
+        // The next frame follows on: no gap, no replay.
+        let next = send_n(&mut a, 2, 1);
+        assert!(
+            b.incoming::<String>(next[0].clone(), Instant::now())
+                .is_some()
+        );
+        assert_eq!(snapshot(&b).peers[&1].lost_in_transit, 3);
+        assert!(probes_of(&mut a, &[2]).is_empty());
+    }
+
+    /// A probe to a peer that is not connected is not sent (its frames are written off
+    /// instead); a peer whose acknowledgements move on is not probed; a probe to a peer
+    /// whose only loss is its acknowledgement makes it acknowledge again, counting no loss.
+    #[test]
+    fn probes_go_only_to_silent_connected_peers_and_recover_a_lost_acknowledgement() {
+        let mut a = acking_router(1, 5, 1 << 20);
+        let mut b = acking_router(2, 9, 1 << 20);
+        for f in send_n(&mut a, 2, 2) {
+            assert!(b.incoming::<String>(f, Instant::now()).is_some());
+        }
+        send_n(&mut a, 3, 2);
+        assert!(probes_of(&mut a, &[2, 3]).is_empty());
+        // Peer 2's acknowledgement is lost on the way; peer 3 is down.
+        assert_eq!(acks_of(&mut b, true).len(), 1);
+        let probes = probes_of(&mut a, &[2]);
+        assert_eq!(probes.iter().map(|(to, _)| *to).collect::<Vec<_>>(), [2]);
+        assert!(acks_of(&mut b, true).is_empty(), "acknowledged already");
+        for (_, probe) in probes {
+            assert!(b.incoming::<String>(probe, Instant::now()).is_none());
+        }
+        ack_into(&mut b, &mut a);
+        assert_eq!(
+            a.unacked_frames(),
+            2,
+            "peer 2's frames confirmed; peer 3's wait"
+        );
+        assert_eq!(snapshot(&b).peers[&1].lost_in_transit, 0);
+        // Acknowledged progress: not probed.
+        let frames = send_n(&mut a, 2, 1);
+        assert!(probes_of(&mut a, &[2]).is_empty());
+        assert!(
+            b.incoming::<String>(frames[0].clone(), Instant::now())
+                .is_some()
+        );
+        ack_into(&mut b, &mut a);
+        assert!(probes_of(&mut a, &[2]).is_empty());
+    }
+
+    /// While frames that arrived wait for the inbox (not settled), a probe changes nothing;
+    /// a probe of an incarnation never heard makes the acknowledgement name the first frame
+    /// after it, so the sender counts the rest `unconfirmed`; a probe of an older
+    /// incarnation is ignored.
+    #[test]
+    fn probes_wait_for_the_backlog_and_start_a_new_incarnation() {
+        let mut a = acking_router(1, 5, 1 << 20);
+        let mut b = acking_router(2, 9, 1 << 20);
+        let frames = send_n(&mut a, 2, 3);
+        let (_, arrival) = b
+            .incoming_arrival::<String>(frames[0].clone(), Instant::now())
+            .unwrap();
+        probes_of(&mut a, &[2]);
+        for (_, probe) in probes_of(&mut a, &[2]) {
+            assert!(b.incoming::<String>(probe, Instant::now()).is_none());
+        }
+        assert_eq!(
+            snapshot(&b).peers[&1].lost_in_transit,
+            0,
+            "frame 1 not settled"
+        );
+        assert!(acks_of(&mut b, true).is_empty());
+        b.settled(&arrival);
+        for (_, probe) in probes_of(&mut a, &[2]) {
+            assert!(b.incoming::<String>(probe, Instant::now()).is_none());
+        }
+        assert_eq!(snapshot(&b).peers[&1].lost_in_transit, 2);
+        ack_into(&mut b, &mut a);
+        assert_eq!(a.unacked_frames(), 0);
+
+        // Node 2 restarted (incarnation 10) and lost node 1's frames 4 and 5.
+        let mut b = acking_router(2, 10, 1 << 20);
+        send_n(&mut a, 2, 2);
+        probes_of(&mut a, &[2]);
+        let probes = probes_of(&mut a, &[2]);
+        let mut older = acking_router(1, 4, 1 << 20);
+        older.next_seq[1] = 100;
+        send_n(&mut older, 2, 1);
+        probes_of(&mut older, &[2]);
+        for (_, probe) in probes.into_iter().chain(probes_of(&mut older, &[2])) {
+            assert!(b.incoming::<String>(probe, Instant::now()).is_none());
+        }
+        assert_eq!(snapshot(&b).peers[&1].lost_in_transit, 0);
+        ack_into(&mut b, &mut a);
+        let s = snapshot(&a);
+        assert_eq!((s.peers[&2].unconfirmed, a.unacked_frames()), (2, 0));
+        let next = send_n(&mut a, 2, 1);
+        assert!(
+            b.incoming::<String>(next[0].clone(), Instant::now())
+                .is_some()
+        );
+        assert_eq!(snapshot(&b).peers[&1].lost_in_transit, 0);
     }
 
     /// The byte bound: frames fit while their bytes do; an acknowledgement frees them.

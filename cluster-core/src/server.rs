@@ -844,7 +844,10 @@ impl<M: Message> Driver<M> {
                         state.router().acknowledge(true, |to, frame| transport.send(to, frame));
                         ticks = (ticks + 1) % ACK_TICKS;
                         if ticks == 0 {
-                            state.router().write_off(&node.connected.borrow());
+                            let connected = node.connected.borrow();
+                            let router = state.router();
+                            router.write_off(&connected);
+                            router.probe_silent(&connected, |to, frame| transport.send(to, frame));
                         }
                     }
                     if ticks == 0 {

@@ -7,7 +7,8 @@
 //! 2       1     flags: bit 0 = keyed (a 32-byte trailer follows the payload);
 //!                     bit 1 = encrypted (only with bit 0); other bits 0
 //! 3       1     destination kind: 0 peer, 1 broadcast, 2 group (reserved for multicast),
-//!               3 acknowledgement (a control frame, see [`Destination::Ack`])
+//!               3 acknowledgement, 4 probe (control frames, see [`Destination::Ack`] and
+//!               [`Destination::Probe`])
 //! 4       4     sender pid, i32 little-endian, >= 0
 //! 8       4     receiver pid, i32 little-endian, >= 0 (every copy names its receiver)
 //! 12      4     sender incarnation, u32 little-endian
@@ -106,6 +107,13 @@ pub enum Destination {
     /// receiver's incarnation whose frames it acknowledges, and the lowest and highest
     /// sequence numbers received from that incarnation. Its `seq` and `msg_id` are 0.
     Ack,
+    /// Not a message: the highest sequence number of the frames, from the frame's sender to
+    /// the receiver, that the sender's transport accepted and that are not acknowledged
+    /// yet, in `seq`. Sent when a peer acknowledged nothing for a heartbeat interval, so
+    /// that frames lost with no later frame to show the gap (a connection that broke and
+    /// came back) are counted, and a lost acknowledgement is sent again. Its payload is
+    /// empty (MessagePack nil) and its `msg_id` is 0.
+    Probe,
 }
 
 impl Destination {
@@ -115,7 +123,13 @@ impl Destination {
             Self::Broadcast => 1,
             Self::Group => 2,
             Self::Ack => 3,
+            Self::Probe => 4,
         }
+    }
+
+    /// Whether a frame of this kind is a control frame, which carries no message.
+    pub fn is_control(self) -> bool {
+        matches!(self, Self::Ack | Self::Probe)
     }
 
     fn from_byte(b: u8) -> Option<Self> {
@@ -124,6 +138,7 @@ impl Destination {
             1 => Some(Self::Broadcast),
             2 => Some(Self::Group),
             3 => Some(Self::Ack),
+            4 => Some(Self::Probe),
             _ => None,
         }
     }
@@ -235,12 +250,12 @@ impl Header {
     }
 }
 
-/// Whether `frame` looks like a control frame (an acknowledgement, [`Destination::Ack`]),
+/// Whether `frame` looks like a control frame ([`Destination::Ack`], [`Destination::Probe`]),
 /// which carries no message. For transports that report discarded frames
 /// ([`crate::TransportEvent::Dropped`] counts messages only): a cheap look at the header,
 /// not a check (the server checks every frame it receives).
 pub fn is_control(frame: &[u8]) -> bool {
-    matches!(frame, [MAGIC, VERSION, _, 3, ..])
+    matches!(frame, [MAGIC, VERSION, _, 3 | 4, ..])
 }
 
 /// Encodes a message and its header into one (unkeyed) frame.
@@ -560,10 +575,10 @@ mod tests {
             );
         }
         f[2] = 0;
-        f[3] = 4;
+        f[3] = 5;
         assert_eq!(
             Frame::decode(f.clone().into()),
-            Err(WireError::BadDestination(4))
+            Err(WireError::BadDestination(5))
         );
         f[3] = 0;
         f[8..12].copy_from_slice(&(-1i32).to_le_bytes());

@@ -248,8 +248,8 @@ impl Transport for Namer {
     }
 }
 
-/// Whether `frame` is a control frame (an acknowledgement), which carries no message: the
+/// Whether `frame` is a control frame (an acknowledgement or a probe), which carries no message: the
 /// test kit's wrappers pass it through without recording it.
 pub(crate) fn is_control(frame: &[u8]) -> bool {
-    Header::parse(frame).is_ok_and(|h| h.destination == Destination::Ack)
+    Header::parse(frame).is_ok_and(|h| h.destination.is_control())
 }

@@ -296,7 +296,7 @@ impl Tracked {
         match event {
             TransportEvent::Frame(bytes) => {
                 if let Ok(h) = Header::parse(bytes)
-                    && h.destination != Destination::Ack
+                    && !h.destination.is_control()
                 {
                     self.flight.arrived(h.sender, self.pid, h.msg_id);
                 }
@@ -311,7 +311,7 @@ impl Transport for Tracked {
     fn send(&self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
         let header = Header::parse(&frame)
             .ok()
-            .filter(|h| h.destination != Destination::Ack);
+            .filter(|h| !h.destination.is_control());
         let result = self.inner.send(to, frame);
         if let (Ok(()), Some(h)) = (&result, header) {
             self.flight.accepted(self.pid, to, h.msg_id);
