@@ -122,6 +122,7 @@
 
 mod config;
 mod envelope;
+mod inbox;
 mod key;
 mod outbox;
 mod report;
@@ -137,14 +138,15 @@ pub use config::{
     MacAlgorithm, Options, PeerConfig,
 };
 pub use envelope::{BROADCAST, Envelope, MsgId, Pid};
+pub use inbox::Inbox;
 pub use key::{ClusterKey, KEY_LEN};
 pub use outbox::{Outbox, SendError, SendOutcome};
 #[cfg(feature = "fault-injection")]
 #[doc(hidden)]
 pub use router::RouterFault;
 pub use server::{
-    Inbox, Message, MsgIds, Server, ServerBuilder, ServerError, ServerHandle, ServerMonitor,
-    WaitTimeout, clock_incarnation,
+    Message, MsgIds, Server, ServerBuilder, ServerError, ServerHandle, ServerMonitor, WaitTimeout,
+    clock_incarnation,
 };
 pub use stats::{DropCounts, DropReason, PeerStats, Stats};
 pub use transport::{PeerSet, Transport, TransportError, TransportEvent};

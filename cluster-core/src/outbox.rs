@@ -1,14 +1,15 @@
 //! The sending half of a node: routing in the sender's own task, straight to the transport.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::envelope::{Envelope, Pid};
+use crate::inbox::Receiving;
 use crate::router::{Full, Routed, Router};
 use crate::server::Message;
 use crate::stats::{DropReason, StatsCells};
@@ -124,9 +125,8 @@ pub(crate) struct Sending<M> {
     state: Mutex<SendState>,
     /// Signalled when acknowledgements or write-offs free room in peers' windows.
     pub(crate) credit: Notify,
-    /// The inbox, for messages this node sends itself. Weak: the inbox ends when the
-    /// server's task (which holds the strong end) has stopped, whoever holds an outbox.
-    inbox: mpsc::WeakSender<(Envelope<M>, usize)>,
+    /// The receiving side: the inbox's queue (messages this node sends itself go there).
+    pub(crate) recv: Receiving<M>,
     pub(crate) stats: Arc<StatsCells>,
     send_timeout: Duration,
     open: AtomicBool,
@@ -152,7 +152,7 @@ impl<M> Sending<M> {
         pid: Pid,
         transport: Box<dyn Transport>,
         router: Router,
-        inbox: mpsc::WeakSender<(Envelope<M>, usize)>,
+        recv: Receiving<M>,
         send_timeout: Duration,
     ) -> Self {
         let connected = transport.connected();
@@ -166,7 +166,7 @@ impl<M> Sending<M> {
                 stalled: BTreeSet::new(),
             }),
             credit: Notify::new(),
-            inbox,
+            recv,
             stats,
             send_timeout,
             open: AtomicBool::new(true),
@@ -231,32 +231,12 @@ impl<M: Message> Sending<M> {
         }
     }
 
-    /// Puts a message this node sent itself into its inbox, never waiting (a full inbox is
-    /// `backpressure`). It weighs nothing against the inbox's byte bound: it was never
-    /// serialized.
+    /// Puts a message this node sent itself into its inbox (see
+    /// [`Sending::deliver_to_self`]).
     fn deliver_local(&self, outcome: SendOutcome, local: Envelope<M>) -> SendOutcome {
-        // No inbox: the server's task has stopped, nobody will read it.
-        let inbox = self.inbox.upgrade();
-        let reserved = inbox
-            .as_ref()
-            .map_or(Err(DropReason::Unreachable), |inbox| {
-                inbox.try_reserve().map_err(|e| match e {
-                    mpsc::error::TrySendError::Full(()) => DropReason::Backpressure,
-                    mpsc::error::TrySendError::Closed(()) => DropReason::Unreachable,
-                })
-            });
-        match reserved {
-            Ok(permit) => {
-                // Counted before it is handed over, so that a reader who sees it sees it
-                // counted.
-                self.stats.delivered(self.pid);
-                permit.send((local, 0));
-                outcome
-            }
-            Err(reason) => {
-                self.stats.dropped_from(Some(self.pid), reason);
-                SendOutcome::Dropped(reason)
-            }
+        match self.deliver_to_self(local) {
+            Ok(()) => outcome,
+            Err(reason) => SendOutcome::Dropped(reason),
         }
     }
 
@@ -331,28 +311,6 @@ impl<M: Message> Outbox<M> {
     /// The pid of the node this outbox sends from.
     pub fn pid(&self) -> Pid {
         self.node.pid
-    }
-}
-
-/// The inbox's byte count and its waiters, shared by the inbox and the server's task.
-#[derive(Default)]
-pub(crate) struct InboxBytes {
-    pub(crate) bytes: AtomicUsize,
-    /// Signalled each time the inbox gives envelopes out, for a server's task waiting for
-    /// room in bytes.
-    pub(crate) taken: Notify,
-}
-
-impl InboxBytes {
-    pub(crate) fn load(&self) -> usize {
-        self.bytes.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn give_back(&self, size: usize) {
-        if size > 0 {
-            self.bytes.fetch_sub(size, Ordering::Relaxed);
-            self.taken.notify_one();
-        }
     }
 }
 

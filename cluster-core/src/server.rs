@@ -1,24 +1,22 @@
 //! The node: outbox and inbox channels, driven by one task that owns the transport.
 
-use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError};
-use crate::envelope::{Envelope, MsgId, Pid};
-use crate::outbox::{InboxBytes, Outbox, Sending};
-use crate::router::{AckOptions, Arrival, Router};
+use crate::envelope::{MsgId, Pid};
+use crate::inbox::{Inbox, Receiving};
+use crate::outbox::{Outbox, Sending};
+use crate::router::{AckOptions, Router};
 use crate::seal::Sealer;
-use crate::stats::{DropReason, Stats, StatsCells};
-use crate::transport::{PeerSet, Transport, TransportError, TransportEvent};
+use crate::stats::{Stats, StatsCells};
+use crate::transport::{PeerSet, Transport, TransportError};
 use crate::wire::Incarnation;
 
 /// Why a server could not start. `{:?}` prints the message too (for `main`'s `Result`).
@@ -203,8 +201,6 @@ impl ServerBuilder {
         );
         #[cfg(feature = "fault-injection")]
         let router = router.with_fault(router_fault);
-        let (inbox_tx, inbox_rx) = mpsc::channel(opts.inbox_capacity);
-        let inbox_bytes = Arc::new(InboxBytes::default());
         // Unacknowledged frames sit in the sender's transport queue, the receiver's (each
         // up to `peer_queue`), the sockets' buffers between them (megabytes: thousands of
         // small frames), and wait for the receiver's task to run: a window of sixteen
@@ -225,13 +221,6 @@ impl ServerBuilder {
                 connected: connected.clone(),
             }));
         }
-        let sending = Arc::new(Sending::new(
-            pid,
-            Box::new(transport),
-            router,
-            inbox_tx.downgrade(),
-            opts.send_timeout,
-        ));
         // With acknowledgements, the backlog holds at most what every peer may have
         // unacknowledged (see `Driver`).
         let senders = peers.len().max(1);
@@ -241,18 +230,17 @@ impl ServerBuilder {
                 a.window_bytes.saturating_mul(senders),
             )
         });
+        let sending = Arc::new(Sending::new(
+            pid,
+            Box::new(transport),
+            router,
+            Receiving::new(opts.inbox_capacity, opts.inbox_bytes, backlog_max),
+            opts.send_timeout,
+        ));
         let driver = Driver {
             node: Arc::clone(&sending),
-            inbox: inbox_tx,
-            inbox_bytes: Arc::clone(&inbox_bytes),
-            inbox_bytes_max: opts.inbox_bytes,
             tick: opts.heartbeat_interval,
             linger: opts.linger,
-            events: Vec::new(),
-            backlog: VecDeque::new(),
-            backlog_bytes: 0,
-            backlog_max,
-            settled: Vec::new(),
         };
         let task = runtime.spawn(async move {
             driver.run(stop_rx).await;
@@ -274,12 +262,8 @@ impl ServerBuilder {
                 stop: Some(stop_tx),
                 task: Some(task),
             },
-            outbox: Outbox::new(sending),
-            inbox: Inbox {
-                rx: inbox_rx,
-                bytes: inbox_bytes,
-                taken: Vec::new(),
-            },
+            outbox: Outbox::new(Arc::clone(&sending)),
+            inbox: Inbox::new(sending, runtime),
         })
     }
 }
@@ -355,129 +339,6 @@ pub struct Server<M> {
     handle: ServerHandle,
     outbox: Outbox<M>,
     inbox: Inbox<M>,
-}
-
-/// The receiving half of a node: envelopes from peers (and from the node to itself), `pid`
-/// = the sender. `recv` is cancel-safe.
-///
-/// Bounded twice: at most `inbox_capacity` envelopes, and at most `inbox_bytes` bytes of the
-/// frames they arrived in (sends to the node itself are not serialized and weigh nothing).
-/// A full inbox stops the node from taking frames off the transport, so that the senders'
-/// queues fill and their sends wait (up to their `send_timeout`): flow control, not loss.
-/// A message this node sends itself that finds the inbox full is dropped as `backpressure`.
-pub struct Inbox<M> {
-    rx: mpsc::Receiver<(Envelope<M>, usize)>,
-    /// Bytes held, shared with the server's task.
-    bytes: Arc<InboxBytes>,
-    /// Reused by [`Inbox::recv_many`], so that it allocates nothing per call.
-    taken: Vec<(Envelope<M>, usize)>,
-}
-
-impl<M> std::fmt::Debug for Inbox<M> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inbox")
-            .field("len", &self.rx.len())
-            .field("bytes", &self.bytes())
-            .finish()
-    }
-}
-
-impl<M> Inbox<M> {
-    /// The next envelope; `None` once the node has stopped and the inbox is empty.
-    /// Cancel-safe.
-    pub async fn recv(&mut self) -> Option<Envelope<M>> {
-        let (env, size) = self.rx.recv().await?;
-        self.bytes.give_back(size);
-        Some(env)
-    }
-
-    /// Polls for the next envelope: `Ready(None)` once the node has stopped and the inbox
-    /// is empty. The poll form of [`Inbox::recv`], behind the inbox's
-    /// [`Stream`](futures_core::Stream) implementation.
-    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Envelope<M>>> {
-        self.rx.poll_recv(cx).map(|next| {
-            next.map(|(env, size)| {
-                self.bytes.give_back(size);
-                env
-            })
-        })
-    }
-
-    /// The next envelope if one is there now.
-    pub fn try_recv(&mut self) -> Result<Envelope<M>, mpsc::error::TryRecvError> {
-        let (env, size) = self.rx.try_recv()?;
-        self.bytes.give_back(size);
-        Ok(env)
-    }
-
-    /// Waits for the next envelope, blocking the thread: for code outside the runtime.
-    /// Panics if called inside an asynchronous context (as tokio's `blocking_recv`).
-    pub fn blocking_recv(&mut self) -> Option<Envelope<M>> {
-        let (env, size) = self.rx.blocking_recv()?;
-        self.bytes.give_back(size);
-        Some(env)
-    }
-
-    /// Appends up to `limit` envelopes to `buffer`, waiting for at least one; returns how
-    /// many (0 once the node has stopped and the inbox is empty). Cancel-safe.
-    pub async fn recv_many(&mut self, buffer: &mut Vec<Envelope<M>>, limit: usize) -> usize {
-        // `mpsc::Receiver::recv_many` adds only in the poll that returns: cancel-safe, and
-        // `taken` is empty again whenever this returns or is dropped.
-        let n = self.rx.recv_many(&mut self.taken, limit).await;
-        let size: usize = self.taken.iter().map(|(_, size)| size).sum();
-        self.bytes.give_back(size);
-        buffer.extend(self.taken.drain(..).map(|(env, _)| env));
-        n
-    }
-
-    /// Envelopes waiting.
-    pub fn len(&self) -> usize {
-        self.rx.len()
-    }
-
-    /// Whether no envelope is waiting.
-    pub fn is_empty(&self) -> bool {
-        self.rx.is_empty()
-    }
-
-    /// Bytes of the frames waiting (see the type's docs).
-    pub fn bytes(&self) -> usize {
-        self.bytes.load()
-    }
-
-    /// Stops taking envelopes: later arrivals are dropped (`unreachable`); what is
-    /// waiting can still be received.
-    pub fn close(&mut self) {
-        self.rx.close();
-        // A server's task waiting for room in bytes finds the inbox closed.
-        self.bytes.taken.notify_one();
-    }
-}
-
-impl<M> Drop for Inbox<M> {
-    fn drop(&mut self) {
-        // The node's task may wait for room in bytes: it finds the inbox closed now.
-        self.bytes.taken.notify_one();
-    }
-}
-
-// Nothing in an inbox is ever pinned in place (no field is projected), whatever `M` is.
-impl<M> Unpin for Inbox<M> {}
-
-/// The inbox as a stream of envelopes, ending once the node has stopped and the inbox is
-/// empty: `while let Some(env) = inbox.next().await` (with `futures::StreamExt`), or any
-/// stream combinator. Each poll is [`Inbox::poll_recv`]; dropping a `next()` future loses
-/// nothing.
-impl<M> futures_core::Stream for Inbox<M> {
-    type Item = Envelope<M>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Envelope<M>>> {
-        self.get_mut().poll_recv(cx)
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.rx.len(), None)
-    }
 }
 
 impl<M> std::fmt::Debug for Server<M> {
@@ -789,29 +650,11 @@ impl ServerMonitor {
 ///   dropped as `backpressure`.
 struct Driver<M> {
     node: Arc<Sending<M>>,
-    /// Envelopes with the size they are charged to the inbox's byte bound.
-    inbox: mpsc::Sender<(Envelope<M>, usize)>,
-    /// Bytes in the inbox, shared with its [`Inbox`].
-    inbox_bytes: Arc<InboxBytes>,
-    inbox_bytes_max: usize,
     /// How often silent peers' unacknowledged frames are written off (the heartbeat
     /// interval); acknowledgements are flushed [`ACK_TICKS`] times as often.
     tick: Duration,
     linger: Duration,
-    /// Events taken from the transport in one go (kept for its allocation).
-    events: Vec<TransportEvent>,
-    /// Accepted envelopes the inbox has had no room for yet, in arrival order.
-    backlog: VecDeque<(Envelope<M>, Arrival)>,
-    /// Bytes of the frames in `backlog`.
-    backlog_bytes: usize,
-    /// `Some((frames, bytes))` on transports with acknowledgements: the backlog's bound.
-    backlog_max: Option<(usize, usize)>,
-    /// Arrivals that reached their end since the router last heard of them.
-    settled: Vec<Arrival>,
 }
-
-/// Frames taken from the transport per wake-up.
-const BATCH: usize = 256;
 
 /// Acknowledgement flushes per heartbeat interval: a receiver acknowledges what it got
 /// within a tenth of the interval (50 ms by default) even when traffic is too light to
@@ -820,21 +663,22 @@ const BATCH: usize = 256;
 const ACK_TICKS: u32 = 10;
 
 impl<M: Message> Driver<M> {
-    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
-        let mut transport_open = true;
+    async fn run(self, mut stop: oneshot::Receiver<()>) {
+        let node = self.node;
         let mut tick = tokio::time::interval((self.tick / ACK_TICKS).max(Duration::from_millis(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks: u32 = 0;
-        let node = Arc::clone(&self.node);
         let confirming = node.transport.may_lose_accepted();
-        // Handles of its own for the wait for room, which holds a reservation while the
-        // branch that uses it borrows `self`.
-        let inbox = self.inbox.clone();
-        let inbox_bytes = Arc::clone(&self.inbox_bytes);
-        let bytes_max = self.inbox_bytes_max;
+        // The transport's `readable`, kept between wake-ups (see
+        // `Sending::poll_readable_unless_parked`).
+        let mut readable = None;
         loop {
-            let may_take = self.may_take();
-            let front = self.backlog.front().map(|(_, a)| a.len);
+            let may_take = {
+                let mut st = node.recv.lock();
+                let may = node.recv.may_take(&st);
+                st.task_waits = !may;
+                may
+            };
             tokio::select! {
                 _ = &mut stop => break,
                 _ = tick.tick(), if confirming => {
@@ -853,27 +697,22 @@ impl<M: Message> Driver<M> {
                     if ticks == 0 {
                         node.credit.notify_waiters();
                     }
+                    // A libzmq connection must not stay unread, nor acknowledgements wait
+                    // on a reader that went away.
+                    node.pump_for_an_absent_reader();
                 }
-                // Room in the inbox: for the backlog, or (without acknowledgements) to take
-                // frames again.
-                permit = room_for(&inbox, &inbox_bytes, bytes_max, front.unwrap_or(0)),
-                    if front.is_some() || (!may_take && self.backlog_max.is_none()) =>
+                // The reader made room, or closed or dropped the inbox (what arrives is
+                // then taken, to be dropped): look again. (Also what wakes this task when
+                // it kept off the transport for a parked reader that went away.)
+                () = node.recv.room.notified() => {}
+                ready = std::future::poll_fn(|cx| node.poll_readable_unless_parked(&mut readable, cx)),
+                    if may_take =>
                 {
-                    match permit {
-                        Some(permit) => self.deliver_front(permit),
-                        None => self.drop_backlog(DropReason::Unreachable),
-                    }
-                    self.deliver_backlog();
-                    self.acknowledge();
-                }
-                ready = node.transport.readable(), if transport_open && may_take => {
                     if !ready {
-                        transport_open = false;
+                        node.recv.lock().transport_gone = true;
                         continue;
                     }
-                    self.take_from_transport();
-                    self.deliver_backlog();
-                    self.acknowledge();
+                    node.pump_and_wake();
                     // Reading a ready transport may touch no tokio resource, so the
                     // runtime's budget alone would seldom make this task yield: the tasks
                     // reading the inbox and feeding the transport, maybe on the same
@@ -882,159 +721,11 @@ impl<M: Message> Driver<M> {
                 }
             }
         }
-        drop(inbox);
+        drop(readable);
         node.close();
-        // Nobody will read what the inbox had no room for.
-        self.drop_backlog(DropReason::Unreachable);
+        node.stop_receiving();
         node.transport.shutdown(self.linger).await;
     }
-
-    /// Whether to take more frames off the transport now (see the type's docs).
-    fn may_take(&self) -> bool {
-        match self.backlog_max {
-            // Always: acknowledgements must get through, and a libzmq connection must not
-            // be left unread. What exceeds the backlog's bound is dropped (`over_bound`).
-            Some(_) => true,
-            // A closed inbox takes everything, to drop it as `unreachable`.
-            None => {
-                self.backlog.is_empty() && (self.inbox.capacity() > 0 || self.inbox.is_closed())
-            }
-        }
-    }
-
-    /// Takes what the transport has ready, up to a batch (without acknowledgements, up to
-    /// the inbox's free room), decodes and checks it into the backlog.
-    fn take_from_transport(&mut self) {
-        let node = Arc::clone(&self.node);
-        let room = match self.backlog_max {
-            Some(_) => BATCH,
-            None => self.inbox.capacity().clamp(1, BATCH),
-        };
-        let mut events = std::mem::take(&mut self.events);
-        node.transport.try_recv_many(&mut events, room);
-        // tokio's clock, so that a simulation with a paused clock stays deterministic.
-        let now = tokio::time::Instant::now();
-        let acked = {
-            let mut state = node.lock();
-            let router = state.router();
-            for event in events.drain(..) {
-                match event {
-                    TransportEvent::Frame(bytes) => {
-                        if let Some((env, arrival)) = router.incoming_arrival(bytes, now) {
-                            if self.over_bound(arrival.len) {
-                                // Beyond every honest sender's window: a sender that
-                                // ignores acknowledgements.
-                                node.stats
-                                    .dropped_from(Some(env.pid), DropReason::Backpressure);
-                                router.settled(&arrival);
-                                continue;
-                            }
-                            self.backlog_bytes += arrival.len;
-                            self.backlog.push_back((env, arrival));
-                        }
-                    }
-                    TransportEvent::Dropped {
-                        peer,
-                        reason,
-                        count,
-                    } => router.discarded(peer, reason, count),
-                }
-            }
-            router.take_credit()
-        };
-        if acked {
-            node.credit.notify_waiters();
-        }
-        self.events = events;
-    }
-
-    fn over_bound(&self, len: usize) -> bool {
-        self.backlog_max.is_some_and(|(frames, bytes)| {
-            self.backlog.len() >= frames || self.backlog_bytes + len > bytes
-        })
-    }
-
-    /// Moves the backlog into the inbox, in order, as far as it has room, never waiting.
-    fn deliver_backlog(&mut self) {
-        let inbox = self.inbox.clone();
-        while let Some((_, arrival)) = self.backlog.front() {
-            if self.inbox_bytes.load() + arrival.len > self.inbox_bytes_max {
-                return;
-            }
-            match inbox.try_reserve() {
-                Ok(permit) => self.deliver_front(permit),
-                Err(mpsc::error::TrySendError::Full(())) => return,
-                // The inbox was closed, or the server dropped: nobody will read these.
-                Err(mpsc::error::TrySendError::Closed(())) => {
-                    self.drop_backlog(DropReason::Unreachable);
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Delivers the backlog's first envelope with `permit` (room in bytes checked).
-    fn deliver_front(&mut self, permit: mpsc::Permit<'_, (Envelope<M>, usize)>) {
-        let Some((env, arrival)) = self.backlog.pop_front() else {
-            return;
-        };
-        self.backlog_bytes -= arrival.len;
-        self.inbox_bytes
-            .bytes
-            .fetch_add(arrival.len, Ordering::Relaxed);
-        // Counted before it is handed over, so that a reader who sees the envelope also
-        // sees it counted.
-        self.node.stats.delivered(env.pid);
-        permit.send((env, arrival.len));
-        self.settled.push(arrival);
-    }
-
-    /// Drops everything in the backlog, counted with `reason`.
-    fn drop_backlog(&mut self, reason: DropReason) {
-        for (env, arrival) in self.backlog.drain(..) {
-            self.node.stats.dropped_from(Some(env.pid), reason);
-            self.settled.push(arrival);
-        }
-        self.backlog_bytes = 0;
-    }
-
-    /// Tells the router what reached its end, and sends the acknowledgements now due.
-    fn acknowledge(&mut self) {
-        let node = &self.node;
-        let mut state = node.lock();
-        let router = state.router();
-        for arrival in self.settled.drain(..) {
-            router.settled(&arrival);
-        }
-        let transport = &node.transport;
-        router.acknowledge(false, |to, frame| transport.send(to, frame));
-    }
-}
-
-/// Waits until `inbox` has room for one more envelope of `size` bytes, and reserves it;
-/// `None` once the inbox is closed. Cancel-safe.
-async fn room_for<'a, M>(
-    inbox: &'a mpsc::Sender<(Envelope<M>, usize)>,
-    bytes: &InboxBytes,
-    bytes_max: usize,
-    size: usize,
-) -> Option<mpsc::Permit<'a, (Envelope<M>, usize)>> {
-    loop {
-        let taken = bytes.taken.notified();
-        tokio::pin!(taken);
-        // Registered before the check, so that room made after it wakes this wait.
-        taken.as_mut().enable();
-        if inbox.is_closed() {
-            return None;
-        }
-        if bytes.load() + size <= bytes_max {
-            break;
-        }
-        taken.await;
-    }
-    let permit = inbox.reserve().await.ok()?;
-    // Room in bytes may have gone while waiting for a slot: only this task adds bytes.
-    Some(permit)
 }
 
 #[cfg(test)]
@@ -1044,6 +735,9 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::envelope::Envelope;
+    use crate::stats::DropReason;
+    use crate::transport::TransportEvent;
 
     /// A transport that connects to nobody, and reports an incarnation if given one.
     struct Nowhere {
@@ -1119,42 +813,30 @@ mod tests {
         assert!(s.inbox().try_recv().is_err());
     }
 
-    /// The inbox is a stream: it yields in order, gives the bytes back, and ends once the
-    /// node has stopped and it is empty.
+    /// The inbox is a stream: it yields in order, and ends once the node has stopped and
+    /// everything waiting was read.
     #[tokio::test]
     async fn the_inbox_is_a_stream_that_ends_when_the_node_stops() {
         use futures::StreamExt;
-        let (tx, rx) = mpsc::channel(8);
-        let bytes = Arc::new(InboxBytes::default());
-        let mut inbox = Inbox {
-            rx,
-            bytes: Arc::clone(&bytes),
-            taken: Vec::new(),
-        };
+        let mut s = Server::<u8>::with_transport(1, config(), nowhere(None)).unwrap();
         for i in 0..3 {
-            bytes.bytes.fetch_add(10, Ordering::Relaxed);
-            tx.send((Envelope::new(2, i, 7u8), 10)).await.unwrap();
+            s.outbox().send(Envelope::new(1, i, 7u8)).await.unwrap();
         }
-        assert_eq!(futures::Stream::size_hint(&inbox), (3, None));
-        let first = inbox.next().await.unwrap();
-        assert_eq!((first.pid, first.msg_id), (2, 0));
-        assert_eq!(inbox.bytes(), 20);
-        drop(tx);
+        let first = s.inbox().next().await.unwrap();
+        assert_eq!((first.pid, first.msg_id), (1, 0));
+        assert_eq!(futures::Stream::size_hint(s.inbox()), (2, None));
+        assert_eq!(s.inbox().len(), 2);
+        s.stop().await;
         let within = |f| tokio::time::timeout(Duration::from_secs(10), f);
-        let rest: Vec<_> = within(inbox.by_ref().map(|e| e.msg_id).collect())
+        let rest: Vec<_> = within(s.inbox().by_ref().map(|e| e.msg_id).collect())
             .await
             .expect("the stream ends");
         assert_eq!(rest, [1, 2]);
-        assert_eq!(inbox.bytes(), 0);
-        assert!(inbox.next().await.is_none(), "ended");
-
-        // From a running server: what it sends itself arrives through the stream.
-        let mut s = Server::<u8>::with_transport(1, config(), nowhere(None)).unwrap();
-        s.outbox().send(Envelope::new(1, 5, 9)).await.unwrap();
-        assert_eq!(
-            s.inbox().next().await.map(|e| (e.msg_id, e.msg)),
-            Some((5, 9))
-        );
+        assert!(s.inbox().next().await.is_none(), "ended");
+        assert!(matches!(
+            s.inbox().try_recv(),
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected)
+        ));
     }
 
     /// `encrypt` without a key is an error, not a node that sends in clear.

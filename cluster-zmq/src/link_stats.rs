@@ -30,8 +30,9 @@ impl LinkStats {
         self.counters.rejected_connections.load(Ordering::Relaxed)
     }
 
-    /// Frames discarded because they arrived on a connection that had been silent for longer
-    /// than the heartbeat timeout (the sender had given it up; `zeromq` backend only).
+    /// Frames of messages discarded because they arrived on a connection that had been
+    /// silent for longer than the heartbeat timeout (the sender had given it up; `zeromq`
+    /// backend only). Control frames (acknowledgements, probes) are not counted.
     pub fn stale_frames(&self) -> u64 {
         self.counters.stale_frames.load(Ordering::Relaxed)
     }

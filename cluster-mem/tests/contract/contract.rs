@@ -19,7 +19,7 @@ fn small_queues() -> Options {
 
 /// Reads `inbox` until `expected` messages are accounted for: received, or counted as
 /// dropped by `dropped()`. Gives up (an error) after a generous deadline.
-async fn read_until_accounted<M>(
+async fn read_until_accounted<M: cluster_core::Message>(
     inbox: &mut cluster_core::Inbox<M>,
     expected: u64,
     dropped: impl Fn() -> u64,

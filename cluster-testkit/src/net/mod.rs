@@ -299,7 +299,7 @@ pub async fn wait_connected(
 
 /// The next envelope from `inbox`, within `deadline`; a closed inbox or the deadline is an
 /// error naming `pid` (the receiving node).
-pub async fn recv_within<M>(
+pub async fn recv_within<M: cluster_core::Message>(
     pid: Pid,
     inbox: &mut Inbox<M>,
     deadline: Duration,
@@ -349,7 +349,7 @@ pub mod expect {
     ///
     /// # Panics
     /// When [`DEADLINE`] passes first, or the inbox closes.
-    pub async fn next<M>(server: &mut Server<M>) -> Envelope<M> {
+    pub async fn next<M: cluster_core::Message>(server: &mut Server<M>) -> Envelope<M> {
         let pid = server.pid();
         match super::recv_within(pid, server.inbox(), DEADLINE).await {
             Ok(env) => env,

@@ -442,7 +442,9 @@ impl Receiver {
         let mut reply = None;
         for part in parts {
             if conn.stale {
-                if control::decode(&part).is_none() {
+                // Messages only: control frames (the transport's, the node's
+                // acknowledgements and probes) carry none.
+                if control::decode(&part).is_none() && !wire::is_control(&part) {
                     self.counters.stale_frames.fetch_add(1, Ordering::Relaxed);
                 }
                 continue;
