@@ -8,13 +8,18 @@
 //! takes that queue whole into a batch of its own and hands it out without locking.
 //!
 //! Who waits for the transport: a reader with nothing to read *parks* and waits on the
-//! transport itself (so a frame wakes the reader directly, with no task between), and the
-//! node's task keeps off the transport while a reader is parked. Both poll the transport's
-//! `readable` only under the receive lock, and the node's task only while no reader is
-//! parked, so that a transport that keeps one waker keeps the parked reader's. While the
-//! reader is busy elsewhere (or not reading at all), the node's task takes frames: so that
-//! acknowledgements from peers get through (and on transports with acknowledgements, a
-//! libzmq connection is never left unread), up to the inbox's bounds.
+//! transport itself, so that a frame wakes the reader directly, with no task between.
+//! While the reader is busy elsewhere (or not reading at all), the node's task takes
+//! frames, up to the inbox's bounds, so that acknowledgements from peers get through.
+//!
+//! * Without acknowledgements (in memory), the node's task keeps off the transport while a
+//!   reader is parked, and polls the transport's `readable` only under the receive lock
+//!   and only while no reader is parked, so that a transport that keeps one waker keeps
+//!   the parked reader's.
+//! * With acknowledgements (ZeroMQ), the node's task waits on the transport too, always: a
+//!   libzmq connection left unread can abort the process (see `Driver`). Woken while a
+//!   reader is parked, it yields once to let the reader take what arrived, then takes what
+//!   is left (and wakes the reader if it took something).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -240,36 +245,21 @@ impl<M: Message> Sending<M> {
         }
     }
 
-    /// Once per tick of the node's task: a reader parked that has not taken what the
-    /// transport holds is not waiting any more (its future was dropped): the node's task
-    /// takes over, and wakes it in case it still waits.
-    pub(crate) fn pump_for_an_absent_reader(&self) {
-        let mut st = self.recv.lock();
-        if !st.parked || !self.pump(&mut st) {
-            return;
-        }
-        // Everything there, up to the inbox's bounds (a few batches at most).
-        for _ in 0..16 {
-            if !self.pump(&mut st) {
-                break;
-            }
-        }
-        st.parked = false;
-        drop(st);
-        self.recv.arrived.notify_one();
-    }
-
-    /// The node's task's wait for the transport: polled only under the receive lock, and
-    /// only while no reader is parked (then it stays pending until the task's next wake-up,
-    /// and gives up the transport's future so that a transport that wakes one waiter wakes
-    /// the reader).
-    pub(crate) fn poll_readable_unless_parked<'a>(
+    /// The node's task's wait for the transport, polled under the receive lock.
+    ///
+    /// Without acknowledgements, not while a reader is parked: it then stays pending until
+    /// the task's next wake-up, and gives up the transport's future, so that the parked
+    /// reader alone waits on the transport (a transport that keeps one waker keeps the
+    /// reader's). With acknowledgements the node's task always waits too: a libzmq
+    /// connection must never stay unread (see `Driver`), whatever the reader does. It then
+    /// gives a parked reader the first go at what arrived (see [`Sending::pump_after_reader`]).
+    pub(crate) fn poll_readable<'a>(
         &'a self,
         readable: &mut Option<Pin<Box<dyn Future<Output = bool> + Send + 'a>>>,
         cx: &mut Context<'_>,
     ) -> Poll<bool> {
         let st = self.recv.lock();
-        if st.parked || st.transport_gone {
+        if st.transport_gone || (st.parked && self.recv.backlog_max.is_none()) {
             *readable = None;
             return Poll::Pending;
         }
@@ -280,6 +270,17 @@ impl<M: Message> Sending<M> {
         }
         drop(st);
         ready
+    }
+
+    /// The node's task, woken by the transport: takes what arrived, unless a parked reader
+    /// (woken too, by the same transport or by this task) takes it first.
+    pub(crate) async fn pump_after_reader(&self) {
+        if self.recv.lock().parked {
+            // The reader's turn first: it is woken by the transport as well (or, on a
+            // transport that keeps one waker, by this task below).
+            tokio::task::yield_now().await;
+        }
+        self.pump_and_wake();
     }
 
     /// Puts a message this node sent itself into its inbox, never waiting (a full inbox

@@ -669,8 +669,7 @@ impl<M: Message> Driver<M> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks: u32 = 0;
         let confirming = node.transport.may_lose_accepted();
-        // The transport's `readable`, kept between wake-ups (see
-        // `Sending::poll_readable_unless_parked`).
+        // The transport's `readable`, kept between wake-ups (see `Sending::poll_readable`).
         let mut readable = None;
         loop {
             let may_take = {
@@ -697,22 +696,19 @@ impl<M: Message> Driver<M> {
                     if ticks == 0 {
                         node.credit.notify_waiters();
                     }
-                    // A libzmq connection must not stay unread, nor acknowledgements wait
-                    // on a reader that went away.
-                    node.pump_for_an_absent_reader();
                 }
                 // The reader made room, or closed or dropped the inbox (what arrives is
                 // then taken, to be dropped): look again. (Also what wakes this task when
                 // it kept off the transport for a parked reader that went away.)
                 () = node.recv.room.notified() => {}
-                ready = std::future::poll_fn(|cx| node.poll_readable_unless_parked(&mut readable, cx)),
+                ready = std::future::poll_fn(|cx| node.poll_readable(&mut readable, cx)),
                     if may_take =>
                 {
                     if !ready {
                         node.recv.lock().transport_gone = true;
                         continue;
                     }
-                    node.pump_and_wake();
+                    node.pump_after_reader().await;
                     // Reading a ready transport may touch no tokio resource, so the
                     // runtime's budget alone would seldom make this task yield: the tasks
                     // reading the inbox and feeding the transport, maybe on the same

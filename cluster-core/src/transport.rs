@@ -63,8 +63,9 @@ crate::report::debug_as_message!(TransportError);
 /// encoding, incarnation checks and accounting live in the [`Server`](crate::Server).
 ///
 /// A transport is shared, like tokio's `UdpSocket` behind an `Arc`: every task that holds
-/// the node's outbox sends through it (`&self`), while the node's receiving side waits on
-/// [`Transport::readable`] and takes what arrived with [`Transport::try_recv_many`].
+/// the node's outbox sends through it (`&self`), while the node's receiving side (the task
+/// reading the inbox, or the node's own) waits on [`Transport::readable`] and takes what
+/// arrived with [`Transport::try_recv_many`].
 ///
 /// # Contract
 ///
@@ -86,7 +87,11 @@ crate::report::debug_as_message!(TransportError);
 ///   [`Transport::try_recv_many`], which takes them, in arrival order, without waiting.
 ///   `readable` takes nothing, so it is cancel-safe (it may be used in `tokio::select!`);
 ///   it returns `false` once the transport is closed for good (e.g. its node was crashed in
-///   a simulation) and nothing is left to take. One task receives at a time.
+///   a simulation) and nothing is left to take. The server calls `try_recv_many` from one
+///   task at a time (under its receive lock), from the reader's task or the node's; it
+///   may wait on `readable` from both. A transport should wake every waiter; one that
+///   keeps only the latest waker still works (the node's task then wakes the reader,
+///   one hop later).
 /// * **Connection state** is published through [`Transport::connected`]: the set of peers
 ///   with a live connection, updated as connections come and go.
 /// * **`shutdown`** flushes queued frames to live peers for at most `linger`, then frees every

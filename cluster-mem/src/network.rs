@@ -282,7 +282,7 @@ impl MemNetwork {
         q.push_back((OUTSIDE, bytes));
         drop(q);
         if was_empty {
-            dest.notify.notify_one();
+            dest.notify.notify_waiters();
         }
         Ok(())
     }
@@ -327,7 +327,7 @@ impl State {
             q.clear();
             n
         };
-        node.slot.notify.notify_one();
+        node.slot.notify.notify_waiters();
         node.slot.room.notify_waiters();
         self.stats
             .discarded
@@ -403,7 +403,7 @@ impl OpenQueue<'_> {
         drop(queue);
         // The receiver sleeps only after finding its queue empty under the lock.
         if wake {
-            slot.notify.notify_one();
+            slot.notify.notify_waiters();
         }
     }
 }
@@ -464,7 +464,7 @@ impl Transport for MemTransport {
         // The receiver sleeps only after finding its queue empty under the lock, so a wake-up
         // is needed only when this frame made the queue non-empty.
         if was_empty {
-            dest.notify.notify_one();
+            dest.notify.notify_waiters();
         }
         Ok(())
     }
@@ -555,15 +555,19 @@ impl Transport for MemTransport {
 
     async fn readable(&self) -> bool {
         loop {
+            // Registered before the checks, so that a frame queued between them and the
+            // wait still wakes it. Every waiter is woken (the reader and the node's task
+            // may both wait: see `cluster_core::Transport`).
+            let notified = self.slot.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             if !self.slot.alive.load(Ordering::Acquire) {
                 return false;
             }
             if !self.slot.queue().is_empty() {
                 return true;
             }
-            // `notify_one` keeps a permit for a waiter that is not waiting yet: a frame
-            // queued between the check and this wait still wakes it.
-            self.slot.notify.notified().await;
+            notified.await;
         }
     }
 

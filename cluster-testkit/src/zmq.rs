@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use cluster_core::wire::{Destination, Header};
+use cluster_core::wire::Header;
 use cluster_core::{
     Config, DropReason, Incarnation, MsgId, Options, PeerSet, Pid, Transport, TransportError,
     TransportEvent,
