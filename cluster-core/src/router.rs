@@ -757,23 +757,10 @@ impl Router {
             if !owed || !(all || acks.enough(&due)) {
                 continue;
             }
-            if self
-                .encoder
-                .serialize(&(heard.incarnation, heard.first, due.settled))
-                .is_err()
-            {
+            let payload = (heard.incarnation, heard.first, due.settled);
+            let Some(frame) = self.control_frame(peer, Destination::Ack, 0, &payload) else {
                 continue;
-            }
-            // Sealed like any frame: with a key, a forged acknowledgement confirms nothing.
-            let header = self.sealer.mark(Header {
-                sender: self.pid,
-                to: peer,
-                destination: Destination::Ack,
-                incarnation: self.incarnation,
-                ..Header::default()
-            });
-            let sealer = &mut self.sealer;
-            let frame = self.encoder.frame(&header, |covered| sealer.seal(covered));
+            };
             let acked = due.settled;
             if send(peer, frame).is_ok()
                 && let Some(due) = self.ack_due.get_mut(index)
@@ -810,6 +797,29 @@ impl Router {
         }
     }
 
+    /// A control frame (`destination` is [`Destination::Ack`] or [`Destination::Probe`])
+    /// to `to`, carrying `seq` and `payload`, sealed like any frame: with a key, a forged
+    /// one changes nothing.
+    fn control_frame<T: Serialize>(
+        &mut self,
+        to: Pid,
+        destination: Destination,
+        seq: Seq,
+        payload: &T,
+    ) -> Option<Bytes> {
+        self.encoder.serialize(payload).ok()?;
+        let header = self.sealer.mark(Header {
+            sender: self.pid,
+            to,
+            destination,
+            incarnation: self.incarnation,
+            seq,
+            ..Header::default()
+        });
+        let sealer = &mut self.sealer;
+        Some(self.encoder.frame(&header, |covered| sealer.seal(covered)))
+    }
+
     /// Probes, through `send`, every peer in `connected` that has acknowledged nothing
     /// since the previous call while frames to it waited for acknowledgement (see
     /// [`Destination::Probe`] and [`Router::on_probe`]): without it, frames lost on a
@@ -839,19 +849,9 @@ impl Router {
                 continue;
             }
             let highest = unacked.first + unacked.frames.len() as Seq - 1;
-            if self.encoder.serialize(&()).is_err() {
+            let Some(frame) = self.control_frame(peer, Destination::Probe, highest, &()) else {
                 continue;
-            }
-            let header = self.sealer.mark(Header {
-                sender: self.pid,
-                to: peer,
-                destination: Destination::Probe,
-                incarnation: self.incarnation,
-                seq: highest,
-                ..Header::default()
-            });
-            let sealer = &mut self.sealer;
-            let frame = self.encoder.frame(&header, |covered| sealer.seal(covered));
+            };
             if send(peer, frame).is_ok() {
                 tracing::debug!(pid = self.pid, peer, highest, "probed a silent peer");
             }
