@@ -6,7 +6,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use cluster_core::{
     Config, DropReason, Options, PeerSet, Pid, Transport, TransportError, TransportEvent,
 };
@@ -62,7 +62,16 @@ struct PullSide {
     /// first when the last holder drops this.
     ready: AsyncFd<ZmqFd>,
     socket: Mutex<zmq::Socket>,
+    /// Received frames are copied out of libzmq's messages into this slab, so that small
+    /// frames cost no allocation each (see `RECV_SLAB`).
+    slab: Mutex<BytesMut>,
 }
+
+/// The receive slab's size: frames of up to [`RECV_SLAB_FRAME_MAX`] bytes are cut from it,
+/// and it is reused in place once every frame cut from it was dropped, or allocated anew.
+const RECV_SLAB: usize = 64 * 1024;
+/// Larger frames get an allocation of their own.
+const RECV_SLAB_FRAME_MAX: usize = 512;
 
 impl PullSide {
     fn socket(&self) -> MutexGuard<'_, zmq::Socket> {
@@ -286,6 +295,7 @@ impl LibzmqTransport {
             pull: Mutex::new(Some(Arc::new(PullSide {
                 ready: pull_ready,
                 socket: Mutex::new(pull),
+                slab: Mutex::new(BytesMut::new()),
             }))),
             liveness,
             stats,
@@ -520,12 +530,23 @@ impl Transport for LibzmqTransport {
             return 0;
         };
         let socket = pull.socket();
+        let mut slab = pull.slab.lock().unwrap_or_else(|e| e.into_inner());
         let mut n = 0;
         while n < max {
             let Ok(msg) = socket.recv_msg(zmq::DONTWAIT) else {
                 break;
             };
-            events.push(frame_event(&msg));
+            let frame = if msg.len() > RECV_SLAB_FRAME_MAX {
+                Bytes::copy_from_slice(&msg)
+            } else {
+                if slab.capacity() < msg.len() {
+                    // In place if every frame cut from it was dropped already.
+                    slab.reserve(RECV_SLAB);
+                }
+                slab.extend_from_slice(&msg);
+                slab.split().freeze()
+            };
+            events.push(TransportEvent::Frame(frame));
             n += 1;
         }
         n
@@ -579,10 +600,6 @@ fn millis_i32(d: std::time::Duration) -> i32 {
 }
 
 /// Copies a received message body into the frame type the server takes.
-fn frame_event(bytes: &[u8]) -> TransportEvent {
-    TransportEvent::Frame(Bytes::copy_from_slice(bytes))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
