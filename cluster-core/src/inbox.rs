@@ -835,6 +835,38 @@ mod tests {
         }
     }
 
+    /// `blocking_recv`, from a thread outside the runtime, receives what arrives from the
+    /// transport and ends once the node stops.
+    #[test]
+    fn blocking_recv_works_outside_the_runtime() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let feed = FeedHandle::new(true);
+        let s = rt.block_on(async { node(&feed) });
+        let (_outbox, mut inbox, handle) = s.into_split();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            while let Some(env) = inbox.blocking_recv() {
+                got.push(env.msg);
+            }
+            got
+        });
+        for seq in 1..=3 {
+            feed.push(seq);
+        }
+        rt.block_on(async {
+            until("the reader to take the frames", || {
+                handle.stats().delivered == 3
+            })
+            .await;
+            handle.shutdown().await;
+        });
+        assert_eq!(reader.join().unwrap(), [1, 2, 3]);
+    }
+
     /// The inbox is `Send` and `Sync` whatever the message type is (as the channel it
     /// replaced): a message type that is not `Sync` does not make the server unshareable.
     #[test]
