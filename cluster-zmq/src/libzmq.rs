@@ -253,6 +253,7 @@ impl LibzmqTransport {
             .map_err(|e| zmq_err("stop pair", e))?;
         stops.push(stop);
         let watcher = Watcher {
+            node: pid,
             outs: monitors,
             inbound: pull_monitor,
             stopped,
@@ -353,6 +354,8 @@ fn stop_pair(ctx: &zmq::Context, name: &str) -> zmq::Result<(zmq::Socket, zmq::S
 
 /// Owns the monitor sockets: keeps the connection set current from libzmq's events.
 struct Watcher {
+    /// This node's pid (for the log).
+    node: Pid,
     /// The monitor of each PUSH socket, in the order of `liveness`.
     outs: Vec<zmq::Socket>,
     /// The monitor of the PULL socket.
@@ -373,6 +376,22 @@ fn read_event(m: &zmq::Socket) -> Option<u16> {
     }
     let b = head.get(..2)?;
     Some(u16::from_ne_bytes([*b.first()?, *b.get(1)?]))
+}
+
+/// The name of a monitor event, for the log.
+fn event_name(event: u16) -> &'static str {
+    use zmq::SocketEvent as E;
+    [
+        (E::HANDSHAKE_SUCCEEDED, "handshake succeeded"),
+        (E::HANDSHAKE_FAILED_PROTOCOL, "handshake failed (protocol)"),
+        (E::HANDSHAKE_FAILED_NO_DETAIL, "handshake failed"),
+        (E::DISCONNECTED, "disconnected"),
+        (E::CLOSED, "closed"),
+        (E::MONITOR_STOPPED, "monitor stopped"),
+    ]
+    .into_iter()
+    .find_map(|(e, name)| (e.to_raw() == event).then_some(name))
+    .unwrap_or("other")
 }
 
 impl Watcher {
@@ -405,12 +424,23 @@ impl Watcher {
                     continue;
                 }
                 while let Some(event) = read_event(m) {
+                    tracing::debug!(
+                        node = self.node,
+                        peer = self.liveness.pid_at(i),
+                        event = event_name(event),
+                        "outbound connection"
+                    );
                     self.liveness.set(i, event == handshake);
                 }
             }
             if readable.get(self.outs.len()).copied().unwrap_or(false) {
                 let disconnected = zmq::SocketEvent::DISCONNECTED.to_raw();
                 while let Some(event) = read_event(&self.inbound) {
+                    tracing::debug!(
+                        node = self.node,
+                        event = event_name(event),
+                        "inbound connection"
+                    );
                     let counter = if event == disconnected {
                         &self.counters.inbound_closed
                     } else {
