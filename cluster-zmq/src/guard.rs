@@ -345,6 +345,12 @@ impl Sweeper {
                 }
                 if self.close(fd, peer) {
                     self.counters.idle_closed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        port = self.limits.port,
+                        %peer,
+                        idle_ms = now.saturating_duration_since(last).as_millis() as u64,
+                        "closed an idle inbound connection"
+                    );
                 }
                 false
             });
@@ -363,6 +369,11 @@ impl Sweeper {
                     self.counters
                         .refused_over_cap
                         .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        port = self.limits.port,
+                        %peer,
+                        "closed an inbound connection over the cap"
+                    );
                 }
             }
         }

@@ -30,11 +30,14 @@
 //! * `ZMQ_LINGER` = [`Options::linger`](cluster_core::Options::linger) on PUSH sockets (what
 //!   `shutdown` may spend flushing to live peers), 0 on the PULL socket.
 //! * ZMTP heartbeats from every PUSH (`ZMQ_HEARTBEAT_IVL` = `heartbeat_interval`,
-//!   `ZMQ_HEARTBEAT_TIMEOUT` and `TTL` = `heartbeat_timeout`; the TTL makes the receiving end
-//!   time out too), and a handshake bounded by the same timeout: a cut that closes nothing
-//!   closes the connection on both sides within `heartbeat_timeout`; libzmq discards what
-//!   was queued on it, and the peer is `unreachable` from then on. Reconnection is libzmq's
-//!   own (100 ms, backing off to 1 s). PULL sockets send no heartbeats of their own, which
+//!   `ZMQ_HEARTBEAT_TIMEOUT` = `heartbeat_timeout`, and a TTL that makes the receiving end
+//!   time out too, at `heartbeat_timeout + heartbeat_interval`: when the sender itself
+//!   gives up at the latest, never before), and a handshake bounded by the timeout: a cut
+//!   that closes nothing closes the connection on both sides within
+//!   `heartbeat_timeout + heartbeat_interval`, and a stall shorter than `heartbeat_timeout`
+//!   closes nothing (the test `a_stall_shorter_than_the_heartbeat_timeout_loses_nothing`);
+//!   libzmq discards what was queued on it, and the peer is `unreachable` from then on.
+//!   Reconnection is libzmq's own (100 ms, backing off to 1 s). PULL sockets send no heartbeats of their own, which
 //!   avoids an abort in libzmq 4.3.4 (see `set_heartbeat_options` in the source).
 //! * A socket monitor per PUSH (`HANDSHAKE_SUCCEEDED` / `DISCONNECTED`) keeps the connection
 //!   set that [`Transport::connected`](cluster_core::Transport::connected) publishes; it

@@ -154,10 +154,29 @@ fn set_common_options(s: &zmq::Socket, o: &Options, endpoint: &str) -> zmq::Resu
 fn set_heartbeat_options(s: &zmq::Socket, o: &Options) -> zmq::Result<()> {
     s.set_heartbeat_ivl(millis_i32(o.heartbeat_interval))?;
     s.set_heartbeat_timeout(millis_i32(o.heartbeat_timeout))?;
-    // libzmq counts the TTL in deciseconds and treats anything below 100 ms as "none".
-    s.set_heartbeat_ttl(millis_i32(
-        o.heartbeat_timeout.max(Duration::from_millis(100)),
-    ))
+    s.set_heartbeat_ttl(millis_i32(heartbeat_ttl(o)))
+}
+
+/// The TTL this end puts in its PINGs: how long the far end waits, after the last PING it
+/// heard, before it closes the connection. Not before this end gives the connection up
+/// itself: it sends a PING every `heartbeat_interval` and gives up when one has gone
+/// unanswered for `heartbeat_timeout`, i.e. up to `heartbeat_timeout + heartbeat_interval`
+/// after the last PING the far end heard. A TTL of `heartbeat_timeout` alone let the far end
+/// close, after a stall shorter than the heartbeat timeout (a delay spike, or its own
+/// process starved on a loaded machine: libzmq then runs its expired timers before it reads
+/// the PINGs waiting in the socket), a connection this end still held live: the frames on
+/// it were lost, and this end, which had detected nothing, reconnected at once.
+///
+/// libzmq counts the TTL in whole deciseconds (it truncates), at most `u16::MAX` of them,
+/// and treats anything below 100 ms as "none": rounded up to a whole 100 ms, at least 100.
+fn heartbeat_ttl(o: &Options) -> Duration {
+    const DECISECOND: u128 = 100;
+    let ms = (o.heartbeat_timeout + o.heartbeat_interval)
+        .as_millis()
+        .div_ceil(DECISECOND)
+        .clamp(1, u128::from(u16::MAX))
+        * DECISECOND;
+    Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
 }
 
 fn hwm(o: &Options) -> i32 {
@@ -262,6 +281,7 @@ impl LibzmqTransport {
             .map_err(|e| zmq_err("stop pair", e))?;
         stops.push(stop);
         let watcher = Watcher {
+            node: pid,
             outs: monitors,
             inbound: pull_monitor,
             stopped,
@@ -363,6 +383,8 @@ fn stop_pair(ctx: &zmq::Context, name: &str) -> zmq::Result<(zmq::Socket, zmq::S
 
 /// Owns the monitor sockets: keeps the connection set current from libzmq's events.
 struct Watcher {
+    /// This node's pid (for the log).
+    node: Pid,
     /// The monitor of each PUSH socket, in the order of `liveness`.
     outs: Vec<zmq::Socket>,
     /// The monitor of the PULL socket.
@@ -383,6 +405,22 @@ fn read_event(m: &zmq::Socket) -> Option<u16> {
     }
     let b = head.get(..2)?;
     Some(u16::from_ne_bytes([*b.first()?, *b.get(1)?]))
+}
+
+/// The name of a monitor event, for the log.
+fn event_name(event: u16) -> &'static str {
+    use zmq::SocketEvent as E;
+    [
+        (E::HANDSHAKE_SUCCEEDED, "handshake succeeded"),
+        (E::HANDSHAKE_FAILED_PROTOCOL, "handshake failed (protocol)"),
+        (E::HANDSHAKE_FAILED_NO_DETAIL, "handshake failed"),
+        (E::DISCONNECTED, "disconnected"),
+        (E::CLOSED, "closed"),
+        (E::MONITOR_STOPPED, "monitor stopped"),
+    ]
+    .into_iter()
+    .find_map(|(e, name)| (e.to_raw() == event).then_some(name))
+    .unwrap_or("other")
 }
 
 impl Watcher {
@@ -415,12 +453,23 @@ impl Watcher {
                     continue;
                 }
                 while let Some(event) = read_event(m) {
+                    tracing::debug!(
+                        node = self.node,
+                        peer = self.liveness.pid_at(i),
+                        event = event_name(event),
+                        "outbound connection"
+                    );
                     self.liveness.set(i, event == handshake);
                 }
             }
             if readable.get(self.outs.len()).copied().unwrap_or(false) {
                 let disconnected = zmq::SocketEvent::DISCONNECTED.to_raw();
                 while let Some(event) = read_event(&self.inbound) {
+                    tracing::debug!(
+                        node = self.node,
+                        event = event_name(event),
+                        "inbound connection"
+                    );
                     let counter = if event == disconnected {
                         &self.counters.inbound_closed
                     } else {
@@ -603,6 +652,38 @@ fn millis_i32(d: std::time::Duration) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_heartbeat_ttl_outlasts_the_senders_own_detection_in_whole_deciseconds() {
+        let ttl = |interval, timeout| {
+            heartbeat_ttl(&Options {
+                heartbeat_interval: Duration::from_millis(interval),
+                heartbeat_timeout: Duration::from_millis(timeout),
+                ..Options::default()
+            })
+        };
+        assert_eq!(ttl(500, 2000), Duration::from_millis(2500));
+        assert_eq!(ttl(100, 600), Duration::from_millis(700));
+        // Rounded up, never down below the sender's detection time.
+        assert_eq!(ttl(1, 2), Duration::from_millis(100));
+        assert_eq!(ttl(30, 2001), Duration::from_millis(2100));
+        // Within what libzmq accepts (u16 deciseconds).
+        assert_eq!(
+            ttl(3_600_000, 3_600_000),
+            Duration::from_millis(u64::from(u16::MAX) * 100)
+        );
+        let s = zmq::Context::new().socket(zmq::PUSH).unwrap();
+        set_heartbeat_options(
+            &s,
+            &Options {
+                heartbeat_interval: Duration::from_secs(3600),
+                heartbeat_timeout: Duration::from_secs(3600),
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s.get_heartbeat_ttl().unwrap(), i32::from(u16::MAX) * 100);
+    }
 
     #[test]
     fn binding_outside_a_runtime_is_an_error_not_a_panic() {

@@ -28,6 +28,11 @@ impl Liveness {
         self.pids.binary_search(&pid).ok()
     }
 
+    /// The pid of peer `index` (-1 if there is none).
+    pub(crate) fn pid_at(&self, index: usize) -> Pid {
+        self.pids.get(index).copied().unwrap_or(-1)
+    }
+
     /// The index of `to` if it may be sent to now: `unknown_peer` for a pid not in the
     /// config, `unreachable` for a peer without a live connection.
     pub(crate) fn check(&self, to: Pid) -> Result<usize, DropReason> {

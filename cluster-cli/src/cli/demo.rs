@@ -314,8 +314,17 @@ fn demo_config(
         "linger_ms": o.linger.as_millis() as u64,
         "heartbeat_interval_ms": o.heartbeat_interval.as_millis() as u64,
         "heartbeat_timeout_ms": o.heartbeat_timeout.as_millis() as u64,
+        "send_timeout_ms": o.send_timeout.as_millis() as u64,
+        "idle_connection_timeout_ms": o.idle_connection_timeout.as_millis() as u64,
+        "peer_queue_bytes": o.peer_queue_bytes,
+        "inbox_bytes": o.inbox_bytes,
+        "encrypt": o.encrypt,
+        "mac": o.mac.name(),
         "catalog_dir": dir.join("catalog-{pid}").display().to_string(),
     });
+    if let Some(cap) = o.max_inbound_connections {
+        v["max_inbound_connections"] = json!(cap);
+    }
     if fresh_key {
         let path = dir.join("cluster.key");
         std::fs::write(&path, random_key_hex()?)

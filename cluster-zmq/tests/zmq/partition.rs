@@ -258,3 +258,84 @@ async fn a_stall_longer_than_the_heartbeat_timeout_delivers_nothing_late(backend
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A stall shorter than the heartbeat timeout is a delay, not a fault: neither end may give
+/// the connection up, and what was sent during the stall is delivered when it ends.
+///
+/// Node 1 (the sender) gives the connection up when a ping of its own has gone
+/// unanswered for `heartbeat_timeout`; it sends one every `heartbeat_interval`, so that is
+/// up to `heartbeat_timeout + heartbeat_interval` after the last ping node 2 heard. Node 2
+/// must not close the connection earlier than that: it closes on the TTL node 1 puts in its
+/// pings, a timer libzmq arms on a ping and cancels on any message. With a TTL of only
+/// `heartbeat_timeout`, node 2 closed the connection whenever the stall began later than
+/// `heartbeat_timeout - stall` after the last ping: the frames on the wire were lost, and
+/// node 1, which had detected nothing, reconnected at once and counted them nowhere
+/// (the 64-node demo on a loaded machine: node 2's own process stalled, and libzmq ran
+/// its expired timers before it read the pings waiting in the socket).
+///
+/// The stall here (900 ms with pings every 800 ms and a 1200 ms timeout) catches a TTL
+/// of `heartbeat_timeout` in 5 of 8 stalls on average (when the last ping came more
+/// than 300 ms before it); the test stalls five times, after waits that move the stall
+/// to a different point between two pings each time.
+#[cfg(feature = "libzmq")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_shorter_than_the_heartbeat_timeout_loses_nothing() {
+    let o = Options {
+        heartbeat_interval: Duration::from_millis(800),
+        heartbeat_timeout: Duration::from_millis(1200),
+        linger: Duration::from_millis(200),
+        ..Options::default()
+    };
+    let stall = Duration::from_millis(900);
+    let (relayed, nodes) = start_relayed(Backend::Libzmq, 2, o.clone(), Shape::INSTANT, |pid| {
+        pid == 2
+    })
+    .await;
+    let [a, mut b] = <[_; 2]>::try_from(nodes).ok().unwrap();
+    a.wait_for_peers(DEADLINE).await.unwrap();
+    assert!(drain_until_marker(&a, &mut b, "marker-0").await.is_empty());
+    let relay = relayed.relay(2);
+    let link = &relayed.links[&2];
+    let mut changes = a.monitor().connection_changes();
+    changes.borrow_and_update();
+    let closed = link.inbound_closed();
+    let out = a.outbox();
+
+    for round in 0..5u32 {
+        // Longer than an interval since the last message: a ping came after it, so node 2
+        // has its TTL timer running when the stall begins, at a point between two pings
+        // that moves from round to round.
+        let quiet = o.heartbeat_interval + Duration::from_millis(310 * u64::from(round) % 800);
+        tokio::time::sleep(quiet).await;
+        let began = Instant::now();
+        relay.hold();
+        let text = format!("held-{round}");
+        out.send(Envelope::new(2, i64::from(round), text.clone()))
+            .await
+            .unwrap();
+        // The stall's length is the scenario, not a wait for something to happen.
+        tokio::time::sleep(stall.saturating_sub(began.elapsed())).await;
+        relay.heal();
+        let got = tokio::time::timeout(DEADLINE, b.inbox().recv()).await;
+        let gave_up = changes.has_changed().unwrap_or(true);
+        assert!(
+            matches!(&got, Ok(Some(env)) if env.msg == text),
+            "round {round}: after a stall of {stall:?} (heartbeat timeout {:?}), {text} was \
+             not delivered: {got:?}; node 2 closed {} inbound connection(s), node 1's \
+             connection set changed: {gave_up}; node 1 → 2: {:?}",
+            o.heartbeat_timeout,
+            link.inbound_closed() - closed,
+            to_2(&a)
+        );
+        assert!(
+            !gave_up && link.inbound_closed() == closed,
+            "round {round}: a stall of {stall:?}, shorter than the heartbeat timeout {:?}, \
+             closed a connection: node 2 closed {} inbound, node 1's connection set changed: \
+             {gave_up}",
+            o.heartbeat_timeout,
+            link.inbound_closed() - closed
+        );
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
