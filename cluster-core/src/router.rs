@@ -227,6 +227,12 @@ pub(crate) struct Router {
     /// Per pid in `all`: the sequence number of its oldest unacknowledged frame at the last
     /// [`Router::probe_silent`], if any.
     oldest_unacked: Vec<Option<Seq>>,
+    /// Per pid in `all`: the highest sequence number [written off](Router::write_off) and
+    /// not yet announced to it (see [`Router::outgoing_checked`]).
+    written_off: Vec<Option<Seq>>,
+    /// Frames control frames (acknowledgements, probes), so that they never disturb the
+    /// message `encoder` holds serialized.
+    control: wire::Encoder,
     /// Unkeyed only: silence after which a peer's newest incarnation stops counting (the
     /// `heartbeat_timeout`), so that no single frame can lock a peer out for good. See
     /// [`Router::incoming`].
@@ -254,6 +260,7 @@ impl Router {
         let next_seq = vec![1; all.len()];
         let absent = vec![false; all.len()];
         let oldest_unacked = vec![None; all.len()];
+        let written_off = vec![None; all.len()];
         let ack_due = vec![AckDue::default(); all.len()];
         let unacked = all.iter().map(|_| Unacked::default()).collect();
         Self {
@@ -270,6 +277,8 @@ impl Router {
             credited: false,
             absent,
             oldest_unacked,
+            written_off,
+            control: wire::Encoder::new(),
             forget_after,
             stats,
             encoder: wire::Encoder::new(),
@@ -388,6 +397,17 @@ impl Router {
                 self.stats.dropped_to(peer, reason, 1);
                 tally.dropped(reason);
                 continue;
+            }
+            if let Some(Some(upto)) = self.written_off.get(index).copied() {
+                // Frames up to `upto` were counted `unconfirmed` here: tell the peer before
+                // this frame, on the same queue, so that it does not count them again as
+                // a gap (`lost_in_transit`) when this one arrives.
+                if let Some(notice) = self.control_frame(peer, Destination::Probe, upto, &true)
+                    && send(peer, notice).is_ok()
+                    && let Some(slot) = self.written_off.get_mut(index)
+                {
+                    *slot = None;
+                }
             }
             let header = self.sealer.mark(Header {
                 sender: self.pid,
@@ -563,7 +583,7 @@ impl Router {
             return None;
         }
         if h.destination == Destination::Probe {
-            self.on_probe(index, &h, now);
+            self.on_probe(index, &h, &bytes, now);
             return None;
         }
         let mut heard = self.heard.get(index).copied().flatten();
@@ -675,16 +695,19 @@ impl Router {
         self.credited = true;
     }
 
-    /// Applies a probe from the peer at `index` (header `h`, already authenticated): the
-    /// peer's transport accepted frames up to `h.seq` for this node and has had no
-    /// acknowledgement of them for a heartbeat interval.
+    /// Applies a probe from the peer at `index` (header `h`, payload `bytes`, already
+    /// authenticated): the peer's transport accepted frames up to `h.seq` for this node and
+    /// has had no acknowledgement of them for a heartbeat interval; or, when the payload is
+    /// `true`, the peer counted the frames up to `h.seq` as `unconfirmed` (it found this
+    /// node gone) and tells it before its next frame.
     ///
-    /// * From the incarnation heard last, when everything that arrived from it has reached
-    ///   its end here: the frames after the highest that arrived, up to `h.seq`, were lost
-    ///   on the way (a connection that broke and came back loses what it carried) and no
-    ///   later frame showed the gap; they are counted `lost_in_transit` and covered by the
-    ///   next acknowledgement. While frames that arrived still wait for the inbox, the
-    ///   probe changes nothing: their acknowledgements will come, and the peer probes again.
+    /// * From the incarnation heard last: the frames after the highest that arrived, up to
+    ///   `h.seq`, did not arrive (a connection that broke and came back loses what it
+    ///   carried) and no later frame showed the gap. A probe has them counted
+    ///   `lost_in_transit` and covered by the next acknowledgement, once everything that
+    ///   arrived has reached its end here (while frames that arrived still wait for the
+    ///   inbox, it changes nothing: their acknowledgements will come, and the peer probes
+    ///   again). A write-off notice moves past them uncounted: the peer counted them.
     /// * From an incarnation newer than any heard (or from one never heard): nothing it
     ///   sent arrived, so the next acknowledgement names `h.seq + 1` as the first frame
     ///   this node has from it, and the peer counts what came before as `unconfirmed`.
@@ -693,7 +716,11 @@ impl Router {
     /// In every case the last acknowledgement is due again, in case it was lost on the way.
     /// Without a key the forgetting rule of [`Router::incoming`] is not applied: a probe
     /// comes from a peer that waits for acknowledgements, not after a silence.
-    fn on_probe(&mut self, index: usize, h: &Header, now: Instant) {
+    fn on_probe(&mut self, index: usize, h: &Header, bytes: &[u8], now: Instant) {
+        let Ok(written_off) = wire::decode_payload::<bool>(bytes) else {
+            self.drop_hostile(DropReason::Malformed);
+            return;
+        };
         if self.acks.is_none() {
             return;
         }
@@ -704,14 +731,19 @@ impl Router {
         match *slot {
             Some(p) if h.incarnation < p.incarnation => return,
             Some(p) if h.incarnation == p.incarnation => {
-                if h.seq > p.seq && due.settled >= p.seq {
-                    self.stats.lost_in_transit(h.sender, h.seq - p.seq);
+                let settled = due.settled >= p.seq;
+                if h.seq > p.seq && (settled || written_off) {
+                    if !written_off {
+                        self.stats.lost_in_transit(h.sender, h.seq - p.seq);
+                    }
                     *slot = Some(Heard {
                         seq: h.seq,
                         at: now,
                         ..p
                     });
-                    due.settled = h.seq;
+                    if settled {
+                        due.settled = h.seq;
+                    }
                 }
             }
             _ => {
@@ -781,14 +813,16 @@ impl Router {
     /// grace lets the transport report, as discarded, frames it dropped when it noticed.)
     /// Called once per heartbeat interval.
     pub(crate) fn write_off(&mut self, connected: &crate::transport::PeerSet) {
-        for ((pid, unacked), was_absent) in self
+        for (((pid, unacked), was_absent), written_off) in self
             .all
             .iter()
             .zip(self.unacked.iter_mut())
             .zip(self.absent.iter_mut())
+            .zip(self.written_off.iter_mut())
         {
             let absent = !connected.contains(pid);
             if absent && *was_absent && !unacked.frames.is_empty() {
+                *written_off = Some(unacked.first + unacked.frames.len() as Seq - 1);
                 let n = unacked.write_off();
                 self.stats.unconfirmed(*pid, n);
                 self.stats.unacknowledged(*pid, 0);
@@ -807,7 +841,7 @@ impl Router {
         seq: Seq,
         payload: &T,
     ) -> Option<Bytes> {
-        self.encoder.serialize(payload).ok()?;
+        self.control.serialize(payload).ok()?;
         let header = self.sealer.mark(Header {
             sender: self.pid,
             to,
@@ -817,7 +851,7 @@ impl Router {
             ..Header::default()
         });
         let sealer = &mut self.sealer;
-        Some(self.encoder.frame(&header, |covered| sealer.seal(covered)))
+        Some(self.control.frame(&header, |covered| sealer.seal(covered)))
     }
 
     /// Probes, through `send`, every peer in `connected` that has acknowledged nothing
@@ -849,7 +883,7 @@ impl Router {
                 continue;
             }
             let highest = unacked.first + unacked.frames.len() as Seq - 1;
-            let Some(frame) = self.control_frame(peer, Destination::Probe, highest, &()) else {
+            let Some(frame) = self.control_frame(peer, Destination::Probe, highest, &false) else {
                 continue;
             };
             if send(peer, frame).is_ok() {
@@ -1278,6 +1312,43 @@ mod tests {
                 .is_some()
         );
         assert_eq!(snapshot(&b).peers[&1].lost_in_transit, 0);
+    }
+
+    /// Frames written off as `unconfirmed` (the peer was found gone) are announced before
+    /// the next frame to the peer, so that the receiver does not count them a second time
+    /// as a gap; a notice that meets a refusing transport is sent with a later frame.
+    #[test]
+    fn frames_written_off_are_not_counted_again_as_lost_in_transit() {
+        let mut a = acking_router(1, 5, 1 << 20);
+        let mut b = acking_router(2, 9, 1 << 20);
+        let first = send_n(&mut a, 2, 1);
+        assert!(
+            b.incoming::<String>(first[0].clone(), Instant::now())
+                .is_some()
+        );
+        ack_into(&mut b, &mut a);
+        send_n(&mut a, 2, 3); // lost on the way
+        let gone: crate::transport::PeerSet = [3, 4].into();
+        a.write_off(&gone);
+        a.write_off(&gone);
+        assert_eq!(snapshot(&a).peers[&2].unconfirmed, 3);
+        // Back: the first send after carries the notice first, on the same queue.
+        a.outgoing(Envelope::new(2, 1, "refused".to_string()), |_, _| {
+            Err(DropReason::Unreachable)
+        });
+        let frames = send_n(&mut a, 2, 1);
+        assert_eq!(frames.len(), 2, "the notice, then the message");
+        assert!(crate::wire::is_control(&frames[0]));
+        assert!(
+            b.incoming::<String>(frames[0].clone(), Instant::now())
+                .is_none()
+        );
+        let env = b.incoming::<String>(frames[1].clone(), Instant::now());
+        assert!(env.is_some());
+        assert_eq!(snapshot(&b).peers[&1].lost_in_transit, 0);
+        assert_eq!(send_n(&mut a, 2, 1).len(), 1, "announced once");
+        ack_into(&mut b, &mut a);
+        assert_eq!(snapshot(&a).peers[&2].unconfirmed, 3, "counted once, there");
     }
 
     /// The byte bound: frames fit while their bytes do; an acknowledgement frees them.

@@ -111,8 +111,11 @@ pub enum Destination {
     /// the receiver, that the sender's transport accepted and that are not acknowledged
     /// yet, in `seq`. Sent when a peer acknowledged nothing for a heartbeat interval, so
     /// that frames lost with no later frame to show the gap (a connection that broke and
-    /// came back) are counted, and a lost acknowledgement is sent again. Its payload is
-    /// empty (MessagePack nil) and its `msg_id` is 0.
+    /// came back) are counted, and a lost acknowledgement is sent again. Its payload is a
+    /// boolean, `false`; `true` makes it a write-off notice instead: the sender counted
+    /// the frames up to `seq` as `unconfirmed` (it found the receiver gone), and says so
+    /// before its next frame, so that the receiver does not count them again as a gap.
+    /// Its `msg_id` is 0.
     Probe,
 }
 

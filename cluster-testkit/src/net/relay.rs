@@ -89,6 +89,8 @@ struct Counters {
 #[derive(Debug)]
 struct Control {
     mode: watch::Sender<Mode>,
+    /// Bumped by [`Relay::reset`]: every connection open then is closed.
+    resets: watch::Sender<u64>,
     shape: Mutex<Shape>,
     counters: Counters,
     seed: u64,
@@ -151,6 +153,7 @@ impl Relay {
         let address = listener.local_addr()?.to_string();
         let control = Arc::new(Control {
             mode: watch::Sender::new(Mode::Forward),
+            resets: watch::Sender::new(0),
             shape: Mutex::new(shape),
             counters: Counters::default(),
             seed,
@@ -182,6 +185,14 @@ impl Relay {
     /// Forwards again (what was held first, in order).
     pub fn heal(&self) {
         self.set_mode(Mode::Forward);
+    }
+
+    /// Closes every connection the relay carries now, both ways, discarding what it holds,
+    /// and forwards again: a link that breaks, losing what was on it, and that its ends
+    /// connect again (through the relay) as soon as they notice.
+    pub fn reset(&self) {
+        self.set_mode(Mode::Forward);
+        self.control.resets.send_modify(|n| *n += 1);
     }
 
     /// What the relay does now.
@@ -218,11 +229,18 @@ impl Relay {
 async fn accept(listener: TcpListener, target: String, control: Arc<Control>) {
     let mut conns = JoinSet::new();
     let mut index: u64 = 0;
+    let mut resets = control.resets.subscribe();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             // Reap finished connections as they end, so the set stays small.
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            Ok(()) = resets.changed() => {
+                // Aborted, each task drops its halves: every connection closes, and what
+                // the relay held is lost.
+                conns.abort_all();
+                continue;
+            }
         };
         let Ok((down, _)) = accepted else {
             // Out of descriptors, or similar: try again a little later, without spinning.

@@ -16,6 +16,7 @@ use crate::nodes::{
 };
 
 on_every_backend!(
+    a_link_that_breaks_and_comes_back_at_once_counts_what_it_lost,
     a_silent_cut_is_detected_in_time_and_nothing_sent_in_it_arrives_after_it_heals,
     a_stall_longer_than_the_heartbeat_timeout_delivers_nothing_late,
 );
@@ -61,6 +62,65 @@ async fn pair(backend: Backend) -> (Relayed, Server<String>, Server<String>) {
 
 fn to_2(a: &Server<String>) -> PeerStats {
     a.stats().peers[&2]
+}
+
+/// C7 on real sockets when nothing follows a loss: the link breaks, losing the frames on it
+/// (the relay closes both connections with the frames unread), and the ends connect again
+/// at once, before the sender's write-off can see the peer gone. No later frame shows the
+/// receiver the gap; the sender, acknowledged nothing for a heartbeat interval, probes,
+/// and the lost frames are counted (`lost_in_transit` at the receiver, or `unconfirmed`
+/// or dropped at the sender), none delivered. Before probes, they stayed unacknowledged,
+/// counted nowhere.
+async fn a_link_that_breaks_and_comes_back_at_once_counts_what_it_lost(backend: Backend) {
+    let (relayed, a, mut b) = pair(backend).await;
+    let relay = relayed.relay(2);
+    let out = a.outbox();
+    let (base, base_b) = (to_2(&a), b.stats().peers[&1]);
+    relay.hold();
+    const LOST: u64 = 3;
+    for i in 0..LOST as i64 {
+        let sent = out
+            .send(Envelope::new(2, i, format!("lost-{i}")))
+            .await
+            .unwrap();
+        assert!(sent.is_sent(), "{sent:?}");
+    }
+    relay.reset();
+    // Accepted frames, once lost, are counted `unconfirmed` or discarded by the sender, or
+    // `lost_in_transit` by the receiver; never refused as `unreachable` (the markers sent
+    // below may be, while the link comes back).
+    let counted = |a: &Server<String>, b: &Server<String>| {
+        let (s, r) = (to_2(a), b.stats().peers[&1]);
+        let discarded =
+            |p: &PeerStats| p.dropped_to.total() - p.dropped_to.get(DropReason::Unreachable);
+        (s.unconfirmed - base.unconfirmed)
+            + (discarded(&s) - discarded(&base))
+            + (r.lost_in_transit - base_b.lost_in_transit)
+    };
+    let deadline = Instant::now() + DEADLINE;
+    while to_2(&a).unacknowledged != 0 || counted(&a, &b) < LOST {
+        assert!(
+            Instant::now() < deadline,
+            "{backend}: the lost frames were not counted within {DEADLINE:?}: node 1 → 2 {:?}, \
+             node 2 from 1 {:?}, node 1 connected to {:?}",
+            to_2(&a),
+            b.stats().peers[&1],
+            a.connected_peers()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let late = drain_until_marker(&a, &mut b, "marker-after").await;
+    assert!(late.is_empty(), "delivered after the link broke: {late:?}");
+    let (s, r) = (to_2(&a), b.stats().peers[&1]);
+    eprintln!(
+        "{backend}: lost {LOST}: unconfirmed {}, dropped {:?}, lost in transit {}",
+        s.unconfirmed - base.unconfirmed,
+        s.dropped_to,
+        r.lost_in_transit - base_b.lost_in_transit
+    );
+    assert_eq!(counted(&a, &b), LOST, "each lost frame counted once");
+    a.shutdown().await;
+    b.shutdown().await;
 }
 
 async fn a_silent_cut_is_detected_in_time_and_nothing_sent_in_it_arrives_after_it_heals(
