@@ -12,18 +12,16 @@
 //! While the reader is busy elsewhere (or not reading at all), the node's task takes
 //! frames, up to the inbox's bounds, so that acknowledgements from peers get through.
 //!
-//! * Without acknowledgements (in memory), the node's task keeps off the transport while a
-//!   reader is parked, and polls the transport's `readable` only under the receive lock
-//!   and only while no reader is parked, so that a transport that keeps one waker keeps
-//!   the parked reader's.
-//! * With acknowledgements (ZeroMQ), the node's task waits on the transport too, always: a
-//!   libzmq connection left unread can abort the process (see `Driver`). Woken while a
-//!   reader is parked, it yields once to let the reader take what arrived, then takes what
-//!   is left (and wakes the reader if it took something).
+//! The node's task waits on the transport too, always (a libzmq connection left unread can
+//! abort the process: see `Driver`; and a reader may stop polling at any time). Woken while
+//! a reader is parked, it yields once to let the reader take what arrived, then takes what
+//! is left, and wakes the reader if it took something: on a transport that keeps only one
+//! waker (the latest poll's), that is how the reader learns of a frame, one hop later.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
@@ -54,6 +52,13 @@ pub(crate) struct Receiving<M> {
     bytes_max: usize,
     /// `Some((frames, bytes))` on transports with acknowledgements: the backlog's bound.
     backlog_max: Option<(usize, usize)>,
+    /// Envelopes (and their bytes) in the reader's batch, not handed out yet: they still
+    /// fill the inbox. Counted down as the reader hands them out, without the lock.
+    lent: AtomicUsize,
+    lent_bytes: AtomicUsize,
+    /// The node's task waits for room (see [`RecvState::task_waits`]); read without the
+    /// lock by a reader that empties its batch.
+    task_waits_room: AtomicBool,
 }
 
 /// Behind the receive lock.
@@ -62,10 +67,6 @@ pub(crate) struct RecvState<M> {
     /// each with the bytes it is charged against the inbox's bound.
     ready: VecDeque<(Envelope<M>, usize)>,
     ready_bytes: usize,
-    /// What the reader took into its own batch at its last visit: it still fills the inbox
-    /// until the reader comes back for more (having handed that batch out).
-    lent: usize,
-    lent_bytes: usize,
     /// Accepted envelopes the inbox has had no room for yet, in arrival order.
     backlog: VecDeque<(Envelope<M>, Arrival)>,
     backlog_bytes: usize,
@@ -93,8 +94,6 @@ impl<M> Receiving<M> {
             state: Mutex::new(RecvState {
                 ready: VecDeque::new(),
                 ready_bytes: 0,
-                lent: 0,
-                lent_bytes: 0,
                 backlog: VecDeque::new(),
                 backlog_bytes: 0,
                 events: Vec::new(),
@@ -109,7 +108,21 @@ impl<M> Receiving<M> {
             capacity,
             bytes_max,
             backlog_max,
+            lent: AtomicUsize::new(0),
+            lent_bytes: AtomicUsize::new(0),
+            task_waits_room: AtomicBool::new(false),
         }
+    }
+
+    /// Envelopes in the inbox: the queue and the reader's batch.
+    fn held(&self, st: &RecvState<M>) -> usize {
+        st.ready.len() + self.lent.load(Ordering::Acquire)
+    }
+
+    /// Records whether the node's task now waits for room in the inbox.
+    pub(crate) fn set_task_waits(&self, st: &mut RecvState<M>, waits: bool) {
+        st.task_waits = waits;
+        self.task_waits_room.store(waits, Ordering::Release);
     }
 
     /// The receive lock. Held only for work that never waits.
@@ -120,9 +133,9 @@ impl<M> Receiving<M> {
     /// Whether one more envelope of `len` bytes fits in the inbox now (one always fits in
     /// an empty inbox, so that no frame the transport accepted is stuck).
     fn has_room(&self, st: &RecvState<M>, len: usize) -> bool {
-        let held = st.ready.len() + st.lent;
-        held == 0
-            || (held < self.capacity && st.ready_bytes + st.lent_bytes + len <= self.bytes_max)
+        let held = self.held(st);
+        let bytes = st.ready_bytes + self.lent_bytes.load(Ordering::Acquire);
+        held == 0 || (held < self.capacity && bytes + len <= self.bytes_max)
     }
 
     /// Whether the node's task should take frames off the transport now: always on
@@ -133,7 +146,7 @@ impl<M> Receiving<M> {
     pub(crate) fn may_take(&self, st: &RecvState<M>) -> bool {
         st.closed
             || self.backlog_max.is_some()
-            || (st.backlog.is_empty() && st.ready.len() + st.lent < self.capacity)
+            || (st.backlog.is_empty() && self.held(st) < self.capacity)
     }
 }
 
@@ -150,9 +163,7 @@ impl<M: Message> Sending<M> {
         let room = if st.closed || recv.backlog_max.is_some() {
             BATCH
         } else if st.backlog.is_empty() {
-            recv.capacity
-                .saturating_sub(st.ready.len() + st.lent)
-                .min(BATCH)
+            recv.capacity.saturating_sub(recv.held(st)).min(BATCH)
         } else {
             0
         };
@@ -245,21 +256,15 @@ impl<M: Message> Sending<M> {
         }
     }
 
-    /// The node's task's wait for the transport, polled under the receive lock.
-    ///
-    /// Without acknowledgements, not while a reader is parked: it then stays pending until
-    /// the task's next wake-up, and gives up the transport's future, so that the parked
-    /// reader alone waits on the transport (a transport that keeps one waker keeps the
-    /// reader's). With acknowledgements the node's task always waits too: a libzmq
-    /// connection must never stay unread (see `Driver`), whatever the reader does. It then
-    /// gives a parked reader the first go at what arrived (see [`Sending::pump_after_reader`]).
+    /// The node's task's wait for the transport, polled under the receive lock (as a
+    /// parked reader's is).
     pub(crate) fn poll_readable<'a>(
         &'a self,
         readable: &mut Option<Pin<Box<dyn Future<Output = bool> + Send + 'a>>>,
         cx: &mut Context<'_>,
     ) -> Poll<bool> {
         let st = self.recv.lock();
-        if st.transport_gone || (st.parked && self.recv.backlog_max.is_none()) {
+        if st.transport_gone {
             *readable = None;
             return Poll::Pending;
         }
@@ -290,7 +295,7 @@ impl<M: Message> Sending<M> {
         let mut st = self.recv.lock();
         let reason = if st.closed || st.stopped {
             DropReason::Unreachable
-        } else if st.ready.len() + st.lent >= self.recv.capacity {
+        } else if self.recv.held(&st) >= self.recv.capacity {
             DropReason::Backpressure
         } else {
             // Counted before the reader can see it.
@@ -312,10 +317,22 @@ impl<M: Message> Sending<M> {
     /// and a parked reader learns that nothing more will come.
     pub(crate) fn stop_receiving(&self) {
         let mut st = self.recv.lock();
+        if st.stopped {
+            return;
+        }
         st.stopped = true;
-        for (env, _) in st.backlog.drain(..) {
-            self.stats
-                .dropped_from(Some(env.pid), DropReason::Unreachable);
+        {
+            // Settled and acknowledged, so that their senders count them once: dropped
+            // here, not also unconfirmed there.
+            let mut state = self.lock();
+            let router = state.router();
+            for (env, arrival) in st.backlog.drain(..) {
+                self.stats
+                    .dropped_from(Some(env.pid), DropReason::Unreachable);
+                router.settled(&arrival);
+            }
+            let transport = &self.transport;
+            router.acknowledge(true, |to, frame| transport.send(to, frame));
         }
         st.backlog_bytes = 0;
         drop(st);
@@ -372,9 +389,18 @@ struct Local<M> {
 }
 
 impl<M> Local<M> {
-    fn pop(&mut self) -> Option<Envelope<M>> {
+    /// Hands out the batch's next envelope, freeing its room in the inbox.
+    fn pop(&mut self, recv: &Receiving<M>) -> Option<Envelope<M>> {
         let (env, size) = self.batch.pop_front()?;
         self.bytes -= size;
+        recv.lent.fetch_sub(1, Ordering::AcqRel);
+        if size > 0 {
+            recv.lent_bytes.fetch_sub(size, Ordering::AcqRel);
+        }
+        if self.batch.is_empty() && recv.task_waits_room.swap(false, Ordering::AcqRel) {
+            // The node's task waits for room (the inbox was full): there is some now.
+            recv.room.notify_one();
+        }
         Some(env)
     }
 }
@@ -454,10 +480,8 @@ impl<M: Message> Inbox<M> {
         local: &mut Local<M>,
     ) -> (Took, MutexGuard<'a, RecvState<M>>) {
         let mut st = node.recv.lock();
-        // The last batch was handed out: its room is free again.
-        st.lent = 0;
-        st.lent_bytes = 0;
-        if std::mem::take(&mut st.task_waits) {
+        if st.task_waits {
+            node.recv.set_task_waits(&mut st, false);
             node.recv.room.notify_one();
         }
         node.pump(&mut st);
@@ -471,8 +495,9 @@ impl<M: Message> Inbox<M> {
         }
         std::mem::swap(&mut local.batch, &mut st.ready);
         local.bytes = std::mem::take(&mut st.ready_bytes);
-        st.lent = local.batch.len();
-        st.lent_bytes = local.bytes;
+        // The batch was empty: nothing was lent before.
+        node.recv.lent.store(local.batch.len(), Ordering::Release);
+        node.recv.lent_bytes.store(local.bytes, Ordering::Release);
         st.parked = false;
         (Took::Some, st)
     }
@@ -529,7 +554,8 @@ impl<M: Message> Inbox<M> {
     /// implementation.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Envelope<M>>> {
         loop {
-            if let Some(env) = self.local().pop() {
+            let local = self.local.get_mut().unwrap_or_else(|e| e.into_inner());
+            if let Some(env) = local.pop(&self.node.recv) {
                 return Poll::Ready(Some(env));
             }
             match self.poll_fill(cx) {
@@ -544,13 +570,15 @@ impl<M: Message> Inbox<M> {
     pub fn try_recv(&mut self) -> Result<Envelope<M>, mpsc::error::TryRecvError> {
         let node = &self.node;
         let local = self.local.get_mut().unwrap_or_else(|e| e.into_inner());
-        if let Some(env) = local.pop() {
+        if let Some(env) = local.pop(&node.recv) {
             return Ok(env);
         }
         let (took, st) = Self::take(node, local);
         drop(st);
         match took {
-            Took::Some => local.pop().ok_or(mpsc::error::TryRecvError::Empty),
+            Took::Some => local
+                .pop(&node.recv)
+                .ok_or(mpsc::error::TryRecvError::Empty),
             Took::Nothing => Err(mpsc::error::TryRecvError::Empty),
             Took::End => Err(mpsc::error::TryRecvError::Disconnected),
         }
@@ -577,11 +605,11 @@ impl<M: Message> Inbox<M> {
                     Poll::Pending => return Poll::Pending,
                 }
             }
-            let local = self.local();
+            let local = self.local.get_mut().unwrap_or_else(|e| e.into_inner());
             let n = limit.min(local.batch.len());
             buffer.reserve(n);
             for _ in 0..n {
-                if let Some(env) = local.pop() {
+                if let Some(env) = local.pop(&self.node.recv) {
                     buffer.push(env);
                 }
             }
@@ -604,8 +632,8 @@ impl<M> Drop for Inbox<M> {
         // Delivered already; nobody will read them.
         st.ready.clear();
         st.ready_bytes = 0;
-        st.lent = 0;
-        st.lent_bytes = 0;
+        self.node.recv.lent.store(0, Ordering::Release);
+        self.node.recv.lent_bytes.store(0, Ordering::Release);
         drop(st);
         // The node's task takes what arrives from now on, and drops it.
         self.node.recv.room.notify_one();
@@ -865,6 +893,96 @@ mod tests {
             handle.shutdown().await;
         });
         assert_eq!(reader.join().unwrap(), [1, 2, 3]);
+    }
+
+    /// Without acknowledgements too, the node's task takes frames while the reader is busy
+    /// elsewhere, after the reader parked once, or after a `recv` cancelled while parked
+    /// (found by review: the task kept off the transport for good).
+    #[tokio::test]
+    async fn the_node_takes_frames_while_the_reader_is_busy_or_gone() {
+        for cancelled in [false, true] {
+            let feed = FeedHandle::new(false);
+            let mut s = node(&feed);
+            if cancelled {
+                let waited =
+                    tokio::time::timeout(Duration::from_millis(10), s.inbox().recv()).await;
+                assert!(waited.is_err());
+            } else {
+                let pusher = feed.clone();
+                let push = tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    pusher.push(1);
+                });
+                assert_eq!(s.inbox().recv().await.map(|e| e.msg), Some(1));
+                push.await.unwrap();
+            }
+            let first = if cancelled { 1 } else { 2 };
+            for seq in first..=6 {
+                feed.push(seq);
+            }
+            until("the node's task to take the frames", || {
+                s.stats().delivered == 6
+            })
+            .await;
+            s.shutdown().await;
+        }
+    }
+
+    /// The inbox ends (`None`) when the node's task is gone without its clean-up (the
+    /// runtime shut down under a running node), as the channel it replaced did.
+    #[test]
+    fn the_inbox_ends_when_the_runtime_is_gone() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let feed = FeedHandle::new(false);
+        let s = rt.block_on(async { node(&feed) });
+        let (outbox, mut inbox, handle) = s.into_split();
+        drop(rt);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let got = inbox.blocking_recv().map(|e| e.msg);
+            let _ = tx.send(got);
+            drop(handle);
+        });
+        assert_eq!(rx.recv_timeout(Duration::from_secs(20)), Ok(None));
+        assert!(outbox.is_closed());
+    }
+
+    /// Room is given back as the reader hands envelopes out, not when it next comes back:
+    /// a message to itself right after the inbox was read empty is delivered.
+    #[tokio::test]
+    async fn room_comes_back_as_envelopes_are_received() {
+        let feed = FeedHandle::new(false);
+        let options = crate::Options {
+            inbox_capacity: 4,
+            ..crate::Options::default()
+        };
+        let config = Config::local(2, 7100)
+            .unwrap()
+            .with_options(options)
+            .unwrap();
+        let mut s = Server::<u32>::with_transport(1, config, feed.clone()).unwrap();
+        let out = s.outbox();
+        for i in 0..4 {
+            assert!(
+                out.send(crate::Envelope::new(1, i, i as u32))
+                    .await
+                    .unwrap()
+                    .is_sent()
+            );
+        }
+        let full = out.send(crate::Envelope::new(1, 8, 8)).await.unwrap();
+        assert_eq!(full, crate::SendOutcome::Dropped(DropReason::Backpressure));
+        for _ in 0..4 {
+            s.inbox().recv().await.unwrap();
+        }
+        assert_eq!(s.inbox().len(), 0);
+        let outcome = out.send(crate::Envelope::new(1, 9, 9)).await.unwrap();
+        assert!(outcome.is_sent(), "{outcome:?}");
+        s.shutdown().await;
     }
 
     /// The inbox is `Send` and `Sync` whatever the message type is (as the channel it

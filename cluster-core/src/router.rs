@@ -721,16 +721,31 @@ impl Router {
             self.drop_hostile(DropReason::Malformed);
             return;
         };
-        if self.acks.is_none() {
+        let Some(acks) = self.acks else {
             return;
-        }
+        };
+        let keyed = self.sealer.keyed();
+        let forget_after = self.forget_after;
         let (Some(slot), Some(due)) = (self.heard.get_mut(index), self.ack_due.get_mut(index))
         else {
             return;
         };
         match *slot {
-            Some(p) if h.incarnation < p.incarnation => return,
+            // Without a key, the forgetting rule of `incoming` holds here too: a newer
+            // incarnation heard of (maybe forged) but silent for `forget_after` no longer
+            // keeps the real peer's probes out, so no single frame holds its window shut.
+            Some(p)
+                if h.incarnation < p.incarnation
+                    && (keyed || now.saturating_duration_since(p.at) < forget_after) =>
+            {
+                return;
+            }
             Some(p) if h.incarnation == p.incarnation => {
+                if h.seq.saturating_sub(p.seq) > acks.window_frames as Seq {
+                    // More than an honest sender ever has unacknowledged: forged.
+                    self.stats.dropped_from(None, DropReason::Malformed);
+                    return;
+                }
                 let settled = due.settled >= p.seq;
                 if h.seq > p.seq && (settled || written_off) {
                     if !written_off {
@@ -1349,6 +1364,92 @@ mod tests {
         assert_eq!(send_n(&mut a, 2, 1).len(), 1, "announced once");
         ack_into(&mut b, &mut a);
         assert_eq!(snapshot(&a).peers[&2].unconfirmed, 3, "counted once, there");
+    }
+
+    /// A router with a 4-frame window whose unkeyed forgetting rule is `forget`.
+    fn forgetting_router(pid: Pid, incarnation: Incarnation, forget: Duration) -> Router {
+        let all = vec![1, 2, 3, 4];
+        let stats = Arc::new(StatsCells::new(all.clone()));
+        Router::new(pid, incarnation, all, 1024, stats, Sealer::None, forget).with_acks(Some(
+            AckOptions {
+                window_frames: 4,
+                window_bytes: 1 << 20,
+            },
+        ))
+    }
+
+    /// C10 without a key: one forged frame (a probe, or a message) claiming pid 1 with the
+    /// highest incarnation makes peer 1's frames stale at node 2, so its window fills;
+    /// once the forged incarnation has been silent for `forget_after`, peer 1's own probes
+    /// get through and its window opens again (found by review: probes ignored the rule).
+    #[test]
+    fn one_forged_frame_does_not_lock_a_peer_out_for_good() {
+        for forge_probe in [false, true] {
+            let forget = Duration::from_secs(1);
+            let mut a = forgetting_router(1, 5, forget);
+            let mut b = forgetting_router(2, 9, forget);
+            let t0 = Instant::now();
+            for f in send_n(&mut a, 2, 1) {
+                assert!(b.incoming::<String>(f, t0).is_some());
+            }
+            ack_into(&mut b, &mut a);
+            assert_eq!(a.unacked_frames(), 0);
+            let mut forger = forgetting_router(1, u32::MAX, forget);
+            let forged = if forge_probe {
+                send_n(&mut forger, 2, 1);
+                probes_of(&mut forger, &[2]);
+                probes_of(&mut forger, &[2]).pop().unwrap().1
+            } else {
+                send_n(&mut forger, 2, 1).pop().unwrap()
+            };
+            let _ = b.incoming::<String>(forged, t0);
+            for f in send_n(&mut a, 2, 4) {
+                assert!(
+                    b.incoming::<String>(f, t0 + Duration::from_millis(100))
+                        .is_none()
+                );
+            }
+            probes_of(&mut a, &[2]);
+            assert!(send_n(&mut a, 2, 1).is_empty(), "window full");
+            for k in 1..=5u64 {
+                let t = t0 + Duration::from_secs(10 * k);
+                for (_, p) in probes_of(&mut a, &[2]) {
+                    assert!(b.incoming::<String>(p, t).is_none());
+                }
+                for (_, ack) in acks_of(&mut b, true) {
+                    let _ = a.incoming::<String>(ack, t);
+                }
+            }
+            assert_eq!(a.unacked_frames(), 0, "forged probe: {forge_probe}");
+            let next = send_n(&mut a, 2, 1);
+            assert_eq!(next.len(), 1);
+            let later = t0 + Duration::from_secs(60);
+            assert!(b.incoming::<String>(next[0].clone(), later).is_some());
+        }
+    }
+
+    /// Without a key, a forged probe of the current incarnation claiming more frames than
+    /// any honest window is dropped (`malformed`): it neither inflates `lost_in_transit`
+    /// nor makes the real peer's next frames look replayed.
+    #[test]
+    fn a_probe_beyond_any_window_is_dropped() {
+        let mut a = forgetting_router(1, 5, LONG);
+        let mut b = forgetting_router(2, 9, LONG);
+        let t0 = Instant::now();
+        for f in send_n(&mut a, 2, 1) {
+            assert!(b.incoming::<String>(f, t0).is_some());
+        }
+        let mut forger = forgetting_router(1, 5, LONG);
+        forger.next_seq[1] = u64::MAX - 1;
+        send_n(&mut forger, 2, 1);
+        probes_of(&mut forger, &[2]);
+        let forged = probes_of(&mut forger, &[2]).pop().unwrap().1;
+        assert!(b.incoming::<String>(forged, t0).is_none());
+        let s = snapshot(&b);
+        assert_eq!(s.peers[&1].lost_in_transit, 0);
+        assert_eq!(s.dropped_incoming.get(DropReason::Malformed), 1);
+        let next = send_n(&mut a, 2, 1);
+        assert!(b.incoming::<String>(next[0].clone(), t0).is_some());
     }
 
     /// The byte bound: frames fit while their bytes do; an acknowledgement frees them.

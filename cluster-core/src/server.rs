@@ -242,7 +242,11 @@ impl ServerBuilder {
             tick: opts.heartbeat_interval,
             linger: opts.linger,
         };
+        // However the node's task ends (stopped, or dropped with its runtime, polled or
+        // not, or a panic), sends fail from then on and the inbox ends once read.
+        let stopped = StopOnDrop(Arc::clone(&sending));
         let task = runtime.spawn(async move {
+            let _stopped = stopped;
             driver.run(stop_rx).await;
             // Companions may do blocking I/O as they go (a catalog's final flush): off the
             // async threads, and finished before `shutdown` returns.
@@ -656,6 +660,16 @@ struct Driver<M> {
     linger: Duration,
 }
 
+/// Closes a node's sending and receiving when dropped (see `Driver::run`).
+struct StopOnDrop<M: Message>(Arc<Sending<M>>);
+
+impl<M: Message> Drop for StopOnDrop<M> {
+    fn drop(&mut self) {
+        self.0.close();
+        self.0.stop_receiving();
+    }
+}
+
 /// Acknowledgement flushes per heartbeat interval: a receiver acknowledges what it got
 /// within a tenth of the interval (50 ms by default) even when traffic is too light to
 /// fill a quarter window, so that a peer that dies soon after receiving leaves little
@@ -675,7 +689,7 @@ impl<M: Message> Driver<M> {
             let may_take = {
                 let mut st = node.recv.lock();
                 let may = node.recv.may_take(&st);
-                st.task_waits = !may;
+                node.recv.set_task_waits(&mut st, !may);
                 may
             };
             tokio::select! {
@@ -687,7 +701,8 @@ impl<M: Message> Driver<M> {
                         state.router().acknowledge(true, |to, frame| transport.send(to, frame));
                         ticks = (ticks + 1) % ACK_TICKS;
                         if ticks == 0 {
-                            let connected = node.connected.borrow();
+                            // A copy: no lock of the watch channel is held while sending.
+                            let connected = node.connected.borrow().clone();
                             let router = state.router();
                             router.write_off(&connected);
                             router.probe_silent(&connected, |to, frame| transport.send(to, frame));
@@ -700,7 +715,7 @@ impl<M: Message> Driver<M> {
                 // The reader made room, or closed or dropped the inbox (what arrives is
                 // then taken, to be dropped): look again. (Also what wakes this task when
                 // it kept off the transport for a parked reader that went away.)
-                () = node.recv.room.notified() => {}
+                () = node.recv.room.notified() => node.pump_and_wake(),
                 ready = std::future::poll_fn(|cx| node.poll_readable(&mut readable, cx)),
                     if may_take =>
                 {

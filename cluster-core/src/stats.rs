@@ -102,7 +102,8 @@ impl DropCounts {
 
     /// All reasons together.
     pub fn total(&self) -> u64 {
-        self.0.iter().sum()
+        // Saturating: counts a hostile peer can inflate must never overflow.
+        self.0.iter().fold(0, |sum, n| sum.saturating_add(*n))
     }
 
     /// `(reason, count)` for every non-zero count.
@@ -116,13 +117,13 @@ impl DropCounts {
     /// Adds `n` to `reason`.
     pub fn add(&mut self, reason: DropReason, n: u64) {
         if let Some(c) = self.0.get_mut(reason.index()) {
-            *c += n;
+            *c = c.saturating_add(n);
         }
     }
 
     fn merge(&mut self, other: &DropCounts) {
         for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
-            *a += b;
+            *a = a.saturating_add(*b);
         }
     }
 }
@@ -215,7 +216,10 @@ struct Counter(AtomicU64);
 impl Counter {
     fn add(&self, n: u64) {
         let c = &self.0;
-        c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        c.store(
+            c.load(Ordering::Relaxed).saturating_add(n),
+            Ordering::Relaxed,
+        );
     }
 
     fn get(&self) -> u64 {
@@ -375,10 +379,11 @@ impl StatsCells {
                     unconfirmed: p.unconfirmed.get(),
                     unacknowledged: p.unacknowledged.load(Ordering::Relaxed),
                 };
-                sent += peer.sent;
-                lost_in_transit += peer.lost_in_transit;
-                unconfirmed += peer.unconfirmed;
-                delivered += peer.delivered;
+                // Saturating: a forged gap can make `lost_in_transit` huge.
+                sent = u64::saturating_add(sent, peer.sent);
+                lost_in_transit = u64::saturating_add(lost_in_transit, peer.lost_in_transit);
+                unconfirmed = u64::saturating_add(unconfirmed, peer.unconfirmed);
+                delivered = u64::saturating_add(delivered, peer.delivered);
                 (*pid, peer)
             })
             .collect();

@@ -272,7 +272,7 @@ pub fn encode<M: Serialize + ?Sized>(header: &Header, msg: &M) -> Result<Bytes, 
 /// Frames up to this size are cut from a shared slab; larger ones get their own allocation.
 const SLAB_FRAME_MAX: usize = 512;
 /// Size of a slab: small frames are allocated in bulk, one slab at a time.
-const SLAB_LEN: usize = 16 * 1024;
+const SLAB_LEN: usize = 4 * 1024;
 
 /// Encodes frames like [`encode`], cutting small frames from a few shared slabs that are
 /// used in turn and reused in place once every frame cut from them was dropped, so that a
@@ -282,9 +282,9 @@ const SLAB_LEN: usize = 16 * 1024;
 /// ([`Encoder::frame`]), once per destination: the headers differ (receiver, sequence
 /// number), the payload bytes are copied.
 ///
-/// A small frame keeps its slab (16 KiB) alive until it is dropped, so one frame held for
-/// a long time pins at most one slab; an encoder holds at most eight (128 KiB), enough
-/// for about three thousand 64-byte messages in flight before a slab is allocated anew
+/// A small frame keeps its slab (4 KiB) alive until it is dropped, so one frame held for
+/// a long time pins at most one slab; an encoder holds at most 32 (128 KiB), enough for
+/// about three thousand 64-byte messages in flight before a slab is allocated anew
 /// (`cluster-mem/tests/allocations.rs` checks a window of 1,024 in flight allocates
 /// nothing). Frames larger than 512 bytes are allocated at their exact size.
 #[derive(Debug, Default)]
@@ -299,7 +299,7 @@ pub struct Encoder {
 }
 
 /// Slabs an encoder rotates through.
-const SLABS: usize = 8;
+const SLABS: usize = 32;
 
 impl Encoder {
     /// An encoder with no slab yet.
