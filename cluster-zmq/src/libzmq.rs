@@ -648,7 +648,6 @@ fn millis_i32(d: std::time::Duration) -> i32 {
     i32::try_from(d.as_millis()).unwrap_or(i32::MAX)
 }
 
-/// Copies a received message body into the frame type the server takes.
 #[cfg(test)]
 mod tests {
     use super::*;
