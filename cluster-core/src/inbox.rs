@@ -44,7 +44,7 @@ pub(crate) struct Receiving<M> {
     /// Wakes a parked reader: another task put envelopes in the queue, or the node stopped.
     pub(crate) arrived: Notify,
     /// Wakes the node's task when it waits for room in the inbox (see
-    /// [`RecvState::task_waits`]): the reader took its batch, or closed or dropped the
+    /// [`Receiving::task_waits_room`]): the reader made room, or closed or dropped the
     /// inbox (what arrives is then taken and dropped).
     pub(crate) room: Notify,
     /// The inbox's bounds: envelopes, and bytes of the frames they came in.
@@ -56,8 +56,8 @@ pub(crate) struct Receiving<M> {
     /// fill the inbox. Counted down as the reader hands them out, without the lock.
     lent: AtomicUsize,
     lent_bytes: AtomicUsize,
-    /// The node's task waits for room (see [`RecvState::task_waits`]); read without the
-    /// lock by a reader that empties its batch.
+    /// The node's task waits for room in the inbox (it was full): the reader that makes
+    /// some wakes it.
     task_waits_room: AtomicBool,
 }
 
@@ -74,8 +74,6 @@ pub(crate) struct RecvState<M> {
     events: Vec<TransportEvent>,
     /// A reader is waiting on the transport (see the module's docs).
     pub(crate) parked: bool,
-    /// The node's task waits for [`Receiving::room`].
-    pub(crate) task_waits: bool,
     /// The inbox was closed or dropped: what arrives is dropped as `unreachable`.
     closed: bool,
     /// The node has stopped: nothing more will arrive.
@@ -98,7 +96,6 @@ impl<M> Receiving<M> {
                 backlog_bytes: 0,
                 events: Vec::new(),
                 parked: false,
-                task_waits: false,
                 closed: false,
                 stopped: false,
                 transport_gone: false,
@@ -120,9 +117,15 @@ impl<M> Receiving<M> {
     }
 
     /// Records whether the node's task now waits for room in the inbox.
-    pub(crate) fn set_task_waits(&self, st: &mut RecvState<M>, waits: bool) {
-        st.task_waits = waits;
+    pub(crate) fn set_task_waits(&self, waits: bool) {
         self.task_waits_room.store(waits, Ordering::Release);
+    }
+
+    /// Wakes the node's task if it waits for room.
+    fn room_made(&self) {
+        if self.task_waits_room.swap(false, Ordering::AcqRel) {
+            self.room.notify_one();
+        }
     }
 
     /// The receive lock. Held only for work that never waits.
@@ -397,9 +400,8 @@ impl<M> Local<M> {
         if size > 0 {
             recv.lent_bytes.fetch_sub(size, Ordering::AcqRel);
         }
-        if self.batch.is_empty() && recv.task_waits_room.swap(false, Ordering::AcqRel) {
-            // The node's task waits for room (the inbox was full): there is some now.
-            recv.room.notify_one();
+        if self.batch.is_empty() {
+            recv.room_made();
         }
         Some(env)
     }
@@ -480,10 +482,7 @@ impl<M: Message> Inbox<M> {
         local: &mut Local<M>,
     ) -> (Took, MutexGuard<'a, RecvState<M>>) {
         let mut st = node.recv.lock();
-        if st.task_waits {
-            node.recv.set_task_waits(&mut st, false);
-            node.recv.room.notify_one();
-        }
+        node.recv.room_made();
         node.pump(&mut st);
         if st.ready.is_empty() {
             let took = if st.stopped || st.closed {

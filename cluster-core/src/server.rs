@@ -687,9 +687,9 @@ impl<M: Message> Driver<M> {
         let mut readable = None;
         loop {
             let may_take = {
-                let mut st = node.recv.lock();
+                let st = node.recv.lock();
                 let may = node.recv.may_take(&st);
-                node.recv.set_task_waits(&mut st, !may);
+                node.recv.set_task_waits(!may);
                 may
             };
             tokio::select! {
