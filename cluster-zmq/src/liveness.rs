@@ -28,7 +28,8 @@ impl Liveness {
         self.pids.binary_search(&pid).ok()
     }
 
-    /// The pid of peer `index` (-1 if there is none).
+    /// The pid of peer `index` (-1 if there is none). For libzmq's connection log.
+    #[cfg_attr(not(feature = "libzmq"), allow(dead_code))]
     pub(crate) fn pid_at(&self, index: usize) -> Pid {
         self.pids.get(index).copied().unwrap_or(-1)
     }
