@@ -330,7 +330,7 @@ impl MsgIds {
     }
 }
 
-/// One node of the cluster: an outbox to send [`Envelope`]s from, an inbox to receive them.
+/// One node of the cluster: an outbox to send [`Envelope`](crate::Envelope)s from, an inbox to receive them.
 ///
 /// All routing happens here, over any [`Transport`]: a send to a peer goes to that peer only,
 /// [`BROADCAST`](crate::BROADCAST) to every peer but this one (encoded once), a send to this
