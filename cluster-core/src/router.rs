@@ -746,6 +746,14 @@ impl Router {
                     self.stats.dropped_from(None, DropReason::Malformed);
                     return;
                 }
+                if h.seq < due.acked && !written_off {
+                    // Below what this node acknowledged already: the peer has moved on, so
+                    // this is an old probe played again (the peer's own probes name at
+                    // least the frames whose acknowledgement it still waits for).
+                    self.stats
+                        .dropped_from(Some(h.sender), DropReason::Replayed);
+                    return;
+                }
                 let settled = due.settled >= p.seq;
                 if h.seq > p.seq && (settled || written_off) {
                     if !written_off {
@@ -1450,6 +1458,36 @@ mod tests {
         assert_eq!(s.dropped_incoming.get(DropReason::Malformed), 1);
         let next = send_n(&mut a, 2, 1);
         assert!(b.incoming::<String>(next[0].clone(), t0).is_some());
+    }
+
+    /// C10: a probe played again after the peer moved on (below what this node has
+    /// acknowledged) is dropped as `replayed` and changes nothing.
+    #[test]
+    fn an_old_probe_played_again_is_dropped_as_replayed() {
+        let mut a = acking_router(1, 5, 1 << 20);
+        let mut b = acking_router(2, 9, 1 << 20);
+        let frames = send_n(&mut a, 2, 2);
+        assert!(
+            b.incoming::<String>(frames[0].clone(), Instant::now())
+                .is_some()
+        );
+        probes_of(&mut a, &[2]);
+        let (_, old) = probes_of(&mut a, &[2]).pop().unwrap();
+        assert!(b.incoming::<String>(old.clone(), Instant::now()).is_none());
+        ack_into(&mut b, &mut a);
+        assert_eq!(a.unacked_frames(), 0);
+        for f in send_n(&mut a, 2, 3) {
+            assert!(b.incoming::<String>(f, Instant::now()).is_some());
+        }
+        ack_into(&mut b, &mut a);
+        assert!(b.incoming::<String>(old, Instant::now()).is_none());
+        let s = snapshot(&b);
+        assert_eq!(s.peers[&1].dropped_from.get(DropReason::Replayed), 1);
+        assert_eq!(
+            s.peers[&1].lost_in_transit, 1,
+            "frame 2, counted once by the probe"
+        );
+        assert!(acks_of(&mut b, true).is_empty(), "nothing due again");
     }
 
     /// The byte bound: frames fit while their bytes do; an acknowledgement frees them.
