@@ -191,7 +191,9 @@ impl Relay {
     /// and forwards again: a link that breaks, losing what was on it, and that its ends
     /// connect again (through the relay) as soon as they notice.
     pub fn reset(&self) {
-        self.set_mode(Mode::Forward);
+        // Cut first, so that nothing held slips through before the connections close; the
+        // accepting task forwards again once it has closed them.
+        self.set_mode(Mode::Cut);
         self.control.resets.send_modify(|n| *n += 1);
     }
 
@@ -237,8 +239,9 @@ async fn accept(listener: TcpListener, target: String, control: Arc<Control>) {
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             Ok(()) = resets.changed() => {
                 // Aborted, each task drops its halves: every connection closes, and what
-                // the relay held is lost.
+                // the relay held is lost. New connections are forwarded again.
                 conns.abort_all();
+                control.mode.send_replace(Mode::Forward);
                 continue;
             }
         };

@@ -86,15 +86,12 @@ async fn a_link_that_breaks_and_comes_back_at_once_counts_what_it_lost(backend: 
         assert!(sent.is_sent(), "{sent:?}");
     }
     relay.reset();
-    // Accepted frames, once lost, are counted `unconfirmed` or discarded by the sender, or
-    // `lost_in_transit` by the receiver; never refused as `unreachable` (the markers sent
-    // below may be, while the link comes back).
+    // Accepted frames, once lost, are counted `unconfirmed` or discarded (dropped) by the
+    // sender, or `lost_in_transit` by the receiver. Nothing else is sent meanwhile.
     let counted = |a: &Server<String>, b: &Server<String>| {
         let (s, r) = (to_2(a), b.stats().peers[&1]);
-        let discarded =
-            |p: &PeerStats| p.dropped_to.total() - p.dropped_to.get(DropReason::Unreachable);
         (s.unconfirmed - base.unconfirmed)
-            + (discarded(&s) - discarded(&base))
+            + (s.dropped_to.total() - base.dropped_to.total())
             + (r.lost_in_transit - base_b.lost_in_transit)
     };
     let deadline = Instant::now() + DEADLINE;
@@ -109,8 +106,6 @@ async fn a_link_that_breaks_and_comes_back_at_once_counts_what_it_lost(backend: 
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let late = drain_until_marker(&a, &mut b, "marker-after").await;
-    assert!(late.is_empty(), "delivered after the link broke: {late:?}");
     let (s, r) = (to_2(&a), b.stats().peers[&1]);
     eprintln!(
         "{backend}: lost {LOST}: unconfirmed {}, dropped {:?}, lost in transit {}",
@@ -119,6 +114,24 @@ async fn a_link_that_breaks_and_comes_back_at_once_counts_what_it_lost(backend: 
         r.lost_in_transit - base_b.lost_in_transit
     );
     assert_eq!(counted(&a, &b), LOST, "each lost frame counted once");
+    assert_eq!(r.delivered, base_b.delivered, "none delivered");
+    // The next frames arrive, and show the receiver no gap it has not been told of: frames
+    // counted by probes or write-offs are not counted a second time. (Known exception,
+    // stated in the README: frames the sender's transport itself discarded (`dropped`,
+    // zeromq) keep their sequence numbers, and the next frame shows them as a gap too.)
+    let late = drain_until_marker(&a, &mut b, "marker-after").await;
+    assert!(late.is_empty(), "delivered after the link broke: {late:?}");
+    let (s2, r2) = (to_2(&a), b.stats().peers[&1]);
+    let discarded = s.dropped_to.total() - base.dropped_to.total();
+    assert_eq!(
+        s2.unconfirmed, s.unconfirmed,
+        "counted again once later frames arrived"
+    );
+    assert!(
+        r2.lost_in_transit - r.lost_in_transit <= discarded,
+        "counted again once later frames arrived: {} more lost in transit, {discarded} discarded",
+        r2.lost_in_transit - r.lost_in_transit
+    );
     a.shutdown().await;
     b.shutdown().await;
 }
