@@ -241,6 +241,7 @@ impl<M: Message> Sending<M> {
             }
             let transport = &self.transport;
             router.acknowledge(false, |to, frame| transport.send(to, frame));
+            router.greet(false, |to, frame| transport.send(to, frame));
             router.take_credit()
         };
         if credit {

@@ -122,6 +122,7 @@
 
 mod config;
 mod envelope;
+pub mod events;
 mod inbox;
 mod key;
 mod outbox;
@@ -138,6 +139,7 @@ pub use config::{
     MacAlgorithm, Options, PeerConfig,
 };
 pub use envelope::{BROADCAST, Envelope, MsgId, Pid};
+pub use events::{Event, Events, Lagged, PeerEvent};
 pub use inbox::Inbox;
 pub use key::{ClusterKey, KEY_LEN};
 pub use outbox::{Outbox, SendError, SendOutcome};

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use crate::envelope::{BROADCAST, Envelope, Pid};
+use crate::events::{Event, EventHub};
 use crate::outbox::SendOutcome;
 use crate::seal::Sealer;
 use crate::stats::{DropReason, StatsCells};
@@ -64,6 +65,25 @@ struct Heard {
     first: Seq,
     seq: Seq,
     at: Instant,
+}
+
+/// What this node knows of a peer's life, for peer events (see [`crate::events`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct Life {
+    /// The newest incarnation of the peer heard from (any authenticated frame).
+    incarnation: Option<Incarnation>,
+    /// When it was last heard from, on the slow path (see [`Router::heard_from`]).
+    at: Option<Instant>,
+    /// Heard from `incarnation` since this node's connection to it last came up.
+    heard: bool,
+    /// `incarnation` said it heard this node: greetings stop.
+    confirmed: bool,
+    /// This node's transport has a live connection to it.
+    outbound: bool,
+    /// `Up` was the last of `Up`/`Down` told.
+    up: bool,
+    /// It greeted this node (not in answer): an answer is due.
+    reply: bool,
 }
 
 /// Receiving side of acknowledgements, per peer: what this node owes it.
@@ -230,6 +250,12 @@ pub(crate) struct Router {
     /// Per pid in `all`: the highest sequence number [written off](Router::write_off) and
     /// not yet announced to it (see [`Router::outgoing_checked`]).
     written_off: Vec<Option<Seq>>,
+    /// Per pid in `all`: its life, for peer events.
+    life: Vec<Life>,
+    /// Where peer events go.
+    events: Arc<EventHub>,
+    /// Some peer is owed a greeting back (see [`Router::greet`]).
+    greet_due: bool,
     /// Frames control frames (acknowledgements, probes), so that they never disturb the
     /// message `encoder` holds serialized.
     control: wire::Encoder,
@@ -263,6 +289,7 @@ impl Router {
         let written_off = vec![None; all.len()];
         let ack_due = vec![AckDue::default(); all.len()];
         let unacked = all.iter().map(|_| Unacked::default()).collect();
+        let life = vec![Life::default(); all.len()];
         Self {
             pid,
             incarnation,
@@ -278,6 +305,9 @@ impl Router {
             absent,
             oldest_unacked,
             written_off,
+            life,
+            events: Arc::new(EventHub::new()),
+            greet_due: false,
             control: wire::Encoder::new(),
             forget_after,
             stats,
@@ -291,6 +321,12 @@ impl Router {
     /// This router with acknowledgements on (see [`Router::acks`]).
     pub(crate) fn with_acks(mut self, acks: Option<AckOptions>) -> Self {
         self.acks = acks;
+        self
+    }
+
+    /// This router, telling its peer events to `events`.
+    pub(crate) fn with_events(mut self, events: Arc<EventHub>) -> Self {
+        self.events = events;
         self
     }
 
@@ -586,6 +622,10 @@ impl Router {
             self.on_probe(index, &h, &bytes, now);
             return None;
         }
+        if h.destination == Destination::Hello {
+            self.on_hello(index, &h, &bytes, now);
+            return None;
+        }
         let mut heard = self.heard.get(index).copied().flatten();
         if !self.sealer.keyed()
             && heard.is_some_and(|p| now.saturating_duration_since(p.at) >= self.forget_after)
@@ -646,6 +686,7 @@ impl Router {
                 self.stats.seen_incarnation(h.sender, h.incarnation);
             }
         }
+        let _ = self.heard_from(index, h.incarnation, now);
         let arrival = Arrival {
             index,
             incarnation: h.incarnation,
@@ -693,6 +734,8 @@ impl Router {
         unacked.ack_up_to(highest);
         self.stats.unacknowledged(h.sender, unacked.frames.len());
         self.credited = true;
+        // An incarnation that acknowledges this one has heard from it and can reach it.
+        let _ = self.heard_from(index, h.incarnation, Instant::now());
     }
 
     /// Applies a probe from the peer at `index` (header `h`, payload `bytes`, already
@@ -784,6 +827,145 @@ impl Router {
             }
         }
         due.acked = due.acked.min(due.settled.saturating_sub(1));
+        // Not older than the newest heard (those returned above): the peer is alive.
+        let _ = self.heard_from(index, h.incarnation, now);
+    }
+
+    /// A frame from `incarnation` of the peer at `index` was accepted: for peer events,
+    /// the peer can reach this node, and a newer incarnation has restarted. An incarnation
+    /// older than the newest heard changes nothing (returns `false`), unless, unkeyed, that
+    /// one was silent for `forget_after` (the forgetting rule of [`Router::incoming`]).
+    fn heard_from(&mut self, index: usize, incarnation: Incarnation, now: Instant) -> bool {
+        let keyed = self.sealer.keyed();
+        let forget_after = self.forget_after;
+        let Some(life) = self.life.get_mut(index) else {
+            return false;
+        };
+        if life.heard && life.incarnation == Some(incarnation) {
+            // The fast path, for every message: nothing new.
+            life.at = Some(now);
+            return true;
+        }
+        if let (Some(known), Some(at)) = (life.incarnation, life.at)
+            && incarnation < known
+            && (keyed || now.saturating_duration_since(at) < forget_after)
+        {
+            return false;
+        }
+        let pid = self.all.get(index).copied().unwrap_or_default();
+        if life.incarnation.is_some_and(|known| known != incarnation) {
+            // A restart (or, unkeyed, a lower incarnation heard once the newer one was
+            // forgotten: a node that lost its catalog). It has not heard this node yet.
+            life.confirmed = false;
+            self.events.emit(Event::Restarted { pid, incarnation });
+        }
+        life.incarnation = Some(incarnation);
+        life.at = Some(now);
+        life.heard = true;
+        self.update_up(index);
+        true
+    }
+
+    /// Tells `Up` or `Down` for the peer at `index` if that changed: up is this node's
+    /// connection to it live and a frame heard from it since.
+    fn update_up(&mut self, index: usize) {
+        let (Some(life), Some(&pid)) = (self.life.get_mut(index), self.all.get(index)) else {
+            return;
+        };
+        let up = life.outbound && life.heard;
+        if up != life.up {
+            life.up = up;
+            self.events
+                .emit(if up { Event::Up(pid) } else { Event::Down(pid) });
+        }
+    }
+
+    /// Applies a greeting from the peer at `index` (header `h`, payload `bytes`, already
+    /// authenticated; see [`Destination::Hello`]): the peer's incarnation can reach this
+    /// node; unless the greeting is itself an answer, an answer is due (if this node can
+    /// reach it), which tells the peer it was heard. From an incarnation older than the
+    /// newest heard it is ignored, unless, unkeyed, that one was silent for
+    /// `forget_after` (the forgetting rule of [`Router::incoming`]).
+    fn on_hello(&mut self, index: usize, h: &Header, bytes: &[u8], now: Instant) {
+        let Ok((heard_you, answer)) = wire::decode_payload::<(bool, bool)>(bytes) else {
+            self.drop_hostile(DropReason::Malformed);
+            return;
+        };
+        if !self.heard_from(index, h.incarnation, now) {
+            return;
+        }
+        let Some(life) = self.life.get_mut(index) else {
+            return;
+        };
+        if heard_you {
+            life.confirmed = true;
+        }
+        if !answer && life.outbound {
+            life.reply = true;
+            self.greet_due = true;
+        }
+    }
+
+    /// This node's connections changed to `connected`: peers newly connected are greeted
+    /// (through `send`), peers no longer connected are `Down` if they were `Up`, and must
+    /// be heard from again before they are `Up` again.
+    pub(crate) fn connectivity(
+        &mut self,
+        connected: &crate::transport::PeerSet,
+        mut send: impl FnMut(Pid, Bytes) -> Result<(), DropReason>,
+    ) {
+        for index in 0..self.all.len() {
+            let (Some(&peer), Some(life)) = (self.all.get(index), self.life.get_mut(index)) else {
+                continue;
+            };
+            if peer == self.pid {
+                continue;
+            }
+            let now = connected.contains(&peer);
+            if now == life.outbound {
+                continue;
+            }
+            life.outbound = now;
+            if now {
+                let greeting = (life.heard, false);
+                life.reply = false;
+                if let Some(frame) = self.control_frame(peer, Destination::Hello, 0, &greeting) {
+                    let _ = send(peer, frame);
+                }
+            } else {
+                life.heard = false;
+                life.confirmed = false;
+                life.reply = false;
+            }
+            self.update_up(index);
+        }
+    }
+
+    /// Greets, through `send`, every peer owed a greeting back, and, with `all` (once per
+    /// heartbeat interval), every connected peer that has not said it heard this node: a
+    /// lost greeting is sent again.
+    pub(crate) fn greet(
+        &mut self,
+        all: bool,
+        mut send: impl FnMut(Pid, Bytes) -> Result<(), DropReason>,
+    ) {
+        if !all && !std::mem::take(&mut self.greet_due) {
+            return;
+        }
+        for index in 0..self.all.len() {
+            let (Some(&peer), Some(life)) = (self.all.get(index), self.life.get_mut(index)) else {
+                continue;
+            };
+            let due = life.reply || (all && !life.confirmed);
+            if peer == self.pid || !life.outbound || !due {
+                continue;
+            }
+            // An answer when one is due (it is never answered); a greeting otherwise.
+            let greeting = (life.heard, std::mem::take(&mut life.reply));
+            if let Some(frame) = self.control_frame(peer, Destination::Hello, 0, &greeting) {
+                let _ = send(peer, frame);
+            }
+        }
     }
 
     /// Acknowledges what arrived from each peer, through `send`: to every peer owed
@@ -2042,6 +2224,212 @@ mod tests {
         assert_eq!(
             s.peers[&3].dropped_from.get(DropReason::StaleIncarnation),
             1
+        );
+    }
+
+    // Peer events (see `crate::events`): greetings, Up, Down, Restarted.
+
+    /// Router `pid` (incarnation `inc`), keyed with `key` if given, and a subscription to
+    /// its events.
+    fn eventful(pid: Pid, inc: Incarnation, key: Option<u8>) -> (Router, crate::Events) {
+        let all = vec![1, 2, 3, 4];
+        let key = key.map(|k| ClusterKey::from_bytes([k; crate::key::KEY_LEN]));
+        let hub = Arc::new(EventHub::new());
+        let events = hub.subscribe();
+        let r = Router::new(
+            pid,
+            inc,
+            all.clone(),
+            1024,
+            Arc::new(StatsCells::new(all)),
+            Sealer::new(key, false),
+            LONG,
+        )
+        .with_events(hub);
+        (r, events)
+    }
+
+    /// The events told so far.
+    fn told(events: &mut crate::Events) -> Vec<Event> {
+        use futures::FutureExt;
+        std::iter::from_fn(|| events.recv().now_or_never().flatten())
+            .map(|e| e.unwrap().event)
+            .collect()
+    }
+
+    /// `r`'s connections become `connected`; the greetings it sends.
+    fn connect(r: &mut Router, connected: &[Pid]) -> Vec<(Pid, Bytes)> {
+        let mut out = Vec::new();
+        r.connectivity(&connected.iter().copied().collect(), |to, f| {
+            out.push((to, f));
+            Ok(())
+        });
+        out
+    }
+
+    /// The greetings `r` sends now (`all`: the heartbeat's retries too).
+    fn greetings(r: &mut Router, all: bool) -> Vec<(Pid, Bytes)> {
+        let mut out = Vec::new();
+        r.greet(all, |to, f| {
+            out.push((to, f));
+            Ok(())
+        });
+        out
+    }
+
+    /// Hands `frames` for `r` to it (none is a message).
+    fn hand(r: &mut Router, frames: Vec<(Pid, Bytes)>) {
+        for (to, f) in frames {
+            assert_eq!(to, r.pid);
+            assert!(wire::is_control(&f));
+            assert!(r.incoming::<u8>(f, Instant::now()).is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_is_up_once_messages_flow_both_ways_and_down_when_the_connection_goes() {
+        let (mut a, mut ea) = eventful(1, 1, None);
+        let (mut b, mut eb) = eventful(2, 1, None);
+        // 1 connects to 2 and greets it: neither is up, 2 cannot answer (no connection).
+        let hello = connect(&mut a, &[2]);
+        assert_eq!(hello.len(), 1);
+        hand(&mut b, hello);
+        assert!(told(&mut ea).is_empty() && told(&mut eb).is_empty());
+        assert!(
+            greetings(&mut b, false).is_empty(),
+            "no connection to answer on"
+        );
+        // 2 connects: it has heard 1, so it is up, and says so in its greeting.
+        let hello = connect(&mut b, &[1]);
+        assert_eq!(told(&mut eb), [Event::Up(1)]);
+        hand(&mut a, hello);
+        assert_eq!(told(&mut ea), [Event::Up(2)]);
+        // 1 answers, so that 2 knows it was heard; an answer is not answered.
+        hand(&mut b, greetings(&mut a, false));
+        assert!(greetings(&mut b, false).is_empty());
+        // Both know they were heard: no greeting is repeated.
+        assert!(greetings(&mut a, true).is_empty() && greetings(&mut b, true).is_empty());
+        // Messages keep a peer up, telling nothing new.
+        let f = sent_by(&mut b, 1, "hi");
+        assert!(a.incoming::<String>(f, Instant::now()).is_some());
+        assert!(told(&mut ea).is_empty());
+        // 1's connection to 2 goes: down. It comes back: 2 must be heard again first.
+        assert!(connect(&mut a, &[]).is_empty());
+        assert_eq!(told(&mut ea), [Event::Down(2)]);
+        let hello = connect(&mut a, &[2]);
+        assert!(told(&mut ea).is_empty(), "not up before 2 is heard again");
+        hand(&mut b, hello);
+        // 2 answers at once (its pump greets what is due), and 1 is up again.
+        let answer = greetings(&mut b, false);
+        assert_eq!(answer.len(), 1);
+        assert!(greetings(&mut b, false).is_empty(), "answered once");
+        hand(&mut a, answer);
+        assert_eq!(told(&mut ea), [Event::Up(2)]);
+        assert!(told(&mut eb).is_empty(), "2 saw nothing go");
+    }
+
+    #[tokio::test]
+    async fn a_lost_greeting_is_sent_again_every_heartbeat_until_the_peer_heard_it() {
+        let (mut a, _ea) = eventful(1, 1, None);
+        let (mut b, mut eb) = eventful(2, 1, None);
+        assert_eq!(connect(&mut b, &[1]).len(), 1, "lost");
+        assert_eq!(connect(&mut a, &[2]).len(), 1, "lost");
+        assert!(
+            greetings(&mut a, false).is_empty(),
+            "retries wait for the heartbeat"
+        );
+        for _ in 0..3 {
+            let again = greetings(&mut b, true);
+            assert_eq!(again.len(), 1);
+            assert_eq!(again[0].0, 1);
+        }
+        hand(&mut a, greetings(&mut b, true));
+        // 1 answers (it had not been heard by 2), 2 is up and stops greeting.
+        hand(&mut b, greetings(&mut a, false));
+        assert_eq!(told(&mut eb), [Event::Up(1)]);
+        assert!(greetings(&mut b, true).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_restart_is_told_once_and_an_older_incarnation_changes_nothing() {
+        let (mut a, mut ea) = eventful(1, 1, Some(9));
+        let (mut b, _) = eventful(2, 4, Some(9));
+        connect(&mut a, &[2]);
+        hand(&mut a, connect(&mut b, &[1]));
+        assert_eq!(told(&mut ea), [Event::Up(2)]);
+        let old = sent_by(&mut b, 1, "from 4");
+        // 2 restarts as incarnation 5 and greets: a restart, told once, and still up.
+        let (mut b5, _) = eventful(2, 5, Some(9));
+        let hello = connect(&mut b5, &[1]);
+        hand(&mut a, hello.clone());
+        assert_eq!(
+            told(&mut ea),
+            [Event::Restarted {
+                pid: 2,
+                incarnation: 5
+            }]
+        );
+        let f = sent_by(&mut b5, 1, "from 5");
+        assert!(a.incoming::<String>(f, Instant::now()).is_some());
+        hand(&mut a, hello);
+        assert!(told(&mut ea).is_empty(), "once per incarnation");
+        // The old incarnation's frames, and its greetings, change nothing.
+        assert!(a.incoming::<String>(old, Instant::now()).is_none());
+        hand(&mut a, connect(&mut b, &[]));
+        hand(&mut a, connect(&mut b, &[1]));
+        assert!(told(&mut ea).is_empty());
+        // A greeting under another key is unauthenticated and changes nothing.
+        let (mut forger, _) = eventful(2, 9, Some(8));
+        hand(&mut a, connect(&mut forger, &[1]));
+        assert!(told(&mut ea).is_empty());
+        assert_eq!(
+            snapshot(&a)
+                .dropped_incoming
+                .get(DropReason::Unauthenticated),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_key_a_forged_greeting_does_not_keep_a_peer_out_for_good() {
+        let all = vec![1, 2, 3, 4];
+        let hub = Arc::new(EventHub::new());
+        let mut ea = hub.subscribe();
+        let forget = Duration::from_secs(2);
+        let mut a = Router::new(
+            1,
+            1,
+            all.clone(),
+            1024,
+            Arc::new(StatsCells::new(all)),
+            Sealer::None,
+            forget,
+        )
+        .with_events(hub);
+        connect(&mut a, &[2]);
+        // A forged greeting in 2's name, from a high incarnation.
+        let (mut forger, _) = eventful(2, 1000, None);
+        hand(&mut a, connect(&mut forger, &[1]));
+        let (mut b, _) = eventful(2, 3, None);
+        let hello = connect(&mut b, &[1]);
+        assert!(
+            a.incoming::<u8>(hello.clone()[0].1.clone(), Instant::now())
+                .is_none()
+        );
+        assert_eq!(
+            told(&mut ea),
+            [Event::Up(2)],
+            "the forgery made 2 look up; the real 2, older, is not heard yet"
+        );
+        // Once the forged incarnation has been silent for `forget_after`, 2 is heard.
+        let later = Instant::now() + forget;
+        a.incoming::<u8>(hello[0].1.clone(), later);
+        assert_eq!(
+            told(&mut ea),
+            [Event::Restarted {
+                pid: 2,
+                incarnation: 3
+            }]
         );
     }
 }

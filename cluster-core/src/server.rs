@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError};
 use crate::envelope::{MsgId, Pid};
+use crate::events::{EventHub, Events};
 use crate::inbox::{Inbox, Receiving};
 use crate::outbox::{Outbox, Sending};
 use crate::router::{AckOptions, Router};
@@ -190,6 +191,7 @@ impl ServerBuilder {
         let all: Vec<Pid> = config.pids().collect();
         let peers: Vec<Pid> = all.iter().copied().filter(|p| *p != pid).collect();
         let stats = Arc::new(StatsCells::new(all.clone()));
+        let events = Arc::new(EventHub::new());
         let router = Router::new(
             pid,
             incarnation,
@@ -211,7 +213,7 @@ impl ServerBuilder {
             window_frames: opts.peer_queue.saturating_mul(16),
             window_bytes: opts.peer_queue_bytes,
         });
-        let router = router.with_acks(acks);
+        let router = router.with_acks(acks).with_events(Arc::clone(&events));
         let (stop_tx, stop_rx) = oneshot::channel();
         let connected = transport.connected();
         for hook in attach_hooks {
@@ -219,6 +221,7 @@ impl ServerBuilder {
                 pid,
                 stats: Arc::clone(&stats),
                 connected: connected.clone(),
+                events: Arc::clone(&events),
             }));
         }
         // With acknowledgements, the backlog holds at most what every peer may have
@@ -244,7 +247,7 @@ impl ServerBuilder {
         };
         // However the node's task ends (stopped, or dropped with its runtime, polled or
         // not, or a panic), sends fail from then on and the inbox ends once read.
-        let stopped = StopOnDrop(Arc::clone(&sending));
+        let stopped = StopOnDrop(Arc::clone(&sending), Arc::clone(&events));
         let task = runtime.spawn(async move {
             let _stopped = stopped;
             driver.run(stop_rx).await;
@@ -263,6 +266,7 @@ impl ServerBuilder {
                 stats,
                 ids: MsgIds::new(pid, incarnation),
                 connected,
+                events,
                 stop: Some(stop_tx),
                 task: Some(task),
             },
@@ -449,6 +453,24 @@ impl<M> Server<M> {
         self.handle.wait_for_peers(timeout).await
     }
 
+    /// Waits until every peer is [`Up`](crate::Event::Up) — messages flow both ways — or
+    /// `timeout` passes: the start-up barrier that also covers the peers' connections to
+    /// this node (see [`ServerHandle::wait_for_peers_up`]).
+    pub async fn wait_for_peers_up(&self, timeout: Duration) -> Result<(), WaitTimeout> {
+        self.handle.wait_for_peers_up(timeout).await
+    }
+
+    /// A new subscription to this node's peer events (`Up`, `Down`, `Restarted`, …), from
+    /// now on: see [`Events`] and [`crate::events`].
+    pub fn events(&self) -> Events {
+        self.handle.events()
+    }
+
+    /// The peers that are [`Up`](crate::Event::Up) now: messages flow both ways.
+    pub fn up_peers(&self) -> Vec<Pid> {
+        self.handle.up_peers()
+    }
+
     /// Stops the node: later sends fail, what was sent is flushed to live peers for at
     /// most the configured linger, and the transport is released (ports included).
     pub async fn shutdown(mut self) {
@@ -473,6 +495,7 @@ pub struct ServerHandle {
     stats: Arc<StatsCells>,
     ids: MsgIds,
     connected: watch::Receiver<PeerSet>,
+    events: Arc<EventHub>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -534,7 +557,46 @@ impl ServerHandle {
             pid: self.pid,
             stats: Arc::clone(&self.stats),
             connected: self.connected.clone(),
+            events: Arc::clone(&self.events),
         }
+    }
+
+    /// A new subscription to this node's peer events, from now on (see [`Events`]).
+    pub fn events(&self) -> Events {
+        self.events.subscribe()
+    }
+
+    /// The peers that are [`Up`](crate::Event::Up) now: messages flow both ways.
+    pub fn up_peers(&self) -> Vec<Pid> {
+        self.events.up().borrow().iter().copied().collect()
+    }
+
+    /// Waits until every peer is [`Up`](crate::Event::Up), or `timeout` passes.
+    ///
+    /// Stronger than [`ServerHandle::wait_for_peers`]: besides this node's connection to
+    /// every peer, a frame from every peer's current incarnation arrived over its
+    /// connection to this node (the peers greet the nodes they connect to). So a message
+    /// sent now to a healthy peer is delivered, and the peer's messages to this node are
+    /// no longer dropped as `unreachable` for want of a connection — the gap that
+    /// `wait_for_peers` leaves after a restart. On a timeout, `missing` lists the peers
+    /// that were not up.
+    pub async fn wait_for_peers_up(&self, timeout: Duration) -> Result<(), WaitTimeout> {
+        let mut rx = self.events.up();
+        let all = |set: &PeerSet| self.peers.iter().all(|p| set.contains(p));
+        let wait = rx.wait_for(|set| all(set));
+        if let Ok(Ok(_)) = tokio::time::timeout(timeout, wait).await {
+            return Ok(());
+        }
+        let set = self.events.up().borrow().clone();
+        Err(WaitTimeout {
+            missing: self
+                .peers
+                .iter()
+                .copied()
+                .filter(|p| !set.contains(p))
+                .collect(),
+            waited: timeout,
+        })
     }
 
     /// Waits until this node has a live connection to every peer, or `timeout` passes.
@@ -599,6 +661,7 @@ pub struct ServerMonitor {
     pid: Pid,
     stats: Arc<StatsCells>,
     connected: watch::Receiver<PeerSet>,
+    events: Arc<EventHub>,
 }
 
 impl std::fmt::Debug for ServerMonitor {
@@ -634,6 +697,16 @@ impl ServerMonitor {
     pub fn connection_changes(&self) -> watch::Receiver<PeerSet> {
         self.connected.clone()
     }
+
+    /// A new subscription to the watched server's peer events (see [`Events`]).
+    pub fn events(&self) -> Events {
+        self.events.subscribe()
+    }
+
+    /// The peers that are [`Up`](crate::Event::Up) now: messages flow both ways.
+    pub fn up_peers(&self) -> Vec<Pid> {
+        self.events.up().borrow().iter().copied().collect()
+    }
 }
 
 /// The node's receiving side and timers; sending happens in the senders' own tasks
@@ -660,13 +733,14 @@ struct Driver<M> {
     linger: Duration,
 }
 
-/// Closes a node's sending and receiving when dropped (see `Driver::run`).
-struct StopOnDrop<M: Message>(Arc<Sending<M>>);
+/// Closes a node's sending, receiving and events when dropped (see `Driver::run`).
+struct StopOnDrop<M: Message>(Arc<Sending<M>>, Arc<EventHub>);
 
 impl<M: Message> Drop for StopOnDrop<M> {
     fn drop(&mut self) {
         self.0.close();
         self.0.stop_receiving();
+        self.1.close();
     }
 }
 
@@ -679,10 +753,17 @@ const ACK_TICKS: u32 = 10;
 impl<M: Message> Driver<M> {
     async fn run(self, mut stop: oneshot::Receiver<()>) {
         let node = self.node;
-        let mut tick = tokio::time::interval((self.tick / ACK_TICKS).max(Duration::from_millis(1)));
+        let confirming = node.transport.may_lose_accepted();
+        // Acknowledgements are flushed ACK_TICKS times per heartbeat interval; without
+        // them, the task ticks once per interval (greetings, for peer events).
+        let per_beat = if confirming { ACK_TICKS } else { 1 };
+        let mut tick = tokio::time::interval((self.tick / per_beat).max(Duration::from_millis(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks: u32 = 0;
-        let confirming = node.transport.may_lose_accepted();
+        // This node's connections, as they change: peer events, and greetings.
+        let mut connections = node.connected.clone();
+        connections.mark_changed();
+        let mut watching = true;
         // The transport's `readable`, kept between wake-ups (see `Sending::poll_readable`).
         let mut readable = None;
         loop {
@@ -694,21 +775,34 @@ impl<M: Message> Driver<M> {
             };
             tokio::select! {
                 _ = &mut stop => break,
-                _ = tick.tick(), if confirming => {
+                changed = connections.changed(), if watching => {
+                    if changed.is_err() {
+                        // The transport is gone: its set stays as it was.
+                        watching = false;
+                        continue;
+                    }
+                    // A copy: no lock of the watch channel is held while sending.
+                    let connected = connections.borrow_and_update().clone();
+                    let mut state = node.lock();
+                    let transport = &node.transport;
+                    state.router().connectivity(&connected, |to, frame| transport.send(to, frame));
+                }
+                _ = tick.tick() => {
                     {
                         let mut state = node.lock();
                         let transport = &node.transport;
-                        state.router().acknowledge(true, |to, frame| transport.send(to, frame));
-                        ticks = (ticks + 1) % ACK_TICKS;
+                        let router = state.router();
+                        router.acknowledge(true, |to, frame| transport.send(to, frame));
+                        ticks = (ticks + 1) % per_beat;
                         if ticks == 0 {
                             // A copy: no lock of the watch channel is held while sending.
                             let connected = node.connected.borrow().clone();
-                            let router = state.router();
                             router.write_off(&connected);
                             router.probe_silent(&connected, |to, frame| transport.send(to, frame));
+                            router.greet(true, |to, frame| transport.send(to, frame));
                         }
                     }
-                    if ticks == 0 {
+                    if ticks == 0 && confirming {
                         node.credit.notify_waiters();
                     }
                 }

@@ -7,8 +7,8 @@
 //! 2       1     flags: bit 0 = keyed (a 32-byte trailer follows the payload);
 //!                     bit 1 = encrypted (only with bit 0); other bits 0
 //! 3       1     destination kind: 0 peer, 1 broadcast, 2 group (reserved for multicast),
-//!               3 acknowledgement, 4 probe (control frames, see [`Destination::Ack`] and
-//!               [`Destination::Probe`])
+//!               3 acknowledgement, 4 probe, 5 hello (control frames, see
+//!               [`Destination::Ack`], [`Destination::Probe`] and [`Destination::Hello`])
 //! 4       4     sender pid, i32 little-endian, >= 0
 //! 8       4     receiver pid, i32 little-endian, >= 0 (every copy names its receiver)
 //! 12      4     sender incarnation, u32 little-endian
@@ -117,6 +117,14 @@ pub enum Destination {
     /// before its next frame, so that the receiver does not count them again as a gap.
     /// Its `msg_id` is 0.
     Probe,
+    /// Not a message: a greeting, which tells the receiver that the sender's incarnation
+    /// in the header can reach it (peer events, see [`crate::Event::Up`]). Sent when the
+    /// sender's connection to the receiver comes up, and again every heartbeat interval
+    /// until the receiver has said it heard the sender. Its payload is a pair of booleans:
+    /// whether the sender has heard the receiver (so the receiver can stop greeting), and
+    /// whether this greeting answers one from the receiver (a greeting that is not an
+    /// answer gets one). Its `seq` and `msg_id` are 0.
+    Hello,
 }
 
 impl Destination {
@@ -127,12 +135,13 @@ impl Destination {
             Self::Group => 2,
             Self::Ack => 3,
             Self::Probe => 4,
+            Self::Hello => 5,
         }
     }
 
     /// Whether a frame of this kind is a control frame, which carries no message.
     pub fn is_control(self) -> bool {
-        matches!(self, Self::Ack | Self::Probe)
+        matches!(self, Self::Ack | Self::Probe | Self::Hello)
     }
 
     fn from_byte(b: u8) -> Option<Self> {
@@ -142,6 +151,7 @@ impl Destination {
             2 => Some(Self::Group),
             3 => Some(Self::Ack),
             4 => Some(Self::Probe),
+            5 => Some(Self::Hello),
             _ => None,
         }
     }
@@ -253,12 +263,13 @@ impl Header {
     }
 }
 
-/// Whether `frame` looks like a control frame ([`Destination::Ack`], [`Destination::Probe`]),
+/// Whether `frame` looks like a control frame ([`Destination::Ack`], [`Destination::Probe`],
+/// [`Destination::Hello`]),
 /// which carries no message. For transports that report discarded frames
 /// ([`crate::TransportEvent::Dropped`] counts messages only): a cheap look at the header,
 /// not a check (the server checks every frame it receives).
 pub fn is_control(frame: &[u8]) -> bool {
-    matches!(frame, [MAGIC, VERSION, _, 3 | 4, ..])
+    matches!(frame, [MAGIC, VERSION, _, 3..=5, ..])
 }
 
 /// Encodes a message and its header into one (unkeyed) frame.
@@ -580,10 +591,10 @@ mod tests {
             );
         }
         f[2] = 0;
-        f[3] = 5;
+        f[3] = 6;
         assert_eq!(
             Frame::decode(f.clone().into()),
-            Err(WireError::BadDestination(5))
+            Err(WireError::BadDestination(6))
         );
         f[3] = 0;
         f[8..12].copy_from_slice(&(-1i32).to_le_bytes());

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use cluster_core::{
     Config, DropCounts, DropReason, Incarnation, PeerSet, Pid, Transport, TransportError,
-    TransportEvent,
+    TransportEvent, wire,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -62,6 +62,9 @@ struct Node {
 /// never sees a later incarnation's frames.
 struct Slot {
     queue: Mutex<VecDeque<(Pid, Bytes)>>,
+    /// Control frames (the greetings behind peer events), in a lane of their own of at
+    /// most [`CONTROL_QUEUE`], so that they never take a message's room.
+    control: Mutex<VecDeque<(Pid, Bytes)>>,
     /// Wakes the node's receiving side when its queue stops being empty.
     notify: Notify,
     /// Wakes senders waiting for room when the queue stops being full (or the node goes).
@@ -73,6 +76,7 @@ impl Slot {
     fn new() -> Arc<Self> {
         Arc::new(Self {
             queue: Mutex::new(VecDeque::new()),
+            control: Mutex::new(VecDeque::new()),
             notify: Notify::new(),
             room: Notify::new(),
             alive: AtomicBool::new(true),
@@ -83,7 +87,28 @@ impl Slot {
         // A panic while holding this lock cannot leave the queue inconsistent.
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn control(&self) -> MutexGuard<'_, VecDeque<(Pid, Bytes)>> {
+        self.control.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues control frame `frame` from `from`, if its lane has room.
+    fn push_control(&self, from: Pid, frame: Bytes) -> Result<(), DropReason> {
+        let mut control = self.control();
+        if control.len() >= CONTROL_QUEUE {
+            return Err(DropReason::Backpressure);
+        }
+        control.push_back((from, frame));
+        drop(control);
+        self.notify.notify_waiters();
+        Ok(())
+    }
 }
+
+/// Control frames a node's lane holds at most (they are few: a greeting per peer per
+/// heartbeat interval, and only until the peer answers). Beyond, one is refused, and sent
+/// again at the next interval.
+const CONTROL_QUEUE: usize = 64;
 
 /// The sender recorded in a receive queue for injected bytes: no node of any config (pids
 /// are non-negative), so no crash or cut of a node purges them.
@@ -292,7 +317,8 @@ impl MemNetwork {
         self.state().stats
     }
 
-    /// Frames accepted by the network and not yet received, over all nodes.
+    /// Messages accepted by the network and not yet received, over all nodes (control
+    /// frames, such as the greetings behind peer events, are not counted).
     pub fn in_flight(&self) -> usize {
         self.state()
             .nodes
@@ -327,6 +353,8 @@ impl State {
             q.clear();
             n
         };
+        // Control frames carry no message: not counted.
+        node.slot.control().clear();
         node.slot.notify.notify_waiters();
         node.slot.room.notify_waiters();
         self.stats
@@ -348,6 +376,8 @@ impl State {
                 node.slot.room.notify_waiters();
             }
             lost += purged as u64;
+            // Control frames carry no message: not counted.
+            node.slot.control().retain(|(from, _)| !doomed(*from, to));
         }
         self.stats.discarded.add(reason, lost);
     }
@@ -454,6 +484,9 @@ impl Transport for MemTransport {
             Some(n) if n.up => &n.slot,
             _ => return Err(DropReason::Unreachable),
         };
+        if wire::is_control(&frame) {
+            return dest.push_control(self.pid, frame);
+        }
         let mut q = dest.queue();
         if q.len() >= self.shared.queue_capacity {
             return Err(DropReason::Backpressure);
@@ -523,6 +556,12 @@ impl Transport for MemTransport {
                     }
                 }
             };
+            if wire::is_control(&frame) {
+                if let Err(reason) = queue.slot.push_control(pid, frame) {
+                    refused(to, reason);
+                }
+                continue;
+            }
             if queue.queue.len() >= capacity {
                 refused(to, DropReason::Backpressure);
                 continue;
@@ -564,7 +603,7 @@ impl Transport for MemTransport {
             if !self.slot.alive.load(Ordering::Acquire) {
                 return false;
             }
-            if !self.slot.queue().is_empty() {
+            if !self.slot.queue().is_empty() || !self.slot.control().is_empty() {
                 return true;
             }
             notified.await;
@@ -575,15 +614,21 @@ impl Transport for MemTransport {
         if !self.slot.alive.load(Ordering::Acquire) {
             return 0;
         }
+        let controls = {
+            let mut control = self.slot.control();
+            let n = control.len().min(max);
+            events.extend(control.drain(..n).map(|(_, f)| TransportEvent::Frame(f)));
+            n
+        };
         let mut queue = self.slot.queue();
         let was_full = queue.len() >= self.shared.queue_capacity;
-        let n = queue.len().min(max);
+        let n = queue.len().min(max - controls);
         events.extend(queue.drain(..n).map(|(_, f)| TransportEvent::Frame(f)));
         drop(queue);
         if was_full && n > 0 {
             self.slot.room.notify_waiters();
         }
-        n
+        controls + n
     }
 
     fn connected(&self) -> watch::Receiver<PeerSet> {

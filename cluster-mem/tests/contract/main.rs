@@ -6,6 +6,7 @@
 
 mod bytes;
 mod contract;
+mod events;
 mod flow;
 mod go_scenarios;
 mod trust;
