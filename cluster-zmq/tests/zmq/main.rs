@@ -31,6 +31,7 @@ macro_rules! on_every_backend {
 
 mod connections;
 mod contract;
+mod events;
 mod hostile;
 mod nodes;
 mod partition;
