@@ -178,6 +178,32 @@ impl Out {
         self.emit(&stats_text(s), &stats_json(pid, incarnation, s, connected))
     }
 
+    /// A peer event: `peer up 2`, `peer down 2`, `peer restarted 2 (incarnation 5)`.
+    #[must_use]
+    fn peer_event(&self, e: &cluster::PeerEvent) -> bool {
+        let at_ms =
+            e.at.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+        let (kind, incarnation) = match e.event {
+            cluster::Event::Up(_) => ("up", None),
+            cluster::Event::Down(_) => ("down", None),
+            cluster::Event::Restarted { incarnation, .. } => ("restarted", Some(incarnation)),
+            cluster::Event::Joined(_) => ("joined", None),
+            cluster::Event::Left(_) => ("left", None),
+            _ => ("other", None),
+        };
+        self.emit(
+            &format!("peer {}", e.event),
+            &json!({
+                "event": "peer",
+                "kind": kind,
+                "pid": e.event.pid(),
+                "incarnation": incarnation,
+                "at_ms": at_ms,
+            }),
+        )
+    }
+
     #[must_use]
     fn message(&self, env: &Envelope<String>) -> bool {
         self.emit(
@@ -231,6 +257,9 @@ async fn node(args: NodeArgs) -> Result<(), Failure> {
     );
 
     let monitor = server.monitor();
+    // Peer events, printed as they happen.
+    let mut events = server.events();
+    let mut events_open = true;
     let wait = Duration::from_secs(args.wait);
     let mut connected = {
         let mut changes = monitor.connection_changes();
@@ -263,6 +292,19 @@ async fn node(args: NodeArgs) -> Result<(), Failure> {
                         &format!("after {}s, connected to {peers:?} only", args.wait),
                         &json!({"event": "connect_timeout", "peers": peers}),
                     ),
+                };
+            }
+            event = events.recv(), if events_open => {
+                listening = match event {
+                    Some(Ok(e)) => out.peer_event(&e),
+                    Some(Err(lagged)) => out.emit(
+                        &format!("peer events: {lagged}"),
+                        &json!({"event": "events_lagged", "lost": lagged.0}),
+                    ),
+                    None => {
+                        events_open = false;
+                        true
+                    }
                 };
             }
             env = server.inbox().recv() => {

@@ -29,6 +29,7 @@ macro_rules! on_both_backends {
 }
 
 mod crash;
+mod events;
 mod freeze;
 mod lost_catalog;
 mod node;

@@ -80,7 +80,10 @@ async fn once_a_restarted_node_has_its_peers_up_their_messages_to_it_are_deliver
     let mut c = start_as(backend, 3, &config, 1).await;
     let waited = Instant::now();
     c.wait_for_peers_up(DEADLINE).await.unwrap();
-    eprintln!("{backend:?}: restarted node up both ways after {:?}", waited.elapsed());
+    eprintln!(
+        "{backend:?}: restarted node up both ways after {:?}",
+        waited.elapsed()
+    );
     // At once: every peer's messages to it are delivered.
     for s in &servers {
         for i in 0..10 {
