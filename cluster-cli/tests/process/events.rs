@@ -9,7 +9,7 @@ use cluster::zmq::Backend;
 use cluster::{Event, Events};
 use cluster_testkit::net::DEADLINE;
 
-use crate::node::{Node, start_three};
+use crate::node::{Node, start_three, wait_until};
 
 on_both_backends!(kill_9_is_told_down_by_every_peer_and_the_restart_restarted_then_up);
 
@@ -39,8 +39,12 @@ async fn kill_9_is_told_down_by_every_peer_and_the_restart_restarted_then_up(bac
     let up = |pid: u64| {
         move |e: &serde_json::Value| e["event"] == "peer" && e["kind"] == "up" && e["pid"] == pid
     };
-    b.wait_event("node 2 to tell node 3 up", up(3)).await;
-    b.wait_event("node 2 to tell node 1 up", up(1)).await;
+    // In either order (waiting for a line skips those before it).
+    wait_until("node 2 to tell nodes 1 and 3 up", || {
+        let events = b.events();
+        [1, 3].iter().all(|&pid| events.iter().any(|e| up(pid)(e)))
+    })
+    .await;
     // Node 1's Ups may come before or after its subscription: skip them.
     let killed = Instant::now();
     c.kill();
