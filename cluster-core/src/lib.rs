@@ -122,6 +122,7 @@
 
 mod config;
 mod envelope;
+mod group;
 mod inbox;
 mod key;
 mod outbox;
@@ -138,9 +139,10 @@ pub use config::{
     MacAlgorithm, Options, PeerConfig,
 };
 pub use envelope::{BROADCAST, Envelope, MsgId, Pid};
+pub use group::{GroupError, Recipients};
 pub use inbox::Inbox;
 pub use key::{ClusterKey, KEY_LEN};
-pub use outbox::{Outbox, SendError, SendOutcome};
+pub use outbox::{MulticastError, Outbox, SendError, SendOutcome};
 #[cfg(feature = "fault-injection")]
 #[doc(hidden)]
 pub use router::RouterFault;
