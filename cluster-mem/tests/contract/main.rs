@@ -8,6 +8,7 @@ mod bytes;
 mod contract;
 mod flow;
 mod go_scenarios;
+mod multicast;
 mod trust;
 
 use cluster_core::{Config, Message, Options, ServerMonitor};
