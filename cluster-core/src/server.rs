@@ -339,7 +339,8 @@ impl MsgIds {
 ///
 /// All routing happens here, over any [`Transport`]: a send to a peer goes to that peer only,
 /// [`BROADCAST`](crate::BROADCAST) to every peer but this one (encoded once), a send to this
-/// node's own pid lands in its own inbox, and a send to an unknown pid is counted and dropped.
+/// node's own pid lands in its own inbox, and a send to an unknown pid is counted and dropped;
+/// a [multicast](Outbox::multicast) applies these rules to each of its destinations.
 /// See the crate docs for the full delivery contract.
 ///
 /// To send and receive from different tasks, clone [`Server::outbox`] and
