@@ -4,7 +4,9 @@
 //!
 //! * the canonical form, one JSON object:
 //!   `{"peers":[{"pid":1,"address":"127.0.0.1:7001"}, …], "inbox_capacity": 8192, …}`
-//!   where every key besides `peers` is an [`Options`] field;
+//!   where every key besides `peers` and `groups` is an [`Options`] field, and the optional
+//!   `"groups": {"name": [pid, …], …}` names lists of pids for multicast (see
+//!   [`Config::groups`]);
 //! * the Go package's own file, a stream (or an array) of objects with string values:
 //!   `{"ID":"0","IP":"127.0.0.1","Port":"8081"}`.
 //!
@@ -18,6 +20,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::envelope::Pid;
+use crate::group::{self, GroupError};
 use crate::key::ClusterKey;
 
 /// The largest pid a config may hold. Message ids pack the pid into 16 bits (see
@@ -200,6 +203,8 @@ pub struct Config {
     origin: String,
     /// The cluster key, read from `key_file` or `key_env` when the config was loaded.
     key: Option<ClusterKey>,
+    /// Multicast groups: name → members, ascending, each once, all configured.
+    groups: BTreeMap<String, Vec<Pid>>,
 }
 
 /// What is wrong with a config; see [`ConfigError`].
@@ -249,6 +254,8 @@ pub enum ConfigProblem {
     OwnPidAbsent(Pid),
     /// The cluster key (`key_file` or `key_env`) is missing, unreadable or malformed.
     BadKey(String),
+    /// A multicast group of `"groups"` is unusable (empty name, unknown member).
+    BadGroup(GroupError),
 }
 
 impl fmt::Display for ConfigProblem {
@@ -276,6 +283,7 @@ impl fmt::Display for ConfigProblem {
             Self::NoPeers => write!(f, "the peer list is empty"),
             Self::OwnPidAbsent(p) => write!(f, "pid {p} is not one of the configured peers"),
             Self::BadKey(problem) => write!(f, "cluster key: {problem}"),
+            Self::BadGroup(e) => write!(f, "{e}"),
         }
     }
 }
@@ -399,12 +407,12 @@ impl Config {
                 }
             }
         }
-        let (peers, options) = match values.as_slice() {
+        let (peers, options, groups) = match values.as_slice() {
             [Value::Object(obj)] if obj.contains_key("peers") => parse_canonical(&ctx, obj)?,
-            [Value::Array(items)] => (parse_go(&ctx, items)?, Options::default()),
+            [Value::Array(items)] => (parse_go(&ctx, items)?, Options::default(), Vec::new()),
             [] => return Err(ctx.err(None, None, ConfigProblem::NoPeers)),
             items if items.iter().all(Value::is_object) => {
-                (parse_go(&ctx, items)?, Options::default())
+                (parse_go(&ctx, items)?, Options::default(), Vec::new())
             }
             _ => {
                 return Err(ctx.err(
@@ -417,7 +425,11 @@ impl Config {
                 ));
             }
         };
-        Self::build(&ctx, peers, options)
+        let mut config = Self::build(&ctx, peers, options)?;
+        for (name, pids) in groups {
+            config = config.with_group(name, pids)?;
+        }
+        Ok(config)
     }
 
     /// Builds a config from `(pid, address)` pairs, validated like a file.
@@ -483,6 +495,7 @@ impl Config {
             options,
             origin: ctx.origin.to_owned(),
             key: None,
+            groups: BTreeMap::new(),
         })
     }
 
@@ -526,6 +539,39 @@ impl Config {
     pub fn with_cluster_key(mut self, key: Option<ClusterKey>) -> Self {
         self.key = key;
         self
+    }
+
+    /// The multicast groups (the config's `"groups"`, and [`Config::with_group`]): name →
+    /// members, ascending, each once. A group is a sender-side name for a list of pids:
+    /// a node starts with these, may change its own at run time
+    /// ([`Server::set_group`](crate::Server::set_group)), and never tells its peers (see
+    /// [`Outbox::multicast`](crate::Outbox::multicast)).
+    pub fn groups(&self) -> &BTreeMap<String, Vec<Pid>> {
+        &self.groups
+    }
+
+    /// This config with the group `name` defined as `pids` (replacing one of that name).
+    /// Every pid must be configured; duplicates count once; the name must not be empty.
+    pub fn with_group(
+        mut self,
+        name: impl Into<String>,
+        pids: impl IntoIterator<Item = Pid>,
+    ) -> Result<Self, ConfigError> {
+        let name = name.into();
+        let members = group::members(&name, pids, |pid| self.contains(pid)).map_err(|e| {
+            let pid = match &e {
+                GroupError::UnknownPid { pid, .. } => Some(*pid),
+                _ => None,
+            };
+            ConfigError {
+                origin: self.origin.clone(),
+                entry: None,
+                pid,
+                problem: ConfigProblem::BadGroup(e),
+            }
+        })?;
+        self.groups.insert(name, members);
+        Ok(self)
     }
 
     /// Replaces the options, after checking them.
@@ -669,13 +715,14 @@ fn split_host_port(address: &str) -> Option<(&str, u16)> {
     Some((host, port))
 }
 
-fn parse_canonical(
-    ctx: &Ctx<'_>,
-    obj: &Map<String, Value>,
-) -> Result<(Vec<(i64, String)>, Options), ConfigError> {
+/// A config's peers, options and groups (name and members, unchecked), as read.
+type Canonical = (Vec<(i64, String)>, Options, Vec<(String, Vec<Pid>)>);
+
+fn parse_canonical(ctx: &Ctx<'_>, obj: &Map<String, Value>) -> Result<Canonical, ConfigError> {
     let mut options = Options::default();
     let top = |p| ctx.err(None, None, p);
     let mut peers = Vec::new();
+    let mut groups = Vec::new();
     for (key, value) in obj {
         let bad = |problem: &str| {
             top(ConfigProblem::BadValue {
@@ -702,6 +749,7 @@ fn parse_canonical(
                     peers.push(parse_canonical_peer(ctx, entry, item)?);
                 }
             }
+            "groups" => groups = parse_groups(ctx, value)?,
             "inbox_capacity" => options.inbox_capacity = as_usize()?,
             "outbox_capacity" => options.outbox_capacity = as_usize()?,
             "peer_queue" => options.peer_queue = as_usize()?,
@@ -747,7 +795,46 @@ fn parse_canonical(
             other => return Err(top(ConfigProblem::UnknownField(other.to_owned()))),
         }
     }
-    Ok((peers, options))
+    Ok((peers, options, groups))
+}
+
+/// `"groups": {"name": [pid, …], …}`, shapes checked; members are checked once the peers
+/// are known ([`Config::with_group`]).
+fn parse_groups(ctx: &Ctx<'_>, value: &Value) -> Result<Vec<(String, Vec<Pid>)>, ConfigError> {
+    let bad = |field: String, problem: String| {
+        ctx.err(None, None, ConfigProblem::BadValue { field, problem })
+    };
+    let obj = value.as_object().ok_or_else(|| {
+        bad(
+            "groups".into(),
+            "expected an object {\"name\": [pid, …], …}".into(),
+        )
+    })?;
+    let mut groups = Vec::with_capacity(obj.len());
+    for (name, members) in obj {
+        let field = || format!("groups.{name}");
+        let items = members.as_array().ok_or_else(|| {
+            bad(
+                field(),
+                format!("expected an array of pids, found {members}"),
+            )
+        })?;
+        let mut pids = Vec::with_capacity(items.len());
+        for item in items {
+            let pid = item
+                .as_i64()
+                .ok_or_else(|| bad(field(), format!("expected integer pids, found {item}")))?;
+            let pid = Pid::try_from(pid).map_err(|_| {
+                bad(
+                    field(),
+                    format!("pid {pid} is not one of the configured peers"),
+                )
+            })?;
+            pids.push(pid);
+        }
+        groups.push((name.clone(), pids));
+    }
+    Ok(groups)
 }
 
 fn parse_canonical_peer(
@@ -1033,6 +1120,83 @@ mod tests {
         assert_eq!(e.entry, Some(0));
         let e = problem(r#"{"ID":"1","IP":"127.0.0.1","Port":"1","Host":"x"}"#);
         assert_eq!(e.problem, ConfigProblem::UnknownField("Host".into()));
+    }
+
+    #[test]
+    fn groups_are_read_checked_and_named_in_errors() {
+        let peers = r#""peers":[{"pid":1,"address":"a:1"},{"pid":2,"address":"a:2"},
+                                {"pid":3,"address":"a:3"}]"#;
+        let c = Config::parse(
+            &format!(r#"{{{peers},"groups":{{"odd":[3,1,3],"none":[]}}}}"#),
+            "x",
+        )
+        .unwrap();
+        let expected =
+            BTreeMap::from([("none".to_owned(), vec![]), ("odd".to_owned(), vec![1, 3])]);
+        assert_eq!(c.groups(), &expected);
+        assert!(
+            Config::parse(&format!("{{{peers}}}"), "x")
+                .unwrap()
+                .groups()
+                .is_empty()
+        );
+        let e = problem(&format!(r#"{{{peers},"groups":{{"raft":[1,9]}}}}"#));
+        assert_eq!(
+            e.problem,
+            ConfigProblem::BadGroup(GroupError::UnknownPid {
+                group: "raft".into(),
+                pid: 9
+            })
+        );
+        assert_eq!(e.pid, Some(9));
+        assert_eq!(
+            e.to_string(),
+            "test.json: group \"raft\": pid 9 is not one of the configured peers"
+        );
+        let e = problem(&format!(r#"{{{peers},"groups":{{"":[1]}}}}"#));
+        assert_eq!(e.problem, ConfigProblem::BadGroup(GroupError::EmptyName));
+        assert_eq!(e.to_string(), "test.json: a group name must not be empty");
+        for (groups, field, says) in [
+            (r#"[1,2]"#, "groups", "expected an object"),
+            (
+                r#"{"g":3}"#,
+                "groups.g",
+                "expected an array of pids, found 3",
+            ),
+            (
+                r#"{"g":[1,"2"]}"#,
+                "groups.g",
+                "expected integer pids, found \"2\"",
+            ),
+            (
+                r#"{"g":[4294967296]}"#,
+                "groups.g",
+                "pid 4294967296 is not one",
+            ),
+        ] {
+            let e = problem(&format!(r#"{{{peers},"groups":{groups}}}"#));
+            match &e.problem {
+                ConfigProblem::BadValue { field: f, problem } => {
+                    assert_eq!(f, field, "{groups}");
+                    assert!(problem.contains(says), "{groups}: {e}");
+                }
+                other => panic!("{groups}: {other:?}"),
+            }
+            assert!(
+                e.to_string().starts_with("test.json: field \"groups"),
+                "{e}"
+            );
+        }
+        // In code, the same checks.
+        let c = Config::local(3, 7000).unwrap();
+        let g = c.clone().with_group("g", [2, 2, 1]).unwrap();
+        assert_eq!(g.groups()["g"], [1, 2]);
+        let e = c.clone().with_group("g", [0]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "<config>: group \"g\": pid 0 is not one of the configured peers"
+        );
+        assert!(c.with_group("", [1]).is_err());
     }
 
     #[test]

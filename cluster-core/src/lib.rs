@@ -14,7 +14,14 @@
 //! * **C1 routing** — `pid = p` (a peer) goes to `p` only; [`BROADCAST`] goes to every peer
 //!   but the sender, once each, encoded once; `pid = self` lands in the sender's own inbox;
 //!   an unknown pid is dropped and counted (`unknown_peer`), never a panic, never an error
-//!   that kills the outbox.
+//!   that kills the outbox. A multicast ([`Outbox::multicast`], to a list of pids or to one
+//!   of the sender's named groups, [`Recipients`]) goes to each distinct destination once,
+//!   encoded once, each destination routed by these same rules (its own pid to its own
+//!   inbox, an unknown pid counted `unknown_peer`), and, like a broadcast, never waits: a
+//!   copy to a full peer is dropped and counted for that peer. A group is the sender's own
+//!   name for a list of pids (from [`Config::groups`], changed with
+//!   [`Server::set_group`]): it is expanded by the sender and never propagated; receivers
+//!   deliver each copy as a message from the sender.
 //! * **C2 no phantoms, no duplicates, no corruption** — at most once, byte-exact.
 //! * **C3 FIFO per ordered pair** — A→B arrives in send order; gaps only where C4 dropped.
 //! * **C4 drop on unreachable** — a message sent while its destination is down or cut off
@@ -123,6 +130,7 @@
 mod config;
 mod envelope;
 pub mod events;
+mod group;
 mod inbox;
 mod key;
 mod outbox;
@@ -140,9 +148,10 @@ pub use config::{
 };
 pub use envelope::{BROADCAST, Envelope, MsgId, Pid};
 pub use events::{Event, Events, Lagged, PeerEvent};
+pub use group::{GroupError, Recipients};
 pub use inbox::Inbox;
 pub use key::{ClusterKey, KEY_LEN};
-pub use outbox::{Outbox, SendError, SendOutcome};
+pub use outbox::{MulticastError, Outbox, SendError, SendOutcome};
 #[cfg(feature = "fault-injection")]
 #[doc(hidden)]
 pub use router::RouterFault;

@@ -8,7 +8,8 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use crate::envelope::{Envelope, Pid};
+use crate::envelope::{Envelope, MsgId, Pid};
+use crate::group::{Groups, Recipients};
 use crate::inbox::Receiving;
 use crate::router::{Full, Routed, Router};
 use crate::server::Message;
@@ -36,15 +37,26 @@ pub enum SendOutcome {
         /// Copies dropped.
         dropped: usize,
     },
+    /// A multicast ([`Outbox::multicast`]): how many of its distinct destinations got a
+    /// copy (handed to the transport, or put into this node's own inbox), and how many
+    /// copies were dropped (unknown pids included), each counted per destination. A
+    /// multicast never waits on a slow peer: that copy is dropped at once.
+    Multicast {
+        /// Copies handed over.
+        sent: usize,
+        /// Copies dropped.
+        dropped: usize,
+    },
 }
 
 impl SendOutcome {
-    /// Whether every copy was handed over (for a broadcast, also when there are no peers).
+    /// Whether every copy was handed over (for a broadcast, also when there are no peers;
+    /// for a multicast, also when it had no destination).
     pub fn is_sent(&self) -> bool {
         match self {
             Self::Sent => true,
             Self::Dropped(_) => false,
-            Self::Broadcast { dropped, .. } => *dropped == 0,
+            Self::Broadcast { dropped, .. } | Self::Multicast { dropped, .. } => *dropped == 0,
         }
     }
 }
@@ -81,6 +93,65 @@ impl<M> std::fmt::Display for SendError<M> {
 
 impl<M> std::error::Error for SendError<M> {}
 
+/// A multicast that was not sent: nothing was counted, and the message comes back
+/// ([`MulticastError::into_inner`]).
+#[non_exhaustive]
+pub enum MulticastError<M> {
+    /// The node has stopped.
+    Stopped {
+        /// Where it was to go.
+        to: Recipients,
+        /// Its id.
+        msg_id: MsgId,
+        /// The message.
+        msg: M,
+    },
+    /// This node has no group of this name (see
+    /// [`Server::set_group`](crate::Server::set_group)).
+    UnknownGroup {
+        /// The name.
+        name: String,
+        /// Its id.
+        msg_id: MsgId,
+        /// The message.
+        msg: M,
+    },
+}
+
+impl<M> MulticastError<M> {
+    /// The message id and the message that were not sent.
+    pub fn into_inner(self) -> (MsgId, M) {
+        match self {
+            Self::Stopped { msg_id, msg, .. } | Self::UnknownGroup { msg_id, msg, .. } => {
+                (msg_id, msg)
+            }
+        }
+    }
+}
+
+impl<M> std::fmt::Display for MulticastError<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Stopped { to, msg_id, .. } => write!(
+                f,
+                "the node has stopped: multicast {msg_id} to {to} not sent"
+            ),
+            Self::UnknownGroup { name, msg_id, .. } => write!(
+                f,
+                "no group \"{name}\" on this node: multicast {msg_id} not sent"
+            ),
+        }
+    }
+}
+
+impl<M> std::fmt::Debug for MulticastError<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MulticastError({self})")
+    }
+}
+
+impl<M> std::error::Error for MulticastError<M> {}
+
 /// The sending half of a node: clone it freely, send from any task.
 ///
 /// A send routes the message in the calling task: it is serialized once, framed (and
@@ -94,8 +165,11 @@ impl<M> std::error::Error for SendError<M> {}
 ///   cut off or unknown is dropped at once. A broadcast never waits: a copy to a full
 ///   peer is dropped and counted.
 /// * [`Outbox::try_send`] never waits.
+/// * [`Outbox::multicast`] sends one message to a list of pids or a named group, encoded
+///   once; like a broadcast it never waits.
 ///
-/// Both fail only once the node has stopped.
+/// They fail only once the node has stopped (and a multicast, for a group this node does
+/// not have).
 pub struct Outbox<M> {
     node: Arc<Sending<M>>,
 }
@@ -128,6 +202,8 @@ pub(crate) struct Sending<M> {
     /// The receiving side: the inbox's queue (messages this node sends itself go there).
     pub(crate) recv: Receiving<M>,
     pub(crate) stats: Arc<StatsCells>,
+    /// This node's multicast groups, shared with its server, which changes them.
+    groups: Groups,
     send_timeout: Duration,
     open: AtomicBool,
 }
@@ -153,6 +229,7 @@ impl<M> Sending<M> {
         transport: Box<dyn Transport>,
         router: Router,
         recv: Receiving<M>,
+        groups: Groups,
         send_timeout: Duration,
     ) -> Self {
         let connected = transport.connected();
@@ -168,6 +245,7 @@ impl<M> Sending<M> {
             credit: Notify::new(),
             recv,
             stats,
+            groups,
             send_timeout,
             open: AtomicBool::new(true),
         }
@@ -303,6 +381,74 @@ impl<M: Message> Outbox<M> {
         }
     }
 
+    /// Sends one message to several destinations at once, without ever waiting: to the
+    /// pids of a list, or to the members of one of this node's groups (`"replicas"`, see
+    /// [`Server::set_group`](crate::Server::set_group)), as they are at this moment.
+    ///
+    /// The routing rules of a send hold per destination: each pid gets one copy however
+    /// often it is listed; this node's own pid (if listed, or a member) lands in its own
+    /// inbox; an unknown pid is dropped and counted as `unknown_peer`. The message is
+    /// serialized once; each copy to a peer is framed for it (with its own sequence
+    /// number, so FIFO per pair holds across sends, broadcasts and multicasts) and, with a
+    /// key, authenticated like any frame. Like a broadcast it never waits: a copy to a
+    /// full peer is dropped as `backpressure`, to a peer that is down as `unreachable`,
+    /// each counted for that peer. The outcome is [`SendOutcome::Multicast`].
+    ///
+    /// Receivers see an ordinary message from this node (`pid` = the sender): they need
+    /// no group definitions, and groups are never propagated.
+    ///
+    /// Fails, sending and counting nothing, once the node has stopped or when it has no
+    /// group of that name; the message comes back in the error.
+    pub fn multicast(
+        &self,
+        to: impl Into<Recipients>,
+        msg_id: MsgId,
+        msg: M,
+    ) -> Result<SendOutcome, MulticastError<M>> {
+        let node = &*self.node;
+        let to = to.into();
+        if !node.is_open() {
+            return Err(MulticastError::Stopped { to, msg_id, msg });
+        }
+        let group;
+        let pids: &[Pid] = match &to {
+            Recipients::Pids(pids) => pids,
+            Recipients::Group(name) => match node.groups.get(name) {
+                Some(members) => {
+                    group = members;
+                    &group
+                }
+                None => {
+                    let name = name.clone();
+                    return Err(MulticastError::UnknownGroup { name, msg_id, msg });
+                }
+            },
+        };
+        let (outcome, local) = {
+            let mut state = node.lock();
+            let transport = &node.transport;
+            let connected = &node.connected;
+            state.router.outgoing_multicast(
+                pids,
+                msg_id,
+                msg,
+                |peer, frame| transport.send(peer, frame),
+                |peer| connected.borrow().contains(&peer),
+            )
+        };
+        let Some(local) = local else {
+            return Ok(outcome);
+        };
+        Ok(match (node.deliver_to_self(local), outcome) {
+            // The copy to this node was counted sent; its drop is counted now.
+            (Err(_), SendOutcome::Multicast { sent, dropped }) => SendOutcome::Multicast {
+                sent: sent.saturating_sub(1),
+                dropped: dropped + 1,
+            },
+            _ => outcome,
+        })
+    }
+
     /// Whether the node has stopped (sends now fail).
     pub fn is_closed(&self) -> bool {
         !self.node.is_open()
@@ -323,7 +469,7 @@ mod tests {
 
     use super::*;
     use crate::transport::TransportEvent;
-    use crate::{BROADCAST, Config, Options, Server};
+    use crate::{BROADCAST, Config, GroupError, Options, Server};
 
     /// A transport whose queue to each peer holds `CAPACITY` frames until the test takes
     /// them, connected to peers 2 and 3 (not 4).
@@ -422,10 +568,15 @@ mod tests {
             send_timeout,
             ..Options::default()
         };
-        let config = Config::local(4, 7300)
-            .unwrap()
-            .with_options(options)
-            .unwrap();
+        node_with(
+            Config::local(4, 7300)
+                .unwrap()
+                .with_options(options)
+                .unwrap(),
+        )
+    }
+
+    fn node_with(config: Config) -> (Server<u32>, Taps) {
         let (pipes, taps) = pipes();
         (Server::with_transport(1, config, pipes).unwrap(), taps)
     }
@@ -548,6 +699,145 @@ mod tests {
         assert_eq!(
             s.stats().peers[&2].dropped_to.get(DropReason::Backpressure),
             3
+        );
+    }
+
+    /// A multicast routes each destination like a send and says what became of the
+    /// copies: its own inbox, a full peer (`backpressure` at once: it never waits, however
+    /// long `send_timeout`), a peer with no connection, an unknown pid; each drop counted
+    /// for its peer.
+    #[tokio::test]
+    async fn a_multicast_says_what_became_of_each_copy_and_never_waits() {
+        let config = Config::local(4, 7300)
+            .unwrap()
+            .with_options(Options {
+                send_timeout: Duration::from_secs(3600),
+                ..Options::default()
+            })
+            .unwrap()
+            .with_group("everyone", [1, 2, 3, 4])
+            .unwrap();
+        let (mut s, taps) = node_with(config);
+        let outbox = s.outbox();
+        for id in 0..CAPACITY as i64 {
+            outbox.try_send(to(2, id)).unwrap();
+        }
+        let outcome = outbox.multicast("everyone", 10, 7).unwrap();
+        assert_eq!(
+            outcome,
+            SendOutcome::Multicast {
+                sent: 2,
+                dropped: 2
+            }
+        );
+        assert!(!outcome.is_sent());
+        assert_eq!(s.inbox().recv().await, Some(Envelope::new(1, 10, 7)));
+        assert_eq!((taps.take(2), taps.take(3)), (CAPACITY, 1));
+        let outcome = outbox.multicast(vec![3, 2, 3, 9], 11, 8).unwrap();
+        assert_eq!(
+            outcome,
+            SendOutcome::Multicast {
+                sent: 2,
+                dropped: 1
+            }
+        );
+        assert_eq!(
+            (taps.take(2), taps.take(3)),
+            (1, 1),
+            "3 listed twice, sent once"
+        );
+        let stats = s.stats();
+        assert_eq!(stats.peers[&2].dropped_to.get(DropReason::Backpressure), 1);
+        assert_eq!(stats.peers[&4].dropped_to.get(DropReason::Unreachable), 1);
+        assert_eq!(stats.dropped_outgoing.get(DropReason::UnknownPeer), 1);
+        assert_eq!(stats.peers[&1].delivered, 1);
+        assert_eq!(stats.sent, CAPACITY as u64 + 4 + 3);
+    }
+
+    /// Groups come from the config and change at run time; a multicast to a group the
+    /// node does not have fails, sending and counting nothing, and gives the message back.
+    #[tokio::test]
+    async fn groups_change_at_run_time_and_an_unknown_group_sends_nothing() {
+        let config = Config::local(4, 7300)
+            .unwrap()
+            .with_group("pair", [2, 3])
+            .unwrap();
+        let (s, taps) = node_with(config);
+        let outbox = s.outbox();
+        assert_eq!(s.groups()["pair"], [2, 3]);
+        outbox.multicast("pair", 1, 1).unwrap();
+        assert_eq!((taps.take(2), taps.take(3)), (1, 1));
+        s.set_group("pair", [3, 3]).unwrap();
+        s.set_group("solo", [2]).unwrap();
+        outbox.multicast("pair", 2, 2).unwrap();
+        outbox.multicast(String::from("solo"), 3, 3).unwrap();
+        assert_eq!((taps.take(2), taps.take(3)), (1, 1));
+        assert_eq!(
+            s.set_group("bad", [2, 5]),
+            Err(GroupError::UnknownPid {
+                group: "bad".into(),
+                pid: 5
+            })
+        );
+        assert_eq!(s.set_group("", [2]), Err(GroupError::EmptyName));
+        assert_eq!(s.remove_group("pair"), Some(vec![3]));
+        assert_eq!(s.remove_group("pair"), None);
+        let before = s.stats();
+        let e = outbox.multicast("pair", 4, 44).unwrap_err();
+        assert!(matches!(e, MulticastError::UnknownGroup { ref name, .. } if name == "pair"));
+        assert_eq!(
+            e.to_string(),
+            "no group \"pair\" on this node: multicast 4 not sent"
+        );
+        assert_eq!(e.into_inner(), (4, 44));
+        assert_eq!(s.stats(), before, "nothing counted");
+        assert_eq!(s.groups().keys().collect::<Vec<_>>(), ["solo"]);
+        s.shutdown().await;
+        let e = outbox.multicast([2], 5, 55).unwrap_err();
+        assert!(format!("{e:?}").contains("stopped"), "{e:?}");
+        assert_eq!(e.into_inner(), (5, 55));
+    }
+
+    /// The copy to this node itself is dropped (and counted) when its inbox is full, and
+    /// the outcome says so.
+    #[tokio::test]
+    async fn a_multicast_copy_to_a_full_own_inbox_is_a_counted_drop() {
+        let config = Config::local(4, 7300)
+            .unwrap()
+            .with_options(Options {
+                inbox_capacity: 1,
+                ..Options::default()
+            })
+            .unwrap();
+        let (s, taps) = node_with(config);
+        let outbox = s.outbox();
+        let outcome = outbox.multicast([1, 3], 1, 1).unwrap();
+        assert_eq!(
+            outcome,
+            SendOutcome::Multicast {
+                sent: 2,
+                dropped: 0
+            }
+        );
+        let outcome = outbox.multicast([1, 3], 2, 2).unwrap();
+        assert_eq!(
+            outcome,
+            SendOutcome::Multicast {
+                sent: 1,
+                dropped: 1
+            }
+        );
+        assert_eq!(taps.take(3), 2);
+        let stats = s.stats();
+        assert_eq!(
+            stats.peers[&1].dropped_from.get(DropReason::Backpressure),
+            1
+        );
+        assert_eq!(stats.sent, 4);
+        assert_eq!(
+            stats.delivered + stats.dropped().total(),
+            2,
+            "both copies to self"
         );
     }
 

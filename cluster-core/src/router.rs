@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
-use crate::envelope::{BROADCAST, Envelope, Pid};
+use crate::envelope::{BROADCAST, Envelope, MsgId, Pid};
 use crate::events::{Event, EventHub};
 use crate::outbox::SendOutcome;
 use crate::seal::Sealer;
@@ -388,17 +388,128 @@ impl Router {
             return Routed::Done(outcome, None);
         };
         let hold = hold && destination == Destination::Peer;
+        let serialized = self.serialize_once(&env.msg, env.msg_id);
+        let copies = self.send_copies(
+            first..last,
+            destination,
+            env.msg_id,
+            serialized,
+            hold,
+            &mut send,
+            &connected,
+        );
+        let tally = match copies {
+            Ok(tally) => tally,
+            Err(full) => return Routed::Held(env, full),
+        };
+        let outcome = match destination {
+            Destination::Broadcast => SendOutcome::Broadcast {
+                sent: tally.sent,
+                dropped: tally.dropped,
+            },
+            _ => tally
+                .last_reason
+                .map_or(SendOutcome::Sent, SendOutcome::Dropped),
+        };
+        if to == BROADCAST && faulty!(self, BroadcastToSender) {
+            self.stats.sent(self.pid);
+            let local = Envelope::new(self.pid, env.msg_id, env.msg);
+            return Routed::Done(outcome, Some(local));
+        }
+        Routed::Done(outcome, None)
+    }
+
+    /// Routes one multicast to `to`: each pid once (ascending), unknown pids dropped and
+    /// counted `unknown_peer`, this node's own pid returned as the envelope for its inbox
+    /// (counted sent here, as a send to self is), and the message serialized once for the
+    /// rest and framed like a broadcast copy, as [`Destination::Group`], with each
+    /// receiver's own sequence number. Like a broadcast it never holds: a copy to a full
+    /// peer is dropped and counted. The outcome is a [`SendOutcome::Multicast`].
+    pub(crate) fn outgoing_multicast<M: Serialize>(
+        &mut self,
+        to: &[Pid],
+        msg_id: MsgId,
+        msg: M,
+        mut send: impl FnMut(Pid, Bytes) -> Result<(), DropReason>,
+        connected: impl Fn(Pid) -> bool,
+    ) -> (SendOutcome, Option<Envelope<M>>) {
+        let mut pids = to.to_vec();
+        pids.sort_unstable();
+        pids.dedup();
+        let mut to_self = false;
+        let mut unknown = 0;
+        let mut indices = Vec::with_capacity(pids.len());
+        for pid in pids {
+            if pid == self.pid {
+                to_self = true;
+            } else if let Ok(index) = self.all.binary_search(&pid) {
+                indices.push(index);
+            } else {
+                self.stats.sent(pid);
+                self.stats.dropped_to(pid, DropReason::UnknownPeer, 1);
+                unknown += 1;
+            }
+        }
+        let mut tally = Tally::default();
+        if !indices.is_empty() {
+            let serialized = self.serialize_once(&msg, msg_id);
+            let copies = self.send_copies(
+                indices.into_iter(),
+                Destination::Group,
+                msg_id,
+                serialized,
+                false,
+                &mut send,
+                &connected,
+            );
+            // Never held: `hold` is off.
+            tally = copies.unwrap_or_default();
+        }
+        let local = to_self.then(|| {
+            self.stats.sent(self.pid);
+            tally.sent += 1;
+            Envelope::new(self.pid, msg_id, msg)
+        });
+        let outcome = SendOutcome::Multicast {
+            sent: tally.sent,
+            dropped: tally.dropped + unknown,
+        };
+        (outcome, local)
+    }
+
+    /// Serializes `msg` into the message encoder, once for all its copies: `too_large` if
+    /// its frame would exceed `max_message_size`, `malformed` if it does not serialize.
+    fn serialize_once<M: Serialize>(&mut self, msg: &M, msg_id: MsgId) -> Result<(), DropReason> {
         let keyed = self.sealer.keyed();
-        let serialized = match self.encoder.serialize(&env.msg) {
+        match self.encoder.serialize(msg) {
             Ok(()) if self.encoder.frame_len(keyed) <= self.max_message_size => Ok(()),
             Ok(()) => Err(DropReason::TooLarge),
             Err(e) => {
-                tracing::warn!(pid = self.pid, msg_id = env.msg_id, "dropping message: {e}");
+                tracing::warn!(pid = self.pid, msg_id, "dropping message: {e}");
                 Err(DropReason::Malformed)
             }
-        };
+        }
+    }
+
+    /// Frames the message the encoder holds (`serialized`: its outcome) for the pid at each
+    /// of `indices` in `all` and hands each copy to `send`, counting every copy as sent
+    /// and, if refused, as dropped with the reason. With `hold`, a full window or queue to
+    /// a connected peer stops the routing uncounted and says which is full (meant for a
+    /// send to one peer).
+    #[allow(clippy::too_many_arguments)] // the parts of one routing decision
+    fn send_copies(
+        &mut self,
+        indices: impl Iterator<Item = usize>,
+        destination: Destination,
+        msg_id: MsgId,
+        serialized: Result<(), DropReason>,
+        hold: bool,
+        send: &mut impl FnMut(Pid, Bytes) -> Result<(), DropReason>,
+        connected: &impl Fn(Pid) -> bool,
+    ) -> Result<Tally, Full> {
+        let keyed = self.sealer.keyed();
         let mut tally = Tally::default();
-        for index in first..last {
+        for index in indices {
             let Some(&peer) = self.all.get(index) else {
                 continue;
             };
@@ -423,7 +534,7 @@ impl Router {
                 // frozen, or gone (then the transport would refuse the frame anyway).
                 let reason = if connected(peer) {
                     if hold {
-                        return Routed::Held(env, Full::Window);
+                        return Err(Full::Window);
                     }
                     DropReason::Backpressure
                 } else {
@@ -451,7 +562,7 @@ impl Router {
                 destination,
                 incarnation: self.incarnation,
                 seq: next,
-                msg_id: env.msg_id,
+                msg_id,
                 ..Header::default()
             });
             let sealer = &mut self.sealer;
@@ -471,7 +582,7 @@ impl Router {
                     tally.sent += 1;
                 }
                 Err(DropReason::Backpressure) if hold => {
-                    return Routed::Held(env, Full::Queue);
+                    return Err(Full::Queue);
                 }
                 Err(reason) => {
                     self.stats.sent(peer);
@@ -480,21 +591,7 @@ impl Router {
                 }
             }
         }
-        let outcome = match destination {
-            Destination::Broadcast => SendOutcome::Broadcast {
-                sent: tally.sent,
-                dropped: tally.dropped,
-            },
-            _ => tally
-                .last_reason
-                .map_or(SendOutcome::Sent, SendOutcome::Dropped),
-        };
-        if to == BROADCAST && faulty!(self, BroadcastToSender) {
-            self.stats.sent(self.pid);
-            let local = Envelope::new(self.pid, env.msg_id, env.msg);
-            return Routed::Done(outcome, Some(local));
-        }
-        Routed::Done(outcome, None)
+        Ok(tally)
     }
 
     /// Counts a frame dropped on arrival before its sender could be trusted.
@@ -594,9 +691,10 @@ impl Router {
             self.drop_hostile(DropReason::UnknownSender);
             return None;
         }
-        if h.to != self.pid || h.destination == Destination::Group {
-            // A copy for another node (its sequence numbers are that node's), or a group
-            // send, which this build does not deliver.
+        if h.to != self.pid {
+            // A copy for another node (its sequence numbers are that node's). A copy of a
+            // multicast (`Destination::Group`) is delivered like any other: the sender
+            // expanded the group, and this copy names this node.
             tracing::debug!(pid = self.pid, to = h.to, kind = ?h.destination, "dropping misdirected frame");
             self.drop_hostile(DropReason::Malformed);
             return None;
@@ -2048,9 +2146,10 @@ mod tests {
     }
 
     /// A version-1 frame is refused under its own reason; a keyed frame at an unkeyed node
-    /// is unauthenticated; a group send is not delivered.
+    /// is unauthenticated. (A multicast copy is delivered: see
+    /// `multicast_copies_are_delivered_like_peer_frames_and_authenticated_alike`.)
     #[test]
-    fn old_versions_keyed_frames_and_group_sends_are_refused() {
+    fn old_versions_and_keyed_frames_are_refused() {
         let mut r = router(1);
         let mut v1 = vec![wire::MAGIC, 1];
         v1.extend_from_slice(&3i32.to_le_bytes());
@@ -2068,21 +2167,206 @@ mod tests {
             r.incoming::<String>(Bytes::from(keyed), Instant::now())
                 .is_none()
         );
-        let mut group = frame_from(3, 1, 1, 1).to_vec();
-        group[3] = 2;
-        assert!(
-            r.incoming::<String>(Bytes::from(group), Instant::now())
-                .is_none()
-        );
         let s = snapshot(&r);
         assert_eq!(s.dropped_incoming.get(DropReason::UnsupportedVersion), 1);
         assert_eq!(s.dropped_incoming.get(DropReason::Unauthenticated), 1);
-        assert_eq!(s.dropped_incoming.get(DropReason::Malformed), 1);
         assert_eq!(s.peers[&3].incarnation, None, "none of them moved anything");
         assert!(
             r.incoming::<String>(frame_from(3, 1, 1, 1), Instant::now())
                 .is_some()
         );
+    }
+
+    /// What a multicast from `r` hands to the transport: (receiver, frame).
+    fn multicast_of<M: Serialize>(
+        r: &mut Router,
+        to: &[Pid],
+        msg: M,
+    ) -> (SendOutcome, Option<Envelope<M>>, Vec<(Pid, Bytes)>) {
+        let mut sent = Vec::new();
+        let (outcome, local) = r.outgoing_multicast(
+            to,
+            7,
+            msg,
+            |peer, f| {
+                sent.push((peer, f));
+                Ok(())
+            },
+            |_| true,
+        );
+        (outcome, local, sent)
+    }
+
+    /// C1 for a multicast: each listed pid once, ascending; this node's own pid comes back
+    /// for its inbox; unknown pids (and `BROADCAST`, which a list does not expand) are
+    /// counted `unknown_peer`; the message is serialized once, and each copy is a group
+    /// frame naming its receiver.
+    #[test]
+    fn multicast_serializes_once_and_sends_each_listed_pid_once() {
+        let mut r = router(2);
+        let count = std::cell::Cell::new(0);
+        let (outcome, local, sent) =
+            multicast_of(&mut r, &[4, 1, 4, 2, 9, BROADCAST, 1], Counted(&count));
+        assert_eq!(count.get(), 1, "serialized once for all copies");
+        assert_eq!(sent.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [1, 4]);
+        for (to, f) in &sent {
+            let frame = wire::Frame::decode(f.clone()).unwrap();
+            assert_eq!(frame.header.to, *to);
+            assert_eq!(frame.header.sender, 2);
+            assert_eq!(frame.header.destination, Destination::Group);
+            assert_eq!((frame.header.seq, frame.header.msg_id), (1, 7));
+            assert_eq!(frame.message::<String>().unwrap(), "hi");
+        }
+        let local = local.expect("the sender listed itself");
+        assert_eq!((local.pid, local.msg_id), (2, 7));
+        assert_eq!(
+            outcome,
+            SendOutcome::Multicast {
+                sent: 3,
+                dropped: 2
+            }
+        );
+        let s = snapshot(&r);
+        assert_eq!(s.sent, 5, "one per distinct destination");
+        assert_eq!(s.dropped_outgoing.get(DropReason::UnknownPeer), 2);
+        assert_eq!(
+            (s.peers[&1].sent, s.peers[&2].sent, s.peers[&3].sent),
+            (1, 1, 0)
+        );
+        // Nobody listed: nothing serialized, sent or counted.
+        let (outcome, local, sent) = multicast_of(&mut r, &[], Counted(&count));
+        assert_eq!(count.get(), 1);
+        assert!(local.is_none() && sent.is_empty());
+        assert_eq!(
+            outcome,
+            SendOutcome::Multicast {
+                sent: 0,
+                dropped: 0
+            }
+        );
+        assert!(outcome.is_sent());
+        assert_eq!(snapshot(&r).sent, 5);
+    }
+
+    /// A multicast copy takes the receiver's next sequence number, as any send does (so
+    /// FIFO per pair holds across sends and multicasts); a refused copy gives its number
+    /// back and is counted for that peer alone; a multicast never holds, even when asked
+    /// to wait elsewhere: a full window is `backpressure` for that copy.
+    #[test]
+    fn multicast_copies_share_sequence_numbers_and_drops_are_per_peer() {
+        let mut r = acking_router(2, 5, 1 << 20);
+        let mut seqs = Vec::new();
+        let mut record = |peer: Pid, f: Bytes, refuse: Option<Pid>| {
+            if Some(peer) == refuse {
+                return Err(DropReason::Unreachable);
+            }
+            let h = wire::Frame::decode(f).unwrap().header;
+            seqs.push((peer, h.seq, h.destination));
+            Ok(())
+        };
+        r.outgoing(Envelope::new(1, 1, ()), |p, f| record(p, f, None));
+        let (outcome, _) =
+            r.outgoing_multicast(&[1, 3], 2, (), |p, f| record(p, f, Some(3)), |_| true);
+        assert_eq!(
+            outcome,
+            SendOutcome::Multicast {
+                sent: 1,
+                dropped: 1
+            }
+        );
+        r.outgoing(Envelope::new(3, 3, ()), |p, f| record(p, f, None));
+        r.outgoing_multicast(&[1, 3], 4, (), |p, f| record(p, f, None), |_| true);
+        assert_eq!(
+            seqs,
+            [
+                (1, 1, Destination::Peer),
+                (1, 2, Destination::Group),
+                (3, 1, Destination::Peer),
+                (1, 3, Destination::Group),
+                (3, 2, Destination::Group),
+            ]
+        );
+        let s = snapshot(&r);
+        assert_eq!(s.peers[&3].dropped_to.get(DropReason::Unreachable), 1);
+        assert_eq!(s.peers[&1].dropped_to.total(), 0);
+        // One more and peer 1's window (4 frames) is full: the next copy to it is dropped
+        // at once, the copy to 4 goes.
+        r.outgoing(Envelope::new(1, 5, ()), |_, _| Ok(()));
+        let (outcome, _, sent) = multicast_of(&mut r, &[1, 4], ());
+        assert_eq!(sent.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [4]);
+        assert_eq!(
+            outcome,
+            SendOutcome::Multicast {
+                sent: 1,
+                dropped: 1
+            }
+        );
+        let s = snapshot(&r);
+        assert_eq!(s.peers[&1].dropped_to.get(DropReason::Backpressure), 1);
+        assert_eq!(s.sent, 9);
+    }
+
+    /// A message too large (or that does not serialize) is dropped for every remote copy,
+    /// counted per peer; the copy to this node itself is not framed, so it still lands.
+    #[test]
+    fn a_too_large_multicast_is_dropped_per_peer() {
+        let mut r = router(1);
+        let (outcome, local, sent) = multicast_of(&mut r, &[1, 2, 3], vec![0u8; 2000]);
+        assert!(sent.is_empty());
+        assert!(local.is_some());
+        assert_eq!(
+            outcome,
+            SendOutcome::Multicast {
+                sent: 1,
+                dropped: 2
+            }
+        );
+        let s = snapshot(&r);
+        assert_eq!(s.peers[&2].dropped_to.get(DropReason::TooLarge), 1);
+        assert_eq!(s.peers[&3].dropped_to.get(DropReason::TooLarge), 1);
+    }
+
+    /// A receiver delivers a multicast copy like a send to one peer (the envelope names
+    /// the sender), with the same checks: with a key, an altered or foreign copy is
+    /// `unauthenticated`, a copy played again `replayed`, and the copy for another node
+    /// is refused.
+    #[test]
+    fn multicast_copies_are_delivered_like_peer_frames_and_authenticated_alike() {
+        let mut sender = keyed_router(3, 2, 7);
+        let (_, _, copies) = multicast_of(&mut sender, &[1, 2], "to both".to_string());
+        let copy_for = |pid: Pid| copies.iter().find(|(p, _)| *p == pid).unwrap().1.clone();
+        let mut r = keyed_router(1, 5, 7);
+        let mut altered = copy_for(1).to_vec();
+        let last_payload_byte = altered.len() - wire::TAG_LEN - 1;
+        altered[last_payload_byte] ^= 1;
+        let (_, _, foreign) =
+            multicast_of(&mut keyed_router(3, 2, 8), &[1], "elsewhere".to_string());
+        for bad in [Bytes::from(altered), foreign[0].1.clone(), copy_for(2)] {
+            assert!(r.incoming::<String>(bad, Instant::now()).is_none());
+        }
+        assert_eq!(snapshot(&r).peers[&3].incarnation, None, "nothing moved");
+        let env: Envelope<String> = r.incoming(copy_for(1), Instant::now()).unwrap();
+        assert_eq!(env, Envelope::new(3, 7, "to both".to_string()));
+        assert!(
+            r.incoming::<String>(copy_for(1), Instant::now()).is_none(),
+            "replayed"
+        );
+        let s = snapshot(&r);
+        assert_eq!(s.dropped_incoming.get(DropReason::Unauthenticated), 2);
+        assert_eq!(s.dropped_incoming.get(DropReason::Malformed), 1);
+        assert_eq!(s.dropped_incoming.get(DropReason::Replayed), 1);
+        let mut two = keyed_router(2, 5, 7);
+        assert!(
+            two.incoming::<String>(copy_for(2), Instant::now())
+                .is_some()
+        );
+        // Unkeyed, a group frame is delivered like any other.
+        let mut group = frame_from(3, 1, 1, 1).to_vec();
+        group[3] = 2;
+        let env: Envelope<String> = router(1)
+            .incoming(Bytes::from(group), Instant::now())
+            .unwrap();
+        assert_eq!(env.pid, 3);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The node: outbox and inbox channels, driven by one task that owns the transport.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -12,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, ConfigError};
 use crate::envelope::{MsgId, Pid};
 use crate::events::{EventHub, Events};
+use crate::group::{self, GroupError, Groups};
 use crate::inbox::{Inbox, Receiving};
 use crate::outbox::{Outbox, Sending};
 use crate::router::{AckOptions, Router};
@@ -233,11 +235,13 @@ impl ServerBuilder {
                 a.window_bytes.saturating_mul(senders),
             )
         });
+        let groups = Groups::new(config.groups());
         let sending = Arc::new(Sending::new(
             pid,
             Box::new(transport),
             router,
             Receiving::new(opts.inbox_capacity, opts.inbox_bytes, backlog_max),
+            groups.clone(),
             opts.send_timeout,
         ));
         let driver = Driver {
@@ -267,6 +271,7 @@ impl ServerBuilder {
                 ids: MsgIds::new(pid, incarnation),
                 connected,
                 events,
+                groups,
                 stop: Some(stop_tx),
                 task: Some(task),
             },
@@ -338,7 +343,8 @@ impl MsgIds {
 ///
 /// All routing happens here, over any [`Transport`]: a send to a peer goes to that peer only,
 /// [`BROADCAST`](crate::BROADCAST) to every peer but this one (encoded once), a send to this
-/// node's own pid lands in its own inbox, and a send to an unknown pid is counted and dropped.
+/// node's own pid lands in its own inbox, and a send to an unknown pid is counted and dropped;
+/// a [multicast](Outbox::multicast) applies these rules to each of its destinations.
 /// See the crate docs for the full delivery contract.
 ///
 /// To send and receive from different tasks, clone [`Server::outbox`] and
@@ -440,6 +446,26 @@ impl<M> Server<M> {
         self.handle.connected_peers()
     }
 
+    /// Defines (or redefines) this node's multicast group `name` as `pids`, for
+    /// [`Outbox::multicast`] from now on. See [`ServerHandle::set_group`].
+    pub fn set_group(
+        &self,
+        name: impl Into<String>,
+        pids: impl IntoIterator<Item = Pid>,
+    ) -> Result<(), GroupError> {
+        self.handle.set_group(name, pids)
+    }
+
+    /// Forgets this node's group `name`; its members, if it had one.
+    pub fn remove_group(&self, name: &str) -> Option<Vec<Pid>> {
+        self.handle.remove_group(name)
+    }
+
+    /// This node's multicast groups as they are now: name → members, ascending.
+    pub fn groups(&self) -> BTreeMap<String, Vec<Pid>> {
+        self.handle.groups()
+    }
+
     /// A cloneable, read-only view of this server's counters and connections, for tasks
     /// that watch a server (e.g. the peer catalog recording status and last-seen).
     pub fn monitor(&self) -> ServerMonitor {
@@ -496,6 +522,7 @@ pub struct ServerHandle {
     ids: MsgIds,
     connected: watch::Receiver<PeerSet>,
     events: Arc<EventHub>,
+    groups: Groups,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -549,6 +576,35 @@ impl ServerHandle {
     /// The peers this node currently has a live connection to.
     pub fn connected_peers(&self) -> Vec<Pid> {
         self.monitor().connected_peers()
+    }
+
+    /// Defines (or redefines) this node's multicast group `name` as `pids`: multicasts to
+    /// `name` from any of its outboxes go to these pids from now on. Every pid must be in
+    /// the config (this node's own may be: its copy lands in its own inbox); duplicates
+    /// count once; the name must not be empty. A group is this node's name for a list of
+    /// pids: it changes nothing on other nodes, and is not propagated to them (each node
+    /// starts with the config's `"groups"`).
+    pub fn set_group(
+        &self,
+        name: impl Into<String>,
+        pids: impl IntoIterator<Item = Pid>,
+    ) -> Result<(), GroupError> {
+        let name = name.into();
+        let members = group::members(&name, pids, |pid| self.config.contains(pid))?;
+        self.groups.set(name, members);
+        Ok(())
+    }
+
+    /// Forgets this node's group `name` (a multicast to it then fails with
+    /// [`MulticastError::UnknownGroup`](crate::MulticastError)); its members, if it had
+    /// one.
+    pub fn remove_group(&self, name: &str) -> Option<Vec<Pid>> {
+        self.groups.remove(name)
+    }
+
+    /// This node's multicast groups as they are now: name → members, ascending.
+    pub fn groups(&self) -> BTreeMap<String, Vec<Pid>> {
+        self.groups.snapshot()
     }
 
     /// A cloneable, read-only view of the counters and connections.

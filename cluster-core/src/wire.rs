@@ -6,7 +6,7 @@
 //! 1       1     format version (2); a version-1 frame is refused (`unsupported_version`)
 //! 2       1     flags: bit 0 = keyed (a 32-byte trailer follows the payload);
 //!                     bit 1 = encrypted (only with bit 0); other bits 0
-//! 3       1     destination kind: 0 peer, 1 broadcast, 2 group (reserved for multicast),
+//! 3       1     destination kind: 0 peer, 1 broadcast, 2 group (a multicast copy),
 //!               3 acknowledgement, 4 probe, 5 hello (control frames, see
 //!               [`Destination::Ack`], [`Destination::Probe`] and [`Destination::Hello`])
 //! 4       4     sender pid, i32 little-endian, >= 0
@@ -100,7 +100,8 @@ pub enum Destination {
     Peer,
     /// One copy of a broadcast.
     Broadcast,
-    /// Reserved for multicast to a group: this build reads it but delivers none.
+    /// One copy of a multicast (to a list of pids, or a group the sender expanded from
+    /// its own definitions): delivered like a send to one peer.
     Group,
     /// Not a message: an acknowledgement, from the frame's sender, of the frames it
     /// received from the receiver. Its payload is `(incarnation, first, highest)`: the

@@ -11,7 +11,7 @@
 //!   Simulated scenarios run with small receive queues ([`SCENARIO_PEER_QUEUE`]), so that
 //!   random bursts overflow them and the oracle judges backpressure too (C6);
 //! * **directed cases** — routing basics, restart, partition, backpressure and isolation
-//!   with full inboxes (C6), and hostile bytes (C9).
+//!   with full inboxes (C6), hostile bytes (C9), and multicast (C1, C3, C7).
 //!
 //! ```
 //! use cluster_testkit::conformance::{self, Setup, SuiteOptions};
@@ -34,6 +34,7 @@
 //! [`Capabilities::real`] (crash and restart; partitions only through a relay) and a
 //! "may" window of about the heartbeat timeout, and call [`check`] with fewer cases.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
@@ -41,7 +42,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cluster_core::seal::Sealer;
-use cluster_core::{BROADCAST, Config, ConfigError, DropReason, Options, Pid, wire};
+use cluster_core::{BROADCAST, Config, ConfigError, DropReason, Options, Pid, Recipients, wire};
 use proptest::test_runner::{
     Config as ProptestConfig, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner,
 };
@@ -745,6 +746,105 @@ pub fn check_hostile_input(factory: &dyn Factory) -> Result<(), Box<Failure>> {
     })
 }
 
+/// C1, C3 and C7 for multicast: from node 1, multicasts to a group (changed at run time)
+/// and to lists (with a duplicate, the sender itself and an unknown pid) reach each
+/// destination once and in send order, the unknown pid is counted `unknown_peer`, and over
+/// the cluster sent = delivered + dropped.
+pub fn check_multicast(factory: &dyn Factory) -> Result<(), Box<Failure>> {
+    const CASE: &str = "multicast";
+    const N: u32 = 60;
+    let rt = runtime(false).map_err(|e| directed_failure("?", CASE, 0, e.to_string()))?;
+    let backend = factory(&Setup {
+        nodes: 4,
+        seed: 7,
+        options: Options::default(),
+    })
+    .map_err(|e| directed_failure("?", CASE, 7, e.to_string()))?;
+    let name = backend.name();
+    let fail = |e: String| directed_failure(&name, CASE, 7, e);
+    rt.block_on(async {
+        let mut sim = SimCluster::<u32>::builder()
+            .seed(7)
+            .build_on(backend)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let one = sim
+            .server(1)
+            .ok_or_else(|| fail("node 1 is not running".into()))?;
+        one.set_group("odd", [1, 3])
+            .map_err(|e| fail(e.to_string()))?;
+        let outbox = one.outbox();
+        let mut expected: BTreeMap<Pid, Vec<u32>> = BTreeMap::new();
+        let mut unknown = 0;
+        for i in 0..N {
+            if i == N / 2 {
+                let one = sim
+                    .server(1)
+                    .ok_or_else(|| fail("node 1 is not running".into()))?;
+                one.set_group("odd", [1, 3, 4])
+                    .map_err(|e| fail(e.to_string()))?;
+            }
+            let (to, reach): (Recipients, &[Pid]) = match i % 3 {
+                0 if i < N / 2 => ("odd".into(), &[1, 3]),
+                0 => ("odd".into(), &[1, 3, 4]),
+                1 => {
+                    unknown += 1;
+                    (vec![3, 2, 3, 9].into(), &[2, 3])
+                }
+                _ => ([4, 1, 2].into(), &[1, 2, 4]),
+            };
+            outbox
+                .multicast(to, i64::from(i), i)
+                .map_err(|e| fail(e.to_string()))?;
+            for pid in reach {
+                expected.entry(*pid).or_default().push(i);
+            }
+            if i % 10 == 9 && !sim.settle().await {
+                return Err(fail("the cluster did not settle between multicasts".into()));
+            }
+        }
+        if !sim.settle().await {
+            return Err(fail(
+                "the cluster did not settle after the multicasts".into(),
+            ));
+        }
+        for pid in 1..=4 {
+            let got: Vec<u32> = sim.take_received(pid).into_iter().map(|e| e.msg).collect();
+            let want = expected.remove(&pid).unwrap_or_default();
+            if got != want {
+                return Err(fail(format!(
+                    "node {pid} got multicasts {got:?}, expected {want:?} (each once, in order)"
+                )));
+            }
+        }
+        let mut totals = (0, 0, 0);
+        for pid in 1..=4 {
+            let s = sim
+                .monitor(pid)
+                .ok_or_else(|| fail(format!("node {pid} is gone")))?
+                .stats();
+            if pid == 1 {
+                let dropped = s.dropped_outgoing;
+                if dropped.get(DropReason::UnknownPeer) != unknown || dropped.total() != unknown {
+                    return Err(fail(format!(
+                        "node 1 counted {dropped} outgoing drops, expected unknown_peer={unknown}"
+                    )));
+                }
+            }
+            totals.0 += s.sent;
+            totals.1 += s.delivered;
+            totals.2 += s.dropped().total();
+        }
+        let (sent, delivered, dropped) = totals;
+        if sent != delivered + dropped {
+            return Err(fail(format!(
+                "sent {sent} != delivered {delivered} + dropped {dropped}"
+            )));
+        }
+        Ok(())
+    })
+}
+
 /// Runs the whole suite: the directed scenarios, the directed cases, and
 /// `options.cases` random scenarios.
 pub fn run(factory: &dyn Factory, options: &SuiteOptions) -> Result<Report, Box<Failure>> {
@@ -782,6 +882,8 @@ pub fn run(factory: &dyn Factory, options: &SuiteOptions) -> Result<Report, Box<
     directed.push("lossless-when-healthy");
     check_hostile_input(factory)?;
     directed.push("hostile-input");
+    check_multicast(factory)?;
+    directed.push("multicast");
     let mut report = check_scenarios(factory, options)?;
     report.directed = directed;
     Ok(report)

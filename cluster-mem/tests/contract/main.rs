@@ -9,6 +9,7 @@ mod contract;
 mod events;
 mod flow;
 mod go_scenarios;
+mod multicast;
 mod trust;
 
 use cluster_core::{Config, Message, Options, ServerMonitor};
