@@ -829,7 +829,10 @@ impl<M: Message> Driver<M> {
                 node.recv.set_task_waits(!may);
                 may
             };
+            // Biased, in this order: a simulation with a paused clock replays exactly
+            // (tokio's random branch order is not seeded).
             tokio::select! {
+                biased;
                 _ = &mut stop => break,
                 changed = connections.changed(), if watching => {
                     if changed.is_err() {

@@ -499,9 +499,14 @@ struct Receiving {
     closed: bool,
 }
 
+/// The header of a message frame (control frames, such as greetings, carry no message: the
+/// mutants leave them alone).
 fn header_of(event: &TransportEvent) -> Option<wire::Header> {
     match event {
-        TransportEvent::Frame(b) => Frame::decode(b.clone()).ok().map(|f| f.header),
+        TransportEvent::Frame(b) => Frame::decode(b.clone())
+            .ok()
+            .map(|f| f.header)
+            .filter(|h| !h.destination.is_control()),
         TransportEvent::Dropped { .. } => None,
     }
 }
