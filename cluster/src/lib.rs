@@ -6,8 +6,8 @@
 //! * `libzmq` (default) — ZeroMQ through the `zmq` crate (bundled libzmq);
 //! * `zeromq` — ZeroMQ through the pure-Rust `zeromq` crate;
 //! * `mem` (default) — the in-memory transport and [`mem::MemNetwork`], for simulated clusters;
-//! * `metrics` — [`metrics`](crate::metrics): a node's counters and gauges through the
-//!   `metrics` facade, and [`new_with_metrics`].
+//! * `metrics` — the `metrics` module: a node's counters and gauges through the `metrics`
+//!   facade (for Prometheus, say), and `new_with_metrics`.
 //!
 //! ```
 //! # #[cfg(feature = "mem")]
