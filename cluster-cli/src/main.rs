@@ -3,6 +3,9 @@
 //! ```text
 //! cluster demo                                          # the README's main job
 //! cluster node --pid 1 --config config.json             # one node, driven from stdin
+//! cluster node --pid 1 --metrics 127.0.0.1:9100         # ... serving Prometheus metrics
+//! cluster members --node 127.0.0.1:9100                 # a running node's peers, from its metrics
+//! cluster members --config config.json --pid 1          # a stopped node's peers, from its catalog
 //! cluster bench --json                                  # ZeroMQ against the bare library
 //! cluster catalog show --config config.json --pid 3     # node 3's catalog, as a table
 //! cluster catalog show --path .cluster/catalog-3 --json # any catalog directory, as JSON

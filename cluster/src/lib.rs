@@ -5,7 +5,9 @@
 //!
 //! * `libzmq` (default) — ZeroMQ through the `zmq` crate (bundled libzmq);
 //! * `zeromq` — ZeroMQ through the pure-Rust `zeromq` crate;
-//! * `mem` (default) — the in-memory transport and [`mem::MemNetwork`], for simulated clusters.
+//! * `mem` (default) — the in-memory transport and [`mem::MemNetwork`], for simulated clusters;
+//! * `metrics` — the `metrics` module: a node's counters and gauges through the `metrics`
+//!   facade (for Prometheus, say), and `new_with_metrics`.
 //!
 //! ```
 //! # #[cfg(feature = "mem")]
@@ -26,8 +28,12 @@
 //! # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
 //! ```
 
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod node;
 
+#[cfg(feature = "metrics")]
+pub use node::new_with_metrics;
 pub use node::{new, new_with};
 
 pub use cluster_core::{

@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use cluster_core::{Config, Message, Pid, Server, ServerError};
+use cluster_catalog::{CatalogError, NodeCatalog};
+use cluster_core::{Config, Message, Pid, Server, ServerBuilder, ServerError};
 use cluster_zmq::Backend;
 
 /// Starts node `pid` of the cluster described by the config file at `path`, over the
@@ -39,6 +40,44 @@ pub async fn new_with<M: Message>(
     pid: Pid,
     path: impl AsRef<Path>,
 ) -> Result<Server<M>, ServerError> {
+    start(backend, pid, path.as_ref(), |_, builder| Ok(builder)).await
+}
+
+/// Like [`new_with`], with a [`metrics::Exporter`](crate::metrics::Exporter) attached: the
+/// node's counters and gauges are published through the `metrics` facade every
+/// [`metrics::DEFAULT_INTERVAL`](crate::metrics::DEFAULT_INTERVAL) while it runs, and once
+/// more when it stops, starting from the history in its catalog (each peer's address,
+/// newest incarnation and last seen). Install the recorder (e.g. `metrics-exporter-prometheus`)
+/// before: the metrics' descriptions go to the recorder installed at the start.
+#[cfg(feature = "metrics")]
+pub async fn new_with_metrics<M: Message>(
+    backend: Backend,
+    pid: Pid,
+    path: impl AsRef<Path>,
+) -> Result<Server<M>, ServerError> {
+    start(backend, pid, path.as_ref(), |node, builder| {
+        let records = node.catalog().list()?;
+        let incarnation = node.incarnation();
+        Ok(builder.attach_with(move |monitor| {
+            crate::metrics::Exporter::new(monitor)
+                .with_incarnation(incarnation)
+                .with_history(&records)
+                .spawn(crate::metrics::DEFAULT_INTERVAL)
+        }))
+    })
+    .await
+}
+
+/// Opens the catalog, lets `extend` add to the builder with it (blocking: it may read the
+/// catalog), attaches the catalog, binds, builds.
+async fn start<M: Message>(
+    backend: Backend,
+    pid: Pid,
+    path: &Path,
+    extend: impl FnOnce(&NodeCatalog, ServerBuilder) -> Result<ServerBuilder, CatalogError>
+    + Send
+    + 'static,
+) -> Result<Server<M>, ServerError> {
     // Before the catalog begins an incarnation for a start that cannot happen.
     backend
         .require()
@@ -49,7 +88,9 @@ pub async fn new_with<M: Message>(
     let builder = {
         let config = config.clone();
         tokio::task::spawn_blocking(move || {
-            cluster_catalog::attach(pid, &config, Server::<M>::builder(pid, config.clone()))
+            let node = NodeCatalog::open(pid, &config)?;
+            let builder = extend(&node, Server::<M>::builder(pid, config.clone()))?;
+            Ok::<_, CatalogError>(node.attach_to(builder))
         })
         .await
         .map_err(|e| ServerError::Catalog(format!("opening the catalog panicked: {e}")))?

@@ -41,21 +41,28 @@ pub(crate) fn run(command: CatalogCommand) -> Result<(), Failure> {
     }
 }
 
-fn show(args: ShowArgs) -> Result<(), Failure> {
-    let path = match (&args.path, &args.config, args.pid) {
-        (Some(path), _, _) => path.clone(),
+/// The catalog directory that `--path`, or `--config` with `--pid`, name.
+pub(super) fn catalog_path(
+    path: Option<&PathBuf>,
+    config: Option<&PathBuf>,
+    pid: Option<Pid>,
+) -> Result<PathBuf, Failure> {
+    match (path, config, pid) {
+        (Some(path), _, _) => Ok(path.clone()),
         (None, Some(file), Some(pid)) => {
             let config = Config::load(file).map_err(Failure::usage)?;
             config.check_member(pid).map_err(Failure::usage)?;
-            catalog_dir(pid, &config)
+            Ok(catalog_dir(pid, &config))
         }
-        // clap's argument group makes this unreachable; say so rather than panic.
-        _ => {
-            return Err(Failure::usage(anyhow::anyhow!(
-                "give --path DIR, or --config FILE with --pid PID"
-            )));
-        }
-    };
+        // clap's argument groups make this unreachable; say so rather than panic.
+        _ => Err(Failure::usage(anyhow::anyhow!(
+            "give --path DIR, or --config FILE with --pid PID"
+        ))),
+    }
+}
+
+fn show(args: ShowArgs) -> Result<(), Failure> {
+    let path = catalog_path(args.path.as_ref(), args.config.as_ref(), args.pid)?;
     let catalog = PeerCatalog::open_existing(&path)?;
     let view = View {
         path: path.display().to_string(),
@@ -86,7 +93,7 @@ struct View {
     peers: Vec<PeerRecord>,
 }
 
-fn or_dash<T: ToString>(v: Option<T>) -> String {
+pub(super) fn or_dash<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
@@ -154,13 +161,13 @@ fn write_json(out: &mut impl Write, view: &View) -> io::Result<()> {
     writeln!(out)
 }
 
-fn millis(t: SystemTime) -> u64 {
+pub(super) fn millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// `2026-11-26T08:01:02.123Z`.
-fn rfc3339(t: SystemTime) -> String {
+pub(super) fn rfc3339(t: SystemTime) -> String {
     let ms = millis(t);
     let secs = ms / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);

@@ -4,6 +4,7 @@ mod bench;
 mod catalog;
 mod dead_peer;
 mod demo;
+mod members;
 mod node;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +32,10 @@ enum Command {
     /// Inspect a node's peer catalog.
     #[command(subcommand)]
     Catalog(catalog::CatalogCommand),
+    /// Each peer's status, incarnation and last seen: from a running node's metrics
+    /// endpoint (`--node ADDR`, the address of its `--metrics`), or from a stopped node's
+    /// catalog (`--config FILE --pid PID`, or `--path DIR`).
+    Members(members::MembersArgs),
     /// One of the processes that `cluster bench` starts: plays the role its words name.
     #[command(name = bench::CHILD_SUBCOMMAND, hide = true)]
     BenchChild(bench::BenchChildArgs),
@@ -67,6 +72,7 @@ pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
         Command::Bench(args) => bench::run(args),
         Command::BenchChild(args) => bench::run_child(args),
         Command::Demo(args) => demo::run(args),
+        Command::Members(args) => members::run(args),
         Command::Node(args) => node::run(args),
     }
 }

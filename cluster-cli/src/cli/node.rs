@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -33,6 +34,11 @@ pub(crate) struct NodeArgs {
     /// How long to wait for every peer to connect before saying so.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     wait: u64,
+    /// Serve the node's counters and gauges in Prometheus text format over HTTP at ADDR
+    /// (an IP address and port, e.g. 127.0.0.1:9100; any path), updated every second;
+    /// `cluster members --node ADDR` reads its peers' status there.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 /// What a stdin line asks for.
@@ -225,13 +231,32 @@ struct Burst {
 /// Envelopes a burst puts into the outbox per turn.
 const BURST_CHUNK: usize = 64;
 
+/// Installs the Prometheus recorder with its HTTP listener on `address`. Before the node
+/// starts, so that an address that cannot be served begins no incarnation.
+fn serve_metrics(address: SocketAddr) -> Result<(), Failure> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(address)
+        .install()
+        .map_err(|e| {
+            Failure::usage(anyhow::anyhow!(
+                "--metrics {address}: cannot serve metrics there: {e}"
+            ))
+        })
+}
+
 async fn node(args: NodeArgs) -> Result<(), Failure> {
-    let mut server: Server<String> =
-        match cluster::new_with(args.backend, args.pid, &args.config).await {
-            Ok(s) => s,
-            Err(e @ ServerError::Config(_)) => return Err(Failure::usage(e)),
-            Err(e) => return Err(e.into()),
-        };
+    let started = match args.metrics {
+        Some(address) => {
+            serve_metrics(address)?;
+            cluster::new_with_metrics(args.backend, args.pid, &args.config).await
+        }
+        None => cluster::new_with(args.backend, args.pid, &args.config).await,
+    };
+    let mut server: Server<String> = match started {
+        Ok(s) => s,
+        Err(e @ ServerError::Config(_)) => return Err(Failure::usage(e)),
+        Err(e) => return Err(e.into()),
+    };
     let out = Out { json: args.json };
     let pid = server.pid();
     let incarnation = server.incarnation();
@@ -240,9 +265,13 @@ async fn node(args: NodeArgs) -> Result<(), Failure> {
         .peer(pid)
         .map(|p| p.address.clone())
         .unwrap_or_default();
+    let metrics_note = args
+        .metrics
+        .map(|a| format!("; metrics on http://{a}/metrics"))
+        .unwrap_or_default();
     let mut listening = out.emit(
         &format!(
-            "node {pid} (incarnation {incarnation}) listening on {address} ({}); peers {:?}. {HELP}",
+            "node {pid} (incarnation {incarnation}) listening on {address} ({}); peers {:?}{metrics_note}. {HELP}",
             args.backend,
             server.peers()
         ),
@@ -253,6 +282,7 @@ async fn node(args: NodeArgs) -> Result<(), Failure> {
             "address": address,
             "backend": args.backend.as_str(),
             "keyed": server.config().cluster_key().is_some(),
+            "metrics": args.metrics.map(|a| a.to_string()),
         }),
     );
 

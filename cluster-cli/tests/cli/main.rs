@@ -312,6 +312,36 @@ fn bad_arguments_and_configs_exit_2_with_a_clear_message() {
             ],
             "0 is not in 1..=100000",
         ),
+        (
+            vec![
+                "node".into(),
+                "--pid".into(),
+                "1".into(),
+                "--config".into(),
+                cfg.display().to_string(),
+                "--metrics".into(),
+                "nowhere".into(),
+            ],
+            "invalid value 'nowhere' for '--metrics <ADDR>'",
+        ),
+        (
+            vec!["members".into()],
+            "the following required arguments were not provided",
+        ),
+        (
+            vec!["members".into(), "--node".into(), "nowhere".into()],
+            "--node nowhere: not host:port",
+        ),
+        (
+            vec![
+                "members".into(),
+                "--config".into(),
+                cfg.display().to_string(),
+                "--pid".into(),
+                "9".into(),
+            ],
+            "pid 9 is not one of the configured peers",
+        ),
     ];
     for (args, expected) in cases {
         let mut cmd = cluster();
@@ -327,6 +357,29 @@ fn bad_arguments_and_configs_exit_2_with_a_clear_message() {
             "{args:?}: expected {expected:?} in {stderr}"
         );
     }
+}
+
+/// A metrics address that cannot be served is refused before the node starts: no
+/// incarnation begun, no catalog written.
+#[test]
+fn a_busy_metrics_port_is_a_usage_error_and_starts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1);
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = squatter.local_addr().unwrap().to_string();
+    let mut cmd = cluster();
+    cmd.args(["node", "--pid", "1", "--metrics", &busy, "--config"])
+        .arg(&cfg);
+    let Output { status, stderr, .. } = run(cmd, "", DEADLINE);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("--metrics {busy}: cannot serve metrics there")),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join(".cluster").exists(),
+        "a catalog was written"
+    );
 }
 
 #[test]

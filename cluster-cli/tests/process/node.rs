@@ -90,11 +90,22 @@ impl Node {
         config: &Path,
         pid: Pid,
     ) -> Result<Self, String> {
+        Self::try_spawn_with(backend, config, pid, &[]).await
+    }
+
+    /// Like [`try_spawn`](Self::try_spawn), with more arguments for `cluster node`.
+    pub(crate) async fn try_spawn_with(
+        backend: Backend,
+        config: &Path,
+        pid: Pid,
+        more: &[&str],
+    ) -> Result<Self, String> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_cluster"));
         command
             .args(["node", "--json", "--backend", backend.as_str()])
             .args(["--pid", &pid.to_string(), "--config"])
-            .arg(config);
+            .arg(config)
+            .args(more);
         let mut process = Process::spawn(format!("node {pid}"), &mut command).unwrap();
         let ready = process
             .wait_line("its ready event", |l| event(l)["event"] == "ready")
