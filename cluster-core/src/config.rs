@@ -689,7 +689,7 @@ impl Options {
 }
 
 /// Splits `host:port`, checking both parts. IPv6 hosts must be bracketed.
-fn split_host_port(address: &str) -> Option<(&str, u16)> {
+pub(crate) fn split_host_port(address: &str) -> Option<(&str, u16)> {
     let (host, port) = address.rsplit_once(':')?;
     let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
     let host = if let Some(inner) = host.strip_prefix('[') {

@@ -119,6 +119,8 @@ pub(crate) struct EventHub {
     /// `None` once the node has stopped: subscriptions end once read.
     tx: Mutex<Option<broadcast::Sender<PeerEvent>>>,
     up: watch::Sender<PeerSet>,
+    /// The membership table's records, as they change.
+    members: watch::Sender<Vec<crate::membership::Member>>,
     started: Instant,
 }
 
@@ -127,6 +129,7 @@ impl EventHub {
         Self {
             tx: Mutex::new(Some(broadcast::Sender::new(EVENT_QUEUE))),
             up: watch::Sender::new(PeerSet::new()),
+            members: watch::Sender::new(Vec::new()),
             started: Instant::now(),
         }
     }
@@ -165,6 +168,25 @@ impl EventHub {
 
     pub(crate) fn subscribe(&self) -> Events {
         Events::new(self.sender().as_ref())
+    }
+
+    /// A peer that was up is no longer a member: out of the up set (its `Left` is told).
+    pub(crate) fn up_removed(&self, pid: Pid) {
+        self.up.send_if_modified(|set| set.remove(&pid));
+    }
+
+    /// The membership records now.
+    pub(crate) fn set_members(&self, records: Vec<crate::membership::Member>) {
+        self.members.send_if_modified(|m| {
+            let changed = *m != records;
+            *m = records;
+            changed
+        });
+    }
+
+    /// The membership records, as they change.
+    pub(crate) fn members(&self) -> watch::Receiver<Vec<crate::membership::Member>> {
+        self.members.subscribe()
     }
 
     /// The peers that are up, as they change.

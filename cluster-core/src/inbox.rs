@@ -242,6 +242,7 @@ impl<M: Message> Sending<M> {
             let transport = &self.transport;
             router.acknowledge(false, |to, frame| transport.send(to, frame));
             router.greet(false, |to, frame| transport.send(to, frame));
+            router.flush_membership(&**transport);
             router.take_credit()
         };
         if credit {

@@ -133,6 +133,7 @@ pub mod events;
 mod group;
 mod inbox;
 mod key;
+pub mod membership;
 mod outbox;
 mod report;
 mod router;
@@ -151,13 +152,14 @@ pub use events::{Event, Events, Lagged, PeerEvent};
 pub use group::{GroupError, Recipients};
 pub use inbox::Inbox;
 pub use key::{ClusterKey, KEY_LEN};
+pub use membership::Member;
 pub use outbox::{MulticastError, Outbox, SendError, SendOutcome};
 #[cfg(feature = "fault-injection")]
 #[doc(hidden)]
 pub use router::RouterFault;
 pub use server::{
-    Message, MsgIds, Server, ServerBuilder, ServerError, ServerHandle, ServerMonitor, WaitTimeout,
-    clock_incarnation,
+    MembershipError, Message, MsgIds, Server, ServerBuilder, ServerError, ServerHandle,
+    ServerMonitor, WaitTimeout, clock_incarnation,
 };
 pub use stats::{DropCounts, DropReason, PeerStats, Stats};
 pub use transport::{PeerSet, Transport, TransportError, TransportEvent};

@@ -9,6 +9,7 @@ mod contract;
 mod events;
 mod flow;
 mod go_scenarios;
+mod membership;
 mod multicast;
 mod trust;
 
