@@ -1020,6 +1020,16 @@ impl ServerMonitor {
     pub fn up_peers(&self) -> Vec<Pid> {
         self.events.up().borrow().iter().copied().collect()
     }
+
+    /// Every membership record the watched server holds (see [`ServerHandle::members`]).
+    pub fn members(&self) -> Vec<Member> {
+        self.events.members().borrow().clone()
+    }
+
+    /// A receiver that changes whenever the membership records do.
+    pub fn member_changes(&self) -> watch::Receiver<Vec<Member>> {
+        self.events.members()
+    }
 }
 
 /// The node's receiving side and timers; sending happens in the senders' own tasks
