@@ -586,6 +586,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn membership_lines_parse_and_bad_ones_say_why() {
+        assert_eq!(
+            parse_line("add 7 127.0.0.1:7007"),
+            Ok(Line::Add {
+                pid: 7,
+                address: "127.0.0.1:7007".into()
+            })
+        );
+        assert_eq!(parse_line("remove 7"), Ok(Line::Remove { pid: 7 }));
+        assert_eq!(parse_line("members"), Ok(Line::Members));
+        assert_eq!(parse_line("leave"), Ok(Line::Leave));
+        assert!(
+            parse_line("add 7")
+                .unwrap_err()
+                .starts_with("add needs a pid and an address")
+        );
+        assert!(
+            parse_line("add x 1:2")
+                .unwrap_err()
+                .starts_with("add needs a pid")
+        );
+        assert!(
+            parse_line("remove")
+                .unwrap_err()
+                .starts_with("remove needs a pid")
+        );
+    }
+
+    #[test]
     fn lines_parse() {
         assert_eq!(
             parse_line("3 hello there"),
