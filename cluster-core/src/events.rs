@@ -196,7 +196,8 @@ impl EventHub {
 }
 
 /// A subscription to a node's [`PeerEvent`]s, from [`Server::events`](crate::Server::events):
-/// every event from the moment it was made, in order. A [`Stream`](futures_core::Stream)
+/// every event from the moment it was made, in order. To know the state too, subscribe
+/// first, then read [`Server::up_peers`](crate::Server::up_peers): nothing falls between. A [`Stream`](futures_core::Stream)
 /// too. Cloning makes a new subscription that starts from the moment of the clone.
 /// It ends (`None`) once the node has stopped and every event was read.
 pub struct Events {
