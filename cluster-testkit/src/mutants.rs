@@ -773,4 +773,13 @@ impl Transport for MutantTransport {
     async fn shutdown(&self, linger: Duration) {
         self.inner.shutdown(linger).await;
     }
+
+    // Membership at run time: the inner transport's to grant (the defaults would refuse).
+    fn add_peer(&self, pid: Pid, address: &str) -> Result<(), TransportError> {
+        self.inner.add_peer(pid, address)
+    }
+
+    fn remove_peer(&self, pid: Pid) -> Result<(), TransportError> {
+        self.inner.remove_peer(pid)
+    }
 }
