@@ -1047,8 +1047,8 @@ impl Router {
     }
 
     /// This node's connections changed to `connected`: peers newly connected are greeted
-    /// (through `send`), peers no longer connected are `Down` if they were `Up`, and must
-    /// be heard from again before they are `Up` again.
+    /// (through `send`), peers no longer connected are `Down` if they were `Up`; either way
+    /// a peer must be heard from again (a frame after the change) before it is `Up`.
     pub(crate) fn connectivity(
         &mut self,
         connected: &crate::transport::PeerSet,
@@ -1066,14 +1066,16 @@ impl Router {
                 continue;
             }
             life.outbound = now;
+            // Up needs a frame from the peer since this connection came up: what was heard
+            // before may be from an incarnation that died meanwhile.
+            life.heard = false;
             if now {
-                let greeting = (life.heard, false);
+                let greeting = (false, false);
                 life.reply = false;
                 if let Some(frame) = self.control_frame(peer, Destination::Hello, 0, &greeting) {
                     let _ = send(peer, frame);
                 }
             } else {
-                life.heard = false;
                 life.confirmed = false;
                 life.reply = false;
             }
@@ -2866,14 +2868,20 @@ mod tests {
             greetings(&mut b, false).is_empty(),
             "no connection to answer on"
         );
-        // 2 connects: it has heard 1, so it is up, and says so in its greeting.
+        // 2 connects and greets: not up before it hears 1 over the new connection (what it
+        // heard before may be from an incarnation of 1 that died meanwhile).
         let hello = connect(&mut b, &[1]);
-        assert_eq!(told(&mut eb), [Event::Up(1)]);
+        assert!(told(&mut eb).is_empty());
         hand(&mut a, hello);
         assert_eq!(told(&mut ea), [Event::Up(2)]);
-        // 1 answers, so that 2 knows it was heard; an answer is not answered.
+        // 1 answers; 2 hears it, is up, and knows it was heard; an answer is not answered.
         hand(&mut b, greetings(&mut a, false));
+        assert_eq!(told(&mut eb), [Event::Up(1)]);
         assert!(greetings(&mut b, false).is_empty());
+        // 1 does not know yet that 2 heard it (2 greeted before it had): at the heartbeat
+        // it greets again, and 2 answers.
+        hand(&mut b, greetings(&mut a, true));
+        hand(&mut a, greetings(&mut b, false));
         // Both know they were heard: no greeting is repeated.
         assert!(greetings(&mut a, true).is_empty() && greetings(&mut b, true).is_empty());
         // Messages keep a peer up, telling nothing new.
