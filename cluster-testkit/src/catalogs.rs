@@ -126,4 +126,13 @@ impl<B: ClusterUnderTest> ClusterUnderTest for WithCatalogs<B> {
     fn server_builder(&self, pid: Pid, builder: ServerBuilder) -> ServerBuilder {
         self.inner.server_builder(pid, builder)
     }
+
+    async fn join_node(
+        &mut self,
+        pid: Pid,
+        members: &[(Pid, String)],
+    ) -> Option<Result<(Config, Started), TransportError>> {
+        let made = self.inner.join_node(pid, members).await?;
+        Some(made.and_then(|(config, started)| Ok((config, self.open_catalog(pid, started)?))))
+    }
 }

@@ -259,6 +259,61 @@ pub enum Event {
         /// simulated when it is paused; never the wall clock, so that a run replays exactly.
         uptime_us: u64,
     },
+    /// Node `pid`, in no member's config, started with a config that lists `members` (itself
+    /// included) and asks to join (a scenario's `Join` op). Its `Start` follows.
+    Join {
+        /// The node.
+        pid: Pid,
+        /// The pids of its config, ascending.
+        members: Vec<Pid>,
+    },
+    /// What came of a `Join` or a `Leave`: whether `join`/`leave` returned before its
+    /// deadline.
+    MembershipAsked {
+        /// The node that asked.
+        pid: Pid,
+        /// `true` for a join, `false` for a leave.
+        join: bool,
+        /// Whether it returned `Ok` in time.
+        ok: bool,
+    },
+    /// Member `pid` asks to leave (a scenario's `Leave` op); the harness then crashes it
+    /// (its `Crash` follows) and never restarts it.
+    Leave {
+        /// The node.
+        pid: Pid,
+    },
+    /// The server of `at` added `peer` to its transport (membership at run time): from
+    /// here on it routes to `peer` and takes its frames. Recorded as the server does it,
+    /// in order with its routing.
+    PeerAdded {
+        /// The node.
+        at: Pid,
+        /// Its incarnation.
+        at_incarnation: Incarnation,
+        /// The peer added.
+        peer: Pid,
+    },
+    /// The server of `at` removed `peer` from its transport (membership at run time): it
+    /// routes nothing more to it (`unknown_peer`) and drops its frames (`unknown_sender`).
+    PeerRemoved {
+        /// The node.
+        at: Pid,
+        /// Its incarnation.
+        at_incarnation: Incarnation,
+        /// The peer removed.
+        peer: Pid,
+    },
+    /// The membership records a running node held at the end of the run (after the final
+    /// settle), as [`Server::members`](cluster_core::Server::members) gives them.
+    Members {
+        /// The node.
+        pid: Pid,
+        /// Its incarnation.
+        incarnation: Incarnation,
+        /// Its records, by pid.
+        records: Vec<cluster_core::Member>,
+    },
     /// A node's peer-event subscription fell behind and lost this many events (the oracle
     /// then cannot tell what the node missed: see [`oracle::check_events`](crate::oracle::check_events)).
     PeerEventsLost {

@@ -44,6 +44,7 @@
 //! | C9 hostile input | `HostileUncounted` | router | [`check_c9_hostile_input`] | `c9_finds_hostile_uncounted` |
 //! | EV peer events: no `Down` without a fault | `SpuriousDown` | transport | [`check_events`] | `events_finds_spurious_down` |
 //! | EV peer events: `Restarted` once per restart | `HideRestart` | transport | [`check_events`] | `events_finds_hidden_restart` |
+//! | C5 delivery to a node that joined | `ForgetJoined` | transport | [`check_c5_delivery`] | `c5_finds_forget_joined` |
 //!
 //! Since the wire format v2, the router itself absorbs four transport faults that used to
 //! break C1–C3: every frame names its receiver and carries a sequence number per (sender
@@ -160,11 +161,15 @@ pub enum Mutation {
     /// would: a restart goes untold (breaks EV; the restarted peer's messages, replays to
     /// the router, are lost too).
     HideRestart,
+    /// Ignores `add_peer`: refuses (as `unreachable`) every frame to a pid that was not in
+    /// the config, as a transport that never connects to a peer added at run time would
+    /// (breaks C5: messages to a node that joined are lost).
+    ForgetJoined,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 21] = [
+    pub const ALL: [Mutation; 22] = [
         Mutation::Duplicate,
         Mutation::Reorder,
         Mutation::Corrupt,
@@ -186,6 +191,7 @@ impl Mutation {
         Mutation::UncountedUnknownPeer,
         Mutation::SpuriousDown,
         Mutation::HideRestart,
+        Mutation::ForgetJoined,
     ];
 
     /// A kebab-case name.
@@ -212,6 +218,7 @@ impl Mutation {
             Mutation::UncountedUnknownPeer => "uncounted-unknown-peer",
             Mutation::SpuriousDown => "spurious-down",
             Mutation::HideRestart => "hide-restart",
+            Mutation::ForgetJoined => "forget-joined",
         }
     }
 
@@ -226,7 +233,10 @@ impl Mutation {
             | Mutation::CrossPartition
             | Mutation::KeepInFlight
             | Mutation::StaleIncarnation => Invariant::C4DropOnUnreachable,
-            Mutation::LoseHealthy | Mutation::Misroute | Mutation::Reorder => Invariant::C5Delivery,
+            Mutation::LoseHealthy
+            | Mutation::Misroute
+            | Mutation::Reorder
+            | Mutation::ForgetJoined => Invariant::C5Delivery,
             Mutation::StallBehindUnreachable | Mutation::Unbounded => Invariant::C6Isolation,
             Mutation::WrongReason | Mutation::Duplicate | Mutation::Phantom => {
                 Invariant::C7Accounting
@@ -488,6 +498,15 @@ impl ClusterUnderTest for MutantBackend {
         self.inner.inject(to, bytes)
     }
 
+    async fn join_node(
+        &mut self,
+        pid: Pid,
+        members: &[(Pid, String)],
+    ) -> Option<Result<(Config, Started), TransportError>> {
+        let made = self.inner.join_node(pid, members).await?;
+        Some(made.map(|(config, started)| (config, self.wrap(pid, started))))
+    }
+
     fn server_builder(&self, _pid: Pid, builder: ServerBuilder) -> ServerBuilder {
         match self.mutation.router_fault() {
             Some(fault) => builder.router_fault(fault),
@@ -739,6 +758,9 @@ impl MutantTransport {
 impl Transport for MutantTransport {
     fn send(&self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
         let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.mutation == Mutation::ForgetJoined && !self.pids.contains(&to) {
+            return Err(DropReason::Unreachable);
+        }
         match self.mutation {
             Mutation::Duplicate => {
                 let result = self.inner.send(to, frame.clone());

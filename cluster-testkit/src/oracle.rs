@@ -65,11 +65,15 @@ pub enum Invariant {
     /// touched, `Restarted` exactly once per restart a node heard of, and only for an
     /// incarnation that started and is not the first the node could hear.
     Events,
+    /// MB: membership at run time — each node's `Joined`/`Left` events match the changes
+    /// its server made, and once changes have spread (the final settle, on a healthy
+    /// network), every running member holds the same membership records.
+    Membership,
 }
 
 impl Invariant {
     /// Every invariant, in order.
-    pub const ALL: [Invariant; 10] = [
+    pub const ALL: [Invariant; 11] = [
         Invariant::C1Routing,
         Invariant::C2Integrity,
         Invariant::C3Fifo,
@@ -80,6 +84,7 @@ impl Invariant {
         Invariant::C8Restart,
         Invariant::C9HostileInput,
         Invariant::Events,
+        Invariant::Membership,
     ];
 
     /// The short code, `C1` … `C9`, `EV`.
@@ -95,6 +100,7 @@ impl Invariant {
             Invariant::C8Restart => "C8",
             Invariant::C9HostileInput => "C9",
             Invariant::Events => "EV",
+            Invariant::Membership => "MB",
         }
     }
 }
@@ -112,6 +118,7 @@ impl fmt::Display for Invariant {
             Invariant::C8Restart => "restart",
             Invariant::C9HostileInput => "hostile input",
             Invariant::Events => "peer events match the faults",
+            Invariant::Membership => "membership changes spread",
         };
         write!(f, "{} {name}", self.code())
     }
@@ -401,8 +408,61 @@ pub struct Analysis {
     peer_events: Vec<Told>,
     /// Node incarnations whose peer-event subscription lost events.
     events_lost: BTreeSet<(Pid, Incarnation)>,
-    /// Every fault and start (crash, start, partition, cut, heal, loss), in history order.
+    /// Every fault and start (crash, start, partition, cut, heal, loss), in history order;
+    /// leaves and removals too (they end connections).
     faults: Vec<(u64, u64, Event)>,
+    /// Each node incarnation's membership, as its server changed it.
+    members: MembershipModel,
+    /// The first `Join` or `Leave` of the run, if any.
+    first_change: Option<u64>,
+    /// Each running node's records at the end (`Members`), with `seq`.
+    end_members: Vec<(u64, Pid, Incarnation, Vec<cluster_core::Member>)>,
+    /// The network was healthy at the end (no cut, no loss), and no link was lossy after
+    /// the first membership change: what the final-agreement check needs.
+    healthy_after_changes: bool,
+}
+
+/// Each node incarnation's membership, from its config and the changes its server made
+/// ([`Event::PeerAdded`], [`Event::PeerRemoved`], recorded in order with its routing).
+#[derive(Debug, Clone, Default)]
+struct MembershipModel {
+    /// The pids of the run's config.
+    config: BTreeSet<Pid>,
+    /// The pids of the config of each node that joined.
+    joined: HashMap<Pid, BTreeSet<Pid>>,
+    /// Per (node, incarnation, peer): `(seq, at_us, present)`, in order.
+    changes: HashMap<(Pid, Incarnation, Pid), Vec<(u64, u64, bool)>>,
+}
+
+impl MembershipModel {
+    fn initially(&self, at: Pid, peer: Pid) -> bool {
+        self.joined
+            .get(&at)
+            .map_or(self.config.contains(&peer), |c| c.contains(&peer))
+    }
+
+    /// Whether `at` (as `inc`) counted `peer` a member just before record `seq`.
+    fn member_at(&self, at: Pid, inc: Incarnation, peer: Pid, seq: u64) -> bool {
+        self.changes
+            .get(&(at, inc, peer))
+            .and_then(|c| c.iter().rev().find(|(s, _, _)| *s < seq))
+            .map_or_else(|| self.initially(at, peer), |(_, _, present)| *present)
+    }
+
+    /// Whether `at` (as `inc`) changed `peer`'s membership between records `from` and `to`.
+    fn changed_between(&self, at: Pid, inc: Incarnation, peer: Pid, from: u64, to: u64) -> bool {
+        self.changes
+            .get(&(at, inc, peer))
+            .is_some_and(|c| c.iter().any(|(s, _, _)| *s > from && *s < to))
+    }
+
+    /// Whether `at` (as `inc`) changed `peer`'s membership within `w` µs of `t`.
+    fn changed_near(&self, at: Pid, inc: Incarnation, peer: Pid, t: u64, w: u64) -> bool {
+        self.changes.get(&(at, inc, peer)).is_some_and(|c| {
+            c.iter()
+                .any(|(_, us, _)| us.saturating_add(w) >= t && *us <= t.saturating_add(w))
+        })
+    }
 }
 
 /// A peer event a node told.
@@ -497,6 +557,7 @@ pub fn check(records: &[Record]) -> Verdict {
     violations.extend(check_c8_restart(&a));
     violations.extend(check_c9_hostile_input(&a));
     violations.extend(check_events(&a));
+    violations.extend(check_membership(&a));
     Verdict {
         copies: a.copies,
         violations,
@@ -528,6 +589,10 @@ impl Analysis {
             peer_events: Vec::new(),
             events_lost: BTreeSet::new(),
             faults: Vec::new(),
+            members: MembershipModel::default(),
+            first_change: None,
+            end_members: Vec::new(),
+            healthy_after_changes: true,
         };
         let mut state = NetState::default();
         let mut queues = QueueModel::default();
@@ -540,12 +605,51 @@ impl Analysis {
                     pids, window_us, ..
                 } => {
                     a.pids = pids.iter().copied().collect();
+                    a.members.config = a.pids.clone();
                     a.window_us = *window_us;
                     for p in pids {
                         state.up.insert(*p, None);
                     }
                 }
                 Event::Start { pid, incarnation } => a.starts.push((r.seq, *pid, *incarnation)),
+                Event::Join { pid, members } => {
+                    // Its frames are a member's, not hostile bytes.
+                    a.pids.insert(*pid);
+                    a.members
+                        .joined
+                        .insert(*pid, members.iter().copied().collect());
+                    a.first_change.get_or_insert(r.seq);
+                }
+                Event::Leave { .. } => {
+                    a.first_change.get_or_insert(r.seq);
+                }
+                Event::PeerAdded {
+                    at,
+                    at_incarnation,
+                    peer,
+                }
+                | Event::PeerRemoved {
+                    at,
+                    at_incarnation,
+                    peer,
+                } => {
+                    let present = matches!(r.event, Event::PeerAdded { .. });
+                    a.members
+                        .changes
+                        .entry((*at, *at_incarnation, *peer))
+                        .or_default()
+                        .push((r.seq, r.at_us, present));
+                }
+                Event::Members {
+                    pid,
+                    incarnation,
+                    records,
+                } => a
+                    .end_members
+                    .push((r.seq, *pid, *incarnation, records.clone())),
+                Event::SetLoss { p, .. } if *p > 0.0 && a.first_change.is_some() => {
+                    a.healthy_after_changes = false;
+                }
                 Event::Crash { pid } => {
                     a.crashed = true;
                     a.crashes.push((r.seq, *pid));
@@ -728,10 +832,15 @@ impl Analysis {
                     | Event::Cut { .. }
                     | Event::Heal
                     | Event::SetLoss { .. }
+                    | Event::Leave { .. }
+                    | Event::PeerRemoved { .. }
             ) {
                 a.faults.push((r.seq, r.at_us, r.event.clone()));
             }
             state.apply(&r.event);
+        }
+        if !state.blocked.is_empty() || !state.loss.is_empty() {
+            a.healthy_after_changes = false;
         }
         a.decide(records);
         a
@@ -780,6 +889,11 @@ impl Analysis {
                     // Exact: arrivals wait for the next settle; a discarding fault on the
                     // link before it drops the copy.
                     let end = next_settle.unwrap_or(u64::MAX);
+                    let routed_seq = copy.routed_seq;
+                    let (expect, because) =
+                        membership_expect(&self.members, copy, expect, because, |at, inc, peer| {
+                            self.members.changed_between(at, inc, peer, routed_seq, end)
+                        });
                     let hit = records
                         .iter()
                         .skip(usize::try_from(copy.routed_seq).unwrap_or(usize::MAX))
@@ -796,6 +910,10 @@ impl Analysis {
                 }
                 Some(w) => {
                     let t = routed.at_us;
+                    let (expect, because) =
+                        membership_expect(&self.members, copy, expect, because, |at, inc, peer| {
+                            self.members.changed_near(at, inc, peer, t, w)
+                        });
                     let near = records.iter().any(|r| {
                         if !touches(&r.event, copy.from, copy.to) {
                             return false;
@@ -824,6 +942,46 @@ impl Analysis {
         }
     }
 
+    /// The members `from` (as `inc`) routes to, certainly and perhaps, for a send recorded
+    /// at `seq`: routing happens as the send is made, or (a send that waits for room) by
+    /// the next settle, and a change of membership in between leaves the peer in doubt.
+    fn routing_members(
+        &self,
+        from: Pid,
+        inc: Incarnation,
+        seq: u64,
+    ) -> (BTreeSet<Pid>, BTreeSet<Pid>) {
+        let end = self
+            .settles
+            .iter()
+            .map(|(s, _)| *s)
+            .find(|s| *s > seq)
+            .unwrap_or(u64::MAX);
+        let mut certain = BTreeSet::new();
+        let mut doubtful = BTreeSet::new();
+        let candidates: BTreeSet<Pid> = self
+            .pids
+            .iter()
+            .copied()
+            .chain(
+                self.members
+                    .changes
+                    .keys()
+                    .filter(|(at, i, _)| *at == from && *i == inc)
+                    .map(|(_, _, p)| *p),
+            )
+            .filter(|p| *p != from)
+            .collect();
+        for p in candidates {
+            if self.members.changed_between(from, inc, p, seq, end) {
+                doubtful.insert(p);
+            } else if self.members.member_at(from, inc, p, seq) {
+                certain.insert(p);
+            }
+        }
+        (certain, doubtful)
+    }
+
     fn send_of(&self, from: Pid, msg_id: MsgId) -> Option<&SentMessage> {
         self.sends.get(&(from, msg_id))
     }
@@ -835,6 +993,40 @@ impl Analysis {
         }
         first
     }
+}
+
+/// A copy's expectation once membership is taken into account (see
+/// `cluster_core::membership`, "messages in flight during a change"): a receiver that does
+/// not count the sender a member drops its frames (`unknown_sender`); a change of either
+/// end's view of the other while the copy is on its way (`changed`, judged over the span
+/// in which it may arrive) leaves it either way, for the removed peer's frames still held
+/// are discarded and what arrived first was delivered.
+fn membership_expect(
+    members: &MembershipModel,
+    copy: &MessageCopy,
+    expect: Expect,
+    because: &'static str,
+    changed: impl Fn(Pid, Incarnation, Pid) -> bool,
+) -> (Expect, &'static str) {
+    let Some(to_inc) = copy.to_incarnation else {
+        return (expect, because);
+    };
+    if expect == Expect::Drop {
+        return (expect, because);
+    }
+    if changed(copy.to, to_inc, copy.from) || changed(copy.from, copy.incarnation, copy.to) {
+        return (
+            Expect::Either,
+            "a membership change on its link came before it could arrive",
+        );
+    }
+    if !members.member_at(copy.to, to_inc, copy.from, copy.routed_seq) {
+        return (
+            Expect::Drop,
+            "the destination did not count the sender a member",
+        );
+    }
+    (expect, because)
 }
 
 fn v(invariant: Invariant, seq: Option<u64>, message: String) -> Violation {
@@ -870,8 +1062,10 @@ pub fn check_c1_routing(a: &Analysis) -> Vec<Violation> {
         }
     }
     let mut unknown = 0u64;
+    let mut maybe_unknown = 0u64;
     for key in &a.send_order {
         let Some(s) = a.sends.get(key) else { continue };
+        let (members, doubtful) = a.routing_members(s.from, s.incarnation, s.seq);
         let routed: Vec<Pid> = a
             .routed
             .get(key)
@@ -883,17 +1077,35 @@ pub fn check_c1_routing(a: &Analysis) -> Vec<Violation> {
                     .collect()
             })
             .unwrap_or_default();
+        // Membership at the sender: the config's, and the changes its server made.
         let expected: Vec<Pid> = if s.to == BROADCAST {
-            a.pids.iter().copied().filter(|p| *p != s.from).collect()
-        } else if s.to != s.from && a.pids.contains(&s.to) {
+            members.iter().copied().collect()
+        } else if s.to != s.from && members.contains(&s.to) {
             vec![s.to]
         } else {
-            if !a.pids.contains(&s.to) {
+            if s.to != s.from && doubtful.contains(&s.to) {
+                maybe_unknown += 1;
+            } else if s.to != s.from {
                 unknown += 1;
             }
             Vec::new()
         };
-        if routed != expected {
+        let fits = if doubtful.is_empty() {
+            routed == expected
+        } else {
+            // A peer whose membership changed meanwhile may or may not be routed to.
+            let strip = |v: &[Pid]| -> Vec<Pid> {
+                v.iter()
+                    .copied()
+                    .filter(|p| !doubtful.contains(p))
+                    .collect()
+            };
+            let mut seen = BTreeSet::new();
+            strip(&routed) == strip(&expected)
+                && routed.iter().all(|p| seen.insert(*p))
+                && (s.to == BROADCAST || routed.iter().all(|p| *p == s.to))
+        };
+        if !fits {
             out.push(v(
                 inv,
                 Some(s.seq),
@@ -923,11 +1135,18 @@ pub fn check_c1_routing(a: &Analysis) -> Vec<Violation> {
     }
     if !a.stats.is_empty() {
         let counted: u64 = a.stats.iter().map(|s| s.unknown_peer).sum();
-        if counted != unknown {
+        if counted < unknown || counted > unknown + maybe_unknown {
+            let maybe = if maybe_unknown > 0 {
+                format!(" (and {maybe_unknown} more whose membership changed meanwhile)")
+            } else {
+                String::new()
+            };
             out.push(v(
                 inv,
                 None,
-                format!("{unknown} sends to unknown pids, but unknown_peer counts {counted}"),
+                format!(
+                    "{unknown} sends to unknown pids{maybe}, but unknown_peer counts {counted}"
+                ),
             ));
         }
     }
@@ -1417,6 +1636,11 @@ fn severs(fault: &Event, at: Pid, peer: Pid, windowed: bool) -> bool {
         Event::Cut { from, to } => {
             (*from == at && *to == peer) || (windowed && *from == peer && *to == at)
         }
+        // A node that leaves, or is removed at the other end, loses its connections.
+        Event::Leave { pid } => *pid == at || *pid == peer,
+        Event::PeerRemoved { at: x, peer: y, .. } => {
+            (*x == at && *y == peer) || (*x == peer && *y == at)
+        }
         _ => false,
     }
 }
@@ -1511,6 +1735,10 @@ pub fn check_events(a: &Analysis) -> Vec<Violation> {
                     ));
                 }
                 *state = Some((t.seq, t.at_us));
+            }
+            PeerChange::Left { peer } => {
+                // A peer that left is no longer up, without a `Down`.
+                up.remove(&(t.at, t.at_incarnation, peer));
             }
             PeerChange::Down { peer } => {
                 let Some((up_seq, up_us)) = up
@@ -1623,12 +1851,14 @@ pub fn check_events(a: &Analysis) -> Vec<Violation> {
                 let from_peer = |d: &&Delivery| {
                     d.at == at && d.at_incarnation == at_incarnation && d.from == peer
                 };
-                let heard_before = a
-                    .peer_events
-                    .iter()
-                    .filter(mine)
-                    .any(|t| t.seq < crash && !matches!(t.change, PeerChange::Down { .. }))
-                    || a.deliveries.iter().filter(from_peer).any(|d| d.seq < crash);
+                let heard_before =
+                    a.peer_events.iter().filter(mine).any(|t| {
+                        t.seq < crash
+                            && matches!(
+                                t.change,
+                                PeerChange::Up { .. } | PeerChange::Restarted { .. }
+                            )
+                    }) || a.deliveries.iter().filter(from_peer).any(|d| d.seq < crash);
                 if !heard_before {
                     continue;
                 }
@@ -1689,6 +1919,126 @@ pub fn check_events(a: &Analysis) -> Vec<Violation> {
         }
     }
     out
+}
+
+/// MB: membership at run time (see `cluster_core::membership`).
+///
+/// * **Events match the changes.** For each node incarnation and each other pid, the
+///   `Joined` and `Left` it told are the changes its server made to its transport
+///   ([`Event::PeerAdded`], [`Event::PeerRemoved`]): one `Joined` per time the pid became
+///   a member there, one `Left` per time it stopped being one. (A node incarnation whose
+///   subscription lost events is not judged.)
+/// * **Agreement once spread.** At the end, after the final settle, every running node
+///   that counts itself a member holds the same membership records (pid, address,
+///   presence, stamp): what the rule promises once the nodes have exchanged what they
+///   know. Judged when the network is healthy at the end and no link was lossy after the
+///   first `Join` or `Leave` (a lost membership frame is sent again only when peers find
+///   each other up anew).
+pub fn check_membership(a: &Analysis) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let inv = Invariant::Membership;
+    let mut told: BTreeMap<(Pid, Incarnation, Pid), (u64, u64, u64)> = BTreeMap::new();
+    for t in &a.peer_events {
+        let (joined, peer) = match t.change {
+            PeerChange::Joined { peer } => (true, peer),
+            PeerChange::Left { peer } => (false, peer),
+            _ => continue,
+        };
+        if peer == t.at {
+            continue;
+        }
+        let entry = told.entry((t.at, t.at_incarnation, peer)).or_default();
+        if joined {
+            entry.0 += 1;
+        } else {
+            entry.1 += 1;
+        }
+        entry.2 = t.seq;
+    }
+    let mut keys: BTreeSet<(Pid, Incarnation, Pid)> = told.keys().copied().collect();
+    keys.extend(a.members.changes.keys().copied());
+    for key @ (at, inc, peer) in keys {
+        if a.events_lost.contains(&(at, inc)) {
+            continue;
+        }
+        let mut member = a.members.initially(at, peer);
+        let (mut joins, mut leaves) = (0u64, 0u64);
+        let mut last = None;
+        for (seq, _, present) in a.members.changes.get(&key).into_iter().flatten() {
+            if *present != member {
+                if *present {
+                    joins += 1;
+                } else {
+                    leaves += 1;
+                }
+                last = Some(*seq);
+            }
+            member = *present;
+        }
+        let (j, l, seq) = told.get(&key).copied().unwrap_or_default();
+        if (j, l) != (joins, leaves) {
+            out.push(v(
+                inv,
+                Some(if seq > 0 { seq } else { last.unwrap_or(0) }),
+                format!(
+                    "{at} (incarnation {inc}) told Joined({peer}) {j} times and Left({peer}) {l}                      times, but its server added {peer} {joins} times and removed it {leaves} times"
+                ),
+            ));
+        }
+    }
+    if a.healthy_after_changes {
+        let present = |pid: Pid, records: &[cluster_core::Member]| {
+            records.iter().any(|m| m.pid == pid && m.present)
+        };
+        let running: Vec<_> = a
+            .end_members
+            .iter()
+            .filter(|(_, pid, _, records)| present(*pid, records))
+            .collect();
+        if let Some((_, first, first_inc, reference)) = running.first() {
+            for (seq, pid, inc, records) in running.iter().skip(1) {
+                if records != reference {
+                    let differ: Vec<Pid> = reference
+                        .iter()
+                        .chain(records.iter())
+                        .map(|m| m.pid)
+                        .collect::<BTreeSet<Pid>>()
+                        .into_iter()
+                        .filter(|p| {
+                            reference.iter().find(|m| m.pid == *p)
+                                != records.iter().find(|m| m.pid == *p)
+                        })
+                        .collect();
+                    out.push(v(
+                        inv,
+                        Some(*seq),
+                        format!(
+                            "after the final settle, {pid} (incarnation {inc}) and {first}                              (incarnation {first_inc}) hold different membership records for                              {differ:?}: {} against {}",
+                            show_records(records),
+                            show_records(reference)
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn show_records(records: &[cluster_core::Member]) -> String {
+    let shown: Vec<String> = records
+        .iter()
+        .map(|m| {
+            format!(
+                "{}{}@{}.{}",
+                m.pid,
+                if m.present { "+" } else { "-" },
+                m.epoch,
+                m.origin
+            )
+        })
+        .collect();
+    format!("[{}]", shown.join(" "))
 }
 
 #[cfg(test)]

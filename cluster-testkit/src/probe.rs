@@ -142,6 +142,8 @@ pub(crate) struct Probe {
     /// Raw frames injected and not yet handed up, over the whole cluster.
     raw_pending: Arc<AtomicUsize>,
     in_flight: Arc<InFlight>,
+    /// An exact run: what `in_flight` holds is what the network holds.
+    exact: bool,
     /// The server's counters, once it is built.
     monitor: Arc<OnceLock<ServerMonitor>>,
     /// The last arrival handed up, and the server's counters just before it.
@@ -161,6 +163,8 @@ struct Receiving {
 pub(crate) struct ProbeShared {
     pub(crate) raw_pending: Arc<AtomicUsize>,
     pub(crate) in_flight: Arc<InFlight>,
+    /// An exact run (simulation): the probes' in-flight model is the network's.
+    pub(crate) exact: bool,
 }
 
 impl Probe {
@@ -187,6 +191,7 @@ impl Probe {
             }),
             raw_pending: Arc::clone(&shared.raw_pending),
             in_flight: Arc::clone(&shared.in_flight),
+            exact: shared.exact,
             monitor,
             unresolved: Mutex::new(None),
         };
@@ -452,11 +457,45 @@ impl Transport for Probe {
     }
 
     // Membership at run time: the inner transport's to grant (the defaults would refuse).
+    // The server calls these under the same lock as its routing, so the records fall in
+    // order with its `routed` records: the oracle's membership model of each node.
     fn add_peer(&self, pid: Pid, address: &str) -> Result<(), TransportError> {
-        self.inner.add_peer(pid, address)
+        let result = self.inner.add_peer(pid, address);
+        if result.is_ok() && self.history.is_enabled() {
+            self.history.push(Event::PeerAdded {
+                at: self.pid,
+                at_incarnation: self.incarnation,
+                peer: pid,
+            });
+        }
+        result
     }
 
     fn remove_peer(&self, pid: Pid) -> Result<(), TransportError> {
-        self.inner.remove_peer(pid)
+        let result = self.inner.remove_peer(pid);
+        if result.is_ok() && self.history.is_enabled() {
+            self.history.push(Event::PeerRemoved {
+                at: self.pid,
+                at_incarnation: self.incarnation,
+                peer: pid,
+            });
+            if self.exact {
+                // The simulated network discards what this node still had in flight to
+                // the removed peer (counted `unknown_peer`): record each such frame.
+                let me = self.pid;
+                for (from, incarnation, to, msg_id) in
+                    self.in_flight.take(|from, to| from == me && to == pid)
+                {
+                    self.history.push(Event::Discarded {
+                        from,
+                        incarnation,
+                        to,
+                        msg_id,
+                        reason: DropReason::UnknownPeer,
+                    });
+                }
+            }
+        }
+        result
     }
 }

@@ -61,6 +61,16 @@ pub enum Op {
         /// What arrives.
         bytes: HostileBytes,
     },
+    /// Node `pid`, in no member's config, joins the running cluster
+    /// ([`SimCluster::join`]): generated scenarios use the pid above the config's (the one
+    /// their sends call "unknown" until it joins). Skipped if `pid` ran already (a pid of
+    /// the config, or one that joined or left), and on backends without
+    /// [`Capabilities::membership`].
+    Join(Pid),
+    /// Member `pid` asks to leave, and is then stopped for good ([`SimCluster::leave`]).
+    /// Skipped unless `pid` is up and a member, and more than two members would be left:
+    /// membership never drops below two.
+    Leave(Pid),
 }
 
 /// The message id in every forged header: no node draws a negative id
@@ -138,8 +148,20 @@ impl HostileBytes {
     /// claim the first pid other than `to` (in a cluster of one, where there is none, a
     /// bad payload comes with a header cut short instead: malformed all the same).
     pub fn bytes(self, to: Pid, config: &Config) -> Bytes {
-        let peer = config.pids().find(|p| *p != to);
-        let outsider = config.pids().max().unwrap_or(0).saturating_add(1);
+        self.forge(to, config, &[])
+    }
+
+    /// [`bytes`](Self::bytes), claiming no pid of `gone` (members that left: their frames
+    /// are `unknown_sender` now). The outsider a forged header claims is far above the
+    /// config's pids, clear of the pid a scenario's `Join` adds.
+    pub(crate) fn forge(self, to: Pid, config: &Config, gone: &[Pid]) -> Bytes {
+        let peer = config.pids().find(|p| *p != to && !gone.contains(p));
+        let outsider = config
+            .pids()
+            .max()
+            .unwrap_or(0)
+            .saturating_add(1000)
+            .min(cluster_core::MAX_PID);
         let header = |sender: Pid, incarnation: Incarnation| {
             let header = wire::Header::new(sender, to, incarnation, FORGED_MSG_ID);
             // Encoding `()` cannot fail; were it to, empty bytes are malformed too.
@@ -245,6 +267,8 @@ impl fmt::Display for Op {
             Op::SetLoss(a, b, p) => write!(f, "set_loss {a} → {b} p={p}"),
             Op::Settle => write!(f, "settle"),
             Op::Hostile { to, bytes } => write!(f, "hostile bytes → {to}: {bytes}"),
+            Op::Join(p) => write!(f, "join {p}"),
+            Op::Leave(p) => write!(f, "leave {p}"),
         }
     }
 }
@@ -317,6 +341,8 @@ impl Op {
             Op::Hostile { to, bytes } => {
                 format!("Op::Hostile {{ to: {to}, bytes: HostileBytes::{bytes:?} }}")
             }
+            Op::Join(p) => format!("Op::Join({p})"),
+            Op::Leave(p) => format!("Op::Leave({p})"),
         }
     }
 }
@@ -342,8 +368,14 @@ pub fn op(n: usize, caps: Capabilities) -> BoxedStrategy<Op> {
         3 => Just(BROADCAST),
         1 => Just(unknown),
     ];
+    // A node that joins (the pid above the config's) sends too, once it is up.
+    let from = if caps.membership {
+        prop_oneof![12 => pid_in(n), 1 => Just(unknown)].boxed()
+    } else {
+        pid_in(n)
+    };
     let send = (
-        pid_in(n),
+        from,
         to,
         proptest::collection::vec(any::<u8>(), 0..6),
         any::<bool>(),
@@ -402,6 +434,11 @@ pub fn op(n: usize, caps: Capabilities) -> BoxedStrategy<Op> {
                 .prop_map(|(to, bytes)| Op::Hostile { to, bytes })
                 .boxed(),
         ));
+    }
+    if caps.membership && caps.crash_restart {
+        // Rare: a scenario has one change or two, and sends around them.
+        choices.push((1, Just(Op::Join(unknown)).boxed()));
+        choices.push((1, pid_in(n).prop_map(Op::Leave).boxed()));
     }
     Union::new_weighted(choices).boxed()
 }
@@ -462,6 +499,8 @@ impl Op {
             Op::Cut(a, b) => Op::Cut(pid(a), pid(b)),
             Op::SetLoss(a, b, p) => Op::SetLoss(pid(a), pid(b), p),
             Op::Hostile { to, bytes } => Op::Hostile { to: pid(to), bytes },
+            Op::Join(p) => Op::Join(pid(p)),
+            Op::Leave(p) => Op::Leave(pid(p)),
             other => other,
         }
     }
@@ -493,7 +532,8 @@ async fn apply(sim: &mut SimCluster<Vec<u8>>, caps: Capabilities, op: &Op) -> Re
             sim.enqueue(*from, *to, payload.clone())?;
         }
         Op::Crash(p) if caps.crash_restart => sim.crash(*p).await?,
-        Op::Restart(p) if caps.crash_restart => {
+        // A node that left is gone for good.
+        Op::Restart(p) if caps.crash_restart && !sim.has_left(*p) => {
             sim.restart(*p).await?;
         }
         Op::Partition(a, b) if caps.partition => sim.partition(a, b)?,
@@ -511,7 +551,26 @@ async fn apply(sim: &mut SimCluster<Vec<u8>>, caps: Capabilities, op: &Op) -> Re
                 Err(e) => return Err(e),
             }
         }
+        Op::Join(p) if caps.membership && !sim.knows(*p) => {
+            match sim.join(*p, MEMBERSHIP_WAIT).await {
+                Ok(_) | Err(SimError::Unsupported { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Op::Leave(p)
+            if caps.membership
+                && caps.crash_restart
+                && sim.is_up(*p)
+                && sim.members().contains(p)
+                && sim.members().len() > 2 =>
+        {
+            sim.leave(*p, MEMBERSHIP_WAIT).await?;
+        }
         _ => {}
     }
     Ok(())
 }
+
+/// How long a scenario's `Join` or `Leave` waits for `join`/`leave` (simulated time in
+/// simulation, where the clock is paused; a node cut off from the members waits it out).
+const MEMBERSHIP_WAIT: std::time::Duration = std::time::Duration::from_secs(3);

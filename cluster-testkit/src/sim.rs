@@ -2,7 +2,7 @@
 //! operations, a seed, and a recorded [`History`].
 
 use std::any::Any;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -88,6 +88,9 @@ struct Node<M> {
     inbox_paused: bool,
     /// The incarnation's peer events, made as it started (when recording).
     events: Option<Events>,
+    /// The config it runs with: the cluster's, or, for a node that joined, the members'
+    /// at the time and itself.
+    config: Config,
 }
 
 /// Builds a [`SimCluster`]. Cheap to clone: [`faults::explore`](crate::faults::explore)
@@ -304,6 +307,10 @@ pub struct SimCluster<M> {
     failure_taken: bool,
     names: Arc<Names>,
     summary: Option<TypedSummary<M>>,
+    /// Nodes that asked to leave (and were then stopped for good).
+    left: BTreeSet<Pid>,
+    /// Nodes that joined at run time, with their addresses.
+    joined: BTreeMap<Pid, String>,
     _guard: SeedGuard,
 }
 
@@ -373,19 +380,25 @@ impl<M: Message> SimCluster<M> {
             retired_events: Vec::new(),
             spawner: None,
             free_running: caps.timing != Timing::Exact,
-            probes: ProbeShared::default(),
+            probes: ProbeShared {
+                exact: caps.timing == Timing::Exact,
+                ..ProbeShared::default()
+            },
             drained: 0,
             failures: Failures::default(),
             failure_taken: false,
             names: Arc::new(Names::default()),
             summary,
+            left: BTreeSet::new(),
+            joined: BTreeMap::new(),
             _guard: SeedGuard { seed },
         };
         let mut started = Vec::new();
         for pid in pids {
             let s = sim.backend.start(pid).await?;
             started.push((pid, s.incarnation));
-            sim.launch(pid, s, false)?;
+            let config = sim.config.clone();
+            sim.launch(pid, s, false, config)?;
         }
         sim.wait_connected().await?;
         sim.record_peer_events();
@@ -452,6 +465,7 @@ impl<M: Message> SimCluster<M> {
         pid: Pid,
         started: crate::under_test::Started,
         restarted: bool,
+        config: Config,
     ) -> Result<(), SimError> {
         let incarnation = started.incarnation;
         let slot = Arc::new(OnceLock::new());
@@ -477,7 +491,7 @@ impl<M: Message> SimCluster<M> {
             &self.probes,
             Arc::clone(&slot),
         );
-        let builder = Server::<M>::builder(pid, self.config.clone()).incarnation(incarnation);
+        let builder = Server::<M>::builder(pid, config.clone()).incarnation(incarnation);
         let builder = self.backend.server_builder(pid, builder);
         let server: Server<M> = builder.build(probe)?;
         // Before the server's task first runs: the subscription misses nothing.
@@ -494,7 +508,9 @@ impl<M: Message> SimCluster<M> {
             received: VecDeque::new(),
             inbox_paused: false,
             events: None,
+            config: config.clone(),
         });
+        node.config = config;
         node.incarnation = incarnation;
         node.events = events;
         node.up = true;
@@ -698,7 +714,8 @@ impl<M: Message> SimCluster<M> {
     pub fn inject_hostile(&mut self, to: Pid, kind: HostileBytes) -> Result<(), SimError> {
         let node = self.nodes.get(&to).ok_or(SimError::UnknownPid(to))?;
         let at_incarnation = node.incarnation;
-        let bytes = kind.bytes(to, &self.config);
+        let gone: Vec<Pid> = self.left.iter().copied().collect();
+        let bytes = kind.forge(to, &self.config, &gone);
         let len = bytes.len();
         let Some(result) = self.backend.inject(to, bytes) else {
             return Err(self.unsupported("inject"));
@@ -793,11 +810,163 @@ impl<M: Message> SimCluster<M> {
         self.crash(pid).await?;
         let started = self.backend.restart(pid).await?;
         let incarnation = started.incarnation;
-        self.launch(pid, started, true)?;
+        let config = self
+            .nodes
+            .get(&pid)
+            .map_or_else(|| self.config.clone(), |n| n.config.clone());
+        self.launch(pid, started, true, config)?;
         self.wait_connected().await?;
         self.record_peer_events();
         self.history.push(Event::Start { pid, incarnation });
         Ok(incarnation)
+    }
+
+    /// The members as the harness asked for them: the config's, those that joined (or
+    /// asked to), less those that asked to leave. Each node's own view may differ while a
+    /// change spreads (see `cluster_core::membership`).
+    pub fn members(&self) -> Vec<Pid> {
+        self.config
+            .pids()
+            .chain(self.joined.keys().copied())
+            .filter(|p| !self.left.contains(p))
+            .collect::<BTreeSet<Pid>>()
+            .into_iter()
+            .collect()
+    }
+
+    /// Whether `pid` has asked to leave (it is stopped for good).
+    pub fn has_left(&self, pid: Pid) -> bool {
+        self.left.contains(&pid)
+    }
+
+    /// Whether `pid` ever ran in this cluster (a config pid, or one that joined).
+    pub fn knows(&self, pid: Pid) -> bool {
+        self.nodes.contains_key(&pid)
+    }
+
+    /// Node `pid`, in no member's config, joins the running cluster: the backend makes it
+    /// exist ([`ClusterUnderTest::join_node`]), its server starts with a config that lists
+    /// the current [`members`](Self::members) and itself, and it asks to join
+    /// ([`Server::join`]), waiting at most `timeout`. Returns whether the join completed in
+    /// time (every member it knows of is `Up`).
+    ///
+    /// The network runs freely meanwhile. So that this judges nothing of the messages sent
+    /// before, it settles first; and it settles after, so that the change has spread to
+    /// every node that can be reached when it returns.
+    pub async fn join(&mut self, pid: Pid, timeout: Duration) -> Result<bool, SimError> {
+        if !self.caps.membership {
+            return Err(self.unsupported("join"));
+        }
+        if self.nodes.contains_key(&pid) {
+            return Err(SimError::Transport(TransportError::Other(format!(
+                "node {pid} ran in this cluster already: only a new pid can join"
+            ))));
+        }
+        self.settle().await;
+        let members: Vec<(Pid, String)> = self
+            .members()
+            .into_iter()
+            .filter_map(|p| {
+                let address = self
+                    .joined
+                    .get(&p)
+                    .cloned()
+                    .or_else(|| self.config.peer(p).map(|c| c.address.clone()))?;
+                Some((p, address))
+            })
+            .collect();
+        let Some(made) = self.backend.join_node(pid, &members).await else {
+            return Err(self.unsupported("join"));
+        };
+        let (config, started) = made?;
+        let address = config
+            .peer(pid)
+            .map(|c| c.address.clone())
+            .unwrap_or_default();
+        self.joined.insert(pid, address);
+        self.record_peer_events();
+        self.history.push(Event::Join {
+            pid,
+            members: config.pids().collect(),
+        });
+        let incarnation = started.incarnation;
+        self.launch(pid, started, false, config)?;
+        self.history.push(Event::Start { pid, incarnation });
+        // Out of its slot while it asks, so that the others' inboxes are read meanwhile.
+        let server = self.nodes.get_mut(&pid).and_then(|n| n.server.take());
+        let ok = match server {
+            Some(server) => {
+                let ok = self.run_open(server.join(timeout)).await.is_ok();
+                if let Some(node) = self.nodes.get_mut(&pid) {
+                    node.server = Some(server);
+                }
+                ok
+            }
+            None => return Err(SimError::NoServer(pid)),
+        };
+        self.history.push(Event::MembershipAsked {
+            pid,
+            join: true,
+            ok,
+        });
+        self.settle().await;
+        Ok(ok)
+    }
+
+    /// Member `pid` leaves: it asks to ([`Server::leave`]), waiting at most `timeout`, and is
+    /// then crashed, for good (it is never restarted: a node that left does not come back
+    /// under its pid in this harness). Returns whether the leave completed in time (a
+    /// member removed it, and it heard so). Settles before and after, as
+    /// [`join`](Self::join) does, the crash coming after the second settle.
+    pub async fn leave(&mut self, pid: Pid, timeout: Duration) -> Result<bool, SimError> {
+        if !self.caps.membership || !self.caps.crash_restart {
+            return Err(self.unsupported("leave"));
+        }
+        if !self.is_up(pid) {
+            return Err(SimError::NoServer(pid));
+        }
+        self.settle().await;
+        self.record_peer_events();
+        self.history.push(Event::Leave { pid });
+        self.left.insert(pid);
+        // Out of its slot while it asks, so that the others' inboxes are read meanwhile.
+        let server = self.nodes.get_mut(&pid).and_then(|n| n.server.take());
+        let ok = match server {
+            Some(server) => {
+                let ok = self.run_open(server.leave(timeout)).await.is_ok();
+                if let Some(node) = self.nodes.get_mut(&pid) {
+                    node.server = Some(server);
+                }
+                ok
+            }
+            None => return Err(SimError::NoServer(pid)),
+        };
+        self.history.push(Event::MembershipAsked {
+            pid,
+            join: false,
+            ok,
+        });
+        self.settle().await;
+        self.crash(pid).await?;
+        Ok(ok)
+    }
+
+    /// Runs `fut` with the network flowing (arrivals not held back), reading the inboxes
+    /// as it goes.
+    async fn run_open<T>(&mut self, fut: impl std::future::Future<Output = T>) -> T {
+        self.gate.set(true);
+        tokio::pin!(fut);
+        let out = loop {
+            tokio::select! {
+                biased;
+                out = &mut fut => break out,
+                () = tokio::task::yield_now() => self.drain_inboxes(),
+            }
+        };
+        if !self.free_running {
+            self.gate.set(false);
+        }
+        out
     }
 
     /// Cuts every link between `a` and `b`, both ways.
@@ -1045,6 +1214,17 @@ impl<M: Message> SimCluster<M> {
         all.sort_by_key(|(pid, inc, _)| (*pid, *inc));
         for (pid, inc, m) in all {
             self.history.push(Event::stats(pid, inc, &m.stats()));
+        }
+        if self.history.is_enabled() {
+            for (&pid, node) in &self.nodes {
+                if let (true, Some(m)) = (node.up, &node.monitor) {
+                    self.history.push(Event::Members {
+                        pid,
+                        incarnation: node.incarnation,
+                        records: m.members(),
+                    });
+                }
+            }
         }
         self.history.push(Event::NetDiscarded {
             discarded: reason_counts(&self.backend.discarded()),

@@ -35,6 +35,9 @@ pub struct Capabilities {
     pub loss: bool,
     /// `Hostile`: bytes put on a node's port ([`ClusterUnderTest::inject`]).
     pub inject: bool,
+    /// `Join` and `Leave`: membership at run time ([`ClusterUnderTest::join_node`]; the
+    /// transports' `add_peer` and `remove_peer`).
+    pub membership: bool,
     /// How the oracle judges timing.
     pub timing: Timing,
 }
@@ -47,6 +50,7 @@ impl Capabilities {
         cut: true,
         loss: true,
         inject: true,
+        membership: true,
         timing: Timing::Exact,
     };
 
@@ -58,6 +62,7 @@ impl Capabilities {
             cut: false,
             loss: false,
             inject: false,
+            membership: false,
             timing: Timing::Window(window),
         }
     }
@@ -121,6 +126,17 @@ pub trait ClusterUnderTest: Send + 'static {
     /// Puts `bytes` on `to`'s port, as if a stranger had sent them (contract C9): `Ok` if
     /// the network took them, else why it refused. `None`: this backend cannot.
     fn inject(&mut self, _to: Pid, _bytes: Bytes) -> Option<Result<(), DropReason>> {
+        None
+    }
+    /// Makes node `pid`, which is in no member's config, exist (in memory: a node added to
+    /// the network; on sockets: a fresh port), and starts its transport with a config that
+    /// lists `members` (pid and address) and `pid` itself: the node that will ask to join.
+    /// Returns that config and the transport. `None`: this backend cannot (the default).
+    async fn join_node(
+        &mut self,
+        _pid: Pid,
+        _members: &[(Pid, String)],
+    ) -> Option<Result<(Config, Started), TransportError>> {
         None
     }
     /// Adjusts the builder of each node's server before it starts (the router mutants of
@@ -228,6 +244,43 @@ impl ClusterUnderTest for MemCluster {
     fn inject(&mut self, to: Pid, bytes: Bytes) -> Option<Result<(), DropReason>> {
         Some(self.net.inject(to, bytes))
     }
+
+    async fn join_node(
+        &mut self,
+        pid: Pid,
+        members: &[(Pid, String)],
+    ) -> Option<Result<(Config, Started), TransportError>> {
+        let made = (|| {
+            let config = joiner_config(&self.config, pid, members, mem_address(pid))?;
+            self.net.add_node(pid)?;
+            Ok((config, self.started(pid)?))
+        })();
+        Some(made)
+    }
+}
+
+/// A made-up address for a node the in-memory network adds at run time (it routes by pid:
+/// the address only has to be `host:port`).
+fn mem_address(pid: Pid) -> String {
+    format!("127.0.0.1:{}", 10_000 + pid.rem_euclid(50_000))
+}
+
+/// The config of node `pid` that asks to join: `members` and itself at `address`, with
+/// `base`'s options and key.
+pub(crate) fn joiner_config(
+    base: &Config,
+    pid: Pid,
+    members: &[(Pid, String)],
+    address: String,
+) -> Result<Config, TransportError> {
+    let peers = members
+        .iter()
+        .filter(|(p, _)| *p != pid)
+        .cloned()
+        .chain(std::iter::once((pid, address)));
+    Config::from_peers(peers, base.options().clone())
+        .map(|c| c.with_cluster_key(base.cluster_key().cloned()))
+        .map_err(|e| TransportError::Other(format!("the config of joining node {pid}: {e}")))
 }
 
 pub(crate) fn window_of(timing: Timing) -> Option<Duration> {

@@ -236,6 +236,21 @@ fn c4_finds_stale_incarnation() {
     assert!(sc.ops.iter().any(|op| matches!(op, Op::Restart(_))), "{sc}");
 }
 
+/// A transport that never connects to a node added at run time: the scenarios' `Join`
+/// and a send to the node that joined find it.
+#[test]
+fn c5_finds_forget_joined() {
+    let (sc, _) = found_by_random_search(
+        Mutation::ForgetJoined,
+        Invariant::C5Delivery,
+        oracle::check_c5_delivery,
+    );
+    assert!(
+        sc.ops.iter().any(|op| matches!(op, Op::Join(_))),
+        "found without a join:\n{sc}"
+    );
+}
+
 #[test]
 fn c5_finds_lose_healthy() {
     found_by_random_search(
