@@ -267,6 +267,15 @@ pub enum Event {
         /// The pids of its config, ascending.
         members: Vec<Pid>,
     },
+    /// Node `pid` restarts from the membership records its last incarnation held (as a
+    /// node restarts from its peer catalog), whose members are `members`; its `Start`
+    /// follows. Recorded only when those records differ from the config's.
+    Restored {
+        /// The node.
+        pid: Pid,
+        /// The pids present in its records, ascending.
+        members: Vec<Pid>,
+    },
     /// What came of a `Join` or a `Leave`: whether `join`/`leave` returned before its
     /// deadline.
     MembershipAsked {

@@ -430,12 +430,18 @@ struct MembershipModel {
     config: BTreeSet<Pid>,
     /// The pids of the config of each node that joined.
     joined: HashMap<Pid, BTreeSet<Pid>>,
+    /// The members a node incarnation started with, when not its config's (a restart
+    /// from the records of the incarnation before).
+    restored: HashMap<(Pid, Incarnation), BTreeSet<Pid>>,
     /// Per (node, incarnation, peer): `(seq, at_us, present)`, in order.
     changes: HashMap<(Pid, Incarnation, Pid), Vec<(u64, u64, bool)>>,
 }
 
 impl MembershipModel {
-    fn initially(&self, at: Pid, peer: Pid) -> bool {
+    fn initially(&self, at: Pid, inc: Incarnation, peer: Pid) -> bool {
+        if let Some(members) = self.restored.get(&(at, inc)) {
+            return members.contains(&peer);
+        }
         self.joined
             .get(&at)
             .map_or(self.config.contains(&peer), |c| c.contains(&peer))
@@ -446,7 +452,7 @@ impl MembershipModel {
         self.changes
             .get(&(at, inc, peer))
             .and_then(|c| c.iter().rev().find(|(s, _, _)| *s < seq))
-            .map_or_else(|| self.initially(at, peer), |(_, _, present)| *present)
+            .map_or_else(|| self.initially(at, inc, peer), |(_, _, present)| *present)
     }
 
     /// Whether `at` (as `inc`) changed `peer`'s membership between records `from` and `to`.
@@ -483,6 +489,8 @@ struct StatsRow {
     delivered: u64,
     dropped: u64,
     unknown_peer: u64,
+    /// `unknown_sender` among the incoming drops.
+    unknown_sender: u64,
     /// Real networks: lost in transit (sequence gaps), unconfirmed, and still awaiting
     /// acknowledgement at the end.
     lost_in_transit: u64,
@@ -596,6 +604,7 @@ impl Analysis {
         };
         let mut state = NetState::default();
         let mut queues = QueueModel::default();
+        let mut restoring: HashMap<Pid, BTreeSet<Pid>> = HashMap::new();
         for r in records {
             if a.window_us.is_none() && a.queue_bound.is_some() {
                 queues.apply(&r.event);
@@ -611,7 +620,15 @@ impl Analysis {
                         state.up.insert(*p, None);
                     }
                 }
-                Event::Start { pid, incarnation } => a.starts.push((r.seq, *pid, *incarnation)),
+                Event::Start { pid, incarnation } => {
+                    a.starts.push((r.seq, *pid, *incarnation));
+                    if let Some(members) = restoring.remove(pid) {
+                        a.members.restored.insert((*pid, *incarnation), members);
+                    }
+                }
+                Event::Restored { pid, members } => {
+                    restoring.insert(*pid, members.iter().copied().collect());
+                }
                 Event::Join { pid, members } => {
                     // Its frames are a member's, not hostile bytes.
                     a.pids.insert(*pid);
@@ -799,6 +816,10 @@ impl Analysis {
                         + dropped_incoming.values().sum::<u64>(),
                     unknown_peer: dropped_outgoing
                         .get(&DropReason::UnknownPeer)
+                        .copied()
+                        .unwrap_or(0),
+                    unknown_sender: dropped_incoming
+                        .get(&DropReason::UnknownSender)
                         .copied()
                         .unwrap_or(0),
                 }),
@@ -1374,8 +1395,20 @@ pub fn check_c7_accounting(a: &Analysis) -> Vec<Violation> {
     if let Some(discarded) = a.net_discarded {
         let sent: u64 = a.stats.iter().map(|s| s.sent).sum::<u64>() + a.raw;
         let delivered: u64 = a.stats.iter().map(|s| s.delivered).sum();
-        let dropped: u64 = a.stats.iter().map(|s| s.dropped).sum();
         let sum = |f: fn(&StatsRow) -> u64| a.stats.iter().map(f).sum::<u64>();
+        let mut dropped: u64 = sum(|s| s.dropped);
+        if a.first_change.is_some() {
+            // A node that is not a member (yet, or any more) has its control frames
+            // (greetings, acknowledgements, requests) dropped as `unknown_sender` too: they
+            // were never sent as messages, and the history does not record them. Only the
+            // drops of messages (and hostile bytes) count here.
+            let recorded = a
+                .arrival_drops
+                .iter()
+                .filter(|d| d.reason == DropReason::UnknownSender)
+                .count() as u64;
+            dropped -= sum(|s| s.unknown_sender).saturating_sub(recorded);
+        }
         let lost = sum(|s| s.lost_in_transit);
         let unconfirmed = sum(|s| s.unconfirmed);
         let unacknowledged = sum(|s| s.unacknowledged);
@@ -1961,7 +1994,7 @@ pub fn check_membership(a: &Analysis) -> Vec<Violation> {
         if a.events_lost.contains(&(at, inc)) {
             continue;
         }
-        let mut member = a.members.initially(at, peer);
+        let mut member = a.members.initially(at, inc, peer);
         let (mut joins, mut leaves) = (0u64, 0u64);
         let mut last = None;
         for (seq, _, present) in a.members.changes.get(&key).into_iter().flatten() {

@@ -91,6 +91,9 @@ struct Node<M> {
     /// The config it runs with: the cluster's, or, for a node that joined, the members'
     /// at the time and itself.
     config: Config,
+    /// The membership records it held when it last crashed: its next incarnation starts
+    /// from them, as a real node does from its peer catalog.
+    records: Vec<cluster_core::Member>,
 }
 
 /// Builds a [`SimCluster`]. Cheap to clone: [`faults::explore`](crate::faults::explore)
@@ -491,7 +494,14 @@ impl<M: Message> SimCluster<M> {
             &self.probes,
             Arc::clone(&slot),
         );
-        let builder = Server::<M>::builder(pid, config.clone()).incarnation(incarnation);
+        let records = self
+            .nodes
+            .get(&pid)
+            .map(|n| n.records.clone())
+            .unwrap_or_default();
+        let builder = Server::<M>::builder(pid, config.clone())
+            .incarnation(incarnation)
+            .members(records);
         let builder = self.backend.server_builder(pid, builder);
         let server: Server<M> = builder.build(probe)?;
         // Before the server's task first runs: the subscription misses nothing.
@@ -509,6 +519,7 @@ impl<M: Message> SimCluster<M> {
             inbox_paused: false,
             events: None,
             config: config.clone(),
+            records: Vec::new(),
         });
         node.config = config;
         node.incarnation = incarnation;
@@ -795,6 +806,7 @@ impl<M: Message> SimCluster<M> {
             }
         }
         if let Some(monitor) = node.monitor.take() {
+            node.records = monitor.members();
             self.retired.push((pid, node.incarnation, monitor));
         }
         if let Some(events) = node.events.take() {
@@ -814,6 +826,19 @@ impl<M: Message> SimCluster<M> {
             .nodes
             .get(&pid)
             .map_or_else(|| self.config.clone(), |n| n.config.clone());
+        if let Some(node) = self.nodes.get(&pid)
+            && node.records.iter().any(|m| m.epoch > 0)
+        {
+            self.history.push(Event::Restored {
+                pid,
+                members: node
+                    .records
+                    .iter()
+                    .filter(|m| m.present)
+                    .map(|m| m.pid)
+                    .collect(),
+            });
+        }
         self.launch(pid, started, true, config)?;
         self.wait_connected().await?;
         self.record_peer_events();
@@ -951,18 +976,13 @@ impl<M: Message> SimCluster<M> {
         Ok(ok)
     }
 
-    /// Runs `fut` with the network flowing (arrivals not held back), reading the inboxes
-    /// as it goes.
+    /// Runs `fut` with the network flowing (arrivals not held back). It waits, rather than
+    /// polling: with tokio's clock paused, time moves on only while every task waits, and a
+    /// join or leave that cannot complete must reach its deadline. The inboxes are read by
+    /// the settle that follows (only control frames move meanwhile).
     async fn run_open<T>(&mut self, fut: impl std::future::Future<Output = T>) -> T {
         self.gate.set(true);
-        tokio::pin!(fut);
-        let out = loop {
-            tokio::select! {
-                biased;
-                out = &mut fut => break out,
-                () = tokio::task::yield_now() => self.drain_inboxes(),
-            }
-        };
+        let out = fut.await;
         if !self.free_running {
             self.gate.set(false);
         }

@@ -151,6 +151,8 @@ pub trait ClusterUnderTest: Send + 'static {
 pub struct MemCluster {
     net: MemNetwork,
     config: Config,
+    /// Nodes added to the network at run time ([`ClusterUnderTest::join_node`]).
+    joined: Vec<Pid>,
 }
 
 impl MemCluster {
@@ -159,6 +161,7 @@ impl MemCluster {
         Self {
             net: MemNetwork::new(config, seed),
             config: config.clone(),
+            joined: Vec::new(),
         }
     }
 
@@ -167,6 +170,7 @@ impl MemCluster {
         Self {
             net,
             config: config.clone(),
+            joined: Vec::new(),
         }
     }
 
@@ -214,7 +218,17 @@ impl ClusterUnderTest for MemCluster {
                 pid,
                 reason: "not in the network".into(),
             })?;
-        self.started(pid)
+        let started = self.started(pid)?;
+        // `MemNetwork` keeps the peers a node removed across its restart (its `removed`
+        // pairs are by pid): the new incarnation's transport would refuse them as
+        // `unknown_peer` while its server, started from its config, counts them members.
+        // A restarted process remembers no removal: undo them, as a fresh transport has
+        // none.
+        let others = self.config.pids().chain(self.joined.iter().copied());
+        for peer in others.filter(|p| *p != pid) {
+            let _ = started.transport.add_peer(peer, &mem_address(peer));
+        }
+        Ok(started)
     }
 
     fn partition(&mut self, a: &[Pid], b: &[Pid]) {
@@ -253,6 +267,7 @@ impl ClusterUnderTest for MemCluster {
         let made = (|| {
             let config = joiner_config(&self.config, pid, members, mem_address(pid))?;
             self.net.add_node(pid)?;
+            self.joined.push(pid);
             Ok((config, self.started(pid)?))
         })();
         Some(made)

@@ -361,3 +361,59 @@ async fn node_failures_are_recorded_and_kept() {
     assert_eq!(failed, [(1, false), (2, true)]);
     sim.shutdown().await;
 }
+
+/// A node joins a running cluster and gets broadcasts; a member leaves, and a send to it is
+/// then `unknown_peer`; the oracle (membership included) passes the run.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_node_joins_and_a_member_leaves() {
+    let mut sim = SimCluster::<u32>::builder()
+        .nodes(3)
+        .seed(5)
+        .build()
+        .await
+        .unwrap();
+    sim.send(1, 4, 0).await.unwrap(); // not a member yet: unknown_peer
+    let timeout = std::time::Duration::from_secs(3);
+    assert!(
+        sim.join(4, timeout).await.unwrap(),
+        "the join did not complete"
+    );
+    assert_eq!(sim.members(), [1, 2, 3, 4]);
+    sim.send(1, BROADCAST, 1).await.unwrap();
+    sim.send(4, 2, 2).await.unwrap();
+    sim.settle().await;
+    let got: Vec<u32> = sim.take_received(4).into_iter().map(|e| e.msg).collect();
+    assert_eq!(got, [1]);
+    assert_eq!(
+        sim.take_received(2).iter().filter(|e| e.pid == 4).count(),
+        1
+    );
+    assert!(
+        sim.leave(2, timeout).await.unwrap(),
+        "the leave did not complete"
+    );
+    assert!(!sim.is_up(2));
+    sim.send(1, 2, 3).await.unwrap(); // removed: unknown_peer
+    sim.send(4, BROADCAST, 4).await.unwrap();
+    let history = sim.finish().await;
+    let verdict = oracle::check(&history);
+    assert!(verdict.is_ok(), "{verdict}");
+    let unknown: u64 = history
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Stats {
+                dropped_outgoing, ..
+            } => dropped_outgoing.get(&DropReason::UnknownPeer).copied(),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(unknown, 2);
+    let ends: Vec<usize> = history
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Members { records, .. } => Some(records.iter().filter(|m| m.present).count()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ends, [3, 3, 3], "1, 3 and 4 agree on three members");
+}
