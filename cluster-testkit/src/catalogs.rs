@@ -20,6 +20,8 @@ pub struct WithCatalogs<B> {
     inner: B,
     root: tempfile::TempDir,
     open: BTreeMap<Pid, NodeCatalog>,
+    /// The configs of the nodes that joined at run time.
+    joined: BTreeMap<Pid, Config>,
 }
 
 impl<B> std::fmt::Debug for WithCatalogs<B> {
@@ -39,6 +41,7 @@ impl<B: ClusterUnderTest> WithCatalogs<B> {
                 .prefix("cluster-testkit-catalogs-")
                 .tempdir()?,
             open: BTreeMap::new(),
+            joined: BTreeMap::new(),
         })
     }
 
@@ -53,8 +56,9 @@ impl<B: ClusterUnderTest> WithCatalogs<B> {
             reason: e.to_string(),
         };
         let catalog = PeerCatalog::open(self.catalog_dir(pid)).map_err(unavailable)?;
-        let node =
-            NodeCatalog::with_catalog(pid, self.inner.config(), catalog).map_err(unavailable)?;
+        // A node that joined is in no member's config: its catalog takes its own.
+        let config = self.joined.get(&pid).unwrap_or(self.inner.config());
+        let node = NodeCatalog::with_catalog(pid, config, catalog).map_err(unavailable)?;
         let incarnation = node.incarnation();
         self.open.insert(pid, node);
         Ok(Started {
@@ -133,6 +137,9 @@ impl<B: ClusterUnderTest> ClusterUnderTest for WithCatalogs<B> {
         members: &[(Pid, String)],
     ) -> Option<Result<(Config, Started), TransportError>> {
         let made = self.inner.join_node(pid, members).await?;
-        Some(made.and_then(|(config, started)| Ok((config, self.open_catalog(pid, started)?))))
+        Some(made.and_then(|(config, started)| {
+            self.joined.insert(pid, config.clone());
+            Ok((config, self.open_catalog(pid, started)?))
+        }))
     }
 }
