@@ -2023,14 +2023,31 @@ pub fn check_membership(a: &Analysis) -> Vec<Violation> {
         let present = |pid: Pid, records: &[cluster_core::Member]| {
             records.iter().any(|m| m.pid == pid && m.present)
         };
+        // Who is up with whom at the end: two nodes up with each other have exchanged
+        // their tables (a node drops a non-member's frames, so one that missed a change
+        // and hears only from nodes it does not know cannot learn it: not judged).
+        let mut up_now: HashSet<(Pid, Incarnation, Pid)> = HashSet::new();
+        for t in &a.peer_events {
+            match t.change {
+                PeerChange::Up { peer } => {
+                    up_now.insert((t.at, t.at_incarnation, peer));
+                }
+                PeerChange::Down { peer } | PeerChange::Left { peer } => {
+                    up_now.remove(&(t.at, t.at_incarnation, peer));
+                }
+                _ => {}
+            }
+        }
         let running: Vec<_> = a
             .end_members
             .iter()
             .filter(|(_, pid, _, records)| present(*pid, records))
             .collect();
-        if let Some((_, first, first_inc, reference)) = running.first() {
-            for (seq, pid, inc, records) in running.iter().skip(1) {
-                if records != reference {
+        for (i, (_, first, first_inc, reference)) in running.iter().enumerate() {
+            for (seq, pid, inc, records) in running.iter().skip(i + 1) {
+                let mutual = up_now.contains(&(*first, *first_inc, *pid))
+                    && up_now.contains(&(*pid, *inc, *first));
+                if mutual && records != reference {
                     let differ: Vec<Pid> = reference
                         .iter()
                         .chain(records.iter())

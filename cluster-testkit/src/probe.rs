@@ -423,10 +423,20 @@ impl Transport for Probe {
                         }
                     }
                 }
+                let control = matches!(
+                    events.last(),
+                    Some(TransportEvent::Frame(b)) if crate::names::is_control(b)
+                );
                 if let Some(event) = events.last() {
                     self.arrived(event);
                 }
                 n += 1;
+                if control {
+                    // Alone in its batch: a control frame the server drops (from a node
+                    // that is not a member) must not be counted as the fate of a message
+                    // frame handed up with it.
+                    break;
+                }
             }
             return n;
         }

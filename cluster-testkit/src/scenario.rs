@@ -148,14 +148,14 @@ impl HostileBytes {
     /// claim the first pid other than `to` (in a cluster of one, where there is none, a
     /// bad payload comes with a header cut short instead: malformed all the same).
     pub fn bytes(self, to: Pid, config: &Config) -> Bytes {
-        self.forge(to, config, &[])
+        self.forge(to, config, &config.pids().collect::<Vec<_>>())
     }
 
-    /// [`bytes`](Self::bytes), claiming no pid of `gone` (members that left: their frames
-    /// are `unknown_sender` now). The outsider a forged header claims is far above the
-    /// config's pids, clear of the pid a scenario's `Join` adds.
-    pub(crate) fn forge(self, to: Pid, config: &Config, gone: &[Pid]) -> Bytes {
-        let peer = config.pids().find(|p| *p != to && !gone.contains(p));
+    /// [`bytes`](Self::bytes), claiming a pid of `members` (those that left are
+    /// `unknown_sender` now; those that joined are members). The outsider a forged header
+    /// claims is far above the config's pids, clear of the pid a scenario's `Join` adds.
+    pub(crate) fn forge(self, to: Pid, config: &Config, members: &[Pid]) -> Bytes {
+        let peer = members.iter().copied().find(|p| *p != to);
         let outsider = config
             .pids()
             .max()

@@ -725,8 +725,20 @@ impl<M: Message> SimCluster<M> {
     pub fn inject_hostile(&mut self, to: Pid, kind: HostileBytes) -> Result<(), SimError> {
         let node = self.nodes.get(&to).ok_or(SimError::UnknownPid(to))?;
         let at_incarnation = node.incarnation;
-        let gone: Vec<Pid> = self.left.iter().copied().collect();
-        let bytes = kind.forge(to, &self.config, &gone);
+        // A pid the receiving node counts a member now (a node restarted before a join
+        // may not know the one that joined).
+        let members: Vec<Pid> = node
+            .monitor
+            .as_ref()
+            .map(|m| {
+                m.members()
+                    .iter()
+                    .filter(|r| r.present && !self.left.contains(&r.pid))
+                    .map(|r| r.pid)
+                    .collect()
+            })
+            .unwrap_or_else(|| self.members());
+        let bytes = kind.forge(to, &self.config, &members);
         let len = bytes.len();
         let Some(result) = self.backend.inject(to, bytes) else {
             return Err(self.unsupported("inject"));
