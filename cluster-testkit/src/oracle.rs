@@ -422,6 +422,9 @@ pub struct Analysis {
     healthy_after_changes: bool,
 }
 
+/// One membership change at a node: `(seq, at_us, present)`.
+type Change = (u64, u64, bool);
+
 /// Each node incarnation's membership, from its config and the changes its server made
 /// ([`Event::PeerAdded`], [`Event::PeerRemoved`], recorded in order with its routing).
 #[derive(Debug, Clone, Default)]
@@ -434,7 +437,7 @@ struct MembershipModel {
     /// from the records of the incarnation before).
     restored: HashMap<(Pid, Incarnation), BTreeSet<Pid>>,
     /// Per (node, incarnation, peer): `(seq, at_us, present)`, in order.
-    changes: HashMap<(Pid, Incarnation, Pid), Vec<(u64, u64, bool)>>,
+    changes: HashMap<(Pid, Incarnation, Pid), Vec<Change>>,
 }
 
 impl MembershipModel {
