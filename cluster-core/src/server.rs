@@ -516,7 +516,9 @@ impl<M> Server<M> {
         self.handle.pid
     }
 
-    /// Every other pid of the config, ascending.
+    /// Every other member when the node started, ascending: the config's, or the
+    /// membership restored from its catalog. Membership can change at run time: see
+    /// [`Server::current_peers`].
     pub fn peers(&self) -> &[Pid] {
         &self.handle.peers
     }
@@ -702,7 +704,7 @@ impl ServerHandle {
         self.pid
     }
 
-    /// Every other pid of the config, ascending.
+    /// Every other member when the node started, ascending (see [`Server::peers`]).
     pub fn peers(&self) -> &[Pid] {
         &self.peers
     }
