@@ -26,10 +26,10 @@ mod inbound;
 
 use self::control::Control;
 use self::inbound::{BATCH, Inbound};
-use crate::endpoints::Endpoints;
+use crate::endpoints::{self, Endpoints};
 use crate::guard::Activity;
 use crate::link_stats::{Counters, LinkStats};
-use crate::liveness::Liveness;
+use crate::liveness::{Peers, Status};
 
 /// Fuzzing only: decodes `bytes` as a control frame of this backend (heartbeat,
 /// acknowledgement) and asserts that one that decodes encodes back to the same bytes.
@@ -50,18 +50,30 @@ type StopSignal = watch::Receiver<Option<Instant>>;
 /// address, one DEALER per peer, each owned by its own task (see the crate docs).
 pub struct ZeromqTransport {
     pid: Pid,
-    /// The bounded queue of each peer's task, in the order of `liveness`.
-    queues: Vec<mpsc::Sender<Bytes>>,
-    liveness: Arc<Liveness>,
+    options: Options,
+    limits: Limits,
+    /// Every peer, configured or added, with the bounded queue of its task.
+    peers: Arc<Peers<Queue>>,
     inbound: Inbound,
+    /// Where the peers' tasks report what they discarded.
+    events: mpsc::Sender<Vec<TransportEvent>>,
+    /// The runtime the transport was bound in, where the tasks of added peers run.
+    runtime: tokio::runtime::Handle,
     stats: LinkStats,
     stop: watch::Sender<Option<Instant>>,
     /// The receiver task; taken by `shutdown`.
     receiver: Mutex<Option<JoinHandle<()>>>,
-    /// The peers' tasks; taken by `shutdown`.
+    /// The peers' tasks (those of removed peers until they ended); taken by `shutdown`.
     senders: Mutex<Vec<JoinHandle<()>>>,
     /// Caps the inbound connections and closes idle ones (see `guard`); stops when dropped.
-    _guard: Option<crate::guard::Guard>,
+    guard: Option<crate::guard::Guard>,
+}
+
+/// What the transport keeps of one peer's task: its bounded queue, and the signal that
+/// the peer was removed.
+struct Queue {
+    frames: mpsc::Sender<Bytes>,
+    removed: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for ZeromqTransport {
@@ -114,6 +126,11 @@ impl ZeromqTransport {
     /// Binds node `pid`'s address from `config` and starts connecting to every other peer.
     /// Must be called inside a tokio runtime.
     pub async fn bind(pid: Pid, config: &Config) -> Result<Self, TransportError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            TransportError::Other(
+                "the zeromq transport must be created inside a tokio runtime".into(),
+            )
+        })?;
         let endpoints = Endpoints::of(pid, config)?;
         let limits = Limits::new(config.options());
         let mut router = RouterSocket::with_options(socket_options(&limits));
@@ -128,9 +145,7 @@ impl ZeromqTransport {
         let guard = crate::guard::start_or_warn(
             crate::guard::Limits {
                 port: crate::guard::port_of(&endpoints.address),
-                cap: config
-                    .options()
-                    .inbound_connection_cap(config.peers().len()),
+                cap: crate::guard::cap_for(config.options(), endpoints.peers.len()),
                 idle: Some(crate::guard::Limits::idle_timeout(
                     config.options().idle_connection_timeout,
                     config.options().heartbeat_interval,
@@ -158,36 +173,63 @@ impl ZeromqTransport {
             .run(),
         );
 
-        let liveness = Liveness::new(endpoints.peer_pids());
-        let mut queues = Vec::with_capacity(endpoints.peers.len());
-        let mut senders = Vec::with_capacity(endpoints.peers.len());
-        for (index, (peer, endpoint)) in endpoints.peers.iter().enumerate() {
-            let peer = *peer;
-            let (queue, rx) = mpsc::channel(config.options().peer_queue.max(1));
-            let link = Link {
-                peer,
-                index,
-                endpoint: endpoint.clone(),
-                rx,
-                liveness: Arc::clone(&liveness),
-                events: tx.clone(),
-                stop: stop_rx.clone(),
-                limits,
-            };
-            queues.push(queue);
-            senders.push(tokio::spawn(link.run()));
-        }
-        Ok(Self {
+        let transport = Self {
             pid,
-            queues,
-            liveness,
+            options: config.options().clone(),
+            limits,
+            peers: Peers::new(pid),
             inbound,
+            events: tx,
+            runtime,
             stats,
             stop,
             receiver: Mutex::new(Some(receiver)),
-            senders: Mutex::new(senders),
-            _guard: guard,
-        })
+            senders: Mutex::new(Vec::with_capacity(endpoints.peers.len())),
+            guard,
+        };
+        for (peer, address) in &endpoints.peers {
+            transport.connect(*peer, address)?;
+        }
+        Ok(transport)
+    }
+
+    /// Makes `pid` at `address` (checked) a peer, with a task of its own connecting to it.
+    /// `false` if it was a peer at that address already.
+    fn connect(&self, pid: Pid, address: &str) -> Result<bool, TransportError> {
+        let added = self.peers.add(pid, address, |status| {
+            // Its task would stop at once: say so rather than add a peer that never comes up.
+            if self.stop.borrow().is_some() {
+                return Err(TransportError::Unavailable {
+                    pid,
+                    reason: "cannot add it: the transport is shut down".into(),
+                });
+            }
+            let (frames, rx) = mpsc::channel(self.options.peer_queue.max(1));
+            let (removed, removed_rx) = watch::channel(false);
+            let link = Link {
+                status,
+                endpoint: endpoints::tcp(address),
+                rx,
+                peers: Arc::clone(&self.peers),
+                events: self.events.clone(),
+                stop: self.stop.subscribe(),
+                removed: removed_rx,
+                limits: self.limits,
+            };
+            let mut senders = lock(&self.senders);
+            // Bounded under churn: the tasks of removed peers are let go once they ended.
+            senders.retain(|task| !task.is_finished());
+            senders.push(self.runtime.spawn(link.run()));
+            Ok(Queue { frames, removed })
+        })?;
+        Ok(added.is_some())
+    }
+
+    /// Keeps the guard's cap at what the config's options give for the peers there are now.
+    fn update_cap(&self) {
+        if let Some(guard) = &self.guard {
+            guard.set_cap(crate::guard::cap_for(&self.options, self.peers.len()));
+        }
     }
 
     /// Counters of what this transport refused below the frame level.
@@ -205,29 +247,32 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[async_trait]
 impl Transport for ZeromqTransport {
     fn send(&self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
-        let index = self.liveness.check(to)?;
-        let Some(queue) = self.queues.get(index) else {
-            return Err(DropReason::UnknownPeer);
-        };
-        match queue.try_send(frame) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(DropReason::Backpressure),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(DropReason::Unreachable),
-        }
+        self.peers
+            .with(to, |peer| {
+                if !peer.status.is_up() {
+                    return Err(DropReason::Unreachable);
+                }
+                match peer.link.frames.try_send(frame) {
+                    Ok(()) => Ok(()),
+                    Err(mpsc::error::TrySendError::Full(_)) => Err(DropReason::Backpressure),
+                    Err(mpsc::error::TrySendError::Closed(_)) => Err(DropReason::Unreachable),
+                }
+            })
+            .unwrap_or(Err(DropReason::UnknownPeer))
     }
 
     /// Waits for room in the peer's bounded queue (a permit, released at once), which
     /// its task frees as it sends, or discards when the connection is lost. A peer that is
     /// unknown or not connected has nothing to wait for: the next send says why.
     async fn writable(&self, to: Pid) {
-        let Ok(index) = self.liveness.check(to) else {
+        let Some(peer) = self.peers.get(to) else {
             return;
         };
-        let Some(queue) = self.queues.get(index) else {
+        if !peer.status.is_up() {
             return;
-        };
-        // Err: the peer's task is gone (shutdown), and the next send says so.
-        drop(queue.reserve().await);
+        }
+        // Err: the peer's task is gone (shutdown, removal), and the next send says so.
+        drop(peer.link.frames.reserve().await);
     }
 
     async fn readable(&self) -> bool {
@@ -235,11 +280,20 @@ impl Transport for ZeromqTransport {
     }
 
     fn try_recv_many(&self, events: &mut Vec<TransportEvent>, max: usize) -> usize {
-        self.inbound.try_recv_many(events, max)
+        let from = events.len();
+        self.inbound.try_recv_many(events, max);
+        let dropped = self.peers.drop_from_removed(events, from);
+        if dropped > 0 {
+            self.stats
+                .counters
+                .from_removed_peers
+                .fetch_add(dropped, Ordering::Relaxed);
+        }
+        events.len() - from
     }
 
     fn connected(&self) -> watch::Receiver<PeerSet> {
-        self.liveness.subscribe()
+        self.peers.subscribe()
     }
 
     async fn shutdown(&self, linger: Duration) {
@@ -266,7 +320,33 @@ impl Transport for ZeromqTransport {
                 abort.abort();
             }
         }
-        self.liveness.all_down();
+        self.peers.all_down();
+    }
+
+    /// Starts a task connecting to `address`; the peer counts as connected after its
+    /// first acknowledgement, as a configured one does. Its inbound connections were never
+    /// refused: the ROUTER takes any (the guard's cap grows with the peers).
+    fn add_peer(&self, pid: Pid, address: &str) -> Result<(), TransportError> {
+        endpoints::check_added(pid, address)?;
+        if self.connect(pid, address)? {
+            self.update_cap();
+        }
+        Ok(())
+    }
+
+    /// Tells the peer's task, which closes its connection, discards what is still queued
+    /// and reports it as [`TransportEvent::Dropped`] with [`DropReason::UnknownPeer`]
+    /// (messages only). Frames already written to the connection are not recalled. Its
+    /// frames, told by the sender pid in their header, are no longer handed up
+    /// ([`LinkStats::from_removed_peers`]); its own connection to this node's ROUTER stays
+    /// open as long as it keeps it.
+    fn remove_peer(&self, pid: Pid) -> Result<(), TransportError> {
+        let Some(peer) = self.peers.remove(pid)? else {
+            return Ok(());
+        };
+        peer.link.removed.send_replace(true);
+        self.update_cap();
+        Ok(())
     }
 }
 
@@ -511,13 +591,14 @@ const TOUCH_EVERY: Duration = Duration::from_millis(50);
 
 /// Owns the way to one peer: its bounded queue and, while connected, its DEALER socket.
 struct Link {
-    peer: Pid,
-    index: usize,
+    status: Arc<Status>,
     endpoint: String,
     rx: mpsc::Receiver<Bytes>,
-    liveness: Arc<Liveness>,
+    peers: Arc<Peers<Queue>>,
     events: mpsc::Sender<Vec<TransportEvent>>,
     stop: StopSignal,
+    /// Becomes `true` when the peer is removed (`remove_peer`).
+    removed: watch::Receiver<bool>,
     limits: Limits,
 }
 
@@ -525,8 +606,15 @@ struct Link {
 enum Ended {
     /// Shutdown: flushed what it could.
     Stopped,
+    /// The peer was removed: what is queued is to be discarded.
+    Removed,
     /// The peer is gone or cut off; these frames, taken from the queue, were not sent.
     Dead(u64),
+}
+
+/// Resolves once the peer is removed (or the transport, which holds the signal, is gone).
+async fn removed(removed: &mut watch::Receiver<bool>) {
+    let _ = removed.wait_for(|r| *r).await;
 }
 
 impl Link {
@@ -534,35 +622,38 @@ impl Link {
         let mut backoff = RECONNECT_IVL;
         loop {
             // Whatever is queued now was accepted while the peer was going away: discard it.
-            self.discard(0).await;
+            self.discard(0, DropReason::Unreachable).await;
             if self.stop.borrow().is_some() {
                 return;
             }
-            let mut stop = self.stop.clone();
+            let (mut stop, mut gone) = (self.stop.clone(), self.removed.clone());
             let connected = tokio::select! {
                 _ = stopped(&mut stop) => return,
+                () = removed(&mut gone) => return self.end_removed().await,
                 c = self.connect() => c,
             };
             match connected {
                 Some(dealer) => {
                     backoff = RECONNECT_IVL;
                     // Frames that slipped in while the peer was down are never sent.
-                    self.discard(0).await;
-                    self.liveness.set(self.index, true);
+                    self.discard(0, DropReason::Unreachable).await;
+                    self.peers.set(&self.status, true);
                     let ended = self.serve(dealer).await;
-                    self.liveness.set(self.index, false);
+                    self.peers.set(&self.status, false);
                     match ended {
                         Ended::Stopped => return,
+                        Ended::Removed => return self.end_removed().await,
                         Ended::Dead(lost) => {
-                            tracing::debug!(peer = self.peer, "connection lost");
-                            self.discard(lost).await;
+                            tracing::debug!(peer = self.status.pid(), "connection lost");
+                            self.discard(lost, DropReason::Unreachable).await;
                         }
                     }
                 }
                 None => {
-                    let mut stop = self.stop.clone();
+                    let (mut stop, mut gone) = (self.stop.clone(), self.removed.clone());
                     tokio::select! {
                         _ = stopped(&mut stop) => return,
+                        () = removed(&mut gone) => return self.end_removed().await,
                         () = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(RECONNECT_IVL_MAX);
@@ -571,8 +662,16 @@ impl Link {
         }
     }
 
-    /// Drops every queued frame, plus `already` taken ones, and reports them.
-    async fn discard(&mut self, already: u64) {
+    /// The peer was removed (its connection, if any, is closed: the DEALER was dropped):
+    /// nothing more is queued, and what was is discarded and reported as `unknown_peer`.
+    async fn end_removed(mut self) {
+        tracing::debug!(peer = self.status.pid(), "removed");
+        self.rx.close();
+        self.discard(0, DropReason::UnknownPeer).await;
+    }
+
+    /// Drops every queued frame, plus `already` taken ones, and reports them with `reason`.
+    async fn discard(&mut self, already: u64, reason: DropReason) {
         let mut n = already;
         while let Ok(frame) = self.rx.try_recv() {
             // Acknowledgements carry no message: not counted as dropped messages.
@@ -580,8 +679,8 @@ impl Link {
         }
         if n > 0 {
             let event = TransportEvent::Dropped {
-                peer: self.peer,
-                reason: DropReason::Unreachable,
+                peer: self.status.pid(),
+                reason,
                 count: n,
             };
             // Fails only when the transport is gone, and then nobody counts anymore.
@@ -631,6 +730,7 @@ impl Link {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buf = Vec::with_capacity(BATCH);
         let mut stop = self.stop.clone();
+        let mut gone = self.removed.clone();
         loop {
             let room = usize::try_from(window.saturating_sub(sent - acked))
                 .unwrap_or(usize::MAX)
@@ -639,6 +739,7 @@ impl Link {
                 deadline = stopped(&mut stop) => {
                     return self.flush(send, recv, sent, acked, deadline).await;
                 }
+                () = removed(&mut gone) => return Ended::Removed,
                 n = self.rx.recv_many(&mut buf, room), if room > 0 => {
                     if n == 0 {
                         return Ended::Stopped;
@@ -724,7 +825,7 @@ impl Link {
         };
         let _ = tokio::time::timeout_at(deadline, work).await;
         self.rx.close();
-        self.discard(0).await;
+        self.discard(0, DropReason::Unreachable).await;
         Ended::Stopped
     }
 }
