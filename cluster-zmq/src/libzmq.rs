@@ -371,8 +371,8 @@ impl LibzmqTransport {
     }
 
     /// Makes `pid` at `address` (checked) a peer, with a PUSH socket connecting to it and a
-    /// monitor the monitor thread takes over. `false` if it was a peer at that address
-    /// already.
+    /// monitor the monitor thread takes over, in place of its socket to another address if
+    /// it had one. `false` if it was a peer at that address already.
     fn connect(&self, pid: Pid, address: &str) -> Result<bool, TransportError> {
         let teardown = lock(&self.teardown);
         let Some(teardown) = teardown.as_ref() else {
@@ -393,10 +393,26 @@ impl LibzmqTransport {
             lock(&self.adopt).push((status, monitor));
             Ok(Mutex::new(Some(push)))
         })?;
-        if added.is_some() {
-            teardown.wake();
+        let Some(added) = added else {
+            return Ok(false);
+        };
+        if let Some(old) = added.replaced {
+            // Moved: the socket to its old address goes, as on removal.
+            self.close_push(&old.link);
         }
-        Ok(added.is_some())
+        // The monitor thread takes the new monitor over.
+        teardown.wake();
+        Ok(true)
+    }
+
+    /// Closes the PUSH socket of a peer removed (or moved). What is queued on it gets at
+    /// most the linger to leave, as on shutdown: libzmq cannot tell the server's control
+    /// frames (the notice of the removal, sent just before) from messages in its queue.
+    fn close_push(&self, push: &Push) {
+        if let Some(push) = lock(push).take() {
+            let _ = push.set_linger(millis_i32(self.options.linger));
+            drop(push);
+        }
     }
 
     /// Keeps the guard's cap at what the config's options give for the peers there are now.
@@ -469,7 +485,8 @@ fn wake_pair(ctx: &zmq::Context, name: &str) -> zmq::Result<(zmq::Socket, zmq::S
 struct Watcher {
     /// This node's pid (for the log).
     node: Pid,
-    /// The monitor of each PUSH socket, with the status it keeps current.
+    /// The monitor of each PUSH socket, with the status it keeps current; that of a
+    /// socket closed (its peer removed or moved) until its last event.
     outs: Vec<(Arc<Status>, zmq::Socket)>,
     /// Monitors of PUSH sockets opened since the last look.
     adopt: Adopt,
@@ -512,15 +529,16 @@ fn event_name(event: u16) -> &'static str {
 }
 
 impl Watcher {
-    /// Takes over the monitors of new PUSH sockets, and lets go of those of removed peers
-    /// (their sockets are closed: nothing more to hear).
+    /// Takes over the monitors of new PUSH sockets.
     fn adopt(&mut self) {
         self.outs.append(&mut lock(&self.adopt));
-        self.outs.retain(|(status, _)| !status.is_removed());
     }
 
     fn run(mut self) {
         let handshake = zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw();
+        let stopped = zmq::SocketEvent::MONITOR_STOPPED.to_raw();
+        // The monitors that sent their last event.
+        let mut done = Vec::new();
         loop {
             self.adopt();
             let readable: Vec<bool> = {
@@ -562,8 +580,17 @@ impl Watcher {
                         event = event_name(event),
                         "outbound connection"
                     );
+                    if event == stopped {
+                        done.push(i);
+                    }
                     self.peers.set(status, event == handshake);
                 }
+            }
+            // A closed socket's monitor (a peer removed or moved) is read until its last
+            // event: libzmq sends monitor events blocking, so one sent to a monitor that
+            // nobody reads any more would stall its I/O thread for good.
+            for i in done.drain(..).rev() {
+                self.outs.remove(i);
             }
             if readable.get(self.outs.len()).copied().unwrap_or(false) {
                 let disconnected = zmq::SocketEvent::DISCONNECTED.to_raw();
@@ -700,7 +727,8 @@ impl Transport for LibzmqTransport {
 
     /// Opens a PUSH socket to `address`; the peer counts as connected once its handshake
     /// succeeded, as a configured one does. Its inbound connections were never refused:
-    /// the PULL socket takes any (the guard's cap grows with the peers).
+    /// the PULL socket takes any (the guard's cap grows with the peers). A peer it has at
+    /// another address has moved: its socket to the old one is closed as on removal.
     fn add_peer(&self, pid: Pid, address: &str) -> Result<(), TransportError> {
         endpoints::check_added(pid, address)?;
         if self.connect(pid, address)? {
@@ -709,24 +737,19 @@ impl Transport for LibzmqTransport {
         Ok(())
     }
 
-    /// Closes the PUSH socket to `pid` at once (no linger). libzmq discards what was
-    /// queued on it without saying how much, so no [`TransportEvent::Dropped`] is reported
-    /// (as when a connection dies; the server counts what the peer never acknowledged).
-    /// Its frames, told by the sender pid in their header, are no longer handed up
-    /// ([`LinkStats::from_removed_peers`]); its connection to this node's PULL socket stays
-    /// open as long as it keeps it (a PULL socket cannot close one connection).
+    /// Closes the PUSH socket to `pid`. libzmq cannot tell the server's control frames
+    /// (among them the notice of the removal, sent just before) from messages in its
+    /// queue, nor say how many it holds: what is queued gets at most the linger to leave,
+    /// as on shutdown, the rest is discarded, and no [`TransportEvent::Dropped`] is
+    /// reported (as when a connection dies; the server counts what the peer never
+    /// acknowledged). Its frames, told by the sender pid in their header, are no longer
+    /// handed up ([`LinkStats::from_removed_peers`]); its connection to this node's PULL
+    /// socket stays open as long as it keeps it (a PULL socket cannot close one).
     fn remove_peer(&self, pid: Pid) -> Result<(), TransportError> {
         let Some(peer) = self.peers.remove(pid)? else {
             return Ok(());
         };
-        if let Some(push) = lock(&peer.link).take() {
-            let _ = push.set_linger(0);
-            drop(push);
-        }
-        if let Some(teardown) = lock(&self.teardown).as_ref() {
-            // The monitor thread lets go of the socket's monitor.
-            teardown.wake();
-        }
+        self.close_push(&peer.link);
         self.update_cap();
         Ok(())
     }

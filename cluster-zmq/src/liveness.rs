@@ -41,6 +41,11 @@ pub(crate) struct Peer<L> {
     pub(crate) link: L,
 }
 
+/// What adding a peer did: the peer it replaced (the same pid at another address), if any.
+pub(crate) struct Added<L> {
+    pub(crate) replaced: Option<Arc<Peer<L>>>,
+}
+
 /// The peer table: who the peers are (looked up by `send` under a read lock, changed
 /// only by membership at run time), which are connected (one flag per peer, and the
 /// published set that the server reads through `Transport::connected`), and which were
@@ -102,34 +107,26 @@ impl<L> Peers<L> {
     }
 
     /// Adds peer `pid` at `address` (already checked), its link made by `make` (under the
-    /// table's lock: make it quick). `Ok(None)` if it is a peer at that address already;
-    /// an error if it is this node, or a peer at another address.
+    /// table's lock: make it quick). `Ok(None)` if it is a peer at that address already.
+    /// A peer at another address has moved: it is replaced (its old status is retired as
+    /// on removal, but its frames are still handed up), and returned for the backend to
+    /// close its old link. This node's own pid is an error.
     pub(crate) fn add(
         &self,
         pid: Pid,
         address: &str,
         make: impl FnOnce(Arc<Status>) -> Result<L, TransportError>,
-    ) -> Result<Option<Arc<Peer<L>>>, TransportError> {
+    ) -> Result<Option<Added<L>>, TransportError> {
         if pid == self.own {
             return Err(own_pid(pid));
         }
         let mut table = self.write();
-        let at = match table.position(pid) {
-            Ok(i) => {
-                let known = table.current.get(i).map(|p| p.address.as_str());
-                return match known {
-                    Some(known) if known == address => Ok(None),
-                    known => Err(TransportError::Unavailable {
-                        pid,
-                        reason: format!(
-                            "cannot add it at \"{address}\": it is a peer at \"{}\" already \
-                             (remove it first)",
-                            known.unwrap_or_default()
-                        ),
-                    }),
-                };
+        let (at, moved) = match table.position(pid) {
+            Ok(i) if table.current.get(i).is_some_and(|p| p.address == address) => {
+                return Ok(None);
             }
-            Err(i) => i,
+            Ok(i) => (i, true),
+            Err(i) => (i, false),
         };
         let status = Arc::new(Status {
             pid,
@@ -141,11 +138,31 @@ impl<L> Peers<L> {
             status,
             address: address.to_owned(),
         });
-        table.current.insert(at, Arc::clone(&peer));
+        let replaced = if moved {
+            let slot = table.current.get_mut(at);
+            slot.map(|slot| std::mem::replace(slot, Arc::clone(&peer)))
+        } else {
+            table.current.insert(at, Arc::clone(&peer));
+            None
+        };
+        if let Some(old) = &replaced {
+            self.retire(old);
+        }
         table.removed.remove(&pid);
         self.any_removed
             .store(!table.removed.is_empty(), Ordering::SeqCst);
-        Ok(Some(peer))
+        Ok(Some(Added { replaced }))
+    }
+
+    /// Takes `peer` out of the published set for good (called under the table's lock, so
+    /// that a pid added back right after is published by its own connection only once
+    /// this is done).
+    fn retire(&self, peer: &Peer<L>) {
+        self.published.send_if_modified(|set| {
+            peer.status.removed.store(true, Ordering::SeqCst);
+            peer.status.up.store(false, Ordering::SeqCst);
+            set.remove(&peer.status.pid)
+        });
     }
 
     /// Removes peer `pid`: from now on it is unknown to `send`, absent from the published
@@ -166,13 +183,7 @@ impl<L> Peers<L> {
         let peer = table.current.remove(at);
         table.removed.insert(pid);
         self.any_removed.store(true, Ordering::SeqCst);
-        // Still under the table's lock, so that a pid added back right after is published
-        // by its own connection only once this is done.
-        self.published.send_if_modified(|set| {
-            peer.status.removed.store(true, Ordering::SeqCst);
-            peer.status.up.store(false, Ordering::SeqCst);
-            set.remove(&pid)
-        });
+        self.retire(&peer);
         Ok(Some(peer))
     }
 
@@ -301,8 +312,6 @@ mod tests {
         let pids: Vec<Pid> = peers.all().iter().map(|p| p.status.pid()).collect();
         assert_eq!(pids, [2, 3]);
         assert!(peers.add(2, "127.0.0.1:2", |_| Ok(())).unwrap().is_none());
-        let e = peers.add(2, "127.0.0.1:9", |_| Ok(())).err().unwrap();
-        assert!(e.to_string().contains("127.0.0.1:2"), "{e}");
         let e = peers.add(1, "127.0.0.1:1", |_| Ok(())).err().unwrap();
         assert!(e.to_string().contains("own pid"), "{e}");
         assert!(peers.remove(1).is_err());
@@ -323,10 +332,29 @@ mod tests {
         // The old connection's late news.
         peers.set(&old.status, true);
         assert!(!set.borrow().contains(&3));
-        let new = peers.add(3, "127.0.0.1:3", |_| Ok(())).unwrap().unwrap();
-        peers.set(&new.status, true);
+        peers.add(3, "127.0.0.1:3", |_| Ok(())).unwrap().unwrap();
+        peers.set(&peers.get(3).unwrap().status, true);
         peers.set(&old.status, false);
         assert!(set.borrow().contains(&3));
+    }
+
+    #[test]
+    fn a_peer_added_at_another_address_has_moved_and_its_old_link_is_retired() {
+        let peers = table();
+        let set = peers.subscribe();
+        let old = peers.get(2).unwrap();
+        peers.set(&old.status, true);
+        let added = peers.add(2, "127.0.0.1:9", |_| Ok(())).unwrap().unwrap();
+        assert!(Arc::ptr_eq(&added.replaced.unwrap(), &old));
+        assert!(old.status.is_removed() && !set.borrow().contains(&2));
+        assert_eq!(peers.get(2).unwrap().address, "127.0.0.1:9");
+        assert_eq!(peers.len(), 2);
+        // Moved, not removed: its frames are still handed up.
+        assert!(!peers.is_from_removed(&frame(2, Destination::Peer)));
+        peers.set(&old.status, true);
+        assert!(!set.borrow().contains(&2));
+        peers.set(&peers.get(2).unwrap().status, true);
+        assert!(set.borrow().contains(&2));
     }
 
     #[test]

@@ -70,10 +70,11 @@ pub struct ZeromqTransport {
 }
 
 /// What the transport keeps of one peer's task: its bounded queue, and the signal that
-/// the peer was removed.
+/// ends the task (the peer was removed, or moved to another address), with the reason
+/// to report what was still queued with.
 struct Queue {
     frames: mpsc::Sender<Bytes>,
-    removed: watch::Sender<bool>,
+    end: watch::Sender<Option<DropReason>>,
 }
 
 impl std::fmt::Debug for ZeromqTransport {
@@ -93,6 +94,9 @@ struct Limits {
     window: u64,
     /// The largest frame a peer may announce (see [`socket_options`]).
     max_frame: usize,
+    /// What a peer's task may spend sending the control frames still queued when its
+    /// peer is removed (as shutdown may spend flushing).
+    linger: Duration,
 }
 
 impl Limits {
@@ -102,6 +106,7 @@ impl Limits {
             heartbeat_timeout: o.heartbeat_timeout,
             window: u64::try_from(o.peer_queue).unwrap_or(u64::MAX).max(1),
             max_frame: o.max_message_size.saturating_add(64 * 1024),
+            linger: o.linger,
         }
     }
 
@@ -205,7 +210,7 @@ impl ZeromqTransport {
                 });
             }
             let (frames, rx) = mpsc::channel(self.options.peer_queue.max(1));
-            let (removed, removed_rx) = watch::channel(false);
+            let (end, end_rx) = watch::channel(None);
             let link = Link {
                 status,
                 endpoint: endpoints::tcp(address),
@@ -213,16 +218,24 @@ impl ZeromqTransport {
                 peers: Arc::clone(&self.peers),
                 events: self.events.clone(),
                 stop: self.stop.subscribe(),
-                removed: removed_rx,
+                end: end_rx,
                 limits: self.limits,
             };
             let mut senders = lock(&self.senders);
             // Bounded under churn: the tasks of removed peers are let go once they ended.
             senders.retain(|task| !task.is_finished());
             senders.push(self.runtime.spawn(link.run()));
-            Ok(Queue { frames, removed })
+            Ok(Queue { frames, end })
         })?;
-        Ok(added.is_some())
+        let Some(added) = added else {
+            return Ok(false);
+        };
+        if let Some(old) = added.replaced {
+            // Moved: the task to its old address ends; what it held was for an address
+            // that no longer reaches the peer.
+            old.link.end.send_replace(Some(DropReason::Unreachable));
+        }
+        Ok(true)
     }
 
     /// Keeps the guard's cap at what the config's options give for the peers there are now.
@@ -325,7 +338,9 @@ impl Transport for ZeromqTransport {
 
     /// Starts a task connecting to `address`; the peer counts as connected after its
     /// first acknowledgement, as a configured one does. Its inbound connections were never
-    /// refused: the ROUTER takes any (the guard's cap grows with the peers).
+    /// refused: the ROUTER takes any (the guard's cap grows with the peers). A peer it has
+    /// at another address has moved: the task to the old one ends, reporting the messages
+    /// it still held as `unreachable`.
     fn add_peer(&self, pid: Pid, address: &str) -> Result<(), TransportError> {
         endpoints::check_added(pid, address)?;
         if self.connect(pid, address)? {
@@ -334,9 +349,11 @@ impl Transport for ZeromqTransport {
         Ok(())
     }
 
-    /// Tells the peer's task, which closes its connection, discards what is still queued
-    /// and reports it as [`TransportEvent::Dropped`] with [`DropReason::UnknownPeer`]
-    /// (messages only). Frames already written to the connection are not recalled. Its
+    /// Tells the peer's task, which discards the messages still queued and reports them as
+    /// [`TransportEvent::Dropped`] with [`DropReason::UnknownPeer`], sends the control
+    /// frames among them (the server's notice of the removal, sent just before) for at
+    /// most the linger, and closes its connection. Frames already written to the
+    /// connection are not recalled. Its
     /// frames, told by the sender pid in their header, are no longer handed up
     /// ([`LinkStats::from_removed_peers`]); its own connection to this node's ROUTER stays
     /// open as long as it keeps it.
@@ -344,7 +361,7 @@ impl Transport for ZeromqTransport {
         let Some(peer) = self.peers.remove(pid)? else {
             return Ok(());
         };
-        peer.link.removed.send_replace(true);
+        peer.link.end.send_replace(Some(DropReason::UnknownPeer));
         self.update_cap();
         Ok(())
     }
@@ -597,8 +614,8 @@ struct Link {
     peers: Arc<Peers<Queue>>,
     events: mpsc::Sender<Vec<TransportEvent>>,
     stop: StopSignal,
-    /// Becomes `true` when the peer is removed (`remove_peer`).
-    removed: watch::Receiver<bool>,
+    /// Set when the peer is removed or moved, with the reason to report what was queued.
+    end: watch::Receiver<Option<DropReason>>,
     limits: Limits,
 }
 
@@ -606,15 +623,20 @@ struct Link {
 enum Ended {
     /// Shutdown: flushed what it could.
     Stopped,
-    /// The peer was removed: what is queued is to be discarded.
-    Removed,
+    /// The peer was removed or moved (the reason to report what is queued with); the
+    /// connection's sending half, for the control frames still queued.
+    Removed(DropReason, zeromq::DealerSendHalf),
     /// The peer is gone or cut off; these frames, taken from the queue, were not sent.
     Dead(u64),
 }
 
-/// Resolves once the peer is removed (or the transport, which holds the signal, is gone).
-async fn removed(removed: &mut watch::Receiver<bool>) {
-    let _ = removed.wait_for(|r| *r).await;
+/// Resolves once the peer is removed or moved (or the transport, which holds the signal,
+/// is gone), with the reason to report what was queued with.
+async fn ended(end: &mut watch::Receiver<Option<DropReason>>) -> DropReason {
+    match end.wait_for(Option::is_some).await {
+        Ok(reason) => (*reason).unwrap_or(DropReason::UnknownPeer),
+        Err(_) => DropReason::UnknownPeer,
+    }
 }
 
 impl Link {
@@ -626,10 +648,10 @@ impl Link {
             if self.stop.borrow().is_some() {
                 return;
             }
-            let (mut stop, mut gone) = (self.stop.clone(), self.removed.clone());
+            let (mut stop, mut end) = (self.stop.clone(), self.end.clone());
             let connected = tokio::select! {
                 _ = stopped(&mut stop) => return,
-                () = removed(&mut gone) => return self.end_removed().await,
+                reason = ended(&mut end) => return self.end_removed(reason, None).await,
                 c = self.connect() => c,
             };
             match connected {
@@ -642,7 +664,9 @@ impl Link {
                     self.peers.set(&self.status, false);
                     match ended {
                         Ended::Stopped => return,
-                        Ended::Removed => return self.end_removed().await,
+                        Ended::Removed(reason, send) => {
+                            return self.end_removed(reason, Some(send)).await;
+                        }
                         Ended::Dead(lost) => {
                             tracing::debug!(peer = self.status.pid(), "connection lost");
                             self.discard(lost, DropReason::Unreachable).await;
@@ -650,10 +674,10 @@ impl Link {
                     }
                 }
                 None => {
-                    let (mut stop, mut gone) = (self.stop.clone(), self.removed.clone());
+                    let (mut stop, mut end) = (self.stop.clone(), self.end.clone());
                     tokio::select! {
                         _ = stopped(&mut stop) => return,
-                        () = removed(&mut gone) => return self.end_removed().await,
+                        reason = ended(&mut end) => return self.end_removed(reason, None).await,
                         () = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(RECONNECT_IVL_MAX);
@@ -662,12 +686,35 @@ impl Link {
         }
     }
 
-    /// The peer was removed (its connection, if any, is closed: the DEALER was dropped):
-    /// nothing more is queued, and what was is discarded and reported as `unknown_peer`.
-    async fn end_removed(mut self) {
-        tracing::debug!(peer = self.status.pid(), "removed");
+    /// The peer was removed or moved: nothing more is queued; the messages that were are
+    /// discarded and reported with `reason`, the control frames among them (the server's
+    /// notice of the removal) sent on the connection, if there is one, for at most the
+    /// linger. Then the connection closes (its sending half is dropped, and the receiving
+    /// half already was).
+    async fn end_removed(mut self, reason: DropReason, send: Option<zeromq::DealerSendHalf>) {
+        tracing::debug!(peer = self.status.pid(), ?reason, "link ended");
         self.rx.close();
-        self.discard(0, DropReason::UnknownPeer).await;
+        // At most the queue's capacity.
+        let mut control = Vec::new();
+        let mut messages = 0;
+        while let Ok(frame) = self.rx.try_recv() {
+            if wire::is_control(&frame) {
+                control.push(frame);
+            } else {
+                messages += 1;
+            }
+        }
+        self.discard(messages, reason).await;
+        if let Some(mut send) = send {
+            let flush = async {
+                for frame in control {
+                    if send.send(ZmqMessage::from(frame)).await.is_err() {
+                        return;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(self.limits.linger, flush).await;
+        }
     }
 
     /// Drops every queued frame, plus `already` taken ones, and reports them with `reason`.
@@ -730,7 +777,7 @@ impl Link {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buf = Vec::with_capacity(BATCH);
         let mut stop = self.stop.clone();
-        let mut gone = self.removed.clone();
+        let mut end = self.end.clone();
         loop {
             let room = usize::try_from(window.saturating_sub(sent - acked))
                 .unwrap_or(usize::MAX)
@@ -739,7 +786,7 @@ impl Link {
                 deadline = stopped(&mut stop) => {
                     return self.flush(send, recv, sent, acked, deadline).await;
                 }
-                () = removed(&mut gone) => return Ended::Removed,
+                reason = ended(&mut end) => return Ended::Removed(reason, send),
                 n = self.rx.recv_many(&mut buf, room), if room > 0 => {
                     if n == 0 {
                         return Ended::Stopped;
