@@ -1201,7 +1201,7 @@ impl Router {
                 self.events.emit(Event::Left(pid));
             }
             Applied::Moved => {
-                self.actions.push(TransportAction::Remove(pid));
+                // A transport moves a peer it has to the new address.
                 self.actions
                     .push(TransportAction::Add(pid, record.address.clone()));
             }
