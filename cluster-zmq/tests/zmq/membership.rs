@@ -15,6 +15,7 @@ on_every_backend!(
     adding_a_peer_again_changes_nothing_elsewhere_moves_it_and_bad_ones_are_errors,
     a_removed_peer_is_unknown_and_its_frames_are_not_handed_up,
     what_was_queued_for_a_removed_peer_is_discarded_and_reported,
+    servers_let_a_node_join_and_leave_over_real_sockets,
 );
 
 /// Nodes 1 and 2 bound with a config of pids 1 and 2 only, node 3 with the full one (pids
@@ -346,4 +347,99 @@ async fn what_was_queued_for_a_removed_peer_is_discarded_and_reported(backend: B
     a.try_recv_many(&mut rest, 64);
     assert!(rest.is_empty(), "{rest:?}");
     shutdown_all([a, b, c]).await;
+}
+
+/// The same through servers (`Server::join`, `Server::leave`, `Server::remove_peer`): node 3
+/// joins nodes 1 and 2, which tell `Joined` then `Up`, exchange messages with it both ways
+/// (a broadcast included), and tell `Left` once it leaves; messages to it are then
+/// `unknown_peer`.
+async fn servers_let_a_node_join_and_leave_over_real_sockets(backend: Backend) {
+    use cluster_core::{BROADCAST, Envelope, Event, Server};
+    let options = net::fast_options();
+    let (full, [a, b, c]) = trio(backend, options).await;
+    let first_two = Config::from_peers(
+        full.peers()
+            .iter()
+            .filter(|p| p.pid != 3)
+            .map(|p| (p.pid, p.address.clone())),
+        full.options().clone(),
+    )
+    .unwrap();
+    let start = |pid: Pid, config: &Config, t: ZmqTransport| -> Server<String> {
+        Server::<String>::builder(pid, config.clone())
+            .incarnation(1)
+            .build(t)
+            .unwrap()
+    };
+    let mut one = start(1, &first_two, a);
+    let two = start(2, &first_two, b);
+    let mut three = start(3, &full, c);
+    let mut events = one.events();
+    one.wait_for_peers_up(DEADLINE).await.unwrap();
+    three.join(DEADLINE).await.unwrap();
+    two.wait_for_peers_up(DEADLINE).await.unwrap();
+    let mut told = Vec::new();
+    while !told.contains(&Event::Up(3)) {
+        let e = tokio::time::timeout(DEADLINE, events.recv())
+            .await
+            .expect("events within the deadline")
+            .unwrap()
+            .unwrap();
+        told.push(e.event);
+    }
+    assert!(told.contains(&Event::Joined(3)), "{told:?}");
+    assert_eq!(one.current_peers(), [2, 3]);
+    // Both ways, a broadcast included.
+    two.outbox()
+        .send(Envelope::new(BROADCAST, 1, "from 2".into()))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(DEADLINE, three.inbox().recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((got.pid, got.msg.as_str()), (2, "from 2"));
+    three
+        .outbox()
+        .send(Envelope::new(1, 2, "from 3".into()))
+        .await
+        .unwrap();
+    let mut from = Vec::new();
+    while from.len() < 2 {
+        let env = tokio::time::timeout(DEADLINE, one.inbox().recv())
+            .await
+            .unwrap()
+            .unwrap();
+        from.push((env.pid, env.msg));
+    }
+    from.sort();
+    assert_eq!(from, [(2, "from 2".to_owned()), (3, "from 3".to_owned())]);
+    // It leaves: both members let it go.
+    three.leave(DEADLINE).await.unwrap();
+    while !told.contains(&Event::Left(3)) {
+        let e = tokio::time::timeout(DEADLINE, events.recv())
+            .await
+            .expect("Left within the deadline")
+            .unwrap()
+            .unwrap();
+        told.push(e.event);
+    }
+    net::wait_until("node 2 to let it go too", DEADLINE, || {
+        two.current_peers() == [1]
+    })
+    .await
+    .unwrap();
+    one.outbox()
+        .send(Envelope::new(3, 3, "gone".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        one.stats().peers[&3]
+            .dropped_to
+            .get(DropReason::UnknownPeer),
+        1
+    );
+    one.shutdown().await;
+    two.shutdown().await;
+    three.shutdown().await;
 }
