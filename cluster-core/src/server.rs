@@ -77,6 +77,17 @@ pub enum MembershipError {
 
 crate::report::debug_as_message!(ServerError, WaitTimeout, MembershipError);
 
+/// The depth of a node's inbox, whatever its message type (for [`ServerMonitor`]).
+trait Depth: Send + Sync {
+    fn inbox_depth(&self) -> (usize, usize);
+}
+
+impl<M: Message> Depth for Sending<M> {
+    fn inbox_depth(&self) -> (usize, usize) {
+        self.recv.depth()
+    }
+}
+
 /// What a [`ServerHandle`] does to its node's membership, whatever its message type.
 trait Control: Send + Sync {
     fn add(&self, pid: Pid, address: &str) -> Result<(), MembershipError>;
@@ -342,14 +353,6 @@ impl ServerBuilder {
             .with_table(table);
         let (stop_tx, stop_rx) = oneshot::channel();
         let connected = transport.connected();
-        for hook in attach_hooks {
-            attachments.push(hook(ServerMonitor {
-                pid,
-                stats: Arc::clone(&stats),
-                connected: connected.clone(),
-                events: Arc::clone(&events),
-            }));
-        }
         // With acknowledgements, the backlog holds at most what every peer may have
         // unacknowledged (see `Driver`).
         let senders = peers.len().max(1);
@@ -368,6 +371,16 @@ impl ServerBuilder {
             groups.clone(),
             opts.send_timeout,
         ));
+        let depth: Arc<dyn Depth> = Arc::clone(&sending) as Arc<dyn Depth>;
+        for hook in attach_hooks {
+            attachments.push(hook(ServerMonitor {
+                pid,
+                stats: Arc::clone(&stats),
+                connected: connected.clone(),
+                events: Arc::clone(&events),
+                depth: Arc::clone(&depth),
+            }));
+        }
         let driver = Driver {
             node: Arc::clone(&sending),
             tick: opts.heartbeat_interval,
@@ -398,6 +411,7 @@ impl ServerBuilder {
                 connected,
                 events,
                 groups,
+                depth,
                 stop: Some(stop_tx),
                 task: Some(task),
             },
@@ -677,6 +691,7 @@ pub struct ServerHandle {
     pid: Pid,
     peers: Vec<Pid>,
     control: Arc<dyn Control>,
+    depth: Arc<dyn Depth>,
     incarnation: Incarnation,
     config: Config,
     stats: Arc<StatsCells>,
@@ -775,6 +790,7 @@ impl ServerHandle {
             stats: Arc::clone(&self.stats),
             connected: self.connected.clone(),
             events: Arc::clone(&self.events),
+            depth: Arc::clone(&self.depth),
         }
     }
 
@@ -977,6 +993,7 @@ pub struct ServerMonitor {
     stats: Arc<StatsCells>,
     connected: watch::Receiver<PeerSet>,
     events: Arc<EventHub>,
+    depth: Arc<dyn Depth>,
 }
 
 impl std::fmt::Debug for ServerMonitor {
@@ -1026,6 +1043,13 @@ impl ServerMonitor {
     /// Every membership record the watched server holds (see [`ServerHandle::members`]).
     pub fn members(&self) -> Vec<Member> {
         self.events.members().borrow().clone()
+    }
+
+    /// The watched server's inbox: envelopes waiting to be read (including those a reader
+    /// has taken in its current batch), and, on transports with acknowledgements, frames
+    /// taken off the transport that wait for room behind them (the backlog).
+    pub fn inbox_depth(&self) -> (usize, usize) {
+        self.depth.inbox_depth()
     }
 
     /// A receiver that changes whenever the membership records do.
