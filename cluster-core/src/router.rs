@@ -350,14 +350,14 @@ impl Router {
 
     /// This router with the membership table `table` (the config's, or one restored).
     pub(crate) fn with_table(mut self, table: Table) -> Self {
-        self.events.set_members(table.records());
+        self.events.set_members(table.clone());
         self.table = table;
         self
     }
 
     /// This router, telling its peer events to `events`.
     pub(crate) fn with_events(mut self, events: Arc<EventHub>) -> Self {
-        events.set_members(self.table.records());
+        events.set_members(self.table.clone());
         self.events = events;
         self
     }
@@ -1206,7 +1206,7 @@ impl Router {
                     .push(TransportAction::Add(pid, record.address.clone()));
             }
         }
-        self.events.set_members(self.table.records());
+        self.events.set_members(self.table.clone());
     }
 
     fn insert_member(&mut self, pid: Pid) {

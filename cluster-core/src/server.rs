@@ -820,18 +820,14 @@ impl ServerHandle {
     /// Every membership record this node holds, by pid: members and former members, each
     /// with its address and the stamp of the change that set it.
     pub fn members(&self) -> Vec<Member> {
-        self.events.members().borrow().clone()
+        self.events.members().borrow().records()
     }
 
     /// The other members now, ascending.
     pub fn current_peers(&self) -> Vec<Pid> {
-        self.events
-            .members()
-            .borrow()
-            .iter()
-            .filter(|m| m.present && m.pid != self.pid)
-            .map(|m| m.pid)
-            .collect()
+        let mut peers = self.events.members().borrow().present();
+        peers.retain(|p| *p != self.pid);
+        peers
     }
 
     /// Asks to be let in: sends a join request (this node, present, at its address in its
@@ -877,7 +873,7 @@ impl ServerHandle {
         let mut members = self.events.members();
         let gone = |records: &[Member]| records.iter().any(|m| m.pid == self.pid && !m.present);
         loop {
-            if gone(&members.borrow_and_update()) {
+            if gone(&members.borrow_and_update().records()) {
                 return Ok(());
             }
             let peers = self.current_peers();
@@ -897,9 +893,8 @@ impl ServerHandle {
         self.events
             .members()
             .borrow()
-            .iter()
-            .find(|m| m.pid == self.pid)
-            .map(|m| m.address.clone())
+            .get(self.pid)
+            .map(|m| m.address)
             .or_else(|| self.config.peer(self.pid).map(|p| p.address.clone()))
             .unwrap_or_default()
     }
@@ -1042,7 +1037,7 @@ impl ServerMonitor {
 
     /// Every membership record the watched server holds (see [`ServerHandle::members`]).
     pub fn members(&self) -> Vec<Member> {
-        self.events.members().borrow().clone()
+        self.events.members().borrow().records()
     }
 
     /// The watched server's inbox: envelopes waiting to be read (including those a reader
@@ -1050,11 +1045,6 @@ impl ServerMonitor {
     /// taken off the transport that wait for room behind them (the backlog).
     pub fn inbox_depth(&self) -> (usize, usize) {
         self.depth.inbox_depth()
-    }
-
-    /// A receiver that changes whenever the membership records do.
-    pub fn member_changes(&self) -> watch::Receiver<Vec<Member>> {
-        self.events.members()
     }
 }
 
