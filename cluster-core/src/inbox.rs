@@ -116,6 +116,12 @@ impl<M> Receiving<M> {
         st.ready.len() + self.lent.load(Ordering::Acquire)
     }
 
+    /// Envelopes held for the reader, and frames in the backlog behind them.
+    pub(crate) fn depth(&self) -> (usize, usize) {
+        let st = self.lock();
+        (self.held(&st), st.backlog.len())
+    }
+
     /// Records whether the node's task now waits for room in the inbox.
     pub(crate) fn set_task_waits(&self, waits: bool) {
         self.task_waits_room.store(waits, Ordering::Release);

@@ -78,10 +78,15 @@ pub(crate) enum Applied {
     Same,
 }
 
-/// The membership table (see the [module docs](self)).
+/// The membership table (see the [module docs](self)): the config's records, and over
+/// them those changed since. Cheap to clone until changes pile up (the config's peers are
+/// shared).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Table {
-    records: BTreeMap<Pid, Member>,
+    /// The config's peers, present, stamped `(0, 0)`, unless `changed` has a record.
+    base: Option<crate::Config>,
+    /// Records set by changes.
+    changed: BTreeMap<Pid, Member>,
     /// The highest epoch seen.
     epoch: u64,
 }
@@ -89,23 +94,22 @@ pub(crate) struct Table {
 impl Table {
     /// The config's peers, present, stamped `(0, 0)`.
     pub(crate) fn from_config(config: &crate::Config) -> Self {
-        let records = config
-            .peers()
-            .iter()
-            .map(|p| {
-                (
-                    p.pid,
-                    Member {
-                        pid: p.pid,
-                        address: p.address.clone(),
-                        present: true,
-                        epoch: 0,
-                        origin: 0,
-                    },
-                )
-            })
-            .collect();
-        Self { records, epoch: 0 }
+        Self {
+            base: Some(config.clone()),
+            changed: BTreeMap::new(),
+            epoch: 0,
+        }
+    }
+
+    fn base_record(&self, pid: Pid) -> Option<Member> {
+        let p = self.base.as_ref()?.peer(pid)?;
+        Some(Member {
+            pid,
+            address: p.address.clone(),
+            present: true,
+            epoch: 0,
+            origin: 0,
+        })
     }
 
     /// A change made by node `me`: stamped one epoch above the highest seen, and applied.
@@ -131,8 +135,8 @@ impl Table {
     /// that changed (`None`: not applied).
     pub(crate) fn merge(&mut self, record: Member) -> Option<Applied> {
         self.epoch = self.epoch.max(record.epoch);
-        let before = self.records.get(&record.pid);
-        if before.is_some_and(|b| b.stamp() >= record.stamp()) {
+        let before = self.get(record.pid);
+        if before.as_ref().is_some_and(|b| b.stamp() >= record.stamp()) {
             return None;
         }
         let applied = match before {
@@ -142,27 +146,37 @@ impl Table {
             _ if record.present => Applied::Joined,
             _ => Applied::Left,
         };
-        self.records.insert(record.pid, record);
+        self.changed.insert(record.pid, record);
         Some(applied)
     }
 
     /// The pids in the cluster now, ascending.
     pub(crate) fn present(&self) -> Vec<Pid> {
-        self.records
-            .values()
+        self.records()
+            .into_iter()
             .filter(|m| m.present)
             .map(|m| m.pid)
             .collect()
     }
 
     /// The record of `pid`, if any.
-    pub(crate) fn get(&self, pid: Pid) -> Option<&Member> {
-        self.records.get(&pid)
+    pub(crate) fn get(&self, pid: Pid) -> Option<Member> {
+        self.changed
+            .get(&pid)
+            .cloned()
+            .or_else(|| self.base_record(pid))
     }
 
     /// Every record, by pid.
     pub(crate) fn records(&self) -> Vec<Member> {
-        self.records.values().cloned().collect()
+        let mut out: BTreeMap<Pid, Member> = self
+            .base
+            .iter()
+            .flat_map(|c| c.pids())
+            .filter_map(|pid| self.base_record(pid).map(|m| (pid, m)))
+            .collect();
+        out.extend(self.changed.iter().map(|(p, m)| (*p, m.clone())));
+        out.into_values().collect()
     }
 
     /// Whether any change was made since the config (so tables are worth exchanging).
@@ -198,7 +212,10 @@ mod tests {
         assert_eq!((again.epoch, applied), (2, Some(Applied::Joined)));
         assert_eq!(b.merge(again), Some(Applied::Joined));
         assert_eq!(a.records(), b.records());
-        assert_eq!(b.get(4).map(|m| m.address.as_str()), Some("127.0.0.1:7104"));
+        assert_eq!(
+            b.get(4).map(|m| m.address),
+            Some("127.0.0.1:7104".to_owned())
+        );
         // Seen again: nothing.
         assert_eq!(b.merge(add), None);
         assert_eq!(b.merge(remove), None);

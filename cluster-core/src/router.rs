@@ -68,7 +68,14 @@ struct Heard {
     at: Instant,
 }
 
-/// A change the transport must make, for membership (see [`Router::take_actions`]).
+/// Membership frames kept for a retry, at most.
+const MAIL_RETRY: usize = 256;
+
+/// The epoch of an automatic join request (see [`Router::request_unheard`]); an explicit
+/// one ([`Router::request_membership`]) has 0.
+const AUTOMATIC: u64 = 1;
+
+/// A change the transport must make, for membership (see [`Router::flush_membership`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum TransportAction {
     /// Connect to this pid at this address.
@@ -270,6 +277,9 @@ pub(crate) struct Router {
     table: Table,
     /// Control frames to send once the caller can (membership), in order.
     mail: Vec<(Pid, Bytes)>,
+    /// Membership frames the transport refused, sent again at the next heartbeat (at most
+    /// [`MAIL_RETRY`], the oldest dropped first: tables are exchanged when peers come up).
+    retry: VecDeque<(Pid, Bytes)>,
     /// Changes the transport must make (membership), in order.
     actions: Vec<TransportAction>,
     /// Frames to removed peers still unacknowledged when they were removed: what the
@@ -330,6 +340,7 @@ impl Router {
             greet_due: false,
             table: Table::default(),
             mail: Vec::new(),
+            retry: VecDeque::new(),
             actions: Vec::new(),
             departed: Vec::new(),
             control: wire::Encoder::new(),
@@ -350,14 +361,14 @@ impl Router {
 
     /// This router with the membership table `table` (the config's, or one restored).
     pub(crate) fn with_table(mut self, table: Table) -> Self {
-        self.events.set_members(table.records());
+        self.events.set_members(table.clone());
         self.table = table;
         self
     }
 
     /// This router, telling its peer events to `events`.
     pub(crate) fn with_events(mut self, events: Arc<EventHub>) -> Self {
-        events.set_members(self.table.records());
+        events.set_members(self.table.clone());
         self.events = events;
         self
     }
@@ -1106,6 +1117,37 @@ impl Router {
         applied
     }
 
+    /// Every heartbeat: to each peer this node can reach but has not heard since, a join
+    /// request marked automatic (`epoch` 1): a peer that missed this node's joining (it
+    /// was down, or the notice was lost) drops its frames as `unknown_sender` and would
+    /// never hear of it otherwise. A peer that knows this node changes nothing; one that
+    /// holds it removed does not add it back (it sends its records instead, so that this
+    /// node learns it was removed). Only while this node's own record says it is a member.
+    fn request_unheard(&mut self) {
+        if !self.table.changed() {
+            // Only the config's members: every node knows them.
+            return;
+        }
+        let Some(me) = self.table.get(self.pid).filter(|m| m.present) else {
+            return;
+        };
+        let unheard: Vec<Pid> = self
+            .all
+            .iter()
+            .zip(&self.life)
+            .filter(|(p, l)| **p != self.pid && l.outbound && !l.heard)
+            .map(|(p, _)| *p)
+            .collect();
+        let request = [Member {
+            epoch: AUTOMATIC,
+            origin: self.pid,
+            ..me
+        }];
+        for peer in unheard {
+            self.mail_records(peer, &request);
+        }
+    }
+
     /// Membership: a request about this node itself (join: present at `address`; leave:
     /// absent), mailed to every pid in `to`, to be made by them.
     pub(crate) fn request_membership(&mut self, to: &[Pid], address: String, present: bool) {
@@ -1152,8 +1194,13 @@ impl Router {
             self.connectivity(&connected, |to, frame| transport.send(to, frame));
         }
         for (to, frame) in std::mem::take(&mut self.mail) {
-            // A refused one is not lost for good: tables are exchanged when peers are up.
-            let _ = transport.send(to, frame);
+            // A refused one is sent again at the next heartbeat.
+            if transport.send(to, frame.clone()).is_err() {
+                if self.retry.len() >= MAIL_RETRY {
+                    self.retry.pop_front();
+                }
+                self.retry.push_back((to, frame));
+            }
         }
         removes.into_iter().for_each(act);
     }
@@ -1201,12 +1248,12 @@ impl Router {
                 self.events.emit(Event::Left(pid));
             }
             Applied::Moved => {
-                self.actions.push(TransportAction::Remove(pid));
+                // A transport moves a peer it has to the new address.
                 self.actions
                     .push(TransportAction::Add(pid, record.address.clone()));
             }
         }
-        self.events.set_members(self.table.records());
+        self.events.set_members(self.table.clone());
     }
 
     fn insert_member(&mut self, pid: Pid) {
@@ -1265,11 +1312,17 @@ impl Router {
         };
         let member = self.all.binary_search(&h.sender).is_ok();
         let request = match records.as_slice() {
-            [r] if r.pid == h.sender && r.origin == h.sender && r.epoch == 0 => Some(r),
+            [r] if r.pid == h.sender && r.origin == h.sender && r.epoch <= AUTOMATIC => Some(r),
             _ => None,
         };
         if let Some(r) = request {
             let held = self.table.get(r.pid);
+            if r.epoch == AUTOMATIC && held.as_ref().is_some_and(|m| !m.present) {
+                // It missed its removal: tell it, rather than add it back.
+                let records = self.table.records();
+                self.mail_records(r.pid, &records);
+                return;
+            }
             let differs = held.is_none_or(|m| m.present != r.present || m.address != r.address);
             if differs && (r.present || member) {
                 if r.present && crate::config::split_host_port(&r.address).is_none() {
@@ -1284,7 +1337,7 @@ impl Router {
                 );
                 self.change_membership(r.pid, r.present.then(|| r.address.clone()));
             }
-            if r.present {
+            if r.present && self.table.changed() {
                 // Whatever it knew: the whole table, so that it learns the members.
                 let records = self.table.records();
                 self.mail_records(r.pid, &records);
@@ -1323,6 +1376,13 @@ impl Router {
     ) {
         if !all && !std::mem::take(&mut self.greet_due) {
             return;
+        }
+        if all {
+            // Membership frames refused since the last heartbeat: again (mailed in order,
+            // before what this call adds).
+            let retry: Vec<_> = self.retry.drain(..).collect();
+            self.mail.splice(0..0, retry);
+            self.request_unheard();
         }
         for index in 0..self.all.len() {
             let (Some(&peer), Some(life)) = (self.all.get(index), self.life.get_mut(index)) else {

@@ -77,6 +77,17 @@ pub enum MembershipError {
 
 crate::report::debug_as_message!(ServerError, WaitTimeout, MembershipError);
 
+/// The depth of a node's inbox, whatever its message type (for [`ServerMonitor`]).
+trait Depth: Send + Sync {
+    fn inbox_depth(&self) -> (usize, usize);
+}
+
+impl<M: Message> Depth for Sending<M> {
+    fn inbox_depth(&self) -> (usize, usize) {
+        self.recv.depth()
+    }
+}
+
 /// What a [`ServerHandle`] does to its node's membership, whatever its message type.
 trait Control: Send + Sync {
     fn add(&self, pid: Pid, address: &str) -> Result<(), MembershipError>;
@@ -342,14 +353,6 @@ impl ServerBuilder {
             .with_table(table);
         let (stop_tx, stop_rx) = oneshot::channel();
         let connected = transport.connected();
-        for hook in attach_hooks {
-            attachments.push(hook(ServerMonitor {
-                pid,
-                stats: Arc::clone(&stats),
-                connected: connected.clone(),
-                events: Arc::clone(&events),
-            }));
-        }
         // With acknowledgements, the backlog holds at most what every peer may have
         // unacknowledged (see `Driver`).
         let senders = peers.len().max(1);
@@ -368,6 +371,16 @@ impl ServerBuilder {
             groups.clone(),
             opts.send_timeout,
         ));
+        let depth: Arc<dyn Depth> = Arc::clone(&sending) as Arc<dyn Depth>;
+        for hook in attach_hooks {
+            attachments.push(hook(ServerMonitor {
+                pid,
+                stats: Arc::clone(&stats),
+                connected: connected.clone(),
+                events: Arc::clone(&events),
+                depth: Arc::clone(&depth),
+            }));
+        }
         let driver = Driver {
             node: Arc::clone(&sending),
             tick: opts.heartbeat_interval,
@@ -398,6 +411,7 @@ impl ServerBuilder {
                 connected,
                 events,
                 groups,
+                depth,
                 stop: Some(stop_tx),
                 task: Some(task),
             },
@@ -516,7 +530,9 @@ impl<M> Server<M> {
         self.handle.pid
     }
 
-    /// Every other pid of the config, ascending.
+    /// Every other member when the node started, ascending: the config's, or the
+    /// membership restored from its catalog. Membership can change at run time: see
+    /// [`Server::current_peers`].
     pub fn peers(&self) -> &[Pid] {
         &self.handle.peers
     }
@@ -675,6 +691,7 @@ pub struct ServerHandle {
     pid: Pid,
     peers: Vec<Pid>,
     control: Arc<dyn Control>,
+    depth: Arc<dyn Depth>,
     incarnation: Incarnation,
     config: Config,
     stats: Arc<StatsCells>,
@@ -702,7 +719,7 @@ impl ServerHandle {
         self.pid
     }
 
-    /// Every other pid of the config, ascending.
+    /// Every other member when the node started, ascending (see [`Server::peers`]).
     pub fn peers(&self) -> &[Pid] {
         &self.peers
     }
@@ -773,6 +790,7 @@ impl ServerHandle {
             stats: Arc::clone(&self.stats),
             connected: self.connected.clone(),
             events: Arc::clone(&self.events),
+            depth: Arc::clone(&self.depth),
         }
     }
 
@@ -802,18 +820,14 @@ impl ServerHandle {
     /// Every membership record this node holds, by pid: members and former members, each
     /// with its address and the stamp of the change that set it.
     pub fn members(&self) -> Vec<Member> {
-        self.events.members().borrow().clone()
+        self.events.members().borrow().records()
     }
 
     /// The other members now, ascending.
     pub fn current_peers(&self) -> Vec<Pid> {
-        self.events
-            .members()
-            .borrow()
-            .iter()
-            .filter(|m| m.present && m.pid != self.pid)
-            .map(|m| m.pid)
-            .collect()
+        let mut peers = self.events.members().borrow().present();
+        peers.retain(|p| *p != self.pid);
+        peers
     }
 
     /// Asks to be let in: sends a join request (this node, present, at its address in its
@@ -859,7 +873,7 @@ impl ServerHandle {
         let mut members = self.events.members();
         let gone = |records: &[Member]| records.iter().any(|m| m.pid == self.pid && !m.present);
         loop {
-            if gone(&members.borrow_and_update()) {
+            if gone(&members.borrow_and_update().records()) {
                 return Ok(());
             }
             let peers = self.current_peers();
@@ -879,9 +893,8 @@ impl ServerHandle {
         self.events
             .members()
             .borrow()
-            .iter()
-            .find(|m| m.pid == self.pid)
-            .map(|m| m.address.clone())
+            .get(self.pid)
+            .map(|m| m.address)
             .or_else(|| self.config.peer(self.pid).map(|p| p.address.clone()))
             .unwrap_or_default()
     }
@@ -975,6 +988,7 @@ pub struct ServerMonitor {
     stats: Arc<StatsCells>,
     connected: watch::Receiver<PeerSet>,
     events: Arc<EventHub>,
+    depth: Arc<dyn Depth>,
 }
 
 impl std::fmt::Debug for ServerMonitor {
@@ -1023,12 +1037,14 @@ impl ServerMonitor {
 
     /// Every membership record the watched server holds (see [`ServerHandle::members`]).
     pub fn members(&self) -> Vec<Member> {
-        self.events.members().borrow().clone()
+        self.events.members().borrow().records()
     }
 
-    /// A receiver that changes whenever the membership records do.
-    pub fn member_changes(&self) -> watch::Receiver<Vec<Member>> {
-        self.events.members()
+    /// The watched server's inbox: envelopes waiting to be read (including those a reader
+    /// has taken in its current batch), and, on transports with acknowledgements, frames
+    /// taken off the transport that wait for room behind them (the backlog).
+    pub fn inbox_depth(&self) -> (usize, usize) {
+        self.depth.inbox_depth()
     }
 }
 

@@ -257,6 +257,8 @@ impl MemNetwork {
     pub fn restart(&self, pid: Pid) -> Option<Incarnation> {
         self.crash(pid);
         let mut state = self.state();
+        // A new incarnation starts with a new transport: no peer removed by the old one.
+        state.removed.retain(|(from, _)| *from != pid);
         let node = state.nodes.get_mut(&pid)?;
         node.incarnation = node.incarnation.wrapping_add(1);
         node.up = true;

@@ -6,6 +6,7 @@
 
 mod bytes;
 mod contract;
+mod counter;
 mod events;
 mod flow;
 mod go_scenarios;

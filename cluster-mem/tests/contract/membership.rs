@@ -244,3 +244,29 @@ async fn with_a_key_a_node_without_it_cannot_join() {
         assert_eq!(present(&n.members()), [1, 2, 3, 4]);
     }
 }
+
+/// A member that was down while a node joined (the joiner's `join` gave up on it) drops the
+/// new node's frames as `unknown_sender`: it learns of the join from the new node's
+/// automatic requests, once it is back.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_member_that_missed_a_join_learns_it_from_the_new_node() {
+    let (net, _four, mut s, joiner) = cluster();
+    for n in &s {
+        n.wait_for_peers_up(WAIT).await.unwrap();
+    }
+    let three = s[2].config().clone();
+    let down = s.remove(2);
+    net.crash(3);
+    drop(down);
+    let e = joiner.join(Duration::from_secs(3)).await.unwrap_err();
+    assert_eq!(e.missing, [3]);
+    // Node 3 comes back with only its config: it never heard of node 4.
+    net.restart(3).unwrap();
+    let back: Server<u32> = Server::with_transport(3, three, net.transport(3).unwrap()).unwrap();
+    assert_eq!(back.current_peers(), [1, 2]);
+    back.wait_for_peers_up(WAIT).await.unwrap();
+    settle().await;
+    assert_eq!(back.current_peers(), [1, 2, 4]);
+    joiner.wait_for_peers_up(WAIT).await.unwrap();
+    assert_eq!(back.members(), s[0].members());
+}
