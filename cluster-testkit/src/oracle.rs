@@ -1747,7 +1747,11 @@ fn lives(a: &Analysis) -> BTreeMap<Pid, Vec<Life>> {
 /// the window before the `Up` it ends (a late `Up` from a frame sent before the fault), or
 /// by a cut either way; and only a delivered message counts as hearing a new incarnation
 /// (an `Up` right after a crash may still come from the old one). A node incarnation whose
-/// subscription lost events ([`Event::PeerEventsLost`]) is not judged.
+/// subscription lost events ([`Event::PeerEventsLost`]) is not judged. And a `Down` that
+/// no injected fault explains is not judged there at all: a process starved for longer
+/// than the heartbeat timeout (a loaded machine) is a cut to its peers, which nothing in
+/// the history records; the CI runs of the first version of this check failed on exactly
+/// that. In simulation every `Down` must be explained.
 pub fn check_events(a: &Analysis) -> Vec<Violation> {
     let mut out = Vec::new();
     let inv = Invariant::Events;
@@ -1797,7 +1801,10 @@ pub fn check_events(a: &Analysis) -> Vec<Violation> {
                             && (*seq > up_seq || windowed.is_some_and(|w| at_us + w >= up_us))
                     },
                 );
-                if !justified {
+                // On real sockets a node starved for longer than the heartbeat timeout (a
+                // loaded machine) is, to its peers, a cut that no fault injected: a Down
+                // without a fault is judged in simulation only.
+                if !justified && windowed.is_none() {
                     out.push(v(
                         inv,
                         Some(t.seq),
@@ -2327,7 +2334,9 @@ mod tests {
         assert_eq!(events_flagged(&exact), [7, 10, 15]);
         let mut real = events(Some(500));
         sent_by(&mut real, 14, 2);
-        assert_eq!(events_flagged(&real), [10, 15]);
+        // On real sockets a Down no fault explains (#10) is not judged: a starved process
+        // is a cut nothing recorded.
+        assert_eq!(events_flagged(&real), [15]);
         // Told before the delivery: nothing to say about 3.
         real.insert(
             15,
@@ -2347,7 +2356,7 @@ mod tests {
         for (i, r) in real.iter_mut().enumerate() {
             r.seq = i as u64;
         }
-        assert_eq!(events_flagged(&real), [10]);
+        assert!(events_flagged(&real).is_empty());
     }
 
     #[test]
