@@ -33,7 +33,6 @@ mod connections;
 mod contract;
 mod events;
 mod hostile;
-mod membership;
 mod nodes;
 mod partition;
 mod wan;
