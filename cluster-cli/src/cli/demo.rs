@@ -4,8 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
@@ -40,26 +39,14 @@ struct Node {
     child: Child,
     stdin: ChildStdin,
     events: mpsc::Receiver<Value>,
-    /// Every peer event the node printed (its event stream), as it came.
-    peer_events: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Node {
     async fn spawn(pid: Pid, config: &Path, wait: Duration) -> anyhow::Result<Self> {
-        Self::spawn_as("node", pid, config, wait).await
-    }
-
-    /// `cluster <subcommand>` (`node`, or `join`) for node `pid`.
-    async fn spawn_as(
-        subcommand: &str,
-        pid: Pid,
-        config: &Path,
-        wait: Duration,
-    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("locating the cluster binary")?;
         let mut child = Command::new(exe)
             .args([
-                subcommand,
+                "node",
                 "--json",
                 "--quiet",
                 "--pid",
@@ -79,18 +66,11 @@ impl Node {
         let stdin = child.stdin.take().context("child stdin")?;
         let stdout = child.stdout.take().context("child stdout")?;
         let (tx, events) = mpsc::channel(64);
-        let peer_events = Arc::new(Mutex::new(Vec::new()));
-        let log = Arc::clone(&peer_events);
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 match serde_json::from_str::<Value>(&line) {
                     Ok(v) => {
-                        if v["event"] == "peer" {
-                            log.lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .push(v.clone());
-                        }
                         if tx.send(v).await.is_err() {
                             break;
                         }
@@ -104,33 +84,7 @@ impl Node {
             child,
             stdin,
             events,
-            peer_events,
         })
-    }
-
-    /// The node's event stream so far, one line per event, timed from `since`.
-    fn event_stream(&self, since: SystemTime) -> Vec<String> {
-        let since_ms = since
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        self.peer_events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|e| {
-                let at = e["at_ms"].as_u64().unwrap_or(0).saturating_sub(since_ms);
-                let incarnation = e["incarnation"]
-                    .as_u64()
-                    .map(|i| format!(" (incarnation {i})"))
-                    .unwrap_or_default();
-                format!(
-                    "[{:5.1}s] {} {}{incarnation}",
-                    at as f64 / 1000.0,
-                    e["kind"].as_str().unwrap_or("?"),
-                    e["pid"]
-                )
-            })
-            .collect()
     }
 
     fn os_pid(&self) -> u32 {
@@ -176,8 +130,6 @@ impl Node {
 
 struct Demo {
     start: Instant,
-    /// The same moment by the wall clock (node events carry wall-clock times).
-    wall_start: SystemTime,
     config_path: PathBuf,
     /// How long a node waits for its peers: the nodes start one after the other, so the
     /// first waits for the last (10 s, and a quarter second more per node).
@@ -445,7 +397,6 @@ async fn run_phases(config: &Config, args: &DemoArgs, dir: &Path) -> anyhow::Res
     let others: Vec<Pid> = pids.iter().copied().filter(|p| *p != victim).collect();
     let mut demo = Demo {
         start: Instant::now(),
-        wall_start: SystemTime::now(),
         config_path,
         connect_wait: Duration::from_secs(10) + Duration::from_millis(250) * pids.len() as u32,
         nodes: BTreeMap::new(),
@@ -624,16 +575,6 @@ async fn run_phases(config: &Config, args: &DemoArgs, dir: &Path) -> anyhow::Res
 
     println!();
     print_table(&last, victim);
-    println!();
-
-    let observer = pids[0];
-    demo.say(format!(
-        "node {observer}'s peer events (`cluster node` prints them as they happen):"
-    ));
-    let since = demo.wall_start;
-    for line in demo.node(observer)?.event_stream(since) {
-        println!("    {line}");
-    }
     for node in demo.nodes.values_mut() {
         node.command("quit").await?;
     }

@@ -6,11 +6,9 @@
 
 mod bytes;
 mod contract;
-mod counter;
 mod events;
 mod flow;
 mod go_scenarios;
-mod membership;
 mod multicast;
 mod trust;
 
