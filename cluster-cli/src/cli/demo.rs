@@ -108,6 +108,15 @@ impl Node {
         })
     }
 
+    /// Whether the node told `kind` (`up`, `down`, `joined`, …) about `about`.
+    fn told(&self, kind: &str, about: Pid) -> bool {
+        self.peer_events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|e| e["kind"] == kind && e["pid"] == about)
+    }
+
     /// The node's event stream so far, one line per event, timed from `since`.
     fn event_stream(&self, since: SystemTime) -> Vec<String> {
         let since_ms = since
@@ -626,6 +635,8 @@ async fn run_phases(config: &Config, args: &DemoArgs, dir: &Path) -> anyhow::Res
     print_table(&last, victim);
     println!();
 
+    join_and_leave(&mut demo, &node_config, dir, &pids, m).await?;
+
     let observer = pids[0];
     demo.say(format!(
         "node {observer}'s peer events (`cluster node` prints them as they happen):"
@@ -647,6 +658,112 @@ async fn run_phases(config: &Config, args: &DemoArgs, dir: &Path) -> anyhow::Res
         }
     }
     demo.say("all nodes stopped cleanly");
+    Ok(())
+}
+
+/// A node that is in no member's config joins the running cluster (`cluster join`), gets
+/// and sends broadcasts, then leaves: every member must tell `joined`, then `left`.
+async fn join_and_leave(
+    demo: &mut Demo,
+    node_config: &Value,
+    dir: &Path,
+    pids: &[Pid],
+    m: u64,
+) -> anyhow::Result<()> {
+    let joiner = pids.iter().max().copied().unwrap_or(0) + 1;
+    let port = {
+        // A free port, released just before the node binds it.
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+        probe.local_addr().context("finding a free port")?.port()
+    };
+    let address = format!("127.0.0.1:{port}");
+    let mut config = node_config.clone();
+    if let Some(peers) = config["peers"].as_array_mut() {
+        peers.push(json!({"pid": joiner, "address": address}));
+    }
+    let path = dir.join("joiner.json");
+    std::fs::write(&path, config.to_string())
+        .with_context(|| format!("writing {}", path.display()))?;
+    demo.say(format!(
+        "node {joiner} joins the running cluster (`cluster join`): it is in no member's config"
+    ));
+    let mut node = Node::spawn_as("join", joiner, &path, demo.connect_wait).await?;
+    node.expect("ready").await?;
+    let joined = node.expect("joined").await?;
+    demo.say(format!("  node {joiner} is up with {}", joined["peers"]));
+    demo.nodes.insert(joiner, node);
+    let members: Vec<Pid> = pids.to_vec();
+    let deadline = Instant::now() + PHASE_DEADLINE;
+    while !members.iter().all(|p| {
+        demo.nodes
+            .get(p)
+            .is_some_and(|n| n.told("joined", joiner) && n.told("up", joiner))
+    }) {
+        if Instant::now() > deadline {
+            bail!("not every member told that node {joiner} joined and is up");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    demo.say(format!("  every member told: joined {joiner}, up {joiner}"));
+    let before = demo.wait_until("stats", |_, _| true).await?;
+    let first = pids[0];
+    demo.node(first)?
+        .command(&format!("burst * {m} to-all"))
+        .await?;
+    demo.node(joiner)?
+        .command(&format!("burst * {m} from-the-new-node"))
+        .await?;
+    let after = demo
+        .wait_until(
+            "the broadcasts reached the new node and from it",
+            |pid, s| {
+                let gained =
+                    count(s, &["delivered"]).saturating_sub(count(&before[&pid], &["delivered"]));
+                gained
+                    >= if pid == first || pid == joiner {
+                        m
+                    } else {
+                        2 * m
+                    }
+            },
+        )
+        .await?;
+    exactly(
+        &after,
+        "delivered after node 1's and the new node's broadcasts",
+        |pid| {
+            if pid == first || pid == joiner {
+                m
+            } else {
+                2 * m
+            }
+        },
+        |pid, s| count(s, &["delivered"]) - count(&before[&pid], &["delivered"]),
+    )?;
+    demo.say(format!(
+        "  node {joiner} delivered node {first}'s {m} broadcasts, and every member its {m}"
+    ));
+    demo.say(format!("node {joiner} leaves (`leave`)"));
+    let mut node = demo.nodes.remove(&joiner).context("the new node is gone")?;
+    node.command("leave").await?;
+    node.expect("left").await?;
+    let deadline = Instant::now() + PHASE_DEADLINE;
+    while !members
+        .iter()
+        .all(|p| demo.nodes.get(p).is_some_and(|n| n.told("left", joiner)))
+    {
+        if Instant::now() > deadline {
+            bail!("not every member told that node {joiner} left");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = tokio::time::timeout(PHASE_DEADLINE, node.child.wait())
+        .await
+        .map_err(|_| anyhow!("node {joiner} did not exit"))??;
+    if !status.success() {
+        bail!("node {joiner} exited with {status}");
+    }
+    demo.say(format!("  every member told: left {joiner}"));
     Ok(())
 }
 
