@@ -26,8 +26,22 @@ impl NodeCatalog {
         builder: ServerBuilder,
         interval: Duration,
     ) -> ServerBuilder {
+        // The membership it last knew (membership at run time), over the config's. Records
+        // that do not decode are logged and left out: the config's membership holds
+        // (`cluster::new` refuses to start on them instead, naming the catalog).
+        let members = match self.catalog().membership() {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::warn!(
+                    pid = self.pid(),
+                    "peer catalog: {e}; starting from the config's membership"
+                );
+                Vec::new()
+            }
+        };
         builder
             .incarnation(self.incarnation())
+            .members(members)
             .attach_with(move |monitor| Recorder::spawn(self, monitor, interval))
     }
 }

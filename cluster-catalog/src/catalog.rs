@@ -19,6 +19,8 @@ const NODE_TREE: &str = "cluster.node";
 /// Marks a sled database as a peer catalog; its value is the format version.
 const FORMAT_KEY: &str = "format";
 const NODE_KEY: &str = "node";
+/// In the node tree: the membership records this node last knew.
+const MEMBERSHIP_KEY: &str = "membership";
 const TEMPORARY: &str = "<temporary>";
 
 /// The peer catalog of one node, persisted in a sled database (one directory).
@@ -415,6 +417,29 @@ impl PeerCatalog {
                 Err(_) => continue,
             }
         }
+    }
+
+    /// The membership records this node last knew (membership at run time, see
+    /// `cluster_core::membership`): empty if it never changed, or was never recorded. A
+    /// restarted node starts from them (`ServerBuilder::members`), not only from its config.
+    pub fn membership(&self) -> Result<Vec<cluster_core::Member>, CatalogError> {
+        match self
+            .node
+            .get(MEMBERSHIP_KEY)
+            .map_err(|e| self.sled_err(e))?
+        {
+            None => Ok(Vec::new()),
+            Some(bytes) => crate::record::decode_members(&bytes)
+                .map_err(|e| self.decode_err("the membership records".into(), e)),
+        }
+    }
+
+    /// Stores the membership records (not flushed: see [`PeerCatalog::flush`]).
+    pub fn set_membership(&self, records: &[cluster_core::Member]) -> Result<(), CatalogError> {
+        self.node
+            .insert(MEMBERSHIP_KEY, crate::record::encode_members(records))
+            .map_err(|e| self.sled_err(e))?;
+        Ok(())
     }
 
     /// This node's current incarnation: `None` before the first

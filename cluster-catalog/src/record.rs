@@ -166,6 +166,15 @@ pub(crate) fn decode_node(bytes: &[u8]) -> Result<NodeRecord, DecodeError> {
     decode_versioned(bytes)
 }
 
+/// Membership records (membership at run time), versioned like the other records.
+pub(crate) fn encode_members(r: &[cluster_core::Member]) -> Vec<u8> {
+    encode_versioned(&r)
+}
+
+pub(crate) fn decode_members(bytes: &[u8]) -> Result<Vec<cluster_core::Member>, DecodeError> {
+    decode_versioned(bytes)
+}
+
 /// Keys order like pids: big-endian with the sign bit flipped.
 pub(crate) fn peer_key(pid: Pid) -> [u8; 4] {
     ((pid as u32) ^ 0x8000_0000).to_be_bytes()

@@ -48,6 +48,8 @@ struct State {
     node: NodeCatalog,
     /// What was last written for each peer.
     written: BTreeMap<Pid, Written>,
+    /// The membership records last written (or read at start).
+    members: Vec<cluster_core::Member>,
 }
 
 #[derive(Default)]
@@ -78,12 +80,14 @@ impl Recorder {
                 (r.pid, w)
             })
             .collect();
+        let members = catalog.catalog().membership().unwrap_or_default();
         let shared = Arc::new(Shared {
             pid: catalog.pid(),
             monitor,
             state: Mutex::new(Some(State {
                 node: catalog,
                 written,
+                members,
             })),
         });
         let (stop_tx, stop_rx) = oneshot::channel();
@@ -159,6 +163,19 @@ impl Shared {
         let connected: BTreeSet<Pid> = self.monitor.connected_peers().into_iter().collect();
         let catalog = state.node.catalog();
         let mut dirty = false;
+        // Membership changed at run time: the records, so that a restart starts from them,
+        // and a peer record for each member that joined.
+        let members = self.monitor.members();
+        if members != state.members && members.iter().any(|m| m.epoch > 0) {
+            catalog.set_membership(&members)?;
+            for m in members.iter().filter(|m| m.present && m.pid != self.pid) {
+                if catalog.get(m.pid)?.is_none() {
+                    catalog.upsert(&crate::record::PeerRecord::new(m.pid, m.address.clone()))?;
+                }
+            }
+            state.members = members;
+            dirty = true;
+        }
         for (&pid, peer) in stats.peers.iter().filter(|(p, _)| **p != self.pid) {
             let w = state.written.entry(pid).or_default();
             let status = if connected.contains(&pid) {

@@ -198,7 +198,8 @@ impl Options {
 /// A validated cluster configuration: at least one peer, unique non-negative pids, sorted by pid.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    peers: Vec<PeerConfig>,
+    /// Shared by clones: a simulated cluster of N nodes holds one copy, not N.
+    peers: std::sync::Arc<Vec<PeerConfig>>,
     options: Options,
     origin: String,
     /// The cluster key, read from `key_file` or `key_env` when the config was loaded.
@@ -491,7 +492,7 @@ impl Config {
         peers.sort_by_key(|p| p.pid);
         options.validate().map_err(|p| ctx.err(None, None, p))?;
         Ok(Self {
-            peers,
+            peers: std::sync::Arc::new(peers),
             options,
             origin: ctx.origin.to_owned(),
             key: None,
@@ -689,7 +690,7 @@ impl Options {
 }
 
 /// Splits `host:port`, checking both parts. IPv6 hosts must be bracketed.
-fn split_host_port(address: &str) -> Option<(&str, u16)> {
+pub(crate) fn split_host_port(address: &str) -> Option<(&str, u16)> {
     let (host, port) = address.rsplit_once(':')?;
     let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
     let host = if let Some(inner) = host.strip_prefix('[') {

@@ -116,17 +116,23 @@ pub struct Lagged(pub u64);
 /// Where a node's events go: every subscription, and the set of peers that are up.
 #[derive(Debug)]
 pub(crate) struct EventHub {
-    /// `None` once the node has stopped: subscriptions end once read.
+    /// Made at the first subscription (a node nobody listens to keeps no queue); `None`
+    /// again once the node has stopped (`closed`): subscriptions end once read.
     tx: Mutex<Option<broadcast::Sender<PeerEvent>>>,
+    closed: std::sync::atomic::AtomicBool,
     up: watch::Sender<PeerSet>,
+    /// The membership table, as it changes.
+    members: watch::Sender<crate::membership::Table>,
     started: Instant,
 }
 
 impl EventHub {
     pub(crate) fn new() -> Self {
         Self {
-            tx: Mutex::new(Some(broadcast::Sender::new(EVENT_QUEUE))),
+            tx: Mutex::new(None),
+            closed: std::sync::atomic::AtomicBool::new(false),
             up: watch::Sender::new(PeerSet::new()),
+            members: watch::Sender::new(crate::membership::Table::default()),
             started: Instant::now(),
         }
     }
@@ -137,7 +143,10 @@ impl EventHub {
 
     /// The node stopped: no more events; subscriptions end once read.
     pub(crate) fn close(&self) {
-        self.sender().take();
+        let mut tx = self.sender();
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        tx.take();
     }
 
     /// Tells every subscription (none waits: a full one loses its oldest), and keeps the
@@ -164,7 +173,26 @@ impl EventHub {
     }
 
     pub(crate) fn subscribe(&self) -> Events {
-        Events::new(self.sender().as_ref())
+        let mut tx = self.sender();
+        if tx.is_none() && !self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            *tx = Some(broadcast::Sender::new(EVENT_QUEUE));
+        }
+        Events::new(tx.as_ref())
+    }
+
+    /// A peer that was up is no longer a member: out of the up set (its `Left` is told).
+    pub(crate) fn up_removed(&self, pid: Pid) {
+        self.up.send_if_modified(|set| set.remove(&pid));
+    }
+
+    /// The membership table now.
+    pub(crate) fn set_members(&self, table: crate::membership::Table) {
+        self.members.send_replace(table);
+    }
+
+    /// The membership table, as it changes.
+    pub(crate) fn members(&self) -> watch::Receiver<crate::membership::Table> {
+        self.members.subscribe()
     }
 
     /// The peers that are up, as they change.
@@ -174,7 +202,8 @@ impl EventHub {
 }
 
 /// A subscription to a node's [`PeerEvent`]s, from [`Server::events`](crate::Server::events):
-/// every event from the moment it was made, in order. A [`Stream`](futures_core::Stream)
+/// every event from the moment it was made, in order. To know the state too, subscribe
+/// first, then read [`Server::up_peers`](crate::Server::up_peers): nothing falls between. A [`Stream`](futures_core::Stream)
 /// too. Cloning makes a new subscription that starts from the moment of the clone.
 /// It ends (`None`) once the node has stopped and every event was read.
 pub struct Events {

@@ -116,6 +116,12 @@ impl<M> Receiving<M> {
         st.ready.len() + self.lent.load(Ordering::Acquire)
     }
 
+    /// Envelopes held for the reader, and frames in the backlog behind them.
+    pub(crate) fn depth(&self) -> (usize, usize) {
+        let st = self.lock();
+        (self.held(&st), st.backlog.len())
+    }
+
     /// Records whether the node's task now waits for room in the inbox.
     pub(crate) fn set_task_waits(&self, waits: bool) {
         self.task_waits_room.store(waits, Ordering::Release);
@@ -242,6 +248,7 @@ impl<M: Message> Sending<M> {
             let transport = &self.transport;
             router.acknowledge(false, |to, frame| transport.send(to, frame));
             router.greet(false, |to, frame| transport.send(to, frame));
+            router.flush_membership(&**transport);
             router.take_credit()
         };
         if credit {

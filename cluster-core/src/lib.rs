@@ -101,6 +101,15 @@
 //!   restarts newer than before anyway: `cluster-catalog` floors new incarnations by the
 //!   clock (seconds since 2025). Connection caps are the transports' part.
 //!
+//! # Peer events, membership, multicast
+//!
+//! [`Server::events`] tells when peers come up (messages flow both ways), go down or
+//! restart ([`events`]). Membership changes at run time ([`Server::add_peer`],
+//! [`Server::remove_peer`], [`Server::join`], [`Server::leave`]): spread to every member
+//! by a deterministic last-writer-wins rule that is not consensus ([`membership`]); routing
+//! (C1) follows the current membership. [`Outbox::multicast`] sends one message to a list
+//! of pids or a named group, encoded once.
+//!
 //! What the library does with an envelope's `msg_id`: it carries it from sender to
 //! receiver and never reads it. [`Server::next_msg_id`] and [`MsgIds`] draw ids unique
 //! across the cluster and across restarts, for your protocol's use.
@@ -133,6 +142,7 @@ pub mod events;
 mod group;
 mod inbox;
 mod key;
+pub mod membership;
 mod outbox;
 mod report;
 mod router;
@@ -151,13 +161,14 @@ pub use events::{Event, Events, Lagged, PeerEvent};
 pub use group::{GroupError, Recipients};
 pub use inbox::Inbox;
 pub use key::{ClusterKey, KEY_LEN};
+pub use membership::Member;
 pub use outbox::{MulticastError, Outbox, SendError, SendOutcome};
 #[cfg(feature = "fault-injection")]
 #[doc(hidden)]
 pub use router::RouterFault;
 pub use server::{
-    Message, MsgIds, Server, ServerBuilder, ServerError, ServerHandle, ServerMonitor, WaitTimeout,
-    clock_incarnation,
+    MembershipError, Message, MsgIds, Server, ServerBuilder, ServerError, ServerHandle,
+    ServerMonitor, WaitTimeout, clock_incarnation,
 };
 pub use stats::{DropCounts, DropReason, PeerStats, Stats};
 pub use transport::{PeerSet, Transport, TransportError, TransportEvent};

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::envelope::{BROADCAST, Envelope, MsgId, Pid};
 use crate::events::{Event, EventHub};
+use crate::membership::{Applied, Member, Table};
 use crate::outbox::SendOutcome;
 use crate::seal::Sealer;
 use crate::stats::{DropReason, StatsCells};
@@ -65,6 +66,22 @@ struct Heard {
     first: Seq,
     seq: Seq,
     at: Instant,
+}
+
+/// Membership frames kept for a retry, at most.
+const MAIL_RETRY: usize = 256;
+
+/// The epoch of an automatic join request (see [`Router::request_unheard`]); an explicit
+/// one ([`Router::request_membership`]) has 0.
+const AUTOMATIC: u64 = 1;
+
+/// A change the transport must make, for membership (see [`Router::flush_membership`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TransportAction {
+    /// Connect to this pid at this address.
+    Add(Pid, String),
+    /// Disconnect from this pid.
+    Remove(Pid),
 }
 
 /// What this node knows of a peer's life, for peer events (see [`crate::events`]).
@@ -256,6 +273,19 @@ pub(crate) struct Router {
     events: Arc<EventHub>,
     /// Some peer is owed a greeting back (see [`Router::greet`]).
     greet_due: bool,
+    /// The membership table (see [`crate::membership`]).
+    table: Table,
+    /// Control frames to send once the caller can (membership), in order.
+    mail: Vec<(Pid, Bytes)>,
+    /// Membership frames the transport refused, sent again at the next heartbeat (at most
+    /// [`MAIL_RETRY`], the oldest dropped first: tables are exchanged when peers come up).
+    retry: VecDeque<(Pid, Bytes)>,
+    /// Changes the transport must make (membership), in order.
+    actions: Vec<TransportAction>,
+    /// Frames to removed peers still unacknowledged when they were removed: what the
+    /// transport reports discarded is counted as such, the rest as `unconfirmed` at the
+    /// next [`Router::write_off`].
+    departed: Vec<(Pid, Unacked)>,
     /// Frames control frames (acknowledgements, probes), so that they never disturb the
     /// message `encoder` holds serialized.
     control: wire::Encoder,
@@ -308,6 +338,11 @@ impl Router {
             life,
             events: Arc::new(EventHub::new()),
             greet_due: false,
+            table: Table::default(),
+            mail: Vec::new(),
+            retry: VecDeque::new(),
+            actions: Vec::new(),
+            departed: Vec::new(),
             control: wire::Encoder::new(),
             forget_after,
             stats,
@@ -324,8 +359,16 @@ impl Router {
         self
     }
 
+    /// This router with the membership table `table` (the config's, or one restored).
+    pub(crate) fn with_table(mut self, table: Table) -> Self {
+        self.events.set_members(table.clone());
+        self.table = table;
+        self
+    }
+
     /// This router, telling its peer events to `events`.
     pub(crate) fn with_events(mut self, events: Arc<EventHub>) -> Self {
+        events.set_members(self.table.clone());
         self.events = events;
         self
     }
@@ -682,6 +725,11 @@ impl Router {
                 return None;
             }
         };
+        if h.destination == Destination::Membership {
+            // Before the sender check: a node not yet a member asks to join this way.
+            self.on_membership(&h, bytes);
+            return None;
+        }
         let Ok(index) = self.all.binary_search(&h.sender) else {
             self.drop_hostile(DropReason::UnknownSender);
             return None;
@@ -975,6 +1023,11 @@ impl Router {
             life.up = up;
             self.events
                 .emit(if up { Event::Up(pid) } else { Event::Down(pid) });
+            if up && self.table.changed() {
+                // Up with a peer: tell it every change known here (it may have missed some).
+                let records = self.table.records();
+                self.mail_records(pid, &records);
+            }
         }
     }
 
@@ -1005,8 +1058,8 @@ impl Router {
     }
 
     /// This node's connections changed to `connected`: peers newly connected are greeted
-    /// (through `send`), peers no longer connected are `Down` if they were `Up`, and must
-    /// be heard from again before they are `Up` again.
+    /// (through `send`), peers no longer connected are `Down` if they were `Up`; either way
+    /// a peer must be heard from again (a frame after the change) before it is `Up`.
     pub(crate) fn connectivity(
         &mut self,
         connected: &crate::transport::PeerSet,
@@ -1024,18 +1077,292 @@ impl Router {
                 continue;
             }
             life.outbound = now;
+            // Up needs a frame from the peer since this connection came up: what was heard
+            // before may be from an incarnation that died meanwhile.
+            life.heard = false;
             if now {
-                let greeting = (life.heard, false);
+                let greeting = (false, false);
                 life.reply = false;
                 if let Some(frame) = self.control_frame(peer, Destination::Hello, 0, &greeting) {
                     let _ = send(peer, frame);
                 }
             } else {
-                life.heard = false;
                 life.confirmed = false;
                 life.reply = false;
             }
             self.update_up(index);
+        }
+    }
+
+    /// Membership: the table's records.
+    pub(crate) fn members(&self) -> Vec<Member> {
+        self.table.records()
+    }
+
+    /// Membership: a change made at this node (`address` `None`: remove `pid`). Applied
+    /// here and mailed to every member. Returns what it changed.
+    pub(crate) fn change_membership(&mut self, pid: Pid, address: Option<String>) -> Applied {
+        let present = address.is_some();
+        let address = address
+            .or_else(|| self.table.get(pid).map(|m| m.address.clone()))
+            .unwrap_or_default();
+        let (record, applied) = self.table.change(self.pid, pid, address, present);
+        let applied = applied.unwrap_or(Applied::Same);
+        self.apply(&record, applied);
+        self.spread(std::slice::from_ref(&record), None);
+        if !present && pid != self.pid {
+            // The removed node learns it, if it can still be reached.
+            self.mail_records(pid, &[record]);
+        }
+        applied
+    }
+
+    /// Every heartbeat: to each peer this node can reach but has not heard since, a join
+    /// request marked automatic (`epoch` 1): a peer that missed this node's joining (it
+    /// was down, or the notice was lost) drops its frames as `unknown_sender` and would
+    /// never hear of it otherwise. A peer that knows this node changes nothing; one that
+    /// holds it removed does not add it back (it sends its records instead, so that this
+    /// node learns it was removed). Only while this node's own record says it is a member.
+    fn request_unheard(&mut self) {
+        if !self.table.changed() {
+            // Only the config's members: every node knows them.
+            return;
+        }
+        let Some(me) = self.table.get(self.pid).filter(|m| m.present) else {
+            return;
+        };
+        let unheard: Vec<Pid> = self
+            .all
+            .iter()
+            .zip(&self.life)
+            .filter(|(p, l)| **p != self.pid && l.outbound && !l.heard)
+            .map(|(p, _)| *p)
+            .collect();
+        let request = [Member {
+            epoch: AUTOMATIC,
+            origin: self.pid,
+            ..me
+        }];
+        for peer in unheard {
+            self.mail_records(peer, &request);
+        }
+    }
+
+    /// Membership: a request about this node itself (join: present at `address`; leave:
+    /// absent), mailed to every pid in `to`, to be made by them.
+    pub(crate) fn request_membership(&mut self, to: &[Pid], address: String, present: bool) {
+        let request = [Member {
+            pid: self.pid,
+            address,
+            present,
+            epoch: 0,
+            origin: self.pid,
+        }];
+        for &peer in to {
+            if peer != self.pid {
+                self.mail_records(peer, &request);
+            }
+        }
+    }
+
+    /// Makes the transport changes (membership) waiting, then sends the control frames
+    /// waiting, in order. Cheap when there are none (every batch calls it).
+    pub(crate) fn flush_membership(&mut self, transport: &dyn crate::Transport) {
+        if self.actions.is_empty() && self.mail.is_empty() {
+            return;
+        }
+        // Peers added first (frames to them follow), peers removed last (the notice of
+        // their removal goes before).
+        let actions = std::mem::take(&mut self.actions);
+        let (adds, removes): (Vec<_>, Vec<_>) = actions
+            .iter()
+            .partition(|a| matches!(a, TransportAction::Add(..)));
+        let me = self.pid;
+        let act = |action: &TransportAction| {
+            let (pid, result) = match action {
+                TransportAction::Add(pid, address) => (*pid, transport.add_peer(*pid, address)),
+                TransportAction::Remove(pid) => (*pid, transport.remove_peer(*pid)),
+            };
+            if let Err(e) = result {
+                tracing::warn!(pid = me, peer = pid, ?action, "membership: {e}");
+            }
+        };
+        adds.into_iter().for_each(act);
+        if !actions.is_empty() {
+            // A peer added may be connected already (the connection set did not change).
+            let connected = transport.connected().borrow().clone();
+            self.connectivity(&connected, |to, frame| transport.send(to, frame));
+        }
+        for (to, frame) in std::mem::take(&mut self.mail) {
+            // A refused one is sent again at the next heartbeat.
+            if transport.send(to, frame.clone()).is_err() {
+                if self.retry.len() >= MAIL_RETRY {
+                    self.retry.pop_front();
+                }
+                self.retry.push_back((to, frame));
+            }
+        }
+        removes.into_iter().for_each(act);
+    }
+
+    fn mail_records(&mut self, to: Pid, records: &[Member]) {
+        if let Some(frame) = self.control_frame(to, Destination::Membership, 0, &records) {
+            self.mail.push((to, frame));
+        }
+    }
+
+    /// Mails `records` to every member but this node and `except`.
+    fn spread(&mut self, records: &[Member], except: Option<Pid>) {
+        let to: Vec<Pid> = self
+            .all
+            .iter()
+            .copied()
+            .filter(|p| *p != self.pid && Some(*p) != except)
+            .collect();
+        for peer in to {
+            self.mail_records(peer, records);
+        }
+    }
+
+    /// Makes what `applied` says of `record` true here: routing, counters, the
+    /// transport's connections (queued as actions), events.
+    fn apply(&mut self, record: &Member, applied: Applied) {
+        let pid = record.pid;
+        match applied {
+            Applied::Same => {}
+            _ if pid == self.pid => {
+                if applied == Applied::Left {
+                    // This node was removed: its peers drop what it sends from now on.
+                    self.events.emit(Event::Left(pid));
+                }
+            }
+            Applied::Joined => {
+                self.insert_member(pid);
+                self.actions
+                    .push(TransportAction::Add(pid, record.address.clone()));
+                self.events.emit(Event::Joined(pid));
+            }
+            Applied::Left => {
+                self.delete_member(pid);
+                self.actions.push(TransportAction::Remove(pid));
+                self.events.emit(Event::Left(pid));
+            }
+            Applied::Moved => {
+                // A transport moves a peer it has to the new address.
+                self.actions
+                    .push(TransportAction::Add(pid, record.address.clone()));
+            }
+        }
+        self.events.set_members(self.table.clone());
+    }
+
+    fn insert_member(&mut self, pid: Pid) {
+        let Err(i) = self.all.binary_search(&pid) else {
+            return;
+        };
+        self.all.insert(i, pid);
+        self.next_seq.insert(i, 1);
+        self.heard.insert(i, None);
+        self.ack_due.insert(i, AckDue::default());
+        self.unacked.insert(i, Unacked::default());
+        self.absent.insert(i, false);
+        self.oldest_unacked.insert(i, None);
+        self.written_off.insert(i, None);
+        self.life.insert(i, Life::default());
+        self.stats.add_peer(pid);
+    }
+
+    fn delete_member(&mut self, pid: Pid) {
+        let Ok(i) = self.all.binary_search(&pid) else {
+            return;
+        };
+        self.all.remove(i);
+        self.next_seq.remove(i);
+        self.heard.remove(i);
+        self.ack_due.remove(i);
+        let unacked = self.unacked.remove(i);
+        if !unacked.frames.is_empty() {
+            self.departed.push((pid, unacked));
+        }
+        self.absent.remove(i);
+        self.oldest_unacked.remove(i);
+        self.written_off.remove(i);
+        let life = self.life.remove(i);
+        if life.up {
+            self.events.up_removed(pid);
+        }
+    }
+
+    /// Applies a membership frame (see [`crate::membership`]): from a member, records to
+    /// merge (those new here are spread on); from anyone, a request about its sender
+    /// itself, made here as a change of this node's. With a key, only a frame sealed
+    /// under it counts.
+    fn on_membership(&mut self, h: &Header, bytes: Bytes) {
+        if h.to != self.pid || h.sender == self.pid {
+            self.drop_hostile(DropReason::Malformed);
+            return;
+        }
+        let Some(bytes) = self.sealer.open(bytes, h) else {
+            self.drop_hostile(DropReason::Unauthenticated);
+            return;
+        };
+        let Ok(records) = wire::decode_payload::<Vec<Member>>(&bytes) else {
+            self.drop_hostile(DropReason::Malformed);
+            return;
+        };
+        let member = self.all.binary_search(&h.sender).is_ok();
+        let request = match records.as_slice() {
+            [r] if r.pid == h.sender && r.origin == h.sender && r.epoch <= AUTOMATIC => Some(r),
+            _ => None,
+        };
+        if let Some(r) = request {
+            let held = self.table.get(r.pid);
+            if r.epoch == AUTOMATIC && held.as_ref().is_some_and(|m| !m.present) {
+                // It missed its removal: tell it, rather than add it back.
+                let records = self.table.records();
+                self.mail_records(r.pid, &records);
+                return;
+            }
+            let differs = held.is_none_or(|m| m.present != r.present || m.address != r.address);
+            if differs && (r.present || member) {
+                if r.present && crate::config::split_host_port(&r.address).is_none() {
+                    self.drop_hostile(DropReason::Malformed);
+                    return;
+                }
+                tracing::info!(
+                    pid = self.pid,
+                    peer = r.pid,
+                    join = r.present,
+                    "membership request"
+                );
+                self.change_membership(r.pid, r.present.then(|| r.address.clone()));
+            }
+            if r.present && self.table.changed() {
+                // Whatever it knew: the whole table, so that it learns the members.
+                let records = self.table.records();
+                self.mail_records(r.pid, &records);
+            }
+            return;
+        }
+        if !member {
+            self.drop_hostile(DropReason::UnknownSender);
+            return;
+        }
+        let mut new = Vec::new();
+        for record in records {
+            if record.pid < 0
+                || (record.present && crate::config::split_host_port(&record.address).is_none())
+            {
+                self.drop_hostile(DropReason::Malformed);
+                return;
+            }
+            if let Some(applied) = self.table.merge(record.clone()) {
+                self.apply(&record, applied);
+                new.push(record);
+            }
+        }
+        if !new.is_empty() {
+            self.spread(&new, Some(h.sender));
         }
     }
 
@@ -1049,6 +1376,13 @@ impl Router {
     ) {
         if !all && !std::mem::take(&mut self.greet_due) {
             return;
+        }
+        if all {
+            // Membership frames refused since the last heartbeat: again (mailed in order,
+            // before what this call adds).
+            let retry: Vec<_> = self.retry.drain(..).collect();
+            self.mail.splice(0..0, retry);
+            self.request_unheard();
         }
         for index in 0..self.all.len() {
             let (Some(&peer), Some(life)) = (self.all.get(index), self.life.get_mut(index)) else {
@@ -1116,6 +1450,11 @@ impl Router {
     /// grace lets the transport report, as discarded, frames it dropped when it noticed.)
     /// Called once per heartbeat interval.
     pub(crate) fn write_off(&mut self, connected: &crate::transport::PeerSet) {
+        for (pid, mut unacked) in std::mem::take(&mut self.departed) {
+            // Removed: never acknowledged now.
+            self.stats.unconfirmed(pid, unacked.write_off());
+            self.stats.unacknowledged(pid, 0);
+        }
         for (((pid, unacked), was_absent), written_off) in self
             .all
             .iter()
@@ -1199,9 +1538,15 @@ impl Router {
     /// ones): counted as dropped with `reason`, and no longer awaited.
     pub(crate) fn discarded(&mut self, peer: Pid, reason: DropReason, count: u64) {
         self.stats.dropped_to(peer, reason, count);
-        if let Ok(index) = self.all.binary_search(&peer)
-            && let Some(unacked) = self.unacked.get_mut(index)
-        {
+        let unacked = match self.all.binary_search(&peer) {
+            Ok(index) => self.unacked.get_mut(index),
+            Err(_) => self
+                .departed
+                .iter_mut()
+                .find(|(p, _)| *p == peer)
+                .map(|(_, u)| u),
+        };
+        if let Some(unacked) = unacked {
             for _ in 0..count {
                 if !unacked.pop_newest() {
                     break;
@@ -2583,14 +2928,20 @@ mod tests {
             greetings(&mut b, false).is_empty(),
             "no connection to answer on"
         );
-        // 2 connects: it has heard 1, so it is up, and says so in its greeting.
+        // 2 connects and greets: not up before it hears 1 over the new connection (what it
+        // heard before may be from an incarnation of 1 that died meanwhile).
         let hello = connect(&mut b, &[1]);
-        assert_eq!(told(&mut eb), [Event::Up(1)]);
+        assert!(told(&mut eb).is_empty());
         hand(&mut a, hello);
         assert_eq!(told(&mut ea), [Event::Up(2)]);
-        // 1 answers, so that 2 knows it was heard; an answer is not answered.
+        // 1 answers; 2 hears it, is up, and knows it was heard; an answer is not answered.
         hand(&mut b, greetings(&mut a, false));
+        assert_eq!(told(&mut eb), [Event::Up(1)]);
         assert!(greetings(&mut b, false).is_empty());
+        // 1 does not know yet that 2 heard it (2 greeted before it had): at the heartbeat
+        // it greets again, and 2 answers.
+        hand(&mut b, greetings(&mut a, true));
+        hand(&mut a, greetings(&mut b, false));
         // Both know they were heard: no greeting is repeated.
         assert!(greetings(&mut a, true).is_empty() && greetings(&mut b, true).is_empty());
         // Messages keep a peer up, telling nothing new.

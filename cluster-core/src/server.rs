@@ -15,6 +15,7 @@ use crate::envelope::{MsgId, Pid};
 use crate::events::{EventHub, Events};
 use crate::group::{self, GroupError, Groups};
 use crate::inbox::{Inbox, Receiving};
+use crate::membership::{Member, Table};
 use crate::outbox::{Outbox, Sending};
 use crate::router::{AckOptions, Router};
 use crate::seal::Sealer;
@@ -50,7 +51,106 @@ pub struct WaitTimeout {
     pub waited: Duration,
 }
 
-crate::report::debug_as_message!(ServerError, WaitTimeout);
+/// A membership change ([`Server::add_peer`], [`Server::remove_peer`]) that was refused.
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MembershipError {
+    /// The address is not `host:port`.
+    #[error("address \"{0}\" is not host:port (e.g. 127.0.0.1:7001 or [::1]:7001)")]
+    BadAddress(String),
+    /// The pid is out of range.
+    #[error("pid {0} is out of range (0..={max})", max = crate::config::MAX_PID)]
+    BadPid(Pid),
+    /// A node cannot add or remove itself: see [`Server::join`] and [`Server::leave`].
+    #[error("pid {0} is this node: use join or leave")]
+    Itself(Pid),
+    /// The pid to remove is not a member.
+    #[error("pid {0} is not a member")]
+    NotAMember(Pid),
+    /// The transport cannot connect to the new peer.
+    #[error("the transport refused: {0}")]
+    Transport(String),
+    /// The node has stopped.
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+crate::report::debug_as_message!(ServerError, WaitTimeout, MembershipError);
+
+/// The depth of a node's inbox, whatever its message type (for [`ServerMonitor`]).
+trait Depth: Send + Sync {
+    fn inbox_depth(&self) -> (usize, usize);
+}
+
+impl<M: Message> Depth for Sending<M> {
+    fn inbox_depth(&self) -> (usize, usize) {
+        self.recv.depth()
+    }
+}
+
+/// What a [`ServerHandle`] does to its node's membership, whatever its message type.
+trait Control: Send + Sync {
+    fn add(&self, pid: Pid, address: &str) -> Result<(), MembershipError>;
+    fn remove(&self, pid: Pid) -> Result<(), MembershipError>;
+    /// Sends a request about this node itself (join, or leave) to `to`.
+    fn request(&self, to: &[Pid], address: &str, present: bool);
+}
+
+impl<M: Message> Control for Sending<M> {
+    fn add(&self, pid: Pid, address: &str) -> Result<(), MembershipError> {
+        if pid == self.pid {
+            return Err(MembershipError::Itself(pid));
+        }
+        if !(0..=crate::config::MAX_PID).contains(&pid) {
+            return Err(MembershipError::BadPid(pid));
+        }
+        if crate::config::split_host_port(address).is_none() {
+            return Err(MembershipError::BadAddress(address.to_owned()));
+        }
+        if !self.is_open() {
+            return Err(MembershipError::Stopped);
+        }
+        let mut state = self.lock();
+        let router = state.router();
+        // The transport first: a transport that cannot add peers refuses the change.
+        let known = router
+            .members()
+            .iter()
+            .any(|m| m.pid == pid && m.present && m.address == address);
+        if !known {
+            self.transport
+                .add_peer(pid, address)
+                .map_err(|e| MembershipError::Transport(e.to_string()))?;
+        }
+        router.change_membership(pid, Some(address.to_owned()));
+        router.flush_membership(&*self.transport);
+        Ok(())
+    }
+
+    fn remove(&self, pid: Pid) -> Result<(), MembershipError> {
+        if pid == self.pid {
+            return Err(MembershipError::Itself(pid));
+        }
+        if !self.is_open() {
+            return Err(MembershipError::Stopped);
+        }
+        let mut state = self.lock();
+        let router = state.router();
+        if !router.members().iter().any(|m| m.pid == pid && m.present) {
+            return Err(MembershipError::NotAMember(pid));
+        }
+        router.change_membership(pid, None);
+        router.flush_membership(&*self.transport);
+        Ok(())
+    }
+
+    fn request(&self, to: &[Pid], address: &str, present: bool) {
+        let mut state = self.lock();
+        let router = state.router();
+        router.request_membership(to, address.to_owned(), present);
+        router.flush_membership(&*self.transport);
+    }
+}
 
 /// Message types a server can carry.
 pub trait Message: Serialize + DeserializeOwned + Send + 'static {}
@@ -61,6 +161,7 @@ pub struct ServerBuilder {
     pid: Pid,
     config: Config,
     incarnation: Option<Incarnation>,
+    members: Vec<Member>,
     attachments: Vec<Box<dyn Send + Sync>>,
     attach_hooks: Vec<AttachHook>,
     #[cfg(feature = "fault-injection")]
@@ -87,6 +188,7 @@ impl ServerBuilder {
             pid,
             config,
             incarnation: None,
+            members: Vec::new(),
             attachments: Vec::new(),
             attach_hooks: Vec::new(),
             #[cfg(feature = "fault-injection")]
@@ -120,6 +222,16 @@ impl ServerBuilder {
         self
     }
 
+    /// Membership records to start from, over the config's (see [`crate::membership`]):
+    /// what this node knew when it last ran, from durable storage (the peer catalog keeps
+    /// them: `cluster::new` passes them), so that a restarted node comes back with the
+    /// current membership rather than the config's. A record replaces the config's for its
+    /// pid when its stamp is higher (any change beats the config).
+    pub fn members(mut self, records: impl IntoIterator<Item = Member>) -> Self {
+        self.members.extend(records);
+        self
+    }
+
     /// Keeps `value` alive as long as the server runs, and drops it once the server's task has
     /// finished (after `shutdown`, or when the server is dropped). For companions such as a
     /// catalog recorder whose `Drop` does a final flush.
@@ -146,6 +258,7 @@ impl ServerBuilder {
             pid,
             config,
             incarnation,
+            members,
             mut attachments,
             attach_hooks,
             #[cfg(feature = "fault-injection")]
@@ -190,7 +303,26 @@ impl ServerBuilder {
                 incarnation
             });
         let opts = config.options().clone();
-        let all: Vec<Pid> = config.pids().collect();
+        let mut table = Table::from_config(&config);
+        for record in members {
+            let _ = table.merge(record);
+        }
+        // Restored records: the transport learns of peers that joined since the config
+        // was written, and forgets those that left.
+        for record in table.records().into_iter().filter(|m| m.pid != pid) {
+            let configured = config.peer(record.pid).map(|p| p.address.as_str());
+            let result = match (record.present, configured) {
+                (true, Some(a)) if a == record.address => Ok(()),
+                (true, _) => transport.add_peer(record.pid, &record.address),
+                (false, Some(_)) => transport.remove_peer(record.pid),
+                (false, None) => Ok(()),
+            };
+            result?;
+        }
+        let mut all = table.present();
+        if let Err(i) = all.binary_search(&pid) {
+            all.insert(i, pid);
+        }
         let peers: Vec<Pid> = all.iter().copied().filter(|p| *p != pid).collect();
         let stats = Arc::new(StatsCells::new(all.clone()));
         let events = Arc::new(EventHub::new());
@@ -215,17 +347,12 @@ impl ServerBuilder {
             window_frames: opts.peer_queue.saturating_mul(16),
             window_bytes: opts.peer_queue_bytes,
         });
-        let router = router.with_acks(acks).with_events(Arc::clone(&events));
+        let router = router
+            .with_acks(acks)
+            .with_events(Arc::clone(&events))
+            .with_table(table);
         let (stop_tx, stop_rx) = oneshot::channel();
         let connected = transport.connected();
-        for hook in attach_hooks {
-            attachments.push(hook(ServerMonitor {
-                pid,
-                stats: Arc::clone(&stats),
-                connected: connected.clone(),
-                events: Arc::clone(&events),
-            }));
-        }
         // With acknowledgements, the backlog holds at most what every peer may have
         // unacknowledged (see `Driver`).
         let senders = peers.len().max(1);
@@ -244,6 +371,16 @@ impl ServerBuilder {
             groups.clone(),
             opts.send_timeout,
         ));
+        let depth: Arc<dyn Depth> = Arc::clone(&sending) as Arc<dyn Depth>;
+        for hook in attach_hooks {
+            attachments.push(hook(ServerMonitor {
+                pid,
+                stats: Arc::clone(&stats),
+                connected: connected.clone(),
+                events: Arc::clone(&events),
+                depth: Arc::downgrade(&depth),
+            }));
+        }
         let driver = Driver {
             node: Arc::clone(&sending),
             tick: opts.heartbeat_interval,
@@ -261,10 +398,12 @@ impl ServerBuilder {
                 let _ = tokio::task::spawn_blocking(move || drop(attachments)).await;
             }
         });
+        let control: Arc<dyn Control> = Arc::clone(&sending) as Arc<dyn Control>;
         Ok(Server {
             handle: ServerHandle {
                 pid,
                 peers,
+                control,
                 incarnation,
                 config,
                 stats,
@@ -272,6 +411,7 @@ impl ServerBuilder {
                 connected,
                 events,
                 groups,
+                depth,
                 stop: Some(stop_tx),
                 task: Some(task),
             },
@@ -390,7 +530,9 @@ impl<M> Server<M> {
         self.handle.pid
     }
 
-    /// Every other pid of the config, ascending.
+    /// Every other member when the node started, ascending: the config's, or the
+    /// membership restored from its catalog. Membership can change at run time: see
+    /// [`Server::current_peers`].
     pub fn peers(&self) -> &[Pid] {
         &self.handle.peers
     }
@@ -497,6 +639,38 @@ impl<M> Server<M> {
         self.handle.up_peers()
     }
 
+    /// Adds node `pid` at `address` to the cluster, at run time: see
+    /// [`ServerHandle::add_peer`].
+    pub fn add_peer(&self, pid: Pid, address: &str) -> Result<(), MembershipError> {
+        self.handle.add_peer(pid, address)
+    }
+
+    /// Removes node `pid` from the cluster, at run time: see [`ServerHandle::remove_peer`].
+    pub fn remove_peer(&self, pid: Pid) -> Result<(), MembershipError> {
+        self.handle.remove_peer(pid)
+    }
+
+    /// Every membership record this node holds: see [`ServerHandle::members`].
+    pub fn members(&self) -> Vec<Member> {
+        self.handle.members()
+    }
+
+    /// The other members now, ascending: [`Server::peers`] plus those that joined, less
+    /// those that left.
+    pub fn current_peers(&self) -> Vec<Pid> {
+        self.handle.current_peers()
+    }
+
+    /// Asks the members in this node's config to let it in: see [`ServerHandle::join`].
+    pub async fn join(&self, timeout: Duration) -> Result<(), WaitTimeout> {
+        self.handle.join(timeout).await
+    }
+
+    /// Asks the members to let this node go: see [`ServerHandle::leave`].
+    pub async fn leave(&self, timeout: Duration) -> Result<(), WaitTimeout> {
+        self.handle.leave(timeout).await
+    }
+
     /// Stops the node: later sends fail, what was sent is flushed to live peers for at
     /// most the configured linger, and the transport is released (ports included).
     pub async fn shutdown(mut self) {
@@ -516,6 +690,8 @@ impl<M> Server<M> {
 pub struct ServerHandle {
     pid: Pid,
     peers: Vec<Pid>,
+    control: Arc<dyn Control>,
+    depth: Arc<dyn Depth>,
     incarnation: Incarnation,
     config: Config,
     stats: Arc<StatsCells>,
@@ -543,7 +719,7 @@ impl ServerHandle {
         self.pid
     }
 
-    /// Every other pid of the config, ascending.
+    /// Every other member when the node started, ascending (see [`Server::peers`]).
     pub fn peers(&self) -> &[Pid] {
         &self.peers
     }
@@ -614,12 +790,113 @@ impl ServerHandle {
             stats: Arc::clone(&self.stats),
             connected: self.connected.clone(),
             events: Arc::clone(&self.events),
+            depth: Arc::downgrade(&self.depth),
         }
     }
 
     /// A new subscription to this node's peer events, from now on (see [`Events`]).
     pub fn events(&self) -> Events {
         self.events.subscribe()
+    }
+
+    /// Adds node `pid` at `address` to the cluster, at run time (see
+    /// [`crate::membership`]): this node connects to it, routes to it (a
+    /// [`BROADCAST`](crate::BROADCAST) includes it), tells [`Joined`](crate::Event::Joined),
+    /// and sends the change to every member, which does the same. The new node itself
+    /// learns the membership from the members (its own config need only list some).
+    /// Returns once the change is made here, without waiting for the others.
+    pub fn add_peer(&self, pid: Pid, address: &str) -> Result<(), MembershipError> {
+        self.control.add(pid, address)
+    }
+
+    /// Removes node `pid` from the cluster, at run time (see [`crate::membership`]):
+    /// messages to it are dropped as `unknown_peer` from now on (what its transport still
+    /// held too), its frames as `unknown_sender`; this node tells
+    /// [`Left`](crate::Event::Left) and sends the change to every member, and to `pid`.
+    pub fn remove_peer(&self, pid: Pid) -> Result<(), MembershipError> {
+        self.control.remove(pid)
+    }
+
+    /// Every membership record this node holds, by pid: members and former members, each
+    /// with its address and the stamp of the change that set it.
+    pub fn members(&self) -> Vec<Member> {
+        self.events.members().borrow().records()
+    }
+
+    /// The other members now, ascending.
+    pub fn current_peers(&self) -> Vec<Pid> {
+        let mut peers = self.events.members().borrow().present();
+        peers.retain(|p| *p != self.pid);
+        peers
+    }
+
+    /// Asks to be let in: sends a join request (this node, present, at its address in its
+    /// membership records or config) to every other member it knows of that is not
+    /// [`Up`](crate::Event::Up) yet, every heartbeat interval, until all are up or
+    /// `timeout` passes. A member that accepts adds this node like
+    /// [`ServerHandle::add_peer`] and sends it its records, so this node learns the rest of
+    /// the cluster. With a cluster key, a node without it cannot join.
+    pub async fn join(&self, timeout: Duration) -> Result<(), WaitTimeout> {
+        let address = self.own_address();
+        let beat = self.config.options().heartbeat_interval;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let up = self.events.up().borrow().clone();
+            let missing: Vec<Pid> = self
+                .current_peers()
+                .into_iter()
+                .filter(|p| !up.contains(p))
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(WaitTimeout {
+                    missing,
+                    waited: timeout,
+                });
+            }
+            self.control.request(&missing, &address, true);
+            let mut rx = self.events.up();
+            let _ = tokio::time::timeout(beat, rx.changed()).await;
+        }
+    }
+
+    /// Asks to be let go: sends a leave request to every other member, every heartbeat
+    /// interval, until one of them has removed this node (this node then tells
+    /// [`Left`](crate::Event::Left) about itself) or `timeout` passes. Stop the node after:
+    /// its peers drop what it sends from then on.
+    pub async fn leave(&self, timeout: Duration) -> Result<(), WaitTimeout> {
+        let address = self.own_address();
+        let beat = self.config.options().heartbeat_interval;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut members = self.events.members();
+        let gone = |records: &[Member]| records.iter().any(|m| m.pid == self.pid && !m.present);
+        loop {
+            if gone(&members.borrow_and_update().records()) {
+                return Ok(());
+            }
+            let peers = self.current_peers();
+            if tokio::time::Instant::now() >= deadline {
+                return Err(WaitTimeout {
+                    missing: peers,
+                    waited: timeout,
+                });
+            }
+            self.control.request(&peers, &address, false);
+            let _ = tokio::time::timeout(beat, members.changed()).await;
+        }
+    }
+
+    /// This node's address: its membership record's, else the config's.
+    fn own_address(&self) -> String {
+        self.events
+            .members()
+            .borrow()
+            .get(self.pid)
+            .map(|m| m.address)
+            .or_else(|| self.config.peer(self.pid).map(|p| p.address.clone()))
+            .unwrap_or_default()
     }
 
     /// The peers that are [`Up`](crate::Event::Up) now: messages flow both ways.
@@ -637,20 +914,16 @@ impl ServerHandle {
     /// `wait_for_peers` leaves after a restart. On a timeout, `missing` lists the peers
     /// that were not up.
     pub async fn wait_for_peers_up(&self, timeout: Duration) -> Result<(), WaitTimeout> {
+        let peers = self.current_peers();
         let mut rx = self.events.up();
-        let all = |set: &PeerSet| self.peers.iter().all(|p| set.contains(p));
+        let all = |set: &PeerSet| peers.iter().all(|p| set.contains(p));
         let wait = rx.wait_for(|set| all(set));
         if let Ok(Ok(_)) = tokio::time::timeout(timeout, wait).await {
             return Ok(());
         }
         let set = self.events.up().borrow().clone();
         Err(WaitTimeout {
-            missing: self
-                .peers
-                .iter()
-                .copied()
-                .filter(|p| !set.contains(p))
-                .collect(),
+            missing: peers.iter().copied().filter(|p| !set.contains(p)).collect(),
             waited: timeout,
         })
     }
@@ -665,19 +938,16 @@ impl ServerHandle {
     /// back-off after they noticed the restart: about 0.7 s measured on loopback). A
     /// protocol that needs both directions should exchange a message first.
     pub async fn wait_for_peers(&self, timeout: Duration) -> Result<(), WaitTimeout> {
+        let peers = self.current_peers();
         let mut rx = self.connected.clone();
-        let all = |set: &PeerSet| self.peers.iter().all(|p| set.contains(p));
+        let all = |set: &PeerSet| peers.iter().all(|p| set.contains(p));
         let wait = rx.wait_for(|set| all(set));
         match tokio::time::timeout(timeout, wait).await {
             Ok(Ok(_)) => Ok(()),
             _ => Err(WaitTimeout {
                 missing: {
                     let set = self.connected.borrow();
-                    self.peers
-                        .iter()
-                        .copied()
-                        .filter(|p| !set.contains(p))
-                        .collect()
+                    peers.iter().copied().filter(|p| !set.contains(p)).collect()
                 },
                 waited: timeout,
             }),
@@ -718,6 +988,9 @@ pub struct ServerMonitor {
     stats: Arc<StatsCells>,
     connected: watch::Receiver<PeerSet>,
     events: Arc<EventHub>,
+    /// Weak: a monitor (a catalog recorder, a metrics exporter) must not keep a stopped
+    /// or killed node's transport, and so its sockets, alive.
+    depth: std::sync::Weak<dyn Depth>,
 }
 
 impl std::fmt::Debug for ServerMonitor {
@@ -762,6 +1035,21 @@ impl ServerMonitor {
     /// The peers that are [`Up`](crate::Event::Up) now: messages flow both ways.
     pub fn up_peers(&self) -> Vec<Pid> {
         self.events.up().borrow().iter().copied().collect()
+    }
+
+    /// Every membership record the watched server holds (see [`ServerHandle::members`]).
+    pub fn members(&self) -> Vec<Member> {
+        self.events.members().borrow().records()
+    }
+
+    /// The watched server's inbox: envelopes waiting to be read (including those a reader
+    /// has taken in its current batch), and, on transports with acknowledgements, frames
+    /// taken off the transport that wait for room behind them (the backlog). `(0, 0)` once
+    /// the node and its handles are gone: a monitor does not keep them alive.
+    pub fn inbox_depth(&self) -> (usize, usize) {
+        self.depth
+            .upgrade()
+            .map_or((0, 0), |node| node.inbox_depth())
     }
 }
 
@@ -844,7 +1132,9 @@ impl<M: Message> Driver<M> {
                     let connected = connections.borrow_and_update().clone();
                     let mut state = node.lock();
                     let transport = &node.transport;
-                    state.router().connectivity(&connected, |to, frame| transport.send(to, frame));
+                    let router = state.router();
+                    router.connectivity(&connected, |to, frame| transport.send(to, frame));
+                    router.flush_membership(&**transport);
                 }
                 _ = tick.tick() => {
                     {
@@ -860,6 +1150,7 @@ impl<M: Message> Driver<M> {
                             router.probe_silent(&connected, |to, frame| transport.send(to, frame));
                             router.greet(true, |to, frame| transport.send(to, frame));
                         }
+                        router.flush_membership(&**transport);
                     }
                     if ticks == 0 && confirming {
                         node.credit.notify_waiters();
@@ -895,6 +1186,7 @@ impl<M: Message> Driver<M> {
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     use bytes::Bytes;
 
@@ -1001,6 +1293,70 @@ mod tests {
             s.inbox().try_recv(),
             Err(tokio::sync::mpsc::error::TryRecvError::Disconnected)
         ));
+    }
+
+    /// A transport that raises a flag when it is dropped (its sockets closed).
+    struct Released(Nowhere, Arc<AtomicBool>);
+
+    impl Drop for Released {
+        fn drop(&mut self) {
+            self.1.store(true, Ordering::Release);
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Transport for Released {
+        fn send(&self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
+            self.0.send(to, frame)
+        }
+        async fn readable(&self) -> bool {
+            self.0.readable().await
+        }
+        fn try_recv_many(&self, events: &mut Vec<TransportEvent>, max: usize) -> usize {
+            self.0.try_recv_many(events, max)
+        }
+        fn connected(&self) -> watch::Receiver<PeerSet> {
+            self.0.connected()
+        }
+        async fn shutdown(&self, linger: Duration) {
+            self.0.shutdown(linger).await;
+        }
+    }
+
+    /// A monitor outlives its node (its counters stay readable), but must not keep the node's
+    /// transport alive: a killed node's sockets would go on taking frames meant for the
+    /// node that replaces it.
+    #[tokio::test]
+    async fn a_monitor_does_not_keep_a_dropped_nodes_transport_alive() {
+        for stop in [true, false] {
+            let released = Arc::new(AtomicBool::new(false));
+            let kept = Arc::new(std::sync::Mutex::new(None));
+            let keep = Arc::clone(&kept);
+            let mut s = Server::<u8>::builder(1, config())
+                .attach_with(move |monitor| {
+                    *keep.lock().unwrap() = Some(monitor.clone());
+                    monitor
+                })
+                .build(Released(nowhere(None), Arc::clone(&released)))
+                .unwrap();
+            let monitor = s.monitor();
+            s.outbox().send(Envelope::new(1, 0, 7u8)).await.unwrap();
+            assert_eq!(monitor.inbox_depth(), (1, 0));
+            if stop {
+                s.stop().await;
+            }
+            drop(s);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while !released.load(Ordering::Acquire) {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the transport outlived its node (stopped: {stop})"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(monitor.inbox_depth(), (0, 0), "a gone node holds nothing");
+            assert!(kept.lock().unwrap().is_some());
+        }
     }
 
     /// `encrypt` without a key is an error, not a node that sends in clear.

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::envelope::Pid;
@@ -266,6 +267,8 @@ struct PeerCells {
 pub(crate) struct StatsCells {
     pids: Vec<Pid>,
     peers: Vec<PeerCells>,
+    /// Peers that joined at run time (membership), each once, kept after they leave.
+    joined: std::sync::RwLock<Vec<(Pid, Arc<PeerCells>)>>,
     /// Copies sent to pids outside the config (they have no per-peer counters).
     sent_unknown: Counter,
     dropped_outgoing: Cells,
@@ -279,13 +282,25 @@ impl StatsCells {
         Self {
             pids,
             peers,
+            joined: std::sync::RwLock::new(Vec::new()),
             sent_unknown: Counter::default(),
             dropped_outgoing: Cells::default(),
             dropped_incoming: Cells::default(),
         }
     }
 
-    fn peer(&self, pid: Pid) -> Option<&PeerCells> {
+    /// Counters for `pid`, which joined at run time (no-op if it has them already).
+    pub(crate) fn add_peer(&self, pid: Pid) {
+        if self.configured(pid).is_some() {
+            return;
+        }
+        let mut joined = self.joined.write().unwrap_or_else(|e| e.into_inner());
+        if !joined.iter().any(|(p, _)| *p == pid) {
+            joined.push((pid, Arc::new(PeerCells::default())));
+        }
+    }
+
+    fn configured(&self, pid: Pid) -> Option<&PeerCells> {
         // Pids are usually consecutive, which makes a pid's index its distance to the first.
         let guess = self
             .pids
@@ -298,61 +313,61 @@ impl StatsCells {
         self.peers.get(index)
     }
 
+    /// Runs `f` on `pid`'s counters, if it has any: the config's peers without a lock,
+    /// peers that joined at run time under a read lock.
+    fn with_peer<R>(&self, pid: Pid, f: impl FnOnce(&PeerCells) -> R) -> Option<R> {
+        if let Some(p) = self.configured(pid) {
+            return Some(f(p));
+        }
+        let joined = self.joined.read().unwrap_or_else(|e| e.into_inner());
+        let p = joined.iter().find(|(p, _)| *p == pid)?;
+        Some(f(&p.1))
+    }
+
     pub(crate) fn sent(&self, to: Pid) {
-        match self.peer(to) {
-            Some(p) => p.sent.add(1),
-            None => self.sent_unknown.add(1),
+        if self.with_peer(to, |p| p.sent.add(1)).is_none() {
+            self.sent_unknown.add(1);
         }
     }
 
     pub(crate) fn dropped_to(&self, to: Pid, reason: DropReason, n: u64) {
         self.dropped_outgoing.add(reason, n);
-        if let Some(p) = self.peer(to) {
-            p.dropped_to.add(reason, n);
-        }
+        self.with_peer(to, |p| p.dropped_to.add(reason, n));
     }
 
     /// `from` must be a configured pid: messages from elsewhere are never delivered.
     pub(crate) fn delivered(&self, from: Pid) {
-        if let Some(p) = self.peer(from) {
-            p.delivered.add(1);
-        }
+        self.with_peer(from, |p| p.delivered.add(1));
     }
 
     /// `from` is `None` when the sender is unknown or the frame did not decode.
     pub(crate) fn dropped_from(&self, from: Option<Pid>, reason: DropReason) {
         self.dropped_incoming.add(reason, 1);
-        if let Some(p) = from.and_then(|f| self.peer(f)) {
-            p.dropped_from.add(reason, 1);
+        if let Some(from) = from {
+            self.with_peer(from, |p| p.dropped_from.add(reason, 1));
         }
     }
 
     /// `n` frames from `from` were lost after its transport accepted them (a sequence gap).
     pub(crate) fn lost_in_transit(&self, from: Pid, n: u64) {
-        if let Some(p) = self.peer(from) {
-            p.lost_in_transit.add(n);
-        }
+        self.with_peer(from, |p| p.lost_in_transit.add(n));
     }
 
     /// `n` frames to `to` that its transport accepted were never acknowledged.
     pub(crate) fn unconfirmed(&self, to: Pid, n: u64) {
-        if let Some(p) = self.peer(to) {
-            p.unconfirmed.add(n);
-        }
+        self.with_peer(to, |p| p.unconfirmed.add(n));
     }
 
     /// Sets the gauge of frames to `to` awaiting acknowledgement.
     pub(crate) fn unacknowledged(&self, to: Pid, n: usize) {
-        if let Some(p) = self.peer(to) {
-            p.unacknowledged.store(n as u64, Ordering::Relaxed);
-        }
+        self.with_peer(to, |p| p.unacknowledged.store(n as u64, Ordering::Relaxed));
     }
 
     pub(crate) fn seen_incarnation(&self, from: Pid, incarnation: crate::wire::Incarnation) {
-        if let Some(p) = self.peer(from) {
+        self.with_peer(from, |p| {
             p.incarnation
                 .store(u64::from(incarnation) + 1, Ordering::Relaxed);
-        }
+        });
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
@@ -360,10 +375,12 @@ impl StatsCells {
         let mut delivered = 0;
         let mut lost_in_transit = 0;
         let mut unconfirmed = 0;
+        let joined = self.joined.read().unwrap_or_else(|e| e.into_inner());
         let peers = self
             .pids
             .iter()
             .zip(self.peers.iter())
+            .chain(joined.iter().map(|(pid, p)| (pid, &**p)))
             .map(|(pid, p)| {
                 let peer = PeerStats {
                     sent: p.sent.get(),

@@ -155,6 +155,35 @@ pub trait Transport: Send + Sync + 'static {
     fn incarnation(&self) -> Option<Incarnation> {
         None
     }
+
+    /// Membership at run time ([`Server::add_peer`](crate::Server::add_peer)): from now on,
+    /// connect to `pid` at `address` (as in the config: `host:port`), accept its
+    /// connections, and report it in [`Transport::connected`] like any configured peer. Adding
+    /// a peer the transport already has at the same address changes nothing; at another
+    /// address, the peer moves there. The default refuses: the server then refuses the
+    /// change.
+    fn add_peer(&self, pid: Pid, address: &str) -> Result<(), TransportError> {
+        let _ = address;
+        Err(TransportError::Unavailable {
+            pid,
+            reason: "this transport cannot add peers at run time".into(),
+        })
+    }
+
+    /// Membership at run time ([`Server::remove_peer`](crate::Server::remove_peer)): stop
+    /// connecting to `pid` and close what connects this node to it; messages still queued
+    /// for it are discarded (reported as [`TransportEvent::Dropped`] with
+    /// [`DropReason::UnknownPeer`] by transports that can count them: libzmq cannot),
+    /// while control frames queued before the call (the notice of its removal) still go
+    /// out, within the linger; from now on frames to it are refused with
+    /// [`DropReason::UnknownPeer`] and frames from it are not handed up. Removing a peer the
+    /// transport does not have is not an error. The default refuses.
+    fn remove_peer(&self, pid: Pid) -> Result<(), TransportError> {
+        Err(TransportError::Unavailable {
+            pid,
+            reason: "this transport cannot remove peers at run time".into(),
+        })
+    }
 }
 
 #[async_trait]
@@ -193,5 +222,13 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
 
     fn may_lose_accepted(&self) -> bool {
         (**self).may_lose_accepted()
+    }
+
+    fn add_peer(&self, pid: Pid, address: &str) -> Result<(), TransportError> {
+        (**self).add_peer(pid, address)
+    }
+
+    fn remove_peer(&self, pid: Pid) -> Result<(), TransportError> {
+        (**self).remove_peer(pid)
     }
 }

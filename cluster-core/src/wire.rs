@@ -7,8 +7,9 @@
 //! 2       1     flags: bit 0 = keyed (a 32-byte trailer follows the payload);
 //!                     bit 1 = encrypted (only with bit 0); other bits 0
 //! 3       1     destination kind: 0 peer, 1 broadcast, 2 group (a multicast copy),
-//!               3 acknowledgement, 4 probe, 5 hello (control frames, see
-//!               [`Destination::Ack`], [`Destination::Probe`] and [`Destination::Hello`])
+//!               3 acknowledgement, 4 probe, 5 hello, 6 membership (control frames,
+//!               see [`Destination::Ack`], [`Destination::Probe`], [`Destination::Hello`]
+//!               and [`Destination::Membership`])
 //! 4       4     sender pid, i32 little-endian, >= 0
 //! 8       4     receiver pid, i32 little-endian, >= 0 (every copy names its receiver)
 //! 12      4     sender incarnation, u32 little-endian
@@ -126,6 +127,11 @@ pub enum Destination {
     /// whether this greeting answers one from the receiver (a greeting that is not an
     /// answer gets one). Its `seq` and `msg_id` are 0.
     Hello,
+    /// Not a message: membership records (see [`crate::membership`]), or a node's
+    /// request about itself (to join or to leave). Its payload is the records, a list of
+    /// [`crate::Member`]. Its `seq` and `msg_id` are 0. Unlike every other frame, one from
+    /// a pid that is not a member is read (a join request), if authenticated.
+    Membership,
 }
 
 impl Destination {
@@ -137,12 +143,16 @@ impl Destination {
             Self::Ack => 3,
             Self::Probe => 4,
             Self::Hello => 5,
+            Self::Membership => 6,
         }
     }
 
     /// Whether a frame of this kind is a control frame, which carries no message.
     pub fn is_control(self) -> bool {
-        matches!(self, Self::Ack | Self::Probe | Self::Hello)
+        matches!(
+            self,
+            Self::Ack | Self::Probe | Self::Hello | Self::Membership
+        )
     }
 
     fn from_byte(b: u8) -> Option<Self> {
@@ -153,6 +163,7 @@ impl Destination {
             3 => Some(Self::Ack),
             4 => Some(Self::Probe),
             5 => Some(Self::Hello),
+            6 => Some(Self::Membership),
             _ => None,
         }
     }
@@ -265,12 +276,12 @@ impl Header {
 }
 
 /// Whether `frame` looks like a control frame ([`Destination::Ack`], [`Destination::Probe`],
-/// [`Destination::Hello`]),
+/// [`Destination::Hello`], [`Destination::Membership`]),
 /// which carries no message. For transports that report discarded frames
 /// ([`crate::TransportEvent::Dropped`] counts messages only): a cheap look at the header,
 /// not a check (the server checks every frame it receives).
 pub fn is_control(frame: &[u8]) -> bool {
-    matches!(frame, [MAGIC, VERSION, _, 3..=5, ..])
+    matches!(frame, [MAGIC, VERSION, _, 3..=6, ..])
 }
 
 /// Encodes a message and its header into one (unkeyed) frame.
@@ -592,10 +603,10 @@ mod tests {
             );
         }
         f[2] = 0;
-        f[3] = 6;
+        f[3] = 7;
         assert_eq!(
             Frame::decode(f.clone().into()),
-            Err(WireError::BadDestination(6))
+            Err(WireError::BadDestination(7))
         );
         f[3] = 0;
         f[8..12].copy_from_slice(&(-1i32).to_le_bytes());

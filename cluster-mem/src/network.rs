@@ -46,6 +46,9 @@ struct State {
     /// Ordered pairs `(from, to)` whose frames are dropped. (B-trees, not hash maps:
     /// nothing about a run may depend on a per-process hash seed.)
     blocked: BTreeSet<(Pid, Pid)>,
+    /// Ordered pairs `(from, to)` where `from` removed `to` from its members (membership
+    /// at run time): frames refused as `unknown_peer`.
+    removed: BTreeSet<(Pid, Pid)>,
     loss: BTreeMap<(Pid, Pid), (f64, StdRng)>,
     stats: NetStats,
 }
@@ -151,6 +154,7 @@ impl MemNetwork {
         let state = State {
             nodes,
             blocked: BTreeSet::new(),
+            removed: BTreeSet::new(),
             loss: BTreeMap::new(),
             stats: NetStats::default(),
         };
@@ -162,6 +166,31 @@ impl MemNetwork {
                 state: Mutex::new(state),
             }),
         }
+    }
+
+    /// Adds node `pid` to the network, up at incarnation 1 with no transport taken yet: a
+    /// node that joins the cluster at run time (see `Server::join`). An error if the
+    /// network has it already.
+    pub fn add_node(&self, pid: Pid) -> Result<(), TransportError> {
+        let mut state = self.state();
+        if state.nodes.contains_key(&pid) {
+            return Err(TransportError::Unavailable {
+                pid,
+                reason: "the network has this pid already".into(),
+            });
+        }
+        state.nodes.insert(
+            pid,
+            Node {
+                incarnation: 1,
+                up: true,
+                taken: false,
+                slot: Slot::new(),
+                connected: watch::Sender::new(PeerSet::new()),
+            },
+        );
+        state.publish_connectivity();
+        Ok(())
     }
 
     /// The seed the network's randomness derives from.
@@ -228,6 +257,8 @@ impl MemNetwork {
     pub fn restart(&self, pid: Pid) -> Option<Incarnation> {
         self.crash(pid);
         let mut state = self.state();
+        // A new incarnation starts with a new transport: no peer removed by the old one.
+        state.removed.retain(|(from, _)| *from != pid);
         let node = state.nodes.get_mut(&pid)?;
         node.incarnation = node.incarnation.wrapping_add(1);
         node.up = true;
@@ -363,7 +394,17 @@ impl State {
         true
     }
 
-    fn purge(&mut self, mut doomed: impl FnMut(Pid, Pid) -> bool, reason: DropReason) {
+    fn purge(&mut self, doomed: impl FnMut(Pid, Pid) -> bool, reason: DropReason) {
+        self.purge_some(doomed, reason, true);
+    }
+
+    /// [`State::purge`]; control frames too only with `controls`.
+    fn purge_some(
+        &mut self,
+        mut doomed: impl FnMut(Pid, Pid) -> bool,
+        reason: DropReason,
+        controls: bool,
+    ) {
         let mut lost = 0u64;
         for (&to, node) in &self.nodes {
             let mut q = node.slot.queue();
@@ -376,8 +417,10 @@ impl State {
                 node.slot.room.notify_waiters();
             }
             lost += purged as u64;
-            // Control frames carry no message: not counted.
-            node.slot.control().retain(|(from, _)| !doomed(*from, to));
+            if controls {
+                // Control frames carry no message: not counted.
+                node.slot.control().retain(|(from, _)| !doomed(*from, to));
+            }
         }
         self.stats.discarded.add(reason, lost);
     }
@@ -471,6 +514,9 @@ impl Transport for MemTransport {
         if !self.slot.alive.load(Ordering::Acquire) {
             return Err(DropReason::Unreachable);
         }
+        if !state.removed.is_empty() && state.removed.contains(&(self.pid, to)) {
+            return Err(DropReason::UnknownPeer);
+        }
         if !state.blocked.is_empty() && state.blocked.contains(&(self.pid, to)) {
             return Err(DropReason::Partitioned);
         }
@@ -520,11 +566,16 @@ impl Transport for MemTransport {
         let State {
             nodes,
             blocked,
+            removed,
             loss,
             ..
         } = &mut *state;
         let mut open: Option<OpenQueue<'_>> = None;
         for (to, frame) in frames.drain(..) {
+            if !removed.is_empty() && removed.contains(&(pid, to)) {
+                refused(to, DropReason::UnknownPeer);
+                continue;
+            }
             if !blocked.is_empty() && blocked.contains(&(pid, to)) {
                 refused(to, DropReason::Partitioned);
                 continue;
@@ -644,6 +695,34 @@ impl Transport for MemTransport {
     /// per restart.
     fn incarnation(&self) -> Option<Incarnation> {
         Some(self.incarnation)
+    }
+
+    /// The network must have `pid` (see [`MemNetwork::add_node`]); the address is not used.
+    fn add_peer(&self, pid: Pid, _address: &str) -> Result<(), TransportError> {
+        let mut state = self.shared.state();
+        if !state.nodes.contains_key(&pid) {
+            return Err(TransportError::Unavailable {
+                pid,
+                reason: "not in the network (MemNetwork::add_node first)".into(),
+            });
+        }
+        state.removed.remove(&(self.pid, pid));
+        Ok(())
+    }
+
+    /// Frames to `pid` are refused as `unknown_peer` from now on; those still queued for
+    /// it are discarded (counted by the network as `unknown_peer`).
+    fn remove_peer(&self, pid: Pid) -> Result<(), TransportError> {
+        let mut state = self.shared.state();
+        state.removed.insert((self.pid, pid));
+        let me = self.pid;
+        // Control frames stay: the notice of its removal is among them.
+        state.purge_some(
+            |from, to| from == me && to == pid,
+            DropReason::UnknownPeer,
+            false,
+        );
+        Ok(())
     }
 }
 

@@ -6,8 +6,9 @@
 //!
 //! * **scenarios** — property-based: random [`Scenario`]s (sends, crashes, restarts,
 //!   partitions, cuts, heals, loss, hostile bytes, settles — only what the backend
-//!   supports), each judged by the [`oracle`] on C1–C9; a failure shrinks to the smallest
-//!   failing scenario and prints it with the seed and the command that replays it.
+//!   supports), each judged by the [`oracle`] on C1–C9 and on the peer events (EV); a
+//!   failure shrinks to the smallest failing scenario and prints it with the seed and the
+//!   command that replays it.
 //!   Simulated scenarios run with small receive queues ([`SCENARIO_PEER_QUEUE`]), so that
 //!   random bursts overflow them and the oracle judges backpressure too (C6);
 //! * **directed cases** — routing basics, restart, partition, backpressure and isolation

@@ -57,6 +57,8 @@ enum Mark {
     Failed,
     Hostile,
     ToItself,
+    /// A node told peer events.
+    Told,
 }
 
 impl Mark {
@@ -71,6 +73,7 @@ impl Mark {
             Mark::Failed => '!',
             Mark::Hostile => '?',
             Mark::ToItself => '↺',
+            Mark::Told => '•',
         }
     }
 }
@@ -650,6 +653,37 @@ impl Layout {
                 Event::Note { text } => {
                     row.text = format!("note: {}", clip(text));
                 }
+                Event::PeerEvent { .. } | Event::PeerEventsLost { .. } => {
+                    // Events told one after another share a row: `told 1: up 2, up 3; …`.
+                    let mut told: Vec<(Pid, Vec<String>)> = Vec::new();
+                    let mut j = i;
+                    while let Some(r) = records.get(j) {
+                        let (at, what) = match &r.event {
+                            Event::PeerEvent { at, change, .. } => (*at, change.to_string()),
+                            Event::PeerEventsLost { at, lost, .. } => {
+                                (*at, format!("{lost} events lost"))
+                            }
+                            _ => break,
+                        };
+                        match told.last_mut() {
+                            Some((last, list)) if *last == at => list.push(what),
+                            _ => told.push((at, vec![what])),
+                        }
+                        j += 1;
+                    }
+                    next = j;
+                    let mut marked = BTreeSet::new();
+                    for (at, _) in &told {
+                        if let Some(c) = col(*at).filter(|c| marked.insert(*c)) {
+                            row.marks.push((c, Mark::Told));
+                        }
+                    }
+                    let parts: Vec<String> = told
+                        .iter()
+                        .map(|(at, list)| format!("{at}: {}", list.join(", ")))
+                        .collect();
+                    row.text = format!("told {}", parts.join("; "));
+                }
                 Event::Stats {
                     pid,
                     incarnation,
@@ -1008,6 +1042,7 @@ fn svg_mark(mark: Mark, cx: usize, cy: usize) -> String {
             cy + 4,
             mark.glyph()
         ),
+        Mark::Told => format!(r##"<circle cx="{cx}" cy="{cy}" r="3" fill="#8e44ad"/>"##),
         Mark::Failed | Mark::Hostile | Mark::ToItself => format!(
             r##"<circle cx="{cx}" cy="{cy}" r="7" fill="white"/><text x="{cx}" y="{}" text-anchor="middle" fill="#c0392b" font-weight="bold">{}</text>"##,
             cy + 4,

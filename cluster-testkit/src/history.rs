@@ -244,6 +244,110 @@ pub enum Event {
         /// What it said.
         message: String,
     },
+    /// A node told one of its peer events ([`Server::events`](cluster_core::Server::events)):
+    /// recorded as the harness takes it from the node's subscription, which it makes when
+    /// the node (re)starts (see [`SimCluster`](crate::SimCluster)).
+    PeerEvent {
+        /// The node that told it.
+        at: Pid,
+        /// Its incarnation.
+        at_incarnation: Incarnation,
+        /// What it told.
+        change: PeerChange,
+        /// When, as time since the node's server started
+        /// ([`PeerEvent::uptime`](cluster_core::PeerEvent::uptime)), in µs: tokio's clock,
+        /// simulated when it is paused; never the wall clock, so that a run replays exactly.
+        uptime_us: u64,
+    },
+    /// A node's peer-event subscription fell behind and lost this many events (the oracle
+    /// then cannot tell what the node missed: see [`oracle::check_events`](crate::oracle::check_events)).
+    PeerEventsLost {
+        /// The node.
+        at: Pid,
+        /// Its incarnation.
+        at_incarnation: Incarnation,
+        /// How many events were lost.
+        lost: u64,
+    },
+}
+
+/// A peer event as the history writes it: [`cluster_core::Event`], named by the peer it is
+/// about (a history [`Event`] is something else).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PeerChange {
+    /// Messages flow both ways between the node and `peer`.
+    Up {
+        /// The peer.
+        peer: Pid,
+    },
+    /// The node's connection to `peer` went down.
+    Down {
+        /// The peer.
+        peer: Pid,
+    },
+    /// A newer incarnation of `peer` was heard from.
+    Restarted {
+        /// The peer.
+        peer: Pid,
+        /// Its new incarnation.
+        incarnation: Incarnation,
+    },
+    /// `peer` joined the cluster.
+    Joined {
+        /// The peer.
+        peer: Pid,
+    },
+    /// `peer` left the cluster.
+    Left {
+        /// The peer.
+        peer: Pid,
+    },
+}
+
+impl PeerChange {
+    /// The change a core event stands for; `None` for an event this build of the test
+    /// kit does not know (the core's enum is non-exhaustive).
+    pub fn from_core(event: &cluster_core::Event) -> Option<Self> {
+        use cluster_core::Event as Core;
+        Some(match *event {
+            Core::Up(peer) => PeerChange::Up { peer },
+            Core::Down(peer) => PeerChange::Down { peer },
+            Core::Restarted { pid, incarnation } => PeerChange::Restarted {
+                peer: pid,
+                incarnation,
+            },
+            Core::Joined(peer) => PeerChange::Joined { peer },
+            Core::Left(peer) => PeerChange::Left { peer },
+            _ => return None,
+        })
+    }
+
+    /// The peer it is about.
+    pub fn peer(&self) -> Pid {
+        match *self {
+            PeerChange::Up { peer }
+            | PeerChange::Down { peer }
+            | PeerChange::Restarted { peer, .. }
+            | PeerChange::Joined { peer }
+            | PeerChange::Left { peer } => peer,
+        }
+    }
+}
+
+impl fmt::Display for PeerChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerChange::Up { peer } => write!(f, "up {peer}"),
+            PeerChange::Down { peer } => write!(f, "down {peer}"),
+            PeerChange::Restarted { peer, incarnation } => {
+                write!(f, "restarted {peer} (incarnation {incarnation})")
+            }
+            PeerChange::Joined { peer } => write!(f, "joined {peer}"),
+            PeerChange::Left { peer } => write!(f, "left {peer}"),
+        }
+    }
 }
 
 impl Event {

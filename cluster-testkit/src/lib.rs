@@ -5,12 +5,14 @@
 //!   in one process over an in-memory network, with the fault operations (crash, restart,
 //!   partition, cut, heal, loss), a seed (printed on failure, read back from
 //!   [`CLUSTER_SEED`](SEED_VAR)) and a [`History`] of every send, routing decision,
-//!   delivery, drop and fault, exportable as JSON lines.
+//!   delivery, drop, fault and peer event (`Up`, `Down`, `Restarted` as each node told
+//!   them), exportable as JSON lines.
 //! * [`Scenario`]s of [`Op`]s and their proptest strategies ([`scenario`]), which shrink to
 //!   the smallest failing scenario.
 //! * The [`oracle`]: from a history, decides for every message whether it must be
 //!   delivered, must be dropped, or may go either way, and checks C1–C9 of the contract,
-//!   one function per invariant.
+//!   one function per invariant, and that the peer events the nodes told match the faults
+//!   injected.
 //! * [`conformance`]: one entry point that runs all of it against a transport, plugged in
 //!   through [`ClusterUnderTest`]; [`mutants`] are deliberately broken transports that
 //!   prove every check can fail.
@@ -93,7 +95,9 @@ pub mod zmq;
 
 #[cfg(feature = "catalog")]
 pub use catalogs::WithCatalogs;
-pub use history::{Event, History, MsgRef, ReasonCounts, Record, from_json_lines, to_json_lines};
+pub use history::{
+    Event, History, MsgRef, PeerChange, ReasonCounts, Record, from_json_lines, to_json_lines,
+};
 pub use node::{NodeContext, NodeFailure, NodeLogic};
 pub use scenario::{FORGED_MSG_ID, HostileBytes, Op, Scenario, op, run_scenario, scenario};
 pub use seed::{

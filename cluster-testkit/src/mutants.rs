@@ -5,7 +5,8 @@
 //! break the transports: they duplicate, reorder, corrupt, misroute, invent or silently lose
 //! frames, deliver what had to be dropped (after a restart, across a partition, after a fault
 //! hit it in flight), hold frames behind an unreachable peer, queue without bound, give the
-//! wrong reason for a drop, die on hostile bytes, or forget their incarnation on restart.
+//! wrong reason for a drop, die on hostile bytes, forget their incarnation on restart, drop a
+//! healthy peer from their connection set for a moment, or hide a peer's restart.
 //! The others break the server's own router, through the test-only
 //! `ServerBuilder::router_fault` of `cluster-core` (feature `fault-injection`, which this
 //! crate turns on): a broadcast to its sender, no self-delivery, an uncounted `unknown_peer`,
@@ -41,6 +42,8 @@
 //! | C8 restart | `ForgetIncarnation` | transport | [`check_c8_restart`] | `c8_finds_forget_incarnation` |
 //! | C9 hostile input | `HostileCrash` | transport | [`check_c9_hostile_input`] | `c9_finds_hostile_crash` |
 //! | C9 hostile input | `HostileUncounted` | router | [`check_c9_hostile_input`] | `c9_finds_hostile_uncounted` |
+//! | EV peer events: no `Down` without a fault | `SpuriousDown` | transport | [`check_events`] | `events_finds_spurious_down` |
+//! | EV peer events: `Restarted` once per restart | `HideRestart` | transport | [`check_events`] | `events_finds_hidden_restart` |
 //!
 //! Since the wire format v2, the router itself absorbs four transport faults that used to
 //! break C1–C3: every frame names its receiver and carries a sequence number per (sender
@@ -71,6 +74,7 @@
 //! [`check_c7_accounting`]: crate::oracle::check_c7_accounting
 //! [`check_c8_restart`]: crate::oracle::check_c8_restart
 //! [`check_c9_hostile_input`]: crate::oracle::check_c9_hostile_input
+//! [`check_events`]: crate::oracle::check_events
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::poll_fn;
@@ -147,11 +151,20 @@ pub enum Mutation {
     NoSelfDelivery,
     /// The router drops a send to an unknown pid without counting it (breaks C1).
     UncountedUnknownPeer,
+    /// Drops a healthy peer from the published connection set for a moment (a few
+    /// scheduler turns) when it sends the second message to it: the node tells `Down` with
+    /// no fault on the link (breaks EV).
+    SpuriousDown,
+    /// Hands up a peer's frames, greetings included, as from the first incarnation of it
+    /// this transport heard, as a transport that keeps a peer's identity per connection
+    /// would: a restart goes untold (breaks EV; the restarted peer's messages, replays to
+    /// the router, are lost too).
+    HideRestart,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 19] = [
+    pub const ALL: [Mutation; 21] = [
         Mutation::Duplicate,
         Mutation::Reorder,
         Mutation::Corrupt,
@@ -171,6 +184,8 @@ impl Mutation {
         Mutation::BroadcastToSender,
         Mutation::NoSelfDelivery,
         Mutation::UncountedUnknownPeer,
+        Mutation::SpuriousDown,
+        Mutation::HideRestart,
     ];
 
     /// A kebab-case name.
@@ -195,6 +210,8 @@ impl Mutation {
             Mutation::BroadcastToSender => "broadcast-to-sender",
             Mutation::NoSelfDelivery => "no-self-delivery",
             Mutation::UncountedUnknownPeer => "uncounted-unknown-peer",
+            Mutation::SpuriousDown => "spurious-down",
+            Mutation::HideRestart => "hide-restart",
         }
     }
 
@@ -216,6 +233,7 @@ impl Mutation {
             }
             Mutation::ForgetIncarnation => Invariant::C8Restart,
             Mutation::HostileCrash | Mutation::HostileUncounted => Invariant::C9HostileInput,
+            Mutation::SpuriousDown | Mutation::HideRestart => Invariant::Events,
         }
     }
 
@@ -312,9 +330,14 @@ impl MutantBackend {
         let (tx, backdoor) = mpsc::unbounded_channel();
         lock(&self.shared).backdoor.insert(pid, tx);
         let pids = self.inner.config().pids().collect();
+        // Only SpuriousDown publishes its own set: the others keep the network's timing.
+        let flicker = (self.mutation == Mutation::SpuriousDown)
+            .then(|| Flicker::new(started.transport.connected()));
         Started {
             transport: Box::new(MutantTransport {
                 pid,
+                flicker,
+                messages: AtomicU64::new(0),
                 inner: started.transport,
                 mutation: self.mutation,
                 shared: Arc::clone(&self.shared),
@@ -327,6 +350,7 @@ impl MutantBackend {
                     arrivals: 0,
                     pending: VecDeque::new(),
                     closed: false,
+                    first_heard: BTreeMap::new(),
                 }),
             }),
             incarnation: if self.mutation == Mutation::ForgetIncarnation {
@@ -482,7 +506,98 @@ struct MutantTransport {
     pids: Vec<Pid>,
     /// Frames sent.
     count: AtomicU64,
+    /// Message frames sent (control frames not counted).
+    messages: AtomicU64,
+    /// The connection set this transport publishes, if not the network's (SpuriousDown
+    /// hides a peer in it).
+    flicker: Option<Arc<Flicker>>,
     receiving: Mutex<Receiving>,
+}
+
+/// The connection set a [`MutantTransport`] publishes: the network's, copied by a task of
+/// its own, minus a peer it hides for a moment (SpuriousDown).
+struct Flicker {
+    published: watch::Sender<PeerSet>,
+    network: Mutex<watch::Receiver<PeerSet>>,
+    hidden: Mutex<Option<Pid>>,
+}
+
+/// Scheduler turns a hidden peer stays hidden: long enough for the node's task to see it
+/// gone (and tell `Down`).
+const HIDDEN_TURNS: usize = 8;
+
+impl Flicker {
+    /// Publishes `network`'s set as it changes, from a task that ends with the last
+    /// receiver of the published set.
+    fn new(network: watch::Receiver<PeerSet>) -> Arc<Self> {
+        let flicker = Arc::new(Flicker {
+            published: watch::Sender::new(network.borrow().clone()),
+            network: Mutex::new(network.clone()),
+            hidden: Mutex::new(None),
+        });
+        let copier = Arc::downgrade(&flicker);
+        let mut changes = network;
+        tokio::spawn(async move {
+            loop {
+                let Some(flicker) = copier.upgrade() else {
+                    return;
+                };
+                tokio::select! {
+                    biased;
+                    () = flicker.published.closed() => return,
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                }
+                flicker.publish();
+            }
+        });
+        flicker
+    }
+
+    fn publish(&self) {
+        let mut set = self
+            .network
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .borrow_and_update()
+            .clone();
+        if let Some(hidden) = *self.hidden.lock().unwrap_or_else(|e| e.into_inner()) {
+            set.remove(&hidden);
+        }
+        self.published.send_if_modified(|cur| {
+            let changed = *cur != set;
+            *cur = set;
+            changed
+        });
+    }
+
+    /// Hides `peer` for [`HIDDEN_TURNS`] scheduler turns.
+    fn hide_for_a_moment(self: &Arc<Self>, peer: Pid) {
+        *self.hidden.lock().unwrap_or_else(|e| e.into_inner()) = Some(peer);
+        self.publish();
+        let flicker = Arc::clone(self);
+        tokio::spawn(async move {
+            for _ in 0..HIDDEN_TURNS {
+                tokio::task::yield_now().await;
+            }
+            *flicker.hidden.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            flicker.publish();
+        });
+    }
+}
+
+/// `bytes` (a frame) with the sender's incarnation in its header replaced by `incarnation`.
+fn as_incarnation(bytes: &Bytes, header: &wire::Header, incarnation: Incarnation) -> Bytes {
+    let mut rewritten = *header;
+    rewritten.incarnation = incarnation;
+    let mut out = BytesMut::from(&bytes[..]);
+    if let Some(head) = out.get_mut(..wire::HEADER_LEN) {
+        head.copy_from_slice(&rewritten.to_bytes());
+    }
+    out.freeze()
 }
 
 /// The receiving half of a [`MutantTransport`].
@@ -497,6 +612,8 @@ struct Receiving {
     pending: VecDeque<TransportEvent>,
     /// The node went down on an arrival (HostileCrash): nothing more is handed up.
     closed: bool,
+    /// The first incarnation heard of each sender (HideRestart).
+    first_heard: BTreeMap<Pid, Incarnation>,
 }
 
 /// The header of a message frame (control frames, such as greetings, carry no message: the
@@ -571,6 +688,20 @@ impl MutantTransport {
                     receiving.pending.push_back(TransportEvent::Frame(phantom));
                 }
             }
+            Mutation::HideRestart => {
+                if let Ok(frame) = Frame::decode(bytes.clone())
+                    && !frame.header.keyed
+                {
+                    let h = frame.header;
+                    let first = *receiving
+                        .first_heard
+                        .entry(h.sender)
+                        .or_insert(h.incarnation);
+                    if first != h.incarnation {
+                        return Some(TransportEvent::Frame(as_incarnation(&bytes, &h, first)));
+                    }
+                }
+            }
             _ => {}
         }
         Some(TransportEvent::Frame(bytes))
@@ -628,6 +759,14 @@ impl Transport for MutantTransport {
                 self.inner.send(wrong, frame)
             }
             Mutation::LoseHealthy if n.is_multiple_of(3) => Ok(()),
+            Mutation::SpuriousDown if to != self.pid && !wire::is_control(&frame) => {
+                if self.messages.fetch_add(1, Ordering::Relaxed) + 1 == 2
+                    && let Some(flicker) = &self.flicker
+                {
+                    flicker.hide_for_a_moment(to);
+                }
+                self.inner.send(to, frame)
+            }
             Mutation::DeliverAfterRestart => match self.inner.send(to, frame.clone()) {
                 Err(DropReason::Unreachable) => {
                     lock(&self.shared).kept.entry(to).or_default().push(frame);
@@ -763,7 +902,10 @@ impl Transport for MutantTransport {
     }
 
     fn connected(&self) -> watch::Receiver<PeerSet> {
-        self.inner.connected()
+        match &self.flicker {
+            Some(flicker) => flicker.published.subscribe(),
+            None => self.inner.connected(),
+        }
     }
 
     fn may_lose_accepted(&self) -> bool {
@@ -772,5 +914,14 @@ impl Transport for MutantTransport {
 
     async fn shutdown(&self, linger: Duration) {
         self.inner.shutdown(linger).await;
+    }
+
+    // Membership at run time: the inner transport's to grant (the defaults would refuse).
+    fn add_peer(&self, pid: Pid, address: &str) -> Result<(), TransportError> {
+        self.inner.add_peer(pid, address)
+    }
+
+    fn remove_peer(&self, pid: Pid) -> Result<(), TransportError> {
+        self.inner.remove_peer(pid)
     }
 }

@@ -20,7 +20,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use cluster_core::wire::{Destination, Frame, Header};
-use cluster_core::{DropReason, Incarnation, PeerSet, Pid, Transport, TransportEvent};
+use cluster_core::{
+    DropReason, Incarnation, PeerSet, Pid, Transport, TransportError, TransportEvent,
+};
 use tokio::sync::watch;
 
 use crate::history::{History, MsgRef, MsgTag, TagFor};
@@ -245,6 +247,15 @@ impl Transport for Namer {
 
     fn incarnation(&self) -> Option<Incarnation> {
         self.inner.incarnation()
+    }
+
+    // Membership at run time: the inner transport's to grant (the defaults would refuse).
+    fn add_peer(&self, pid: Pid, address: &str) -> Result<(), TransportError> {
+        self.inner.add_peer(pid, address)
+    }
+
+    fn remove_peer(&self, pid: Pid) -> Result<(), TransportError> {
+        self.inner.remove_peer(pid)
     }
 }
 

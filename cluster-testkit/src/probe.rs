@@ -13,7 +13,7 @@ use bytes::Bytes;
 use cluster_core::wire::{self, Frame};
 use cluster_core::{
     DropCounts, DropReason, Incarnation, MsgId, PeerSet, Pid, ServerMonitor, Transport,
-    TransportEvent,
+    TransportError, TransportEvent,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -449,5 +449,14 @@ impl Transport for Probe {
     async fn shutdown(&self, linger: Duration) {
         self.resolve();
         self.inner.shutdown(linger).await;
+    }
+
+    // Membership at run time: the inner transport's to grant (the defaults would refuse).
+    fn add_peer(&self, pid: Pid, address: &str) -> Result<(), TransportError> {
+        self.inner.add_peer(pid, address)
+    }
+
+    fn remove_peer(&self, pid: Pid) -> Result<(), TransportError> {
+        self.inner.remove_peer(pid)
     }
 }

@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cluster_core::{
-    Config, DropReason, Envelope, Incarnation, Message, MsgId, Pid, Server, ServerError,
-    ServerMonitor, Transport, TransportError,
+    Config, DropReason, Envelope, Events, Incarnation, Lagged, Message, MsgId, Pid, Server,
+    ServerError, ServerMonitor, Transport, TransportError,
 };
 use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::history::{Event, History, MsgTag, Record, reason_counts};
+use crate::history::{Event, History, MsgTag, PeerChange, Record, reason_counts};
 use crate::names::{Namer, Names, Summarize};
 use crate::node::{Failures, NodeContext, NodeFailure, NodeLogic, panic_message};
 use crate::probe::{Gate, Probe, ProbeShared};
@@ -86,6 +86,8 @@ struct Node<M> {
     task: Option<JoinHandle<()>>,
     received: VecDeque<Envelope<M>>,
     inbox_paused: bool,
+    /// The incarnation's peer events, made as it started (when recording).
+    events: Option<Events>,
 }
 
 /// Builds a [`SimCluster`]. Cheap to clone: [`faults::explore`](crate::faults::explore)
@@ -248,6 +250,14 @@ impl SimBuilder {
 /// If the thread panics while the cluster lives (a failed test), the seed is printed with
 /// the command that replays the run.
 ///
+/// **Peer events.** When recording, the harness subscribes to each node incarnation's
+/// peer events ([`Server::events`]) as it starts, and records what it told
+/// ([`Event::PeerEvent`], stamped with the node's uptime, never the wall clock) whenever it
+/// takes messages from the inboxes and before it records any fault or start, node by node
+/// in pid order; a crashed incarnation's last events (told as it stopped) are recorded
+/// after its crash. The [`oracle`](crate::oracle::check_events) judges them against the
+/// faults.
+///
 /// **Replaying exactly.** On a current-thread runtime of its own with tokio's clock paused
 /// ([`faults::runtime`](crate::faults::runtime), or
 /// `#[tokio::test(flavor = "current_thread", start_paused = true)]`), a run is a function
@@ -283,6 +293,8 @@ pub struct SimCluster<M> {
     gate: Gate,
     nodes: BTreeMap<Pid, Node<M>>,
     retired: Vec<(Pid, Incarnation, ServerMonitor)>,
+    /// Peer events of crashed incarnations: what they told while they stopped.
+    retired_events: Vec<(Pid, Incarnation, Events)>,
     spawner: Option<Spawner<M>>,
     free_running: bool,
     probes: ProbeShared,
@@ -358,6 +370,7 @@ impl<M: Message> SimCluster<M> {
             gate: Gate::new(caps.timing != Timing::Exact),
             nodes: BTreeMap::new(),
             retired: Vec::new(),
+            retired_events: Vec::new(),
             spawner: None,
             free_running: caps.timing != Timing::Exact,
             probes: ProbeShared::default(),
@@ -375,6 +388,7 @@ impl<M: Message> SimCluster<M> {
             sim.launch(pid, s, false)?;
         }
         sim.wait_connected().await?;
+        sim.record_peer_events();
         for (pid, incarnation) in started {
             sim.history.push(Event::Start { pid, incarnation });
         }
@@ -466,6 +480,8 @@ impl<M: Message> SimCluster<M> {
         let builder = Server::<M>::builder(pid, self.config.clone()).incarnation(incarnation);
         let builder = self.backend.server_builder(pid, builder);
         let server: Server<M> = builder.build(probe)?;
+        // Before the server's task first runs: the subscription misses nothing.
+        let events = self.history.is_enabled().then(|| server.events());
         let monitor = server.monitor();
         let _ = slot.set(monitor.clone());
         let node = self.nodes.entry(pid).or_insert_with(|| Node {
@@ -477,8 +493,10 @@ impl<M: Message> SimCluster<M> {
             task: None,
             received: VecDeque::new(),
             inbox_paused: false,
+            events: None,
         });
         node.incarnation = incarnation;
+        node.events = events;
         node.up = true;
         node.monitor = Some(monitor);
         node.raw = Some(raw);
@@ -736,6 +754,10 @@ impl<M: Message> SimCluster<M> {
             // counted it delivered.
             server.stop().await;
             let inc = node.incarnation;
+            // What let those messages through was told before them.
+            if let Some(events) = node.events.as_mut() {
+                record_events(&self.history, pid, inc, events);
+            }
             while let Ok(env) = server.inbox().try_recv() {
                 if self.history.is_enabled() {
                     // A message to itself crossed no network: no arrival names it.
@@ -758,6 +780,11 @@ impl<M: Message> SimCluster<M> {
         if let Some(monitor) = node.monitor.take() {
             self.retired.push((pid, node.incarnation, monitor));
         }
+        if let Some(events) = node.events.take() {
+            self.retired_events.push((pid, node.incarnation, events));
+        }
+        // What the crash made every node tell (the crashed one's own, as it stopped).
+        self.record_peer_events();
         Ok(())
     }
 
@@ -768,6 +795,7 @@ impl<M: Message> SimCluster<M> {
         let incarnation = started.incarnation;
         self.launch(pid, started, true)?;
         self.wait_connected().await?;
+        self.record_peer_events();
         self.history.push(Event::Start { pid, incarnation });
         Ok(incarnation)
     }
@@ -777,6 +805,7 @@ impl<M: Message> SimCluster<M> {
         if !self.caps.partition {
             return Err(self.unsupported("partition"));
         }
+        self.record_peer_events();
         self.history.push(Event::Partition {
             a: a.to_vec(),
             b: b.to_vec(),
@@ -794,6 +823,7 @@ impl<M: Message> SimCluster<M> {
         if !self.caps.cut {
             return Err(self.unsupported("cut"));
         }
+        self.record_peer_events();
         self.history.push(Event::Cut { from, to });
         self.record_discards(
             |x, y| x == from && y == to && x != y,
@@ -808,6 +838,7 @@ impl<M: Message> SimCluster<M> {
         if !(self.caps.partition || self.caps.cut || self.caps.loss) {
             return Err(self.unsupported("heal"));
         }
+        self.record_peer_events();
         self.history.push(Event::Heal);
         self.backend.heal();
         Ok(())
@@ -818,6 +849,7 @@ impl<M: Message> SimCluster<M> {
         if !self.caps.loss {
             return Err(self.unsupported("set_loss"));
         }
+        self.record_peer_events();
         self.history.push(Event::SetLoss { from, to, p });
         self.backend.set_loss(from, to, p);
         Ok(())
@@ -840,9 +872,14 @@ impl<M: Message> SimCluster<M> {
         }
     }
 
-    /// Takes every inbox's messages into the nodes' received lists, recording each.
+    /// Takes every inbox's messages into the nodes' received lists, recording each, and
+    /// records the peer events told meanwhile.
+    ///
+    /// Messages are taken first and recorded after the events: a node tells what let a
+    /// message through (`Restarted`, `Up`) before the message reaches its inbox, so events
+    /// taken after the messages come before them in the history, as they happened.
     fn drain_inboxes(&mut self) {
-        let summary = self.summary.as_ref();
+        let mut taken: Vec<(Pid, Incarnation, Envelope<M>)> = Vec::new();
         for (&pid, node) in &mut self.nodes {
             if node.inbox_paused {
                 continue;
@@ -851,23 +888,46 @@ impl<M: Message> SimCluster<M> {
                 continue;
             };
             while let Ok(env) = server.inbox().try_recv() {
-                if self.history.is_enabled() {
-                    // A message to itself crossed no network: no arrival names it.
-                    let own = summary.filter(|_| env.pid == pid);
-                    self.history.push_tagged(
-                        Event::Delivered {
-                            at: pid,
-                            at_incarnation: node.incarnation,
-                            from: env.pid,
-                            msg_id: env.msg_id,
-                            payload: payload_json(&env.msg),
-                        },
-                        Self::msg_tag(own, &env.msg),
-                    );
-                }
-                node.received.push_back(env);
-                self.drained += 1;
+                taken.push((pid, node.incarnation, env));
             }
+        }
+        self.record_peer_events();
+        let summary = self.summary.as_ref();
+        for (pid, incarnation, env) in taken {
+            if self.history.is_enabled() {
+                // A message to itself crossed no network: no arrival names it.
+                let own = summary.filter(|_| env.pid == pid);
+                self.history.push_tagged(
+                    Event::Delivered {
+                        at: pid,
+                        at_incarnation: incarnation,
+                        from: env.pid,
+                        msg_id: env.msg_id,
+                        payload: payload_json(&env.msg),
+                    },
+                    Self::msg_tag(own, &env.msg),
+                );
+            }
+            self.drained += 1;
+            if let Some(node) = self.nodes.get_mut(&pid) {
+                node.received.push_back(env);
+            }
+        }
+    }
+
+    /// Records the peer events every node incarnation (crashed ones included) told since
+    /// the last call, node by node in pid order: deterministic in simulation. Called before
+    /// every fault and start is recorded, so that what a node told before a fault comes
+    /// before it in the history.
+    fn record_peer_events(&mut self) {
+        let history = &self.history;
+        for (&pid, node) in &mut self.nodes {
+            if let Some(events) = node.events.as_mut() {
+                record_events(history, pid, node.incarnation, events);
+            }
+        }
+        for (pid, incarnation, events) in &mut self.retired_events {
+            record_events(history, *pid, *incarnation, events);
         }
     }
 
@@ -1058,6 +1118,7 @@ impl<M: Message> SimCluster<M> {
     /// If node logic failed and nobody [took](Self::take_node_failure) the failure: a test
     /// must not pass over it.
     pub async fn shutdown(mut self) -> Vec<Record> {
+        self.record_peer_events();
         let records = self.history.records();
         self.history.close();
         let untaken = self.untaken_failure();
@@ -1105,6 +1166,31 @@ struct Progress {
     /// (sent, delivered + dropped) over every incarnation, when watched.
     counters: (u64, u64),
     discarded: u64,
+}
+
+/// Records the peer events `pid` (as `incarnation`) told that are waiting in `events`.
+fn record_events(history: &History, pid: Pid, incarnation: Incarnation, events: &mut Events) {
+    while let Some(told) = events.try_recv() {
+        let event = match told {
+            Ok(told) => match PeerChange::from_core(&told.event) {
+                Some(change) => Event::PeerEvent {
+                    at: pid,
+                    at_incarnation: incarnation,
+                    change,
+                    uptime_us: u64::try_from(told.uptime.as_micros()).unwrap_or(u64::MAX),
+                },
+                None => Event::Note {
+                    text: format!("{pid} told a peer event the test kit does not know: {told:?}"),
+                },
+            },
+            Err(Lagged(lost)) => Event::PeerEventsLost {
+                at: pid,
+                at_incarnation: incarnation,
+                lost,
+            },
+        };
+        history.push(event);
+    }
 }
 
 /// `text` on one line: a summary must not break the history's or the diagram's lines.

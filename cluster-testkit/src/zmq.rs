@@ -349,6 +349,15 @@ impl Transport for Tracked {
     async fn shutdown(&self, linger: Duration) {
         self.inner.shutdown(linger).await;
     }
+
+    // Membership at run time: the inner transport's to grant (the defaults would refuse).
+    fn add_peer(&self, pid: Pid, address: &str) -> Result<(), TransportError> {
+        self.inner.add_peer(pid, address)
+    }
+
+    fn remove_peer(&self, pid: Pid) -> Result<(), TransportError> {
+        self.inner.remove_peer(pid)
+    }
 }
 
 /// A transport that can be killed: sends fail, receiving stops, and `shutdown` closes the
@@ -418,6 +427,15 @@ impl Transport for Killable {
     async fn shutdown(&self, linger: Duration) {
         let linger = if self.dead() { Duration::ZERO } else { linger };
         self.inner.shutdown(linger).await;
+    }
+
+    // Membership at run time: the inner transport's to grant (the defaults would refuse).
+    fn add_peer(&self, pid: Pid, address: &str) -> Result<(), TransportError> {
+        self.inner.add_peer(pid, address)
+    }
+
+    fn remove_peer(&self, pid: Pid) -> Result<(), TransportError> {
+        self.inner.remove_peer(pid)
     }
 }
 
@@ -667,5 +685,14 @@ impl Transport for Faulty {
 
     async fn shutdown(&self, linger: Duration) {
         self.inner.shutdown(linger).await;
+    }
+
+    // Membership at run time: the inner transport's to grant (the defaults would refuse).
+    fn add_peer(&self, pid: Pid, address: &str) -> Result<(), TransportError> {
+        self.inner.add_peer(pid, address)
+    }
+
+    fn remove_peer(&self, pid: Pid) -> Result<(), TransportError> {
+        self.inner.remove_peer(pid)
     }
 }

@@ -204,6 +204,14 @@ impl Transport for ZmqTransport {
     fn may_lose_accepted(&self) -> bool {
         true
     }
+
+    fn add_peer(&self, pid: Pid, address: &str) -> Result<(), TransportError> {
+        each_backend!(self, t => t.add_peer(pid, address))
+    }
+
+    fn remove_peer(&self, pid: Pid) -> Result<(), TransportError> {
+        each_backend!(self, t => t.remove_peer(pid))
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::fmt::Display;
 
-use cluster_core::{Config, Pid, TransportError};
+use cluster_core::{Config, Options, Pid, TransportError};
 
 /// The endpoints of node `pid`: its own (to bind) and each peer's (to connect to).
 #[derive(Debug, Clone)]
@@ -12,7 +12,7 @@ pub(crate) struct Endpoints {
     pub(crate) address: String,
     /// `tcp://` + this node's address.
     pub(crate) own: String,
-    /// Every other pid of the config, ascending, with its `tcp://` endpoint.
+    /// Every other pid of the config, ascending, with its address (`host:port`).
     pub(crate) peers: Vec<(Pid, String)>,
 }
 
@@ -34,18 +34,13 @@ impl Endpoints {
             .peers()
             .iter()
             .filter(|p| p.pid != pid)
-            .map(|p| (p.pid, format!("tcp://{}", p.address)))
+            .map(|p| (p.pid, p.address.clone()))
             .collect();
         Ok(Self {
             own: format!("tcp://{address}"),
             address,
             peers,
         })
-    }
-
-    /// The peers' pids, ascending.
-    pub(crate) fn peer_pids(&self) -> Vec<Pid> {
-        self.peers.iter().map(|(pid, _)| *pid).collect()
     }
 
     /// The error for a failed bind of this node's own address.
@@ -57,6 +52,22 @@ impl Endpoints {
     }
 }
 
+/// The ZeroMQ endpoint of a peer at `address` (`host:port`).
+pub(crate) fn tcp(address: &str) -> String {
+    format!("tcp://{address}")
+}
+
+/// Checks a peer added at run time as the config checks its entries (a pid in range, an
+/// address that is `host:port`), with an error naming the pid and the problem.
+pub(crate) fn check_added(pid: Pid, address: &str) -> Result<(), TransportError> {
+    Config::from_peers([(pid, address)], Options::default())
+        .map(drop)
+        .map_err(|e| TransportError::Unavailable {
+            pid,
+            reason: format!("cannot add it: {}", e.problem),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,13 +77,38 @@ mod tests {
         let config = Config::local(3, 7200).unwrap();
         let e = Endpoints::of(2, &config).unwrap();
         assert_eq!(e.own, format!("tcp://{}", e.address));
-        assert_eq!(e.peer_pids(), [1, 3]);
-        assert!(e.peers.iter().all(|(_, ep)| ep.starts_with("tcp://")));
+        let pids: Vec<Pid> = e.peers.iter().map(|(pid, _)| *pid).collect();
+        assert_eq!(pids, [1, 3]);
+        assert_eq!(e.peers[1].1, config.peer(3).unwrap().address);
+        assert_eq!(tcp(&e.peers[1].1), format!("tcp://{}", e.peers[1].1));
         let err = e.bind_error("in use").to_string();
         assert!(err.contains(&e.address) && err.contains("in use"), "{err}");
         assert!(matches!(
             Endpoints::of(9, &config),
             Err(TransportError::Unavailable { pid: 9, .. })
         ));
+    }
+
+    #[test]
+    fn an_added_peer_is_checked_like_a_config_entry() {
+        for ok in ["127.0.0.1:7001", "[::1]:7001", "node-3.example:9"] {
+            check_added(3, ok).unwrap();
+        }
+        for bad in [
+            "x",
+            "127.0.0.1",
+            "127.0.0.1:0",
+            "127.0.0.1:70000",
+            "::1:80",
+            "",
+        ] {
+            let e = check_added(3, bad).unwrap_err().to_string();
+            assert!(
+                e.contains("pid 3") && e.contains(&format!("\"{bad}\" is not host:port")),
+                "{e}"
+            );
+        }
+        let e = check_added(-1, "127.0.0.1:7001").unwrap_err().to_string();
+        assert!(e.contains("negative"), "{e}");
     }
 }

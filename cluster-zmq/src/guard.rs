@@ -33,7 +33,7 @@ use std::net::{Shutdown, TcpStream};
 #[cfg(target_os = "linux")]
 use std::os::fd::OwnedFd;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -48,7 +48,7 @@ use crate::link_stats::Counters;
 pub(crate) struct Limits {
     /// The node's own port: connections accepted on it are the guarded ones.
     pub(crate) port: u16,
-    /// Inbound connections open at once.
+    /// Inbound connections open at once, at first ([`Guard::set_cap`] changes it).
     pub(crate) cap: usize,
     /// Longest time without activity; `None`: never closed for idleness.
     pub(crate) idle: Option<Duration>,
@@ -151,6 +151,12 @@ pub(crate) fn start_or_warn(
     }
 }
 
+/// The cap on inbound connections of a node with `peers` peers besides itself, configured
+/// or added at run time: what the config's options give for that cluster size.
+pub(crate) fn cap_for(options: &cluster_core::Options, peers: usize) -> usize {
+    options.inbound_connection_cap(peers.saturating_add(1))
+}
+
 /// The port of a `host:port` address (0 if there is none).
 pub(crate) fn port_of(address: &str) -> u16 {
     address
@@ -163,7 +169,17 @@ pub(crate) fn port_of(address: &str) -> u16 {
 /// The running guard thread; stops when dropped.
 pub(crate) struct Guard {
     stop: Arc<AtomicBool>,
+    /// The cap kept from the next look on.
+    cap: Arc<AtomicUsize>,
     thread: Option<JoinHandle<()>>,
+}
+
+impl Guard {
+    /// Keeps `cap` inbound connections open at most from the next look on (peers were
+    /// added or removed at run time).
+    pub(crate) fn set_cap(&self, cap: usize) {
+        self.cap.store(cap.max(1), Ordering::Relaxed);
+    }
 }
 
 impl Drop for Guard {
@@ -203,12 +219,15 @@ impl Guard {
         let pidfd = pidfd_open(getpid(), PidfdFlags::empty()).map_err(std::io::Error::from)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
+        let cap = Arc::new(AtomicUsize::new(limits.cap));
+        let capped = Arc::clone(&cap);
         let thread = std::thread::Builder::new()
             .name(format!("cluster-guard-{}", limits.port))
             .spawn(move || {
                 let mut sweeper = Sweeper {
                     pidfd,
                     limits,
+                    cap: capped,
                     activity,
                     counters,
                     first_seen: HashMap::new(),
@@ -225,6 +244,7 @@ impl Guard {
             })?;
         Ok(Self {
             stop,
+            cap,
             thread: Some(thread),
         })
     }
@@ -234,6 +254,8 @@ impl Guard {
 struct Sweeper {
     pidfd: OwnedFd,
     limits: Limits,
+    /// The cap now (`limits.cap` at first; see [`Guard::set_cap`]).
+    cap: Arc<AtomicUsize>,
     activity: Activity,
     counters: Arc<Counters>,
     /// When the guard first saw each open connection, by peer address.
@@ -355,7 +377,8 @@ impl Sweeper {
                 false
             });
         }
-        if conns.len() > self.limits.cap {
+        let cap = self.cap.load(Ordering::Relaxed);
+        if conns.len() > cap {
             // Keep those that showed activity, then the oldest.
             conns.sort_by_key(|&(last, active, ..)| {
                 let age = now.saturating_duration_since(last);
@@ -364,7 +387,7 @@ impl Sweeper {
                     if active { age } else { Duration::MAX - age },
                 )
             });
-            for &(_, _, peer, fd) in conns.get(self.limits.cap..).unwrap_or_default() {
+            for &(_, _, peer, fd) in conns.get(cap..).unwrap_or_default() {
                 if self.close(fd, peer) {
                     self.counters
                         .refused_over_cap

@@ -126,6 +126,27 @@
 //! frames never reach the server, and anything that is not a well-formed control frame is
 //! handed to the server, which checks and counts it (contract C9).
 //!
+//! # Membership at run time
+//!
+//! [`Transport::add_peer`](cluster_core::Transport::add_peer) makes a pid a peer while the
+//! node runs, exactly as if the config had listed it: a PUSH socket (libzmq) or a task with
+//! its DEALER (`zeromq`), with the same options, the same bounded queue, and the same
+//! notion of "connected" in [`Transport::connected`](cluster_core::Transport::connected).
+//! The address is checked as the config checks one (`host:port`); adding this node's own
+//! pid is an error; adding a peer again is not; adding it at another address moves it
+//! (its connection to the old one goes, as on removal). The connection guard's cap
+//! follows the number of peers.
+//! [`Transport::remove_peer`](cluster_core::Transport::remove_peer) closes this node's
+//! connection to the peer at once: sends to it are refused as `unknown_peer`, and frames
+//! naming it as their sender are no longer handed up ([`LinkStats::from_removed_peers`]).
+//! What was queued for it: the `zeromq` backend discards the messages and reports them
+//! ([`TransportEvent::Dropped`](cluster_core::TransportEvent::Dropped), `unknown_peer`),
+//! and sends the control frames (the server's notice of the removal) for at most the
+//! linger; libzmq can tell neither apart in its queue nor say how much it holds: the
+//! queue gets at most the linger to leave, then is discarded, unreported. The removed node's own
+//! connection to this node's port stays open while it keeps it (neither library lets a
+//! PULL or ROUTER socket close one connection; the guard does not know which is whose).
+//!
 //! # Accounting on real networks
 //!
 //! Every frame refused by `send` is counted by the server with its reason. Frames accepted

@@ -1,6 +1,6 @@
 //! The `libzmq` backend: the `zmq` crate over the bundled libzmq.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use cluster_core::{
-    Config, DropReason, Options, PeerSet, Pid, Transport, TransportError, TransportEvent,
+    Config, DropReason, Options, PeerSet, Pid, Transport, TransportError, TransportEvent, wire,
 };
 use tokio::sync::watch;
 
@@ -17,9 +17,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use crate::endpoints::Endpoints;
+use crate::endpoints::{self, Endpoints};
 use crate::link_stats::{Counters, LinkStats};
-use crate::liveness::Liveness;
+use crate::liveness::{Peers, Status};
 
 /// Distinguishes the inproc endpoints of transports living in one process.
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
@@ -32,20 +32,34 @@ const RECONNECT_IVL_MAX: Duration = Duration::from_millis(1000);
 /// per peer (see the crate docs for why, and for the socket options).
 pub struct LibzmqTransport {
     pid: Pid,
-    /// One PUSH per peer, in the order of `liveness`, each behind its own lock (libzmq
+    /// Distinguishes the inproc endpoints of this transport from those of others.
+    id: u64,
+    /// Numbers the PUSH sockets' monitor endpoints, so that a pid added back after its
+    /// removal never meets its old monitor's endpoint.
+    next_monitor: AtomicU64,
+    options: Options,
+    /// Every peer, configured or added, with its PUSH socket behind its own lock (libzmq
     /// sockets are not thread-safe; the transport is shared by every sending task). `None`
-    /// once `shutdown` or `Drop` took it to close it.
-    outs: Vec<Mutex<Option<zmq::Socket>>>,
+    /// once `remove_peer`, `shutdown` or `Drop` took it to close it.
+    peers: Arc<Peers<Push>>,
+    /// The monitors of PUSH sockets opened since the monitor thread last looked: it takes
+    /// them over when woken (`Teardown::wake`).
+    adopt: Adopt,
     /// The PULL socket and its readiness, read by the server's task directly. Shared
     /// (`Arc`) so that `readable` can await the readiness without holding this lock;
     /// `None` once `shutdown` or `Drop` took it.
     pull: Mutex<Option<Arc<PullSide>>>,
-    liveness: Arc<Liveness>,
     stats: LinkStats,
     teardown: Mutex<Option<Teardown>>,
     /// Caps the inbound connections (see `guard`); stops when dropped.
-    _guard: Option<crate::guard::Guard>,
+    guard: Option<crate::guard::Guard>,
 }
+
+/// The PUSH socket to one peer.
+type Push = Mutex<Option<zmq::Socket>>;
+
+/// Monitors handed to the monitor thread, with the status each one keeps current.
+type Adopt = Arc<Mutex<Vec<(Arc<Status>, zmq::Socket)>>>;
 
 impl std::fmt::Debug for LibzmqTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -98,17 +112,24 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// What must be released, in order, when the transport stops: the socket-owning threads are
 /// told to stop and joined, then the PUSH sockets close (lingering), then the context ends.
 struct Teardown {
-    /// Sends a stop signal to each socket-owning thread.
-    stops: Vec<zmq::Socket>,
+    /// Wakes each socket-owning thread, which then looks at `stopping`.
+    wakes: Vec<zmq::Socket>,
+    stopping: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     ctx: zmq::Context,
 }
 
 impl Teardown {
     fn signal(&self) {
-        for stop in &self.stops {
-            // A full or closed pipe means the thread is stopping already.
-            let _ = stop.send(&b"stop"[..], zmq::DONTWAIT);
+        self.stopping.store(true, Ordering::SeqCst);
+        self.wake();
+    }
+
+    /// Wakes the socket-owning threads: to stop, or to take over new monitors.
+    fn wake(&self) {
+        for wake in &self.wakes {
+            // A full pipe holds wake-ups the thread has not read yet: one is enough.
+            let _ = wake.send(&b"wake"[..], zmq::DONTWAIT);
         }
     }
 
@@ -125,7 +146,7 @@ impl Teardown {
         }
         drop(pull);
         drop(outs);
-        drop(self.stops);
+        drop(self.wakes);
         drop(self.ctx);
     }
 }
@@ -190,6 +211,52 @@ fn transport_max_size(o: &Options) -> i64 {
     i64::try_from(o.max_message_size).unwrap_or(i64::MAX)
 }
 
+/// A PUSH socket to `endpoint` with its options set, and the PAIR reading its monitor
+/// (events on `monitor`), connected before the PUSH connects so that no event is missed.
+fn open_push(
+    ctx: &zmq::Context,
+    o: &Options,
+    endpoint: &str,
+    monitor: &str,
+) -> Result<(zmq::Socket, zmq::Socket), TransportError> {
+    let push = ctx
+        .socket(zmq::PUSH)
+        .map_err(|e| zmq_err("push socket", e))?;
+    let setup = |s: &zmq::Socket| -> zmq::Result<()> {
+        set_common_options(s, o, endpoint)?;
+        set_heartbeat_options(s, o)?;
+        s.set_immediate(true)?;
+        s.set_sndhwm(hwm(o))?;
+        s.set_linger(millis_i32(o.linger))?;
+        s.set_reconnect_ivl(millis_i32(RECONNECT_IVL))?;
+        s.set_reconnect_ivl_max(millis_i32(RECONNECT_IVL_MAX))?;
+        s.set_connect_timeout(millis_i32(o.heartbeat_timeout))
+    };
+    setup(&push).map_err(|e| zmq_err("push socket options", e))?;
+    let events = zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw()
+        | zmq::SocketEvent::DISCONNECTED.to_raw()
+        | zmq::SocketEvent::CLOSED.to_raw()
+        | zmq::SocketEvent::MONITOR_STOPPED.to_raw();
+    let watching =
+        monitor_of(ctx, &push, monitor, events).map_err(|e| zmq_err("push monitor", e))?;
+    push.connect(endpoint)
+        .map_err(|e| zmq_err(&format!("connect to {endpoint}"), e))?;
+    Ok((push, watching))
+}
+
+/// Starts monitoring `s` on the inproc endpoint `name` and returns the PAIR reading it.
+fn monitor_of(
+    ctx: &zmq::Context,
+    s: &zmq::Socket,
+    name: &str,
+    events: u16,
+) -> zmq::Result<zmq::Socket> {
+    s.monitor(name, i32::from(events))?;
+    let m = ctx.socket(zmq::PAIR)?;
+    m.connect(name)?;
+    Ok(m)
+}
+
 impl LibzmqTransport {
     /// Binds node `pid`'s address from `config` and connects to every other peer.
     /// Connections come up asynchronously: see [`cluster_core::Server::wait_for_peers`].
@@ -222,47 +289,12 @@ impl LibzmqTransport {
         setup(&pull).map_err(|e| zmq_err("pull socket options", e))?;
         pull.bind(own).map_err(|e| endpoints.bind_error(e))?;
 
-        let peers = endpoints.peer_pids();
-        let liveness = Liveness::new(peers.clone());
-        let mut outs = Vec::with_capacity(peers.len());
-        let mut monitors = Vec::with_capacity(peers.len() + 1);
-        let monitor_of = |s: &zmq::Socket, name: String, events: u16| -> zmq::Result<zmq::Socket> {
-            s.monitor(&name, i32::from(events))?;
-            let m = ctx.socket(zmq::PAIR)?;
-            m.connect(&name)?;
-            Ok(m)
-        };
-        let out_events = zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw()
-            | zmq::SocketEvent::DISCONNECTED.to_raw()
-            | zmq::SocketEvent::CLOSED.to_raw()
-            | zmq::SocketEvent::MONITOR_STOPPED.to_raw();
-        for (peer, endpoint) in &endpoints.peers {
-            let peer = *peer;
-            let push = ctx
-                .socket(zmq::PUSH)
-                .map_err(|e| zmq_err("push socket", e))?;
-            let setup = |s: &zmq::Socket| -> zmq::Result<()> {
-                set_common_options(s, o, endpoint)?;
-                set_heartbeat_options(s, o)?;
-                s.set_immediate(true)?;
-                s.set_sndhwm(hwm(o))?;
-                s.set_linger(millis_i32(o.linger))?;
-                s.set_reconnect_ivl(millis_i32(RECONNECT_IVL))?;
-                s.set_reconnect_ivl_max(millis_i32(RECONNECT_IVL_MAX))?;
-                s.set_connect_timeout(millis_i32(o.heartbeat_timeout))
-            };
-            setup(&push).map_err(|e| zmq_err("push socket options", e))?;
-            let monitor = monitor_of(&push, format!("inproc://cz-{id}-out-{peer}"), out_events)
-                .map_err(|e| zmq_err("push monitor", e))?;
-            push.connect(endpoint)
-                .map_err(|e| zmq_err(&format!("connect to {endpoint}"), e))?;
-            outs.push(Mutex::new(Some(push)));
-            monitors.push(monitor);
-        }
+        let peers = Peers::new(pid);
+        let adopt = Adopt::default();
         let in_events = zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL.to_raw()
             | zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL.to_raw()
             | zmq::SocketEvent::DISCONNECTED.to_raw();
-        let pull_monitor = monitor_of(&pull, format!("inproc://cz-{id}-in"), in_events)
+        let pull_monitor = monitor_of(&ctx, &pull, &format!("inproc://cz-{id}-in"), in_events)
             .map_err(|e| zmq_err("pull monitor", e))?;
 
         let fd = pull
@@ -275,17 +307,20 @@ impl LibzmqTransport {
         let pull_ready = AsyncFd::with_interest(ZmqFd(fd), Interest::READABLE)
             .map_err(|e| TransportError::Other(format!("registering the pull socket: {e}")))?;
         let stats = LinkStats::default();
-        let mut stops = Vec::new();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let mut wakes = Vec::new();
         let mut threads = Vec::new();
-        let (stop, stopped) = stop_pair(&ctx, &format!("inproc://cz-{id}-stop-mon"))
-            .map_err(|e| zmq_err("stop pair", e))?;
-        stops.push(stop);
+        let (wake, woken) = wake_pair(&ctx, &format!("inproc://cz-{id}-wake-mon"))
+            .map_err(|e| zmq_err("wake pair", e))?;
+        wakes.push(wake);
         let watcher = Watcher {
             node: pid,
-            outs: monitors,
+            outs: Vec::new(),
+            adopt: Arc::clone(&adopt),
             inbound: pull_monitor,
-            stopped,
-            liveness: Arc::clone(&liveness),
+            woken,
+            stopping: Arc::clone(&stopping),
+            peers: Arc::clone(&peers),
             counters: Arc::clone(&stats.counters),
         };
         threads.push(
@@ -297,7 +332,7 @@ impl LibzmqTransport {
         let guard = crate::guard::start_or_warn(
             crate::guard::Limits {
                 port: crate::guard::port_of(&endpoints.address),
-                cap: o.inbound_connection_cap(config.peers().len()),
+                cap: crate::guard::cap_for(o, endpoints.peers.len()),
                 // libzmq says nothing of a connection's activity: the kernel does.
                 idle: Some(crate::guard::Limits::idle_timeout(
                     o.idle_connection_timeout,
@@ -308,23 +343,83 @@ impl LibzmqTransport {
             crate::guard::Activity::default(),
             &stats,
         );
-        Ok(Self {
+        let transport = Self {
             pid,
-            _guard: guard,
-            outs,
+            id,
+            next_monitor: AtomicU64::new(0),
+            options: o.clone(),
+            guard,
+            peers,
+            adopt,
             pull: Mutex::new(Some(Arc::new(PullSide {
                 ready: pull_ready,
                 socket: Mutex::new(pull),
                 slab: Mutex::new(BytesMut::new()),
             }))),
-            liveness,
             stats,
             teardown: Mutex::new(Some(Teardown {
-                stops,
+                wakes,
+                stopping,
                 threads,
                 ctx,
             })),
-        })
+        };
+        for (peer, address) in &endpoints.peers {
+            transport.connect(*peer, address)?;
+        }
+        Ok(transport)
+    }
+
+    /// Makes `pid` at `address` (checked) a peer, with a PUSH socket connecting to it and a
+    /// monitor the monitor thread takes over, in place of its socket to another address if
+    /// it had one. `false` if it was a peer at that address already.
+    fn connect(&self, pid: Pid, address: &str) -> Result<bool, TransportError> {
+        let teardown = lock(&self.teardown);
+        let Some(teardown) = teardown.as_ref() else {
+            return Err(TransportError::Unavailable {
+                pid,
+                reason: "cannot add it: the transport is shut down".into(),
+            });
+        };
+        let added = self.peers.add(pid, address, |status| {
+            let n = self.next_monitor.fetch_add(1, Ordering::Relaxed);
+            let monitor = format!("inproc://cz-{}-out-{pid}-{n}", self.id);
+            let (push, monitor) = open_push(
+                &teardown.ctx,
+                &self.options,
+                &endpoints::tcp(address),
+                &monitor,
+            )?;
+            lock(&self.adopt).push((status, monitor));
+            Ok(Mutex::new(Some(push)))
+        })?;
+        let Some(added) = added else {
+            return Ok(false);
+        };
+        if let Some(old) = added.replaced {
+            // Moved: the socket to its old address goes, as on removal.
+            self.close_push(&old.link);
+        }
+        // The monitor thread takes the new monitor over.
+        teardown.wake();
+        Ok(true)
+    }
+
+    /// Closes the PUSH socket of a peer removed (or moved). What is queued on it gets at
+    /// most the linger to leave, as on shutdown: libzmq cannot tell the server's control
+    /// frames (the notice of the removal, sent just before) from messages in its queue.
+    fn close_push(&self, push: &Push) {
+        if let Some(push) = lock(push).take() {
+            let _ = push.set_linger(millis_i32(self.options.linger));
+            drop(push);
+        }
+    }
+
+    /// Keeps the guard's cap at what the config's options give for the peers there are now.
+    fn update_cap(&self) {
+        if let Some(guard) = &self.guard {
+            guard.set_cap(crate::guard::cap_for(&self.options, self.peers.len()));
+        }
     }
 
     /// Counters of what this transport refused below the frame level.
@@ -346,7 +441,12 @@ impl LibzmqTransport {
         let pull = lock(&self.pull).take();
         let teardown = lock(&self.teardown).take()?;
         teardown.signal();
-        let outs: Vec<zmq::Socket> = self.outs.iter().filter_map(|o| lock(o).take()).collect();
+        let outs: Vec<zmq::Socket> = self
+            .peers
+            .all()
+            .iter()
+            .filter_map(|p| lock(&p.link).take())
+            .collect();
         if let Some(linger) = linger {
             for push in &outs {
                 let _ = push.set_linger(millis_i32(linger));
@@ -371,26 +471,31 @@ impl AsRawFd for ZmqFd {
 }
 
 /// A bound PAIR (kept by the transport) and its connected twin (given to a thread).
-fn stop_pair(ctx: &zmq::Context, name: &str) -> zmq::Result<(zmq::Socket, zmq::Socket)> {
-    let stop = ctx.socket(zmq::PAIR)?;
-    stop.set_linger(0)?;
-    stop.bind(name)?;
-    let stopped = ctx.socket(zmq::PAIR)?;
-    stopped.set_linger(0)?;
-    stopped.connect(name)?;
-    Ok((stop, stopped))
+fn wake_pair(ctx: &zmq::Context, name: &str) -> zmq::Result<(zmq::Socket, zmq::Socket)> {
+    let wake = ctx.socket(zmq::PAIR)?;
+    wake.set_linger(0)?;
+    wake.bind(name)?;
+    let woken = ctx.socket(zmq::PAIR)?;
+    woken.set_linger(0)?;
+    woken.connect(name)?;
+    Ok((wake, woken))
 }
 
 /// Owns the monitor sockets: keeps the connection set current from libzmq's events.
 struct Watcher {
     /// This node's pid (for the log).
     node: Pid,
-    /// The monitor of each PUSH socket, in the order of `liveness`.
-    outs: Vec<zmq::Socket>,
+    /// The monitor of each PUSH socket, with the status it keeps current; that of a
+    /// socket closed (its peer removed or moved) until its last event.
+    outs: Vec<(Arc<Status>, zmq::Socket)>,
+    /// Monitors of PUSH sockets opened since the last look.
+    adopt: Adopt,
     /// The monitor of the PULL socket.
     inbound: zmq::Socket,
-    stopped: zmq::Socket,
-    liveness: Arc<Liveness>,
+    /// Wake-ups: to stop (then `stopping` is set), or to take over new monitors.
+    woken: zmq::Socket,
+    stopping: Arc<AtomicBool>,
+    peers: Arc<Peers<Push>>,
     counters: Arc<Counters>,
 }
 
@@ -424,14 +529,24 @@ fn event_name(event: u16) -> &'static str {
 }
 
 impl Watcher {
-    fn run(self) {
+    /// Takes over the monitors of new PUSH sockets.
+    fn adopt(&mut self) {
+        self.outs.append(&mut lock(&self.adopt));
+    }
+
+    fn run(mut self) {
         let handshake = zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw();
+        let stopped = zmq::SocketEvent::MONITOR_STOPPED.to_raw();
+        // The monitors that sent their last event.
+        let mut done = Vec::new();
         loop {
+            self.adopt();
             let readable: Vec<bool> = {
                 let mut items: Vec<zmq::PollItem<'_>> = self
                     .outs
                     .iter()
-                    .chain([&self.inbound, &self.stopped])
+                    .map(|(_, m)| m)
+                    .chain([&self.inbound, &self.woken])
                     .map(|s| s.as_poll_item(zmq::POLLIN))
                     .collect();
                 match zmq::poll(&mut items, -1) {
@@ -445,22 +560,37 @@ impl Watcher {
                 items.iter().map(|i| i.is_readable()).collect()
             };
             if readable.last().copied().unwrap_or(true) {
-                self.liveness.all_down();
+                while self.woken.recv_msg(zmq::DONTWAIT).is_ok() {}
+            }
+            if self.stopping.load(Ordering::SeqCst) {
+                // Monitors handed over before the stop (a peer added while shutting down)
+                // close with the others: the context ends only once every socket is closed.
+                self.adopt();
+                self.peers.all_down();
                 return;
             }
-            for (i, m) in self.outs.iter().enumerate() {
+            for (i, (status, m)) in self.outs.iter().enumerate() {
                 if !readable.get(i).copied().unwrap_or(false) {
                     continue;
                 }
                 while let Some(event) = read_event(m) {
                     tracing::debug!(
                         node = self.node,
-                        peer = self.liveness.pid_at(i),
+                        peer = status.pid(),
                         event = event_name(event),
                         "outbound connection"
                     );
-                    self.liveness.set(i, event == handshake);
+                    if event == stopped {
+                        done.push(i);
+                    }
+                    self.peers.set(status, event == handshake);
                 }
+            }
+            // A closed socket's monitor (a peer removed or moved) is read until its last
+            // event: libzmq sends monitor events blocking, so one sent to a monitor that
+            // nobody reads any more would stall its I/O thread for good.
+            for i in done.drain(..).rev() {
+                self.outs.remove(i);
             }
             if readable.get(self.outs.len()).copied().unwrap_or(false) {
                 let disconnected = zmq::SocketEvent::DISCONNECTED.to_raw();
@@ -485,38 +615,9 @@ impl Watcher {
 #[async_trait]
 impl Transport for LibzmqTransport {
     fn send(&self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
-        let index = self.liveness.check(to)?;
-        let Some(slot) = self.outs.get(index) else {
-            return Err(DropReason::UnknownPeer);
-        };
-        let push = lock(slot);
-        // Taken by shutdown: the transport is closing, nothing reaches the peer anymore.
-        let Some(push) = push.as_ref() else {
-            return Err(DropReason::Unreachable);
-        };
-        match push.send(&frame[..], zmq::DONTWAIT) {
-            Ok(()) => Ok(()),
-            // libzmq learns that its I/O thread freed room below the high-water mark only
-            // when it processes its command queue, which a send does at most once per ~1 ms:
-            // a full queue would refuse everything for that long. Reading ZMQ_EVENTS
-            // processes the commands now; then the send is tried once more.
-            Err(zmq::Error::EAGAIN)
-                if self.liveness.is_up(index)
-                    && push.get_events().is_ok_and(|e| e.contains(zmq::POLLOUT)) =>
-            {
-                match push.send(&frame[..], zmq::DONTWAIT) {
-                    Ok(()) => Ok(()),
-                    Err(zmq::Error::EAGAIN) if self.liveness.is_up(index) => {
-                        Err(DropReason::Backpressure)
-                    }
-                    Err(_) => Err(DropReason::Unreachable),
-                }
-            }
-            // With ZMQ_IMMEDIATE, EAGAIN means either no completed connection (the monitor
-            // may not have told us yet) or a full SNDHWM on a live one.
-            Err(zmq::Error::EAGAIN) if self.liveness.is_up(index) => Err(DropReason::Backpressure),
-            Err(_) => Err(DropReason::Unreachable),
-        }
+        self.peers
+            .with(to, |peer| send_on(&peer.status, &peer.link, &frame))
+            .unwrap_or(Err(DropReason::UnknownPeer))
     }
 
     /// Looks for room with `ZMQ_EVENTS` (which also makes libzmq process the I/O thread's
@@ -525,17 +626,14 @@ impl Transport for LibzmqTransport {
     /// socket's `ZMQ_FD`, but registering every PUSH with the reactor is not worth it for a
     /// path taken only under backpressure.
     async fn writable(&self, to: Pid) {
-        let Some(index) = self.liveness.index(to) else {
-            return;
-        };
-        let Some(slot) = self.outs.get(index) else {
+        let Some(peer) = self.peers.get(to) else {
             return;
         };
         for _ in 0..WRITABLE_SPINS {
-            if !self.liveness.is_up(index) {
+            if !peer.status.is_up() {
                 return;
             }
-            let room = match lock(slot).as_ref() {
+            let room = match lock(&peer.link).as_ref() {
                 Some(push) => push.get_events().map_or(true, |e| e.contains(zmq::POLLOUT)),
                 None => true,
             };
@@ -581,10 +679,22 @@ impl Transport for LibzmqTransport {
         let socket = pull.socket();
         let mut slab = pull.slab.lock().unwrap_or_else(|e| e.into_inner());
         let mut n = 0;
-        while n < max {
+        // Frames taken, handed up or not: a flood from a removed peer ends the batch too.
+        let mut taken = 0;
+        while taken < max {
             let Ok(msg) = socket.recv_msg(zmq::DONTWAIT) else {
                 break;
             };
+            taken += 1;
+            if self.peers.is_from_removed(&msg) {
+                if !wire::is_control(&msg) {
+                    self.stats
+                        .counters
+                        .from_removed_peers
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            }
             let frame = if msg.len() > RECV_SLAB_FRAME_MAX {
                 Bytes::copy_from_slice(&msg)
             } else {
@@ -602,18 +712,46 @@ impl Transport for LibzmqTransport {
     }
 
     fn connected(&self) -> watch::Receiver<PeerSet> {
-        self.liveness.subscribe()
+        self.peers.subscribe()
     }
 
     async fn shutdown(&self, linger: Duration) {
         let Some((teardown, pull, outs)) = self.take_apart(Some(linger)) else {
             return;
         };
-        let liveness = Arc::clone(&self.liveness);
         if let Err(e) = tokio::task::spawn_blocking(move || teardown.finish(pull, outs)).await {
             tracing::error!(pid = self.pid, "libzmq teardown failed: {e}");
         }
-        liveness.all_down();
+        self.peers.all_down();
+    }
+
+    /// Opens a PUSH socket to `address`; the peer counts as connected once its handshake
+    /// succeeded, as a configured one does. Its inbound connections were never refused:
+    /// the PULL socket takes any (the guard's cap grows with the peers). A peer it has at
+    /// another address has moved: its socket to the old one is closed as on removal.
+    fn add_peer(&self, pid: Pid, address: &str) -> Result<(), TransportError> {
+        endpoints::check_added(pid, address)?;
+        if self.connect(pid, address)? {
+            self.update_cap();
+        }
+        Ok(())
+    }
+
+    /// Closes the PUSH socket to `pid`. libzmq cannot tell the server's control frames
+    /// (among them the notice of the removal, sent just before) from messages in its
+    /// queue, nor say how many it holds: what is queued gets at most the linger to leave,
+    /// as on shutdown, the rest is discarded, and no [`TransportEvent::Dropped`] is
+    /// reported (as when a connection dies; the server counts what the peer never
+    /// acknowledged). Its frames, told by the sender pid in their header, are no longer
+    /// handed up ([`LinkStats::from_removed_peers`]); its connection to this node's PULL
+    /// socket stays open as long as it keeps it (a PULL socket cannot close one).
+    fn remove_peer(&self, pid: Pid) -> Result<(), TransportError> {
+        let Some(peer) = self.peers.remove(pid)? else {
+            return Ok(());
+        };
+        self.close_push(&peer.link);
+        self.update_cap();
+        Ok(())
     }
 }
 
@@ -640,6 +778,38 @@ impl LibzmqTransport {
             tracing::error!(pid = self.pid, "libzmq pull socket failed: {e}");
         }
         false
+    }
+}
+
+/// Sends `frame` on `push`, the PUSH socket to the peer of `status` (see `send`).
+fn send_on(status: &Status, push: &Push, frame: &[u8]) -> Result<(), DropReason> {
+    if !status.is_up() {
+        return Err(DropReason::Unreachable);
+    }
+    let push = lock(push);
+    // Taken by shutdown: the transport is closing, nothing reaches the peer anymore.
+    let Some(push) = push.as_ref() else {
+        return Err(DropReason::Unreachable);
+    };
+    match push.send(frame, zmq::DONTWAIT) {
+        Ok(()) => Ok(()),
+        // libzmq learns that its I/O thread freed room below the high-water mark only
+        // when it processes its command queue, which a send does at most once per ~1 ms:
+        // a full queue would refuse everything for that long. Reading ZMQ_EVENTS
+        // processes the commands now; then the send is tried once more.
+        Err(zmq::Error::EAGAIN)
+            if status.is_up() && push.get_events().is_ok_and(|e| e.contains(zmq::POLLOUT)) =>
+        {
+            match push.send(frame, zmq::DONTWAIT) {
+                Ok(()) => Ok(()),
+                Err(zmq::Error::EAGAIN) if status.is_up() => Err(DropReason::Backpressure),
+                Err(_) => Err(DropReason::Unreachable),
+            }
+        }
+        // With ZMQ_IMMEDIATE, EAGAIN means either no completed connection (the monitor
+        // may not have told us yet) or a full SNDHWM on a live one.
+        Err(zmq::Error::EAGAIN) if status.is_up() => Err(DropReason::Backpressure),
+        Err(_) => Err(DropReason::Unreachable),
     }
 }
 

@@ -12,6 +12,7 @@ pub(crate) struct Counters {
     pub(crate) idle_closed: AtomicU64,
     pub(crate) slow_readers: AtomicU64,
     pub(crate) inbound_closed: AtomicU64,
+    pub(crate) from_removed_peers: AtomicU64,
 }
 
 /// A read-only handle on a transport's own counters, valid after the transport is moved
@@ -63,5 +64,12 @@ impl LinkStats {
     /// else).
     pub fn inbound_closed(&self) -> u64 {
         self.counters.inbound_closed.load(Ordering::Relaxed)
+    }
+
+    /// Messages not handed to the server because their sender was removed from this
+    /// node's peers at run time ([`Transport::remove_peer`](cluster_core::Transport::remove_peer)),
+    /// as its header names it. Control frames are not counted.
+    pub fn from_removed_peers(&self) -> u64 {
+        self.counters.from_removed_peers.load(Ordering::Relaxed)
     }
 }

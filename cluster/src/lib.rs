@@ -38,10 +38,11 @@ pub use node::{new, new_with};
 
 pub use cluster_core::{
     BROADCAST, ClusterKey, Config, ConfigError, ConfigProblem, DropCounts, DropReason, Envelope,
-    Event, Events, Inbox, Incarnation, Lagged, MAX_MESSAGE_SIZE, MAX_PID, MAX_QUEUE,
-    MAX_QUEUE_BYTES, Message, MsgId, MsgIds, Options, Outbox, PeerConfig, PeerEvent, PeerSet,
-    PeerStats, Pid, Server, ServerBuilder, ServerError, ServerHandle, ServerMonitor, Stats,
-    Transport, TransportError, TransportEvent, WaitTimeout, clock_incarnation,
+    Event, Events, GroupError, Inbox, Incarnation, Lagged, MAX_MESSAGE_SIZE, MAX_PID, MAX_QUEUE,
+    MAX_QUEUE_BYTES, Member, MembershipError, Message, MsgId, MsgIds, MulticastError, Options,
+    Outbox, PeerConfig, PeerEvent, PeerSet, PeerStats, Pid, Recipients, SendError, SendOutcome,
+    Server, ServerBuilder, ServerError, ServerHandle, ServerMonitor, Stats, Transport,
+    TransportError, TransportEvent, WaitTimeout, clock_incarnation,
 };
 
 /// The wire format (see [`cluster_core::wire`]).
@@ -49,6 +50,9 @@ pub use cluster_core::wire;
 
 /// Peer events (see [`cluster_core::events`]).
 pub use cluster_core::events;
+
+/// Membership at run time (see [`cluster_core::membership`]).
+pub use cluster_core::membership;
 
 /// The ZeroMQ transport: [`zmq::Backend`], [`zmq::ZmqTransport`], [`zmq::LinkStats`],
 /// [`zmq::bind_with`] to pick a backend at run time.

@@ -89,6 +89,9 @@ async fn start<M: Message>(
         let config = config.clone();
         tokio::task::spawn_blocking(move || {
             let node = NodeCatalog::open(pid, &config)?;
+            // Fails clearly on membership records that do not decode (`attach_to`, below,
+            // restores them).
+            node.catalog().membership()?;
             let builder = extend(&node, Server::<M>::builder(pid, config.clone()))?;
             Ok::<_, CatalogError>(node.attach_to(builder))
         })

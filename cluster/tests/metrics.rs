@@ -134,9 +134,25 @@ fn differences(port: u16, monitor: &ServerMonitor) -> Vec<String> {
         .filter(|(k, v)| served.get(k) != Some(v))
         .map(|(k, v)| format!("{k:?}: expected {v}, served {:?}", served.get(&k)))
         .collect();
-    let connected = monitor.connected_peers().len() as f64;
-    if served.get(&key("cluster_connected_peers", &[])) != Some(&connected) {
-        diff.push(format!("cluster_connected_peers: expected {connected}"));
+    let gauges = [
+        (
+            "cluster_connected_peers",
+            monitor.connected_peers().len() as f64,
+        ),
+        ("cluster_up_peers", monitor.up_peers().len() as f64),
+        ("cluster_inbox_messages", monitor.inbox_depth().0 as f64),
+        (
+            "cluster_inbox_backlog_frames",
+            monitor.inbox_depth().1 as f64,
+        ),
+    ];
+    for (name, value) in gauges {
+        if served.get(&key(name, &[])) != Some(&value) {
+            diff.push(format!(
+                "{name}: expected {value}, served {:?}",
+                served.get(&key(name, &[]))
+            ));
+        }
     }
     diff
 }
@@ -216,9 +232,22 @@ async fn the_endpoint_serves_what_stats_counts() {
         .await
         .unwrap();
 
+    // Two more from node 2 that node 1 does not read: its inbox's depth.
+    for i in 0..2 {
+        let id = nodes[1].next_msg_id();
+        nodes[1]
+            .outbox()
+            .send(Envelope::new(1, id, format!("unread {i}")))
+            .await
+            .unwrap();
+    }
+    expect::until("node 1's inbox to hold the two", || {
+        monitor.inbox_depth() == (2, 0)
+    })
+    .await;
     let stats = monitor.stats();
     assert_eq!(stats.sent, 5, "{stats:?}");
-    assert_eq!(stats.delivered, 4, "{stats:?}");
+    assert_eq!(stats.delivered, 6, "{stats:?}");
     assert_eq!(stats.dropped_outgoing.get(DropReason::UnknownPeer), 1);
     assert_eq!(stats.peers[&3].dropped_to.get(DropReason::Unreachable), 1);
     wait_agree(port, &monitor).await;

@@ -296,3 +296,46 @@ async fn a_stopped_node_leaves_its_catalog_on_disk_and_a_restart_keeps_it() {
     two.shutdown().await;
     three.shutdown().await;
 }
+
+/// Membership at run time survives a restart: the recorder keeps the records, and a node
+/// restarted with its old config comes back with the current membership.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_comes_back_with_the_membership_it_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let net = MemNetwork::new(&config, 4);
+    net.add_node(4).unwrap();
+    let one = start(1, &config, &net);
+    let two = start(2, &config, &net);
+    let three = start(3, &config, &net);
+    one.add_peer(4, "127.0.0.1:7004").unwrap();
+    two.remove_peer(3).unwrap();
+    wait_until("the changes to reach node 1", || {
+        let present: Vec<Pid> = one
+            .members()
+            .iter()
+            .filter(|m| m.present)
+            .map(|m| m.pid)
+            .collect();
+        present == [1, 2, 4]
+    })
+    .await;
+    let known = one.members();
+    one.shutdown().await;
+    two.shutdown().await;
+    three.shutdown().await;
+    // On disk.
+    let catalog = PeerCatalog::open(dir.path().join("1")).unwrap();
+    assert_eq!(catalog.membership().unwrap(), known);
+    assert!(
+        catalog.get(4).unwrap().is_some(),
+        "a record for the peer that joined"
+    );
+    drop(catalog);
+    // Restarted with the same three-node config: the recorded membership, not the config's.
+    net.restart(1).unwrap();
+    let again = start(1, &config, &net);
+    assert_eq!(again.members(), known);
+    assert_eq!(again.current_peers(), [2, 4]);
+    again.shutdown().await;
+}

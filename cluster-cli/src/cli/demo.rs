@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
@@ -39,14 +40,26 @@ struct Node {
     child: Child,
     stdin: ChildStdin,
     events: mpsc::Receiver<Value>,
+    /// Every peer event the node printed (its event stream), as it came.
+    peer_events: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Node {
     async fn spawn(pid: Pid, config: &Path, wait: Duration) -> anyhow::Result<Self> {
+        Self::spawn_as("node", pid, config, wait).await
+    }
+
+    /// `cluster <subcommand>` (`node`, or `join`) for node `pid`.
+    async fn spawn_as(
+        subcommand: &str,
+        pid: Pid,
+        config: &Path,
+        wait: Duration,
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("locating the cluster binary")?;
         let mut child = Command::new(exe)
             .args([
-                "node",
+                subcommand,
                 "--json",
                 "--quiet",
                 "--pid",
@@ -66,11 +79,18 @@ impl Node {
         let stdin = child.stdin.take().context("child stdin")?;
         let stdout = child.stdout.take().context("child stdout")?;
         let (tx, events) = mpsc::channel(64);
+        let peer_events = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&peer_events);
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 match serde_json::from_str::<Value>(&line) {
                     Ok(v) => {
+                        if v["event"] == "peer" {
+                            log.lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push(v.clone());
+                        }
                         if tx.send(v).await.is_err() {
                             break;
                         }
@@ -84,7 +104,42 @@ impl Node {
             child,
             stdin,
             events,
+            peer_events,
         })
+    }
+
+    /// Whether the node told `kind` (`up`, `down`, `joined`, …) about `about`.
+    fn told(&self, kind: &str, about: Pid) -> bool {
+        self.peer_events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|e| e["kind"] == kind && e["pid"] == about)
+    }
+
+    /// The node's event stream so far, one line per event, timed from `since`.
+    fn event_stream(&self, since: SystemTime) -> Vec<String> {
+        let since_ms = since
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.peer_events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|e| {
+                let at = e["at_ms"].as_u64().unwrap_or(0).saturating_sub(since_ms);
+                let incarnation = e["incarnation"]
+                    .as_u64()
+                    .map(|i| format!(" (incarnation {i})"))
+                    .unwrap_or_default();
+                format!(
+                    "[{:5.1}s] {} {}{incarnation}",
+                    at as f64 / 1000.0,
+                    e["kind"].as_str().unwrap_or("?"),
+                    e["pid"]
+                )
+            })
+            .collect()
     }
 
     fn os_pid(&self) -> u32 {
@@ -130,6 +185,8 @@ impl Node {
 
 struct Demo {
     start: Instant,
+    /// The same moment by the wall clock (node events carry wall-clock times).
+    wall_start: SystemTime,
     config_path: PathBuf,
     /// How long a node waits for its peers: the nodes start one after the other, so the
     /// first waits for the last (10 s, and a quarter second more per node).
@@ -397,6 +454,7 @@ async fn run_phases(config: &Config, args: &DemoArgs, dir: &Path) -> anyhow::Res
     let others: Vec<Pid> = pids.iter().copied().filter(|p| *p != victim).collect();
     let mut demo = Demo {
         start: Instant::now(),
+        wall_start: SystemTime::now(),
         config_path,
         connect_wait: Duration::from_secs(10) + Duration::from_millis(250) * pids.len() as u32,
         nodes: BTreeMap::new(),
@@ -575,6 +633,18 @@ async fn run_phases(config: &Config, args: &DemoArgs, dir: &Path) -> anyhow::Res
 
     println!();
     print_table(&last, victim);
+    println!();
+
+    join_and_leave(&mut demo, &node_config, dir, &pids, m).await?;
+
+    let observer = pids[0];
+    demo.say(format!(
+        "node {observer}'s peer events (`cluster node` prints them as they happen):"
+    ));
+    let since = demo.wall_start;
+    for line in demo.node(observer)?.event_stream(since) {
+        println!("    {line}");
+    }
     for node in demo.nodes.values_mut() {
         node.command("quit").await?;
     }
@@ -588,6 +658,112 @@ async fn run_phases(config: &Config, args: &DemoArgs, dir: &Path) -> anyhow::Res
         }
     }
     demo.say("all nodes stopped cleanly");
+    Ok(())
+}
+
+/// A node that is in no member's config joins the running cluster (`cluster join`), gets
+/// and sends broadcasts, then leaves: every member must tell `joined`, then `left`.
+async fn join_and_leave(
+    demo: &mut Demo,
+    node_config: &Value,
+    dir: &Path,
+    pids: &[Pid],
+    m: u64,
+) -> anyhow::Result<()> {
+    let joiner = pids.iter().max().copied().unwrap_or(0) + 1;
+    let port = {
+        // A free port, released just before the node binds it.
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+        probe.local_addr().context("finding a free port")?.port()
+    };
+    let address = format!("127.0.0.1:{port}");
+    let mut config = node_config.clone();
+    if let Some(peers) = config["peers"].as_array_mut() {
+        peers.push(json!({"pid": joiner, "address": address}));
+    }
+    let path = dir.join("joiner.json");
+    std::fs::write(&path, config.to_string())
+        .with_context(|| format!("writing {}", path.display()))?;
+    demo.say(format!(
+        "node {joiner} joins the running cluster (`cluster join`): it is in no member's config"
+    ));
+    let mut node = Node::spawn_as("join", joiner, &path, demo.connect_wait).await?;
+    node.expect("ready").await?;
+    let joined = node.expect("joined").await?;
+    demo.say(format!("  node {joiner} is up with {}", joined["peers"]));
+    demo.nodes.insert(joiner, node);
+    let members: Vec<Pid> = pids.to_vec();
+    let deadline = Instant::now() + PHASE_DEADLINE;
+    while !members.iter().all(|p| {
+        demo.nodes
+            .get(p)
+            .is_some_and(|n| n.told("joined", joiner) && n.told("up", joiner))
+    }) {
+        if Instant::now() > deadline {
+            bail!("not every member told that node {joiner} joined and is up");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    demo.say(format!("  every member told: joined {joiner}, up {joiner}"));
+    let before = demo.wait_until("stats", |_, _| true).await?;
+    let first = pids[0];
+    demo.node(first)?
+        .command(&format!("burst * {m} to-all"))
+        .await?;
+    demo.node(joiner)?
+        .command(&format!("burst * {m} from-the-new-node"))
+        .await?;
+    let after = demo
+        .wait_until(
+            "the broadcasts reached the new node and from it",
+            |pid, s| {
+                let gained =
+                    count(s, &["delivered"]).saturating_sub(count(&before[&pid], &["delivered"]));
+                gained
+                    >= if pid == first || pid == joiner {
+                        m
+                    } else {
+                        2 * m
+                    }
+            },
+        )
+        .await?;
+    exactly(
+        &after,
+        "delivered after node 1's and the new node's broadcasts",
+        |pid| {
+            if pid == first || pid == joiner {
+                m
+            } else {
+                2 * m
+            }
+        },
+        |pid, s| count(s, &["delivered"]) - count(&before[&pid], &["delivered"]),
+    )?;
+    demo.say(format!(
+        "  node {joiner} delivered node {first}'s {m} broadcasts, and every member its {m}"
+    ));
+    demo.say(format!("node {joiner} leaves (`leave`)"));
+    let mut node = demo.nodes.remove(&joiner).context("the new node is gone")?;
+    node.command("leave").await?;
+    node.expect("left").await?;
+    let deadline = Instant::now() + PHASE_DEADLINE;
+    while !members
+        .iter()
+        .all(|p| demo.nodes.get(p).is_some_and(|n| n.told("left", joiner)))
+    {
+        if Instant::now() > deadline {
+            bail!("not every member told that node {joiner} left");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = tokio::time::timeout(PHASE_DEADLINE, node.child.wait())
+        .await
+        .map_err(|_| anyhow!("node {joiner} did not exit"))??;
+    if !status.success() {
+        bail!("node {joiner} exited with {status}");
+    }
+    demo.say(format!("  every member told: left {joiner}"));
     Ok(())
 }
 

@@ -29,6 +29,13 @@ enum Command {
     /// Run one node, driven from stdin: `<pid> <text>`, `* <text>` (broadcast),
     /// `burst <pid|*> <count>`, `stats`, `peers`, `quit`.
     Node(node::NodeArgs),
+    /// Run one node that joins a running cluster first (`cluster node --join`): it asks the
+    /// members its config lists to let it in, then runs like `cluster node`. Its config
+    /// lists the members it knows and itself; the members' configs need not list it.
+    Join(node::NodeArgs),
+    /// Take a stopped node out of the cluster: start it, ask the members to let it go,
+    /// stop. Exit code 1 if no member confirmed within --wait.
+    Leave(node::LeaveArgs),
     /// Inspect a node's peer catalog.
     #[command(subcommand)]
     Catalog(catalog::CatalogCommand),
@@ -74,6 +81,11 @@ pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
         Command::Demo(args) => demo::run(args),
         Command::Members(args) => members::run(args),
         Command::Node(args) => node::run(args),
+        Command::Join(mut args) => {
+            args.join = true;
+            node::run(args)
+        }
+        Command::Leave(args) => node::run_leave(args),
     }
 }
 

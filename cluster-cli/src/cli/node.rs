@@ -39,6 +39,10 @@ pub(crate) struct NodeArgs {
     /// `cluster members --node ADDR` reads its peers' status there.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Join a running cluster first: ask the members listed in the config to let this node
+    /// in (see `Server::join`), for up to --wait seconds.
+    #[arg(long)]
+    pub(crate) join: bool,
 }
 
 /// What a stdin line asks for.
@@ -48,12 +52,16 @@ enum Line {
     Burst { to: Pid, count: u64, text: String },
     Stats,
     Peers,
+    Members,
+    Add { pid: Pid, address: String },
+    Remove { pid: Pid },
+    Leave,
     Quit,
     Empty,
 }
 
-const HELP: &str =
-    "commands: <pid> <text> | * <text> | burst <pid|*> <count> [text] | stats | peers | quit";
+const HELP: &str = "commands: <pid> <text> | * <text> | burst <pid|*> <count> [text] | stats | peers | \
+     members | add <pid> <host:port> | remove <pid> | leave | quit";
 
 fn parse_target(word: &str) -> Result<Pid, String> {
     if word == "*" {
@@ -72,6 +80,27 @@ fn parse_line(line: &str) -> Result<Line, String> {
         "" => Ok(Line::Empty),
         "stats" => Ok(Line::Stats),
         "peers" => Ok(Line::Peers),
+        "members" => Ok(Line::Members),
+        "leave" => Ok(Line::Leave),
+        "add" => {
+            let mut words = rest.split_whitespace();
+            let pid = words
+                .next()
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(|| format!("add needs a pid and an address; {HELP}"))?;
+            let address = words
+                .next()
+                .ok_or_else(|| format!("add needs a pid and an address; {HELP}"))?
+                .to_owned();
+            Ok(Line::Add { pid, address })
+        }
+        "remove" => {
+            let pid = rest
+                .trim()
+                .parse()
+                .map_err(|_| format!("remove needs a pid; {HELP}"))?;
+            Ok(Line::Remove { pid })
+        }
         "quit" | "exit" => Ok(Line::Quit),
         "help" => Err(HELP.into()),
         "burst" => {
@@ -152,6 +181,53 @@ fn stats_text(s: &Stats) -> String {
 }
 
 /// Runs the node until stdin closes, `quit`, Ctrl-C or SIGTERM.
+/// `cluster leave`: which node, under which config.
+#[derive(Debug, clap::Args)]
+pub(crate) struct LeaveArgs {
+    /// The pid of the node that leaves (it must not be running: this starts it).
+    #[arg(long)]
+    pid: Pid,
+    /// The cluster's config file.
+    #[arg(long, value_name = "FILE", default_value = "config.json")]
+    config: PathBuf,
+    /// The ZeroMQ backend: libzmq or zeromq.
+    #[arg(long, default_value_t = Backend::default())]
+    backend: Backend,
+    /// How long to wait for a member to confirm.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    wait: u64,
+}
+
+pub(crate) fn run_leave(args: LeaveArgs) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let server: Server<String> =
+            match cluster::new_with(args.backend, args.pid, &args.config).await {
+                Ok(s) => s,
+                Err(e @ ServerError::Config(_)) => return Err(Failure::usage(e)),
+                Err(e) => return Err(e.into()),
+            };
+        let wait = Duration::from_secs(args.wait);
+        // Up with the members first, so that the request reaches them.
+        let _ = server.wait_for_peers_up(wait).await;
+        let result = server.leave(wait).await;
+        server.shutdown().await;
+        match result {
+            Ok(()) => {
+                println!("node {} left the cluster", args.pid);
+                Ok(())
+            }
+            Err(e) => Err(Failure {
+                error: anyhow::anyhow!("node {} did not hear that it left: {e}", args.pid),
+                code: 1,
+            }),
+        }
+    })
+}
+
 pub(crate) fn run(args: NodeArgs) -> Result<(), Failure> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -182,6 +258,44 @@ impl Out {
     #[must_use]
     fn stats(&self, pid: Pid, incarnation: u32, s: &Stats, connected: &[Pid]) -> bool {
         self.emit(&stats_text(s), &stats_json(pid, incarnation, s, connected))
+    }
+
+    /// The membership records, one line each.
+    #[must_use]
+    fn members(&self, records: &[cluster::Member]) -> bool {
+        let text = records
+            .iter()
+            .map(|m| {
+                format!(
+                    "{} {} {} (epoch {}, by {})",
+                    m.pid,
+                    m.address,
+                    if m.present { "member" } else { "left" },
+                    m.epoch,
+                    m.origin
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        self.emit(
+            &text,
+            &json!({"event": "members", "members": records.iter().map(|m| json!({
+                "pid": m.pid, "address": m.address, "present": m.present,
+                "epoch": m.epoch, "origin": m.origin,
+            })).collect::<Vec<_>>()}),
+        )
+    }
+
+    /// What a leave came to.
+    #[must_use]
+    fn left(&self, result: &Result<(), cluster::WaitTimeout>) -> bool {
+        match result {
+            Ok(()) => self.emit("left the cluster", &json!({"event": "left"})),
+            Err(e) => self.emit(
+                &format!("leave: {e}"),
+                &json!({"event": "leave_timeout", "peers": e.missing}),
+            ),
+        }
     }
 
     /// A peer event: `peer up 2`, `peer down 2`, `peer restarted 2 (incarnation 5)`.
@@ -291,6 +405,21 @@ async fn node(args: NodeArgs) -> Result<(), Failure> {
     let mut events = server.events();
     let mut events_open = true;
     let wait = Duration::from_secs(args.wait);
+    if args.join {
+        let result = server.join(wait).await;
+        let up = server.up_peers();
+        let told = match result {
+            Ok(()) => out.emit(
+                &format!("joined the cluster: up with {up:?}"),
+                &json!({"event": "joined", "peers": up}),
+            ),
+            Err(e) => out.emit(
+                &format!("join: {e}"),
+                &json!({"event": "join_timeout", "missing": e.missing}),
+            ),
+        };
+        listening = listening && told;
+    }
     let mut connected = {
         let mut changes = monitor.connection_changes();
         let peers = server.peers().to_vec();
@@ -393,6 +522,32 @@ async fn node(args: NodeArgs) -> Result<(), Failure> {
                             &json!({"event": "peers", "connected": peers}),
                         );
                     }
+                    Ok(Line::Members) => {
+                        listening = out.members(&server.members());
+                    }
+                    Ok(Line::Add { pid: peer, address }) => match server.add_peer(peer, &address) {
+                        Ok(()) => {
+                            listening = out.emit(
+                                &format!("membership: added {peer} at {address}"),
+                                &json!({"event": "added", "pid": peer, "address": address}),
+                            );
+                        }
+                        Err(e) => eprintln!("add {peer}: {e}"),
+                    },
+                    Ok(Line::Remove { pid: peer }) => match server.remove_peer(peer) {
+                        Ok(()) => {
+                            listening = out.emit(
+                                &format!("membership: removed {peer}"),
+                                &json!({"event": "removed", "pid": peer}),
+                            );
+                        }
+                        Err(e) => eprintln!("remove {peer}: {e}"),
+                    },
+                    Ok(Line::Leave) => {
+                        let result = server.leave(wait).await;
+                        let _ = out.left(&result);
+                        break;
+                    }
                     Ok(Line::Send { to, text }) => {
                         let id = server.next_msg_id();
                         if outbox.send(Envelope::new(to, id, text)).await.is_err() {
@@ -429,6 +584,35 @@ async fn node(args: NodeArgs) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn membership_lines_parse_and_bad_ones_say_why() {
+        assert_eq!(
+            parse_line("add 7 127.0.0.1:7007"),
+            Ok(Line::Add {
+                pid: 7,
+                address: "127.0.0.1:7007".into()
+            })
+        );
+        assert_eq!(parse_line("remove 7"), Ok(Line::Remove { pid: 7 }));
+        assert_eq!(parse_line("members"), Ok(Line::Members));
+        assert_eq!(parse_line("leave"), Ok(Line::Leave));
+        assert!(
+            parse_line("add 7")
+                .unwrap_err()
+                .starts_with("add needs a pid and an address")
+        );
+        assert!(
+            parse_line("add x 1:2")
+                .unwrap_err()
+                .starts_with("add needs a pid")
+        );
+        assert!(
+            parse_line("remove")
+                .unwrap_err()
+                .starts_with("remove needs a pid")
+        );
+    }
 
     #[test]
     fn lines_parse() {

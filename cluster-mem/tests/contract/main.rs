@@ -6,9 +6,11 @@
 
 mod bytes;
 mod contract;
+mod counter;
 mod events;
 mod flow;
 mod go_scenarios;
+mod membership;
 mod multicast;
 mod trust;
 

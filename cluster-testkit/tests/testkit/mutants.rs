@@ -1,4 +1,5 @@
-//! Every clause of the contract (C1–C9) has mutants (or, where the router now absorbs the
+//! Every clause of the contract (C1–C9), and the peer events' match with the faults (EV),
+//! has mutants (or, where the router now absorbs the
 //! fault, a test that it does) — transports or routers broken on
 //! purpose — that random scenarios find when judged by that clause's oracle function alone,
 //! and shrink to at most 8 ops; the healthy transport passes the same shrunk scenario. The
@@ -317,6 +318,31 @@ fn c9_finds_hostile_uncounted() {
         oracle::check_c9_hostile_input,
     );
     assert!(says(&found, "nothing was counted for them"), "{found:?}");
+}
+
+/// A transport that drops a healthy peer from its connection set for a moment: the node
+/// tells `Down` though no fault touched the link.
+#[test]
+fn events_finds_spurious_down() {
+    let (_, found) = found_by_random_search(
+        Mutation::SpuriousDown,
+        Invariant::Events,
+        oracle::check_events,
+    );
+    assert!(says(&found, "no fault touched its link"), "{found:?}");
+}
+
+/// A transport that hands up a restarted peer's frames as from its first incarnation: the
+/// node hears the restarted peer without telling `Restarted`.
+#[test]
+fn events_finds_hidden_restart() {
+    let (sc, found) = found_by_random_search(
+        Mutation::HideRestart,
+        Invariant::Events,
+        oracle::check_events,
+    );
+    assert!(says(&found, "without telling Restarted"), "{found:?}");
+    assert!(sc.ops.iter().any(|op| matches!(op, Op::Restart(_))), "{sc}");
 }
 
 /// C10 at keyed nodes: a transport that forges frames (`Phantom` rewrites a message id,

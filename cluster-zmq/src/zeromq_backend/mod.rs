@@ -26,10 +26,10 @@ mod inbound;
 
 use self::control::Control;
 use self::inbound::{BATCH, Inbound};
-use crate::endpoints::Endpoints;
+use crate::endpoints::{self, Endpoints};
 use crate::guard::Activity;
 use crate::link_stats::{Counters, LinkStats};
-use crate::liveness::Liveness;
+use crate::liveness::{Peers, Status};
 
 /// Fuzzing only: decodes `bytes` as a control frame of this backend (heartbeat,
 /// acknowledgement) and asserts that one that decodes encodes back to the same bytes.
@@ -50,18 +50,31 @@ type StopSignal = watch::Receiver<Option<Instant>>;
 /// address, one DEALER per peer, each owned by its own task (see the crate docs).
 pub struct ZeromqTransport {
     pid: Pid,
-    /// The bounded queue of each peer's task, in the order of `liveness`.
-    queues: Vec<mpsc::Sender<Bytes>>,
-    liveness: Arc<Liveness>,
+    options: Options,
+    limits: Limits,
+    /// Every peer, configured or added, with the bounded queue of its task.
+    peers: Arc<Peers<Queue>>,
     inbound: Inbound,
+    /// Where the peers' tasks report what they discarded.
+    events: mpsc::Sender<Vec<TransportEvent>>,
+    /// The runtime the transport was bound in, where the tasks of added peers run.
+    runtime: tokio::runtime::Handle,
     stats: LinkStats,
     stop: watch::Sender<Option<Instant>>,
     /// The receiver task; taken by `shutdown`.
     receiver: Mutex<Option<JoinHandle<()>>>,
-    /// The peers' tasks; taken by `shutdown`.
+    /// The peers' tasks (those of removed peers until they ended); taken by `shutdown`.
     senders: Mutex<Vec<JoinHandle<()>>>,
     /// Caps the inbound connections and closes idle ones (see `guard`); stops when dropped.
-    _guard: Option<crate::guard::Guard>,
+    guard: Option<crate::guard::Guard>,
+}
+
+/// What the transport keeps of one peer's task: its bounded queue, and the signal that
+/// ends the task (the peer was removed, or moved to another address), with the reason
+/// to report what was still queued with.
+struct Queue {
+    frames: mpsc::Sender<Bytes>,
+    end: watch::Sender<Option<DropReason>>,
 }
 
 impl std::fmt::Debug for ZeromqTransport {
@@ -81,6 +94,9 @@ struct Limits {
     window: u64,
     /// The largest frame a peer may announce (see [`socket_options`]).
     max_frame: usize,
+    /// What a peer's task may spend sending the control frames still queued when its
+    /// peer is removed (as shutdown may spend flushing).
+    linger: Duration,
 }
 
 impl Limits {
@@ -90,6 +106,7 @@ impl Limits {
             heartbeat_timeout: o.heartbeat_timeout,
             window: u64::try_from(o.peer_queue).unwrap_or(u64::MAX).max(1),
             max_frame: o.max_message_size.saturating_add(64 * 1024),
+            linger: o.linger,
         }
     }
 
@@ -114,6 +131,11 @@ impl ZeromqTransport {
     /// Binds node `pid`'s address from `config` and starts connecting to every other peer.
     /// Must be called inside a tokio runtime.
     pub async fn bind(pid: Pid, config: &Config) -> Result<Self, TransportError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            TransportError::Other(
+                "the zeromq transport must be created inside a tokio runtime".into(),
+            )
+        })?;
         let endpoints = Endpoints::of(pid, config)?;
         let limits = Limits::new(config.options());
         let mut router = RouterSocket::with_options(socket_options(&limits));
@@ -128,9 +150,7 @@ impl ZeromqTransport {
         let guard = crate::guard::start_or_warn(
             crate::guard::Limits {
                 port: crate::guard::port_of(&endpoints.address),
-                cap: config
-                    .options()
-                    .inbound_connection_cap(config.peers().len()),
+                cap: crate::guard::cap_for(config.options(), endpoints.peers.len()),
                 idle: Some(crate::guard::Limits::idle_timeout(
                     config.options().idle_connection_timeout,
                     config.options().heartbeat_interval,
@@ -158,36 +178,71 @@ impl ZeromqTransport {
             .run(),
         );
 
-        let liveness = Liveness::new(endpoints.peer_pids());
-        let mut queues = Vec::with_capacity(endpoints.peers.len());
-        let mut senders = Vec::with_capacity(endpoints.peers.len());
-        for (index, (peer, endpoint)) in endpoints.peers.iter().enumerate() {
-            let peer = *peer;
-            let (queue, rx) = mpsc::channel(config.options().peer_queue.max(1));
-            let link = Link {
-                peer,
-                index,
-                endpoint: endpoint.clone(),
-                rx,
-                liveness: Arc::clone(&liveness),
-                events: tx.clone(),
-                stop: stop_rx.clone(),
-                limits,
-            };
-            queues.push(queue);
-            senders.push(tokio::spawn(link.run()));
-        }
-        Ok(Self {
+        let transport = Self {
             pid,
-            queues,
-            liveness,
+            options: config.options().clone(),
+            limits,
+            peers: Peers::new(pid),
             inbound,
+            events: tx,
+            runtime,
             stats,
             stop,
             receiver: Mutex::new(Some(receiver)),
-            senders: Mutex::new(senders),
-            _guard: guard,
-        })
+            senders: Mutex::new(Vec::with_capacity(endpoints.peers.len())),
+            guard,
+        };
+        for (peer, address) in &endpoints.peers {
+            transport.connect(*peer, address)?;
+        }
+        Ok(transport)
+    }
+
+    /// Makes `pid` at `address` (checked) a peer, with a task of its own connecting to it.
+    /// `false` if it was a peer at that address already.
+    fn connect(&self, pid: Pid, address: &str) -> Result<bool, TransportError> {
+        let added = self.peers.add(pid, address, |status| {
+            // Its task would stop at once: say so rather than add a peer that never comes up.
+            if self.stop.borrow().is_some() {
+                return Err(TransportError::Unavailable {
+                    pid,
+                    reason: "cannot add it: the transport is shut down".into(),
+                });
+            }
+            let (frames, rx) = mpsc::channel(self.options.peer_queue.max(1));
+            let (end, end_rx) = watch::channel(None);
+            let link = Link {
+                status,
+                endpoint: endpoints::tcp(address),
+                rx,
+                peers: Arc::clone(&self.peers),
+                events: self.events.clone(),
+                stop: self.stop.subscribe(),
+                end: end_rx,
+                limits: self.limits,
+            };
+            let mut senders = lock(&self.senders);
+            // Bounded under churn: the tasks of removed peers are let go once they ended.
+            senders.retain(|task| !task.is_finished());
+            senders.push(self.runtime.spawn(link.run()));
+            Ok(Queue { frames, end })
+        })?;
+        let Some(added) = added else {
+            return Ok(false);
+        };
+        if let Some(old) = added.replaced {
+            // Moved: the task to its old address ends; what it held was for an address
+            // that no longer reaches the peer.
+            old.link.end.send_replace(Some(DropReason::Unreachable));
+        }
+        Ok(true)
+    }
+
+    /// Keeps the guard's cap at what the config's options give for the peers there are now.
+    fn update_cap(&self) {
+        if let Some(guard) = &self.guard {
+            guard.set_cap(crate::guard::cap_for(&self.options, self.peers.len()));
+        }
     }
 
     /// Counters of what this transport refused below the frame level.
@@ -205,29 +260,32 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[async_trait]
 impl Transport for ZeromqTransport {
     fn send(&self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
-        let index = self.liveness.check(to)?;
-        let Some(queue) = self.queues.get(index) else {
-            return Err(DropReason::UnknownPeer);
-        };
-        match queue.try_send(frame) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(DropReason::Backpressure),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(DropReason::Unreachable),
-        }
+        self.peers
+            .with(to, |peer| {
+                if !peer.status.is_up() {
+                    return Err(DropReason::Unreachable);
+                }
+                match peer.link.frames.try_send(frame) {
+                    Ok(()) => Ok(()),
+                    Err(mpsc::error::TrySendError::Full(_)) => Err(DropReason::Backpressure),
+                    Err(mpsc::error::TrySendError::Closed(_)) => Err(DropReason::Unreachable),
+                }
+            })
+            .unwrap_or(Err(DropReason::UnknownPeer))
     }
 
     /// Waits for room in the peer's bounded queue (a permit, released at once), which
     /// its task frees as it sends, or discards when the connection is lost. A peer that is
     /// unknown or not connected has nothing to wait for: the next send says why.
     async fn writable(&self, to: Pid) {
-        let Ok(index) = self.liveness.check(to) else {
+        let Some(peer) = self.peers.get(to) else {
             return;
         };
-        let Some(queue) = self.queues.get(index) else {
+        if !peer.status.is_up() {
             return;
-        };
-        // Err: the peer's task is gone (shutdown), and the next send says so.
-        drop(queue.reserve().await);
+        }
+        // Err: the peer's task is gone (shutdown, removal), and the next send says so.
+        drop(peer.link.frames.reserve().await);
     }
 
     async fn readable(&self) -> bool {
@@ -235,11 +293,20 @@ impl Transport for ZeromqTransport {
     }
 
     fn try_recv_many(&self, events: &mut Vec<TransportEvent>, max: usize) -> usize {
-        self.inbound.try_recv_many(events, max)
+        let from = events.len();
+        self.inbound.try_recv_many(events, max);
+        let dropped = self.peers.drop_from_removed(events, from);
+        if dropped > 0 {
+            self.stats
+                .counters
+                .from_removed_peers
+                .fetch_add(dropped, Ordering::Relaxed);
+        }
+        events.len() - from
     }
 
     fn connected(&self) -> watch::Receiver<PeerSet> {
-        self.liveness.subscribe()
+        self.peers.subscribe()
     }
 
     async fn shutdown(&self, linger: Duration) {
@@ -266,7 +333,37 @@ impl Transport for ZeromqTransport {
                 abort.abort();
             }
         }
-        self.liveness.all_down();
+        self.peers.all_down();
+    }
+
+    /// Starts a task connecting to `address`; the peer counts as connected after its
+    /// first acknowledgement, as a configured one does. Its inbound connections were never
+    /// refused: the ROUTER takes any (the guard's cap grows with the peers). A peer it has
+    /// at another address has moved: the task to the old one ends, reporting the messages
+    /// it still held as `unreachable`.
+    fn add_peer(&self, pid: Pid, address: &str) -> Result<(), TransportError> {
+        endpoints::check_added(pid, address)?;
+        if self.connect(pid, address)? {
+            self.update_cap();
+        }
+        Ok(())
+    }
+
+    /// Tells the peer's task, which discards the messages still queued and reports them as
+    /// [`TransportEvent::Dropped`] with [`DropReason::UnknownPeer`], sends the control
+    /// frames among them (the server's notice of the removal, sent just before) for at
+    /// most the linger, and closes its connection. Frames already written to the
+    /// connection are not recalled. Its
+    /// frames, told by the sender pid in their header, are no longer handed up
+    /// ([`LinkStats::from_removed_peers`]); its own connection to this node's ROUTER stays
+    /// open as long as it keeps it.
+    fn remove_peer(&self, pid: Pid) -> Result<(), TransportError> {
+        let Some(peer) = self.peers.remove(pid)? else {
+            return Ok(());
+        };
+        peer.link.end.send_replace(Some(DropReason::UnknownPeer));
+        self.update_cap();
+        Ok(())
     }
 }
 
@@ -511,13 +608,14 @@ const TOUCH_EVERY: Duration = Duration::from_millis(50);
 
 /// Owns the way to one peer: its bounded queue and, while connected, its DEALER socket.
 struct Link {
-    peer: Pid,
-    index: usize,
+    status: Arc<Status>,
     endpoint: String,
     rx: mpsc::Receiver<Bytes>,
-    liveness: Arc<Liveness>,
+    peers: Arc<Peers<Queue>>,
     events: mpsc::Sender<Vec<TransportEvent>>,
     stop: StopSignal,
+    /// Set when the peer is removed or moved, with the reason to report what was queued.
+    end: watch::Receiver<Option<DropReason>>,
     limits: Limits,
 }
 
@@ -525,8 +623,20 @@ struct Link {
 enum Ended {
     /// Shutdown: flushed what it could.
     Stopped,
+    /// The peer was removed or moved (the reason to report what is queued with); the
+    /// connection's sending half, for the control frames still queued.
+    Removed(DropReason, zeromq::DealerSendHalf),
     /// The peer is gone or cut off; these frames, taken from the queue, were not sent.
     Dead(u64),
+}
+
+/// Resolves once the peer is removed or moved (or the transport, which holds the signal,
+/// is gone), with the reason to report what was queued with.
+async fn ended(end: &mut watch::Receiver<Option<DropReason>>) -> DropReason {
+    match end.wait_for(Option::is_some).await {
+        Ok(reason) => (*reason).unwrap_or(DropReason::UnknownPeer),
+        Err(_) => DropReason::UnknownPeer,
+    }
 }
 
 impl Link {
@@ -534,35 +644,40 @@ impl Link {
         let mut backoff = RECONNECT_IVL;
         loop {
             // Whatever is queued now was accepted while the peer was going away: discard it.
-            self.discard(0).await;
+            self.discard(0, DropReason::Unreachable).await;
             if self.stop.borrow().is_some() {
                 return;
             }
-            let mut stop = self.stop.clone();
+            let (mut stop, mut end) = (self.stop.clone(), self.end.clone());
             let connected = tokio::select! {
                 _ = stopped(&mut stop) => return,
+                reason = ended(&mut end) => return self.end_removed(reason, None).await,
                 c = self.connect() => c,
             };
             match connected {
                 Some(dealer) => {
                     backoff = RECONNECT_IVL;
                     // Frames that slipped in while the peer was down are never sent.
-                    self.discard(0).await;
-                    self.liveness.set(self.index, true);
+                    self.discard(0, DropReason::Unreachable).await;
+                    self.peers.set(&self.status, true);
                     let ended = self.serve(dealer).await;
-                    self.liveness.set(self.index, false);
+                    self.peers.set(&self.status, false);
                     match ended {
                         Ended::Stopped => return,
+                        Ended::Removed(reason, send) => {
+                            return self.end_removed(reason, Some(send)).await;
+                        }
                         Ended::Dead(lost) => {
-                            tracing::debug!(peer = self.peer, "connection lost");
-                            self.discard(lost).await;
+                            tracing::debug!(peer = self.status.pid(), "connection lost");
+                            self.discard(lost, DropReason::Unreachable).await;
                         }
                     }
                 }
                 None => {
-                    let mut stop = self.stop.clone();
+                    let (mut stop, mut end) = (self.stop.clone(), self.end.clone());
                     tokio::select! {
                         _ = stopped(&mut stop) => return,
+                        reason = ended(&mut end) => return self.end_removed(reason, None).await,
                         () = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(RECONNECT_IVL_MAX);
@@ -571,8 +686,39 @@ impl Link {
         }
     }
 
-    /// Drops every queued frame, plus `already` taken ones, and reports them.
-    async fn discard(&mut self, already: u64) {
+    /// The peer was removed or moved: nothing more is queued; the messages that were are
+    /// discarded and reported with `reason`, the control frames among them (the server's
+    /// notice of the removal) sent on the connection, if there is one, for at most the
+    /// linger. Then the connection closes (its sending half is dropped, and the receiving
+    /// half already was).
+    async fn end_removed(mut self, reason: DropReason, send: Option<zeromq::DealerSendHalf>) {
+        tracing::debug!(peer = self.status.pid(), ?reason, "link ended");
+        self.rx.close();
+        // At most the queue's capacity.
+        let mut control = Vec::new();
+        let mut messages = 0;
+        while let Ok(frame) = self.rx.try_recv() {
+            if wire::is_control(&frame) {
+                control.push(frame);
+            } else {
+                messages += 1;
+            }
+        }
+        self.discard(messages, reason).await;
+        if let Some(mut send) = send {
+            let flush = async {
+                for frame in control {
+                    if send.send(ZmqMessage::from(frame)).await.is_err() {
+                        return;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(self.limits.linger, flush).await;
+        }
+    }
+
+    /// Drops every queued frame, plus `already` taken ones, and reports them with `reason`.
+    async fn discard(&mut self, already: u64, reason: DropReason) {
         let mut n = already;
         while let Ok(frame) = self.rx.try_recv() {
             // Acknowledgements carry no message: not counted as dropped messages.
@@ -580,8 +726,8 @@ impl Link {
         }
         if n > 0 {
             let event = TransportEvent::Dropped {
-                peer: self.peer,
-                reason: DropReason::Unreachable,
+                peer: self.status.pid(),
+                reason,
                 count: n,
             };
             // Fails only when the transport is gone, and then nobody counts anymore.
@@ -631,6 +777,7 @@ impl Link {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buf = Vec::with_capacity(BATCH);
         let mut stop = self.stop.clone();
+        let mut end = self.end.clone();
         loop {
             let room = usize::try_from(window.saturating_sub(sent - acked))
                 .unwrap_or(usize::MAX)
@@ -639,6 +786,7 @@ impl Link {
                 deadline = stopped(&mut stop) => {
                     return self.flush(send, recv, sent, acked, deadline).await;
                 }
+                reason = ended(&mut end) => return Ended::Removed(reason, send),
                 n = self.rx.recv_many(&mut buf, room), if room > 0 => {
                     if n == 0 {
                         return Ended::Stopped;
@@ -724,7 +872,7 @@ impl Link {
         };
         let _ = tokio::time::timeout_at(deadline, work).await;
         self.rx.close();
-        self.discard(0).await;
+        self.discard(0, DropReason::Unreachable).await;
         Ended::Stopped
     }
 }

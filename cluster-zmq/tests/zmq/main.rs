@@ -33,6 +33,7 @@ mod connections;
 mod contract;
 mod events;
 mod hostile;
+mod membership;
 mod nodes;
 mod partition;
 mod wan;

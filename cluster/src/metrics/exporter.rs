@@ -142,6 +142,10 @@ impl Exporter {
             gauge!(PEER_UNACKNOWLEDGED, "peer" => peer).set(p.unacknowledged as f64);
         }
         gauge!(CONNECTED_PEERS).set(connected.iter().filter(|p| **p != own).count() as f64);
+        let (inbox, backlog) = self.monitor.inbox_depth();
+        gauge!(INBOX_MESSAGES).set(inbox as f64);
+        gauge!(INBOX_BACKLOG).set(backlog as f64);
+        gauge!(UP_PEERS).set(self.monitor.up_peers().len() as f64);
         gauge!(CONFIGURED_PEERS).set(self.history.peers.len() as f64);
         for (pid, seen) in &self.history.peers {
             let peer = pid.to_string();
@@ -264,6 +268,15 @@ fn describe() {
         "Frames the transport accepted for the peer that it has not acknowledged yet."
     );
     describe_gauge!(CONNECTED_PEERS, "Peers with a live connection.");
+    describe_gauge!(
+        INBOX_MESSAGES,
+        "Envelopes in this node's inbox, waiting to be read."
+    );
+    describe_gauge!(
+        INBOX_BACKLOG,
+        "Frames taken off the transport that wait for room in the inbox."
+    );
+    describe_gauge!(UP_PEERS, "Peers up: messages flow both ways (peer events).");
     describe_gauge!(CONFIGURED_PEERS, "Peers in the config, this node excluded.");
     describe_gauge!(PEER_UP, "1 while the peer is connected, else 0.");
     describe_gauge!(PEER_INCARNATION, "The peer's newest incarnation known.");

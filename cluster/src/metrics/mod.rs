@@ -50,6 +50,9 @@
 //! | `cluster_peer_messages_unconfirmed_total` | counter | `peer` | as above, for this peer |
 //! | `cluster_peer_unacknowledged_frames` | gauge | `peer` | frames the transport took for the peer and the peer has not acknowledged yet: the queue depth (ZeroMQ only; 0 in memory) |
 //! | `cluster_connected_peers` | gauge | | peers with a live connection |
+//! | `cluster_up_peers` | gauge | | peers up: messages flow both ways ([`Event::Up`](crate::Event::Up)) |
+//! | `cluster_inbox_messages` | gauge | | envelopes in this node's inbox, waiting to be read: its queue depth |
+//! | `cluster_inbox_backlog_frames` | gauge | | frames taken off the transport that wait for room in the inbox (ZeroMQ only) |
 //! | `cluster_configured_peers` | gauge | | peers in the config, this node excluded |
 //! | `cluster_peer_up` | gauge | `peer` | 1 while connected, else 0 |
 //! | `cluster_peer_incarnation` | gauge | `peer` | the peer's newest incarnation seen (from the catalog's history until a frame shows one); absent if never known |
@@ -103,6 +106,12 @@ pub mod names {
     pub const PEER_UNACKNOWLEDGED: &str = "cluster_peer_unacknowledged_frames";
     /// How many peers are connected.
     pub const CONNECTED_PEERS: &str = "cluster_connected_peers";
+    /// Envelopes in the inbox, waiting to be read.
+    pub const INBOX_MESSAGES: &str = "cluster_inbox_messages";
+    /// Frames taken off the transport that wait for room in the inbox.
+    pub const INBOX_BACKLOG: &str = "cluster_inbox_backlog_frames";
+    /// How many peers are up (messages flow both ways: see `Server::events`).
+    pub const UP_PEERS: &str = "cluster_up_peers";
     /// How many peers the config lists, this node excluded.
     pub const CONFIGURED_PEERS: &str = "cluster_configured_peers";
     /// 1 while the `peer` is connected, else 0.
