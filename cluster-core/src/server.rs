@@ -378,7 +378,7 @@ impl ServerBuilder {
                 stats: Arc::clone(&stats),
                 connected: connected.clone(),
                 events: Arc::clone(&events),
-                depth: Arc::clone(&depth),
+                depth: Arc::downgrade(&depth),
             }));
         }
         let driver = Driver {
@@ -790,7 +790,7 @@ impl ServerHandle {
             stats: Arc::clone(&self.stats),
             connected: self.connected.clone(),
             events: Arc::clone(&self.events),
-            depth: Arc::clone(&self.depth),
+            depth: Arc::downgrade(&self.depth),
         }
     }
 
@@ -988,7 +988,9 @@ pub struct ServerMonitor {
     stats: Arc<StatsCells>,
     connected: watch::Receiver<PeerSet>,
     events: Arc<EventHub>,
-    depth: Arc<dyn Depth>,
+    /// Weak: a monitor (a catalog recorder, a metrics exporter) must not keep a stopped
+    /// or killed node's transport, and so its sockets, alive.
+    depth: std::sync::Weak<dyn Depth>,
 }
 
 impl std::fmt::Debug for ServerMonitor {
@@ -1042,9 +1044,12 @@ impl ServerMonitor {
 
     /// The watched server's inbox: envelopes waiting to be read (including those a reader
     /// has taken in its current batch), and, on transports with acknowledgements, frames
-    /// taken off the transport that wait for room behind them (the backlog).
+    /// taken off the transport that wait for room behind them (the backlog). `(0, 0)` once
+    /// the node and its handles are gone: a monitor does not keep them alive.
     pub fn inbox_depth(&self) -> (usize, usize) {
-        self.depth.inbox_depth()
+        self.depth
+            .upgrade()
+            .map_or((0, 0), |node| node.inbox_depth())
     }
 }
 
@@ -1181,6 +1186,7 @@ impl<M: Message> Driver<M> {
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     use bytes::Bytes;
 
@@ -1287,6 +1293,70 @@ mod tests {
             s.inbox().try_recv(),
             Err(tokio::sync::mpsc::error::TryRecvError::Disconnected)
         ));
+    }
+
+    /// A transport that raises a flag when it is dropped (its sockets closed).
+    struct Released(Nowhere, Arc<AtomicBool>);
+
+    impl Drop for Released {
+        fn drop(&mut self) {
+            self.1.store(true, Ordering::Release);
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Transport for Released {
+        fn send(&self, to: Pid, frame: Bytes) -> Result<(), DropReason> {
+            self.0.send(to, frame)
+        }
+        async fn readable(&self) -> bool {
+            self.0.readable().await
+        }
+        fn try_recv_many(&self, events: &mut Vec<TransportEvent>, max: usize) -> usize {
+            self.0.try_recv_many(events, max)
+        }
+        fn connected(&self) -> watch::Receiver<PeerSet> {
+            self.0.connected()
+        }
+        async fn shutdown(&self, linger: Duration) {
+            self.0.shutdown(linger).await;
+        }
+    }
+
+    /// A monitor outlives its node (its counters stay readable), but must not keep the node's
+    /// transport alive: a killed node's sockets would go on taking frames meant for the
+    /// node that replaces it.
+    #[tokio::test]
+    async fn a_monitor_does_not_keep_a_dropped_nodes_transport_alive() {
+        for stop in [true, false] {
+            let released = Arc::new(AtomicBool::new(false));
+            let kept = Arc::new(std::sync::Mutex::new(None));
+            let keep = Arc::clone(&kept);
+            let mut s = Server::<u8>::builder(1, config())
+                .attach_with(move |monitor| {
+                    *keep.lock().unwrap() = Some(monitor.clone());
+                    monitor
+                })
+                .build(Released(nowhere(None), Arc::clone(&released)))
+                .unwrap();
+            let monitor = s.monitor();
+            s.outbox().send(Envelope::new(1, 0, 7u8)).await.unwrap();
+            assert_eq!(monitor.inbox_depth(), (1, 0));
+            if stop {
+                s.stop().await;
+            }
+            drop(s);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while !released.load(Ordering::Acquire) {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the transport outlived its node (stopped: {stop})"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(monitor.inbox_depth(), (0, 0), "a gone node holds nothing");
+            assert!(kept.lock().unwrap().is_some());
+        }
     }
 
     /// `encrypt` without a key is an error, not a node that sends in clear.

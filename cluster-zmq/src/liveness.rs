@@ -146,7 +146,7 @@ impl<L> Peers<L> {
             None
         };
         if let Some(old) = &replaced {
-            self.retire(old);
+            self.retire(old, Some(&peer.status));
         }
         table.removed.remove(&pid);
         self.any_removed
@@ -154,13 +154,17 @@ impl<L> Peers<L> {
         Ok(Some(Added { replaced }))
     }
 
-    /// Takes `peer` out of the published set for good (called under the table's lock, so
-    /// that a pid added back right after is published by its own connection only once
-    /// this is done).
-    fn retire(&self, peer: &Peer<L>) {
+    /// Takes `peer` out of the published set for good, unless `successor` (the link that
+    /// replaces it, for a peer that moved) is up: its task was spawned before this runs
+    /// and may have connected already. Under the set's lock, as in `set`, so the two
+    /// cannot interleave: a successor that comes up later publishes the pid itself.
+    fn retire(&self, peer: &Peer<L>, successor: Option<&Status>) {
         self.published.send_if_modified(|set| {
             peer.status.removed.store(true, Ordering::SeqCst);
             peer.status.up.store(false, Ordering::SeqCst);
+            if successor.is_some_and(Status::is_up) {
+                return false;
+            }
             set.remove(&peer.status.pid)
         });
     }
@@ -183,7 +187,7 @@ impl<L> Peers<L> {
         let peer = table.current.remove(at);
         table.removed.insert(pid);
         self.any_removed.store(true, Ordering::SeqCst);
-        self.retire(&peer);
+        self.retire(&peer, None);
         Ok(Some(peer))
     }
 
@@ -355,6 +359,30 @@ mod tests {
         assert!(!set.borrow().contains(&2));
         peers.set(&peers.get(2).unwrap().status, true);
         assert!(set.borrow().contains(&2));
+    }
+
+    /// The link of a moved peer is spawned before its old one is retired, and may connect
+    /// in between (on a loaded machine): retiring the old one must not unpublish the pid
+    /// the new one just published (the new link would never publish it again).
+    #[test]
+    fn a_moved_peer_whose_new_link_connects_at_once_stays_published() {
+        let peers = table();
+        let set = peers.subscribe();
+        let old = peers.get(2).unwrap();
+        peers.set(&old.status, true);
+        let added = peers
+            .add(2, "127.0.0.1:9", |status| {
+                peers.set(&status, true);
+                Ok(())
+            })
+            .unwrap()
+            .unwrap();
+        assert!(added.replaced.unwrap().status.is_removed());
+        assert!(set.borrow().contains(&2), "{:?}", set.borrow());
+        peers.set(&old.status, false);
+        assert!(set.borrow().contains(&2));
+        peers.set(&peers.get(2).unwrap().status, false);
+        assert!(!set.borrow().contains(&2));
     }
 
     #[test]

@@ -270,3 +270,26 @@ async fn a_member_that_missed_a_join_learns_it_from_the_new_node() {
     joiner.wait_for_peers_up(WAIT).await.unwrap();
     assert_eq!(back.members(), s[0].members());
 }
+
+/// After a node joined, a member leaves: the new node hears of it too (every member
+/// holds the same records).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_member_leaves_after_a_join_and_the_new_node_hears_it() {
+    let five = Config::local(5, 17700).unwrap();
+    let six = Config::local(6, 17700).unwrap();
+    let net = MemNetwork::new(&five, 9);
+    net.add_node(6).unwrap();
+    let s: Vec<Server<u32>> = (1..=5)
+        .map(|p| Server::with_transport(p, five.clone(), net.transport(p).unwrap()).unwrap())
+        .collect();
+    for n in &s {
+        n.wait_for_peers_up(WAIT).await.unwrap();
+    }
+    let joiner: Server<u32> = Server::with_transport(6, six, net.transport(6).unwrap()).unwrap();
+    joiner.join(WAIT).await.unwrap();
+    s[0].leave(WAIT).await.unwrap();
+    settle().await;
+    let records = s[1].members();
+    assert_eq!(present(&records), [2, 3, 4, 5, 6]);
+    assert_eq!(joiner.members(), records);
+}
