@@ -349,12 +349,24 @@ impl MemNetwork {
     }
 
     /// Messages accepted by the network and not yet received, over all nodes (control
-    /// frames, such as the greetings behind peer events, are not counted).
+    /// frames, such as the greetings behind peer events, are not counted: see
+    /// [`control_in_flight`](Self::control_in_flight)).
     pub fn in_flight(&self) -> usize {
         self.state()
             .nodes
             .values()
             .map(|n| n.slot.queue().len())
+            .sum()
+    }
+
+    /// Control frames (greetings, acknowledgements, membership changes) accepted by the
+    /// network and not yet received, over all running nodes.
+    pub fn control_in_flight(&self) -> usize {
+        self.state()
+            .nodes
+            .values()
+            .filter(|n| n.up)
+            .map(|n| n.slot.control().len())
             .sum()
     }
 }

@@ -119,6 +119,10 @@ impl<B: ClusterUnderTest> ClusterUnderTest for WithCatalogs<B> {
         self.inner.in_flight()
     }
 
+    fn control_in_flight(&self) -> Option<usize> {
+        self.inner.control_in_flight()
+    }
+
     fn discarded(&self) -> DropCounts {
         self.inner.discarded()
     }

@@ -490,6 +490,10 @@ impl ClusterUnderTest for MutantBackend {
         self.inner.in_flight()
     }
 
+    fn control_in_flight(&self) -> Option<usize> {
+        self.inner.control_in_flight()
+    }
+
     fn discarded(&self) -> DropCounts {
         self.inner.discarded()
     }

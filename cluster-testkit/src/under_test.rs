@@ -119,6 +119,12 @@ pub trait ClusterUnderTest: Send + 'static {
     fn in_flight(&self) -> Option<usize> {
         None
     }
+    /// Control frames (greetings, acknowledgements, membership changes) accepted and not
+    /// yet received, if the backend can tell (simulation): a settled cluster has none
+    /// left, or a change to the membership may not have reached every node yet.
+    fn control_in_flight(&self) -> Option<usize> {
+        None
+    }
     /// Frames the backend accepted and later discarded that no server counted.
     fn discarded(&self) -> DropCounts {
         DropCounts::default()
@@ -249,6 +255,10 @@ impl ClusterUnderTest for MemCluster {
 
     fn in_flight(&self) -> Option<usize> {
         Some(self.net.in_flight())
+    }
+
+    fn control_in_flight(&self) -> Option<usize> {
+        Some(self.net.control_in_flight())
     }
 
     fn discarded(&self) -> DropCounts {
