@@ -35,6 +35,12 @@ fn mem_transport_keeps_the_contract() {
     // delivered and copies that had to be dropped, not only "either way".
     let (must_deliver, must_drop, _) = report.judged;
     assert!(must_deliver > 0 && must_drop > 0, "{:?}", report.judged);
+    // Random scenarios, not only the directed case, had nodes join and members leave.
+    assert!(
+        report.membership.0 > 1 && report.membership.1 > 1,
+        "{:?}",
+        report.membership
+    );
 }
 
 /// The same with a cluster key: every frame is tagged and checked (contract C10), and the

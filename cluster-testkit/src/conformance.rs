@@ -48,7 +48,7 @@ use proptest::test_runner::{
     Config as ProptestConfig, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner,
 };
 
-use crate::history::{Record, to_json_lines};
+use crate::history::{Event, Record, to_json_lines};
 use crate::oracle::{self, Invariant, Verdict, Violation};
 use crate::scenario::{Op, Scenario, run_scenario, scenario};
 use crate::seed::{SEED_VAR, cases_or, seed_or_random};
@@ -196,6 +196,19 @@ pub struct Report {
     pub judged: (usize, usize, usize),
     /// Directed cases passed.
     pub directed: Vec<&'static str>,
+    /// Runs (random scenarios and directed cases) in which a node joined, and in which a
+    /// member left, each change completed: what the membership checks (MB) had to judge.
+    pub membership: (u32, u32),
+}
+
+/// Whether a node joined, and whether a member left, in a run (each completed in time).
+fn membership_done(history: &[Record]) -> (bool, bool) {
+    let done = |join: bool| {
+        history.iter().any(
+            |r| matches!(r.event, Event::MembershipAsked { join: j, ok: true, .. } if j == join),
+        )
+    };
+    (done(true), done(false))
 }
 
 /// `peer_queue` of simulated scenario runs: small, so that random scenarios fill queues and
@@ -316,6 +329,7 @@ pub fn check_scenarios(
     let strategy = scenario(options.nodes.clone(), options.max_ops, caps);
     let exact = caps.timing == Timing::Exact;
     let judged = std::cell::Cell::new((0usize, 0usize, 0usize));
+    let membership = std::cell::Cell::new((0u32, 0u32));
     let judge = |mut verdict: Verdict| {
         if let Some(only) = options.invariant {
             verdict.violations.retain(|v| v.invariant == only);
@@ -323,10 +337,13 @@ pub fn check_scenarios(
         verdict
     };
     let result = runner(options).run(&strategy, |sc| {
-        let (verdict, _) =
+        let (verdict, history) =
             scenario_on(factory, &sc, exact).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let verdict = judge(verdict);
         if verdict.is_ok() {
+            let (joined, left) = membership_done(&history);
+            let (j, l) = membership.get();
+            membership.set((j + u32::from(joined), l + u32::from(left)));
             let (a, b, c) = verdict.expectations();
             let (x, y, z) = judged.get();
             judged.set((x + a, y + b, z + c));
@@ -361,6 +378,7 @@ pub fn check_scenarios(
             scenarios: options.cases,
             judged: judged.get(),
             directed: Vec::new(),
+            membership: membership.get(),
         }),
         Err(TestError::Fail(_, minimal)) => Err(fail(Some(minimal), None)),
         Err(TestError::Abort(why)) => Err(fail(None, Some(why.to_string()))),
@@ -416,6 +434,29 @@ pub fn directed_scenarios(caps: Capabilities) -> Vec<(&'static str, Scenario)> {
             },
         ));
     }
+    if caps.membership && caps.crash_restart {
+        // Node 4 is in no member's config: a send to it is `unknown_peer` until it joins.
+        out.push((
+            MEMBERSHIP_CASE,
+            Scenario {
+                nodes: 3,
+                seed: 4,
+                ops: vec![
+                    send(1, 4, 1),
+                    Op::Settle,
+                    Op::Join(4),
+                    send(1, BROADCAST, 2),
+                    send(4, 2, 3),
+                    send(4, BROADCAST, 4),
+                    Op::Settle,
+                    Op::Leave(2),
+                    send(1, 2, 5),
+                    send(4, BROADCAST, 6),
+                    send(3, 4, 7),
+                ],
+            },
+        ));
+    }
     if caps.partition {
         out.push((
             "partition",
@@ -436,6 +477,9 @@ pub fn directed_scenarios(caps: Capabilities) -> Vec<(&'static str, Scenario)> {
     }
     out
 }
+
+/// The directed case in which a node joins and a member leaves: both must complete.
+const MEMBERSHIP_CASE: &str = "membership";
 
 fn directed_failure(name: &str, case: &str, seed: u64, error: String) -> Box<Failure> {
     Box::new(Failure {
@@ -861,9 +905,37 @@ pub fn run(factory: &dyn Factory, options: &SuiteOptions) -> Result<Report, Box<
         })
     })?;
     let mut directed = Vec::new();
+    let mut membership = (0, 0);
     for (case, sc) in directed_scenarios(caps) {
         let (verdict, history) = scenario_on(factory, &sc, caps.timing == Timing::Exact)
             .map_err(|e| directed_failure(&name, case, sc.seed, e.to_string()))?;
+        let (joined, left) = membership_done(&history);
+        membership.0 += u32::from(joined);
+        membership.1 += u32::from(left);
+        if case == MEMBERSHIP_CASE && !(joined && left) {
+            let mut failure = directed_failure(
+                &name,
+                case,
+                sc.seed,
+                format!(
+                    "the join of node 4 {} and the leave of node 2 {} (within {:?} each)",
+                    if joined {
+                        "completed"
+                    } else {
+                        "did not complete"
+                    },
+                    if left {
+                        "completed"
+                    } else {
+                        "did not complete"
+                    },
+                    crate::scenario::MEMBERSHIP_WAIT
+                ),
+            );
+            failure.scenario = Some(sc);
+            failure.history_file = write_history(options, &name, &history);
+            return Err(failure);
+        }
         if !verdict.is_ok() {
             return Err(Box::new(Failure {
                 backend: name.clone(),
@@ -887,6 +959,8 @@ pub fn run(factory: &dyn Factory, options: &SuiteOptions) -> Result<Report, Box<
     directed.push("multicast");
     let mut report = check_scenarios(factory, options)?;
     report.directed = directed;
+    report.membership.0 += membership.0;
+    report.membership.1 += membership.1;
     Ok(report)
 }
 
@@ -895,13 +969,15 @@ pub fn check(factory: impl Factory, options: SuiteOptions) -> Report {
     match run(&factory, &options) {
         Ok(report) => {
             eprintln!(
-                "conformance: {} directed cases and {} scenarios passed (seed {}); judged {} copies that had to be delivered, {} that had to be dropped, {} either way",
+                "conformance: {} directed cases and {} scenarios passed (seed {}); judged {} copies that had to be delivered, {} that had to be dropped, {} either way; {} runs with a node joining, {} with a member leaving",
                 report.directed.len(),
                 report.scenarios,
                 options.seed,
                 report.judged.0,
                 report.judged.1,
-                report.judged.2
+                report.judged.2,
+                report.membership.0,
+                report.membership.1
             );
             report
         }

@@ -573,4 +573,4 @@ async fn apply(sim: &mut SimCluster<Vec<u8>>, caps: Capabilities, op: &Op) -> Re
 
 /// How long a scenario's `Join` or `Leave` waits for `join`/`leave` (simulated time in
 /// simulation, where the clock is paused; a node cut off from the members waits it out).
-const MEMBERSHIP_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+pub(crate) const MEMBERSHIP_WAIT: std::time::Duration = std::time::Duration::from_secs(3);

@@ -4,7 +4,10 @@
 //!
 //! Crash and restart are supported (a crash closes the node's sockets at once, without
 //! flushing; a restart binds the same port again as the next incarnation); partitions and
-//! loss are not (they would need a relay per link). A message sent within the backend's
+//! loss are not (they would need a relay per link). Membership at run time is: a node
+//! that joins ([`ClusterUnderTest::join_node`]) binds a port held for it from the start,
+//! with a config of the members then and itself, and its peers connect to it through
+//! their transports' `add_peer`; one that leaves is crashed after its leave completes. A message sent within the backend's
 //! window of a crash or restart on its link may go either way; the harness also waits for
 //! connections to be up after a start or restart before it goes on, so what follows is
 //! judged exactly.
@@ -48,6 +51,9 @@ use crate::scenario::{Op, Scenario};
 use crate::sim::SimError;
 use crate::under_test::{Capabilities, ClusterUnderTest, Started};
 
+/// Nodes that may join a [`ZmqCluster`] at run time, each on a port held from the start.
+const JOINERS: usize = 1;
+
 /// A cluster of ZeroMQ nodes on free loopback ports.
 pub struct ZmqCluster {
     config: Config,
@@ -56,6 +62,10 @@ pub struct ZmqCluster {
     incarnations: BTreeMap<Pid, Incarnation>,
     killed: BTreeMap<Pid, Arc<AtomicBool>>,
     ports: net::ReservedPorts,
+    /// Ports held for nodes that join at run time ([`ClusterUnderTest::join_node`]).
+    spare_ports: Vec<u16>,
+    /// The config each node that joined runs with (the members then, and itself).
+    joined: BTreeMap<Pid, Config>,
     flight: Arc<Flight>,
 }
 
@@ -94,8 +104,11 @@ impl ZmqCluster {
     /// `setup.nodes` nodes on free loopback ports. The setup's options are used, with the
     /// heartbeat settings of [`net::fast_options`] unless the setup changed them.
     pub fn new(setup: &Setup, backend: Backend) -> Result<Self, SimError> {
-        let ports = net::ReservedPorts::new(setup.nodes)
+        // One more than the config's: a scenario's `Join` adds one node at most.
+        let ports = net::ReservedPorts::new(setup.nodes + JOINERS)
             .map_err(|e| SimError::Transport(TransportError::Other(e.to_string())))?;
+        let mut drawn = ports.ports();
+        let spare_ports = drawn.split_off(setup.nodes.min(drawn.len()));
         let mut options = setup.options.clone();
         let defaults = Options::default();
         let quick = net::fast_options();
@@ -108,8 +121,7 @@ impl ZmqCluster {
         if options.linger == defaults.linger {
             options.linger = quick.linger;
         }
-        let config =
-            net::config_on(&ports.ports(), options).map_err(cluster_core::ServerError::from)?;
+        let config = net::config_on(&drawn, options).map_err(cluster_core::ServerError::from)?;
         Ok(Self {
             config,
             backend,
@@ -117,6 +129,8 @@ impl ZmqCluster {
             incarnations: BTreeMap::new(),
             killed: BTreeMap::new(),
             ports,
+            spare_ports,
+            joined: BTreeMap::new(),
             flight: Arc::new(Flight::default()),
         })
     }
@@ -148,16 +162,16 @@ impl ZmqCluster {
     }
 
     async fn bind(&mut self, pid: Pid) -> Result<Started, TransportError> {
+        let config = self.joined.get(&pid).unwrap_or(&self.config).clone();
         // Let go of the port only now, right before the node binds it.
-        if let Some(port) = self
-            .config
+        if let Some(port) = config
             .peer(pid)
             .and_then(|p| p.address.rsplit_once(':'))
             .and_then(|(_, port)| port.parse().ok())
         {
             self.ports.release(port);
         }
-        let zmq = cluster_zmq::bind_with(self.backend, pid, &self.config).await?;
+        let zmq = cluster_zmq::bind_with(self.backend, pid, &config).await?;
         self.flight.up(pid);
         let tracked: Box<dyn Transport> = Box::new(Tracked {
             pid,
@@ -194,7 +208,36 @@ impl ClusterUnderTest for ZmqCluster {
     fn capabilities(&self) -> Capabilities {
         // Detection of a dead peer (heartbeat timeout) plus reconnection back-off (≤ 1 s).
         let o = self.config.options();
-        Capabilities::real(o.heartbeat_timeout + Duration::from_millis(1000))
+        Capabilities {
+            membership: true,
+            ..Capabilities::real(o.heartbeat_timeout + Duration::from_millis(1000))
+        }
+    }
+
+    /// Binds node `pid` on a port held for joining nodes, with a config of `members` and
+    /// itself.
+    async fn join_node(
+        &mut self,
+        pid: Pid,
+        members: &[(Pid, String)],
+    ) -> Option<Result<(Config, Started), TransportError>> {
+        if self.joined.contains_key(&pid) || self.config.peer(pid).is_some() {
+            return Some(Err(TransportError::Other(format!(
+                "node {pid} has a port already: only a new pid can join"
+            ))));
+        }
+        let Some(port) = self.spare_ports.pop() else {
+            return Some(Err(TransportError::Other(format!(
+                "no port left for node {pid} to join on ({JOINERS} held per cluster)"
+            ))));
+        };
+        let address = format!("127.0.0.1:{port}");
+        let config = match crate::under_test::joiner_config(&self.config, pid, members, address) {
+            Ok(config) => config,
+            Err(e) => return Some(Err(e)),
+        };
+        self.joined.insert(pid, config.clone());
+        Some(self.bind(pid).await.map(|started| (config, started)))
     }
 
     async fn start(&mut self, pid: Pid) -> Result<Started, TransportError> {

@@ -37,12 +37,24 @@ fn options() -> SuiteOptions {
 fn libzmq_transport_keeps_the_contract() {
     let report = conformance::check(zmq(Backend::Libzmq), options());
     assert!(report.judged.0 > 0, "{:?}", report.judged);
+    // The directed membership case at least: a node joined and a member left, over sockets.
+    assert!(
+        report.membership.0 > 0 && report.membership.1 > 0,
+        "{:?}",
+        report.membership
+    );
 }
 
 #[test]
 fn zeromq_transport_keeps_the_contract() {
     let report = conformance::check(zmq(Backend::Zeromq), options());
     assert!(report.judged.0 > 0, "{:?}", report.judged);
+    // The directed membership case at least: a node joined and a member left, over sockets.
+    assert!(
+        report.membership.0 > 0 && report.membership.1 > 0,
+        "{:?}",
+        report.membership
+    );
 }
 
 /// With a cluster key: every frame carries a MAC (keyed BLAKE3) and is checked on arrival;
