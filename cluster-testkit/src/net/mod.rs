@@ -321,7 +321,9 @@ pub async fn recv_within<M: cluster_core::Message>(
 /// Assertions for tests: the waits above with [`DEADLINE`], failing the test (a panic
 /// naming what was awaited) when it passes.
 pub mod expect {
-    use cluster_core::{Envelope, Pid, Server};
+    use std::time::Instant;
+
+    use cluster_core::{Envelope, Event, Events, Pid, Server};
 
     use super::DEADLINE;
 
@@ -354,6 +356,21 @@ pub mod expect {
         match super::recv_within(pid, server.inbox(), DEADLINE).await {
             Ok(env) => env,
             Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// The next peer event from `events`, and when it came: the instant it was received
+    /// here, for tests that measure how long a peer took to be told.
+    ///
+    /// # Panics
+    /// When [`DEADLINE`] passes first, the subscription ends (the node has stopped), or it
+    /// lagged: a test that reads every event must not lose one.
+    pub async fn next_event(events: &mut Events) -> (Event, Instant) {
+        match tokio::time::timeout(DEADLINE, events.recv()).await {
+            Ok(Some(Ok(e))) => (e.event, Instant::now()),
+            Ok(Some(Err(lagged))) => panic!("no lag: {lagged}"),
+            Ok(None) => panic!("the node runs: its events ended"),
+            Err(_) => panic!("an event within the deadline ({DEADLINE:?})"),
         }
     }
 }
