@@ -108,5 +108,5 @@ pub use attach::attach;
 pub use catalog::{ImportReport, PeerCatalog, Readdressed};
 pub use error::CatalogError;
 pub use node::{NodeCatalog, catalog_dir};
-pub use record::{FORMAT_VERSION, PeerRecord, PeerStatus};
+pub use record::{FORMAT_VERSION, PeerRecord, PeerStatus, seen_between};
 pub use recorder::{DEFAULT_INTERVAL, Recorder};

@@ -65,6 +65,20 @@ pub struct PeerRecord {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// Whether a peer was seen alive between two observations of it: the rule for
+/// [`PeerRecord::last_seen`]. It was if its connection came up (up now, and not up at the
+/// earlier observation) or if messages from it were delivered since. The
+/// [`Recorder`](crate::Recorder) writes `last_seen` by this rule, and `cluster`'s metrics
+/// exporter publishes it by the same rule, so that a running node's metrics and its catalog
+/// tell the same time.
+///
+/// `was_up` and `delivered_before` are the earlier observation (not up and 0 before the
+/// first one); `up` and `delivered` are the later one: whether the peer's connection is up,
+/// and how many messages from it have been delivered here in all.
+pub fn seen_between(was_up: bool, delivered_before: u64, up: bool, delivered: u64) -> bool {
+    (up && !was_up) || delivered > delivered_before
+}
+
 impl PeerRecord {
     /// A record with no history: status unknown, never seen, no metadata.
     pub fn new(pid: Pid, address: impl Into<String>) -> Self {

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use crate::catalog::{PeerCatalog, own_record_update};
 use crate::error::CatalogError;
 use crate::node::NodeCatalog;
-use crate::record::PeerStatus;
+use crate::record::{PeerStatus, seen_between};
 
 /// How often a recorder polls the server's counters and flushes the catalog, by default.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
@@ -183,16 +183,22 @@ impl Shared {
             } else {
                 PeerStatus::Down
             };
-            let came_up = status == PeerStatus::Up && w.status != Some(PeerStatus::Up);
-            let heard = peer.delivered > w.delivered;
+            let seen = seen_between(
+                w.status == Some(PeerStatus::Up),
+                w.delivered,
+                status == PeerStatus::Up,
+                peer.delivered,
+            );
             let newer = peer.incarnation.is_some() && peer.incarnation != w.incarnation;
-            if w.status == Some(status) && !heard && !newer {
+            // With the status unchanged, the peer was seen only if messages from it were
+            // delivered since.
+            if w.status == Some(status) && !seen && !newer {
                 continue;
             }
             catalog.update(pid, |r| {
                 let mut r = r?;
                 r.status = status;
-                if came_up || heard {
+                if seen {
                     r.last_seen = Some(now);
                 }
                 if newer {

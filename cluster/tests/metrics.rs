@@ -6,31 +6,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use cluster::catalog::{PeerRecord, PeerStatus};
 use cluster::mem::MemNetwork;
 use cluster::metrics::{Exporter, Sample, members_from_text, parse_text};
 use cluster::{BROADCAST, Config, DropReason, Envelope, Pid, Server, ServerMonitor, Stats};
-use cluster_testkit::net::{DEADLINE, expect};
-
-/// `GET /metrics` over a plain TCP connection (HTTP/1.0: the body ends with the connection).
-fn scrape(port: u16) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(
-        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-        "{head}"
-    );
-    assert!(!head.to_ascii_lowercase().contains("chunked"), "{head}");
-    body.to_owned()
-}
+use cluster_testkit::net::{DEADLINE, expect, scrape};
 
 type Key = (String, BTreeMap<String, String>);
 
@@ -128,7 +110,7 @@ fn by_key(samples: &[Sample]) -> BTreeMap<Key, f64> {
 /// What differs between the scrape and `monitor`'s counters now (empty: they agree).
 fn differences(port: u16, monitor: &ServerMonitor) -> Vec<String> {
     let stats = monitor.stats();
-    let served = by_key(&parse_text(&scrape(port)).unwrap());
+    let served = by_key(&parse_text(&scrape(port).unwrap()).unwrap());
     let mut diff: Vec<String> = expected(&stats, monitor.pid())
         .into_iter()
         .filter(|(k, v)| served.get(k) != Some(v))
@@ -254,6 +236,7 @@ async fn the_endpoint_serves_what_stats_counts() {
 
     let text = tokio::task::spawn_blocking(move || scrape(port))
         .await
+        .unwrap()
         .unwrap();
     let served = by_key(&parse_text(&text).unwrap());
     // The per-peer drops that happened are there, and none that did not.

@@ -71,19 +71,13 @@ fn show(args: ShowArgs) -> Result<(), Failure> {
         peers: catalog.list()?,
     };
     drop(catalog);
-    let mut out = io::stdout().lock();
-    let written = if args.json {
-        write_json(&mut out, &view)
-    } else {
-        write_table(&mut out, &view)
-    };
-    match written.and_then(|()| out.flush()) {
-        // A closed pipe (`| head`) is not a failure.
-        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
-            Err(anyhow::Error::new(e).context("writing to stdout").into())
+    super::print(|out| {
+        if args.json {
+            write_json(out, &view)
+        } else {
+            write_table(out, &view)
         }
-        _ => Ok(()),
-    }
+    })
 }
 
 struct View {

@@ -7,6 +7,8 @@ mod demo;
 mod members;
 mod node;
 
+use std::io::{self, StdoutLock, Write};
+
 use clap::{Parser, Subcommand};
 use comfy_table::{CellAlignment, Table};
 
@@ -86,6 +88,18 @@ pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
             node::run(args)
         }
         Command::Leave(args) => node::run_leave(args),
+    }
+}
+
+/// Writes a command's output to stdout with `write`, and flushes it. A closed pipe (`| head`)
+/// is not a failure: the reader took what it wanted and left.
+fn print(write: impl FnOnce(&mut StdoutLock<'static>) -> io::Result<()>) -> Result<(), Failure> {
+    let mut out = io::stdout().lock();
+    match write(&mut out).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("writing to stdout").into())
+        }
+        _ => Ok(()),
     }
 }
 

@@ -5,23 +5,13 @@
 
 use std::time::Instant;
 
+use cluster::Event;
 use cluster::zmq::Backend;
-use cluster::{Event, Events};
-use cluster_testkit::net::DEADLINE;
+use cluster_testkit::net::{DEADLINE, expect::next_event};
 
 use crate::node::{Node, start_three, wait_until};
 
 on_both_backends!(kill_9_is_told_down_by_every_peer_and_the_restart_restarted_then_up);
-
-/// The next event at node 1, and when it came.
-async fn next_event(events: &mut Events) -> (Event, Instant) {
-    let e = tokio::time::timeout(DEADLINE, events.recv())
-        .await
-        .expect("an event within the deadline")
-        .expect("the node runs")
-        .expect("no lag");
-    (e.event, Instant::now())
-}
 
 /// The heartbeat timeout of this test's config.
 const TIMEOUT_MS: u64 = 600;

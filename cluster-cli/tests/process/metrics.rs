@@ -4,8 +4,6 @@
 //! once it has stopped.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -36,22 +34,6 @@ async fn start(backend: Backend) -> (TestConfig, u16, Node, Node) {
         }
     }
     panic!("no free ports after {} attempts", net::BIND_ATTEMPTS);
-}
-
-/// `GET /metrics` over a plain TCP connection, on a blocking thread.
-async fn scrape(port: u16) -> String {
-    tokio::task::spawn_blocking(move || {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream.set_read_timeout(Some(DEADLINE)).unwrap();
-        write!(stream, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
-        assert!(head.contains(" 200 "), "{head}");
-        body.to_owned()
-    })
-    .await
-    .unwrap()
 }
 
 /// The samples by name and labels (`name{k="v",…}`, labels sorted), from our own reading of
@@ -218,7 +200,11 @@ async fn a_node_serves_its_counters_and_members_over_http() {
         one.skip_seen();
         one.command("stats");
         let stats = one.wait_event("stats", |e| e["event"] == "stats").await;
-        let diff = differences(&samples(&scrape(port).await), &stats);
+        let text = tokio::task::spawn_blocking(move || net::scrape(port))
+            .await
+            .unwrap()
+            .unwrap();
+        let diff = differences(&samples(&text), &stats);
         if diff.is_empty() {
             break stats;
         }

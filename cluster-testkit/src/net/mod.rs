@@ -318,10 +318,40 @@ pub async fn recv_within<M: cluster_core::Message>(
     }
 }
 
+/// The body of `GET /metrics` from a Prometheus scrape endpoint on `127.0.0.1:port` (a
+/// node's metrics), over a plain TCP connection: HTTP/1.0, so that the body ends with the
+/// connection and needs no decoding. Blocking, with [`DEADLINE`] to read: from async code,
+/// call it on a blocking thread (`tokio::task::spawn_blocking`).
+///
+/// An answer other than `200`, or a body sent chunked (which HTTP/1.0 does not allow), is
+/// an [`InvalidData`](std::io::ErrorKind::InvalidData) error naming the response head.
+pub fn scrape(port: u16) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read, Write};
+
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(DEADLINE))?;
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let invalid = |what: &str| Error::new(ErrorKind::InvalidData, what.to_owned());
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| invalid("not an HTTP response: no end of head"))?;
+    if !(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200")) {
+        return Err(invalid(&format!("not 200 OK: {head}")));
+    }
+    if head.to_ascii_lowercase().contains("chunked") {
+        return Err(invalid(&format!("a chunked body to HTTP/1.0: {head}")));
+    }
+    Ok(body.to_owned())
+}
+
 /// Assertions for tests: the waits above with [`DEADLINE`], failing the test (a panic
 /// naming what was awaited) when it passes.
 pub mod expect {
-    use cluster_core::{Envelope, Pid, Server};
+    use std::time::Instant;
+
+    use cluster_core::{Envelope, Event, Events, Pid, Server};
 
     use super::DEADLINE;
 
@@ -354,6 +384,21 @@ pub mod expect {
         match super::recv_within(pid, server.inbox(), DEADLINE).await {
             Ok(env) => env,
             Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// The next peer event from `events`, and when it came: the instant it was received
+    /// here, for tests that measure how long a peer took to be told.
+    ///
+    /// # Panics
+    /// When [`DEADLINE`] passes first, the subscription ends (the node has stopped), or it
+    /// lagged: a test that reads every event must not lose one.
+    pub async fn next_event(events: &mut Events) -> (Event, Instant) {
+        match tokio::time::timeout(DEADLINE, events.recv()).await {
+            Ok(Some(Ok(e))) => (e.event, Instant::now()),
+            Ok(Some(Err(lagged))) => panic!("no lag: {lagged}"),
+            Ok(None) => panic!("the node runs: its events ended"),
+            Err(_) => panic!("an event within the deadline ({DEADLINE:?})"),
         }
     }
 }

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use cluster_core::{DropReason, Envelope, Event, Events, SendOutcome};
-use cluster_testkit::net::DEADLINE;
+use cluster_core::{DropReason, Envelope, Event, SendOutcome};
+use cluster_testkit::net::{DEADLINE, expect::next_event};
 use cluster_zmq::Backend;
 
 use crate::nodes::{next, start_as, start_on_fresh_ports};
@@ -15,16 +15,6 @@ on_every_backend!(
     a_stopped_peer_is_down_and_its_restart_is_told_then_up,
     once_a_restarted_node_has_its_peers_up_their_messages_to_it_are_delivered,
 );
-
-/// The next event within the deadline (a lag is a failure here).
-async fn next_event(events: &mut Events) -> (Event, Instant) {
-    let e = tokio::time::timeout(DEADLINE, events.recv())
-        .await
-        .expect("an event within the deadline")
-        .expect("the node runs")
-        .expect("no lag");
-    (e.event, Instant::now())
-}
 
 async fn a_stopped_peer_is_down_and_its_restart_is_told_then_up(backend: Backend) {
     let (config, mut servers) =

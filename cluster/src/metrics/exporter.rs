@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cluster_catalog::PeerRecord;
+use cluster_catalog::{PeerRecord, seen_between};
 use cluster_core::{DropCounts, DropReason, Incarnation, Pid, ServerMonitor, Stats};
 use metrics::{counter, describe_counter, describe_gauge, gauge};
 use tokio::sync::oneshot;
@@ -189,15 +189,13 @@ impl History {
     }
 
     /// Brings the peers' history up to `stats` and `connected`, observed at `now`: a peer
-    /// was last seen now if its connection came up since the last observation or messages
-    /// from it were delivered since (the catalog recorder's rule).
+    /// was last seen now if it was seen since the last observation by the catalog's rule
+    /// ([`seen_between`]: its connection came up, or messages from it were delivered).
     fn observe(&mut self, stats: &Stats, connected: &BTreeSet<Pid>, now: SystemTime) {
         for (pid, seen) in &mut self.peers {
             let up = connected.contains(pid);
             let peer = stats.peers.get(pid).copied().unwrap_or_default();
-            let came_up = up && seen.up != Some(true);
-            let heard = peer.delivered > seen.delivered;
-            if came_up || heard {
+            if seen_between(seen.up == Some(true), seen.delivered, up, peer.delivered) {
                 seen.last_seen = Some(now);
             }
             seen.up = Some(up);
