@@ -937,24 +937,7 @@ impl<M: Message> SimCluster<M> {
         let incarnation = started.incarnation;
         self.launch(pid, started, false, config)?;
         self.history.push(Event::Start { pid, incarnation });
-        // Out of its slot while it asks, so that the others' inboxes are read meanwhile.
-        let server = self.nodes.get_mut(&pid).and_then(|n| n.server.take());
-        let ok = match server {
-            Some(server) => {
-                let ok = self.run_open(server.join(timeout)).await.is_ok();
-                if let Some(node) = self.nodes.get_mut(&pid) {
-                    node.server = Some(server);
-                }
-                ok
-            }
-            None => return Err(SimError::NoServer(pid)),
-        };
-        self.history.push(Event::MembershipAsked {
-            pid,
-            join: true,
-            ok,
-        });
-        self.settle().await;
+        let ok = self.ask_membership(pid, true, timeout).await?;
         Ok(ok)
     }
 
@@ -974,25 +957,33 @@ impl<M: Message> SimCluster<M> {
         self.record_peer_events();
         self.history.push(Event::Leave { pid });
         self.left.insert(pid);
-        // Out of its slot while it asks, so that the others' inboxes are read meanwhile.
-        let server = self.nodes.get_mut(&pid).and_then(|n| n.server.take());
-        let ok = match server {
-            Some(server) => {
-                let ok = self.run_open(server.leave(timeout)).await.is_ok();
-                if let Some(node) = self.nodes.get_mut(&pid) {
-                    node.server = Some(server);
-                }
-                ok
-            }
-            None => return Err(SimError::NoServer(pid)),
-        };
-        self.history.push(Event::MembershipAsked {
-            pid,
-            join: false,
-            ok,
-        });
-        self.settle().await;
+        let ok = self.ask_membership(pid, false, timeout).await?;
         self.crash(pid).await?;
+        Ok(ok)
+    }
+
+    /// Node `pid` asks to join (`join`) or to leave, waiting at most `timeout`, its server
+    /// out of its slot meanwhile so that the others' inboxes are read; records whether the
+    /// change completed in time, and settles.
+    async fn ask_membership(
+        &mut self,
+        pid: Pid,
+        join: bool,
+        timeout: Duration,
+    ) -> Result<bool, SimError> {
+        let Some(server) = self.nodes.get_mut(&pid).and_then(|n| n.server.take()) else {
+            return Err(SimError::NoServer(pid));
+        };
+        let ok = if join {
+            self.run_open(server.join(timeout)).await.is_ok()
+        } else {
+            self.run_open(server.leave(timeout)).await.is_ok()
+        };
+        if let Some(node) = self.nodes.get_mut(&pid) {
+            node.server = Some(server);
+        }
+        self.history.push(Event::MembershipAsked { pid, join, ok });
+        self.settle().await;
         Ok(ok)
     }
 
